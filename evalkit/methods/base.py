@@ -1,0 +1,55 @@
+"""The contract between the runner and a method. The runner knows nothing else about methods."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import torch
+
+from evalkit.codec.container import Bitstream
+from evalkit.data.scene import Camera, Scene
+
+
+@dataclass
+class RatePoint:
+    """A named quality level (CompressAI style) with the method's parameters for it."""
+
+    name: str
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Budget:
+    """How long to train and at what resolution. ``quick`` marks honest short schedules."""
+
+    iterations: int | None = None  # None: the method's protocol schedule
+    resolution_scale: float = 1.0
+    quick: bool = False
+    seed: int = 0
+
+
+@dataclass
+class TrainContext:
+    device: torch.device
+    budget: Budget
+    config: dict[str, Any]  # method hyperparameters for this dataset (from methods/<name>.toml)
+    progress: Callable[[int, int, dict[str, float]], None] = lambda it, total, stats: None
+    log: Callable[[str], None] = lambda msg: None
+    cache: dict[str, Any] = field(default_factory=dict)  # shared between rate points of one scene
+
+
+@runtime_checkable
+class Model(Protocol):
+    def encode(self) -> Bitstream: ...
+
+    def render(self, camera: Camera, t: float) -> torch.Tensor: ...  # (H, W, 3) in [0, 1]
+
+    def num_primitives(self) -> int: ...
+
+
+class Method(Protocol):
+    name: str
+
+    def train(self, scene: Scene, rate: RatePoint, ctx: TrainContext) -> Model: ...
+
+    def decode(self, bits: Bitstream, device: torch.device) -> Model: ...

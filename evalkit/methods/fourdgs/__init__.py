@@ -1,0 +1,53 @@
+"""Method ``4dgs``: 4D Gaussian Splatting (Wu et al., CVPR 2024), the uncompressed baseline.
+
+Canonical 3D Gaussians (SH degree 3) deformed per time step by a HexPlane field and a small
+MLP; trained in two stages; stored as float32 (see ``codec``)."""
+from __future__ import annotations
+
+import torch
+
+from evalkit.codec.container import Bitstream
+from evalkit.data.scene import Camera, Scene
+from evalkit.methods.base import RatePoint, TrainContext
+from evalkit.methods.fourdgs import codec
+from evalkit.methods.fourdgs.config import FourDGSConfig
+from evalkit.methods.fourdgs.export import export_ply
+from evalkit.methods.fourdgs.model import FourDGSModel
+from evalkit.methods.fourdgs.trainer import train
+
+
+class FourDGSTrained:
+    """The runner-facing model: render, count, encode."""
+
+    def __init__(self, model: FourDGSModel, cfg: FourDGSConfig, stats: dict | None = None) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.stats = stats or {}
+
+    def encode(self) -> Bitstream:
+        return codec.encode(self.model, self.cfg)
+
+    def render(self, camera: Camera, t: float) -> torch.Tensor:
+        return self.model.render(camera, t)
+
+    def num_primitives(self) -> int:
+        return self.model.num_primitives()
+
+    def export_ply(self, path, t: float | None = None):
+        return export_ply(self.model, path, t)
+
+
+class FourDGS:
+    name = "4dgs"
+
+    def train(self, scene: Scene, rate: RatePoint, ctx: TrainContext) -> FourDGSTrained:
+        cfg = FourDGSConfig.from_dict({**ctx.config, **rate.params}, source="methods/4dgs.toml")
+        cfg = cfg.scaled_schedule(ctx.budget.iterations)
+        model, stages = train(scene, cfg, ctx.device, progress=ctx.progress, log=ctx.log, seed=ctx.budget.seed)
+        return FourDGSTrained(model, cfg, {s.stage: {"iterations": s.iterations, "seconds": s.seconds,
+                                                     "gaussians": s.num_gaussians} for s in stages})
+
+    def decode(self, bits: Bitstream, device: torch.device, source: str = "<bitstream>") -> FourDGSTrained:
+        model, cfg = codec.decode(bits, device, source)
+        return FourDGSTrained(model, cfg)
+

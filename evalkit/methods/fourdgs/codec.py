@@ -1,0 +1,57 @@
+"""The 4DGS baseline "codec": what the reference stores, as it stores it.
+
+Canonical Gaussians as float32 (positions, log-scales, quaternions, opacity logits, SH) and
+the deformation field's weights (HexPlane planes and MLP) as float32, in one evalkit
+container. The reference's PLY also stores three all-zero normals per Gaussian; they carry no
+information and are left out, so this file is 12 bytes per Gaussian smaller than
+``point_cloud.ply + deformation.pth``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from evalkit.codec.container import Bitstream, BitstreamError
+from evalkit.codec.tensor_pack import pack_tensors, unpack_tensors
+from evalkit.methods.fourdgs.config import FourDGSConfig
+from evalkit.methods.fourdgs.deformation import DeformationField
+from evalkit.methods.fourdgs.model import FourDGSModel
+
+GAUSSIAN_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
+
+
+def encode(model: FourDGSModel, cfg: FourDGSConfig, method: str = "4dgs") -> Bitstream:
+    header: dict = {"method": method, "config": cfg.to_dict(), "sh_degree": model.sh_degree,
+                    "background": model.background.tolist(), "layout": {}}
+    comps: dict[str, bytes] = {}
+    for key in GAUSSIAN_KEYS:
+        comps[key], header["layout"][key] = pack_tensors({key: model.gaussians[key]})
+    d = model.deformation
+    comps["hexplane"], header["layout"]["hexplane"] = pack_tensors(
+        {n: p for n, p in d.named_parameters() if n.startswith("grid.")})
+    comps["deformation_mlp"], header["layout"]["deformation_mlp"] = pack_tensors(
+        {n: p for n, p in d.named_parameters() if not n.startswith("grid.")})
+    comps["aabb"], header["layout"]["aabb"] = pack_tensors({"grid.aabb": d.grid.aabb})
+    return Bitstream(header=header, components=comps)
+
+
+def decode(bits: Bitstream, device: torch.device, source: str = "<bitstream>") -> tuple[FourDGSModel, FourDGSConfig]:
+    try:
+        cfg = FourDGSConfig.from_dict(bits.header["config"], source=str(source))
+        layout = bits.header["layout"]
+        g = nn.ParameterDict({
+            k: nn.Parameter(unpack_tensors(bits.component(k, source), layout[k], device)[k], requires_grad=False)
+            for k in GAUSSIAN_KEYS})
+        aabb = unpack_tensors(bits.component("aabb", source), layout["aabb"])["grid.aabb"]
+        deform = DeformationField(cfg.deformation_config(), aabb)
+        state = unpack_tensors(bits.component("hexplane", source), layout["hexplane"])
+        state.update(unpack_tensors(bits.component("deformation_mlp", source), layout["deformation_mlp"]))
+        state["grid.aabb"] = aabb
+        deform.load_state_dict(state, strict=True)
+        background = torch.tensor(bits.header["background"], dtype=torch.float32)
+        sh_degree = int(bits.header["sh_degree"])
+    except (KeyError, ValueError, RuntimeError) as exc:
+        raise BitstreamError(source, f"not a valid 4DGS bitstream: {exc}") from None
+    model = FourDGSModel(g, deform.to(device), sh_degree, background.to(device)).to(device)
+    model.eval()
+    return model, cfg

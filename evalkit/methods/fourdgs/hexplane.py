@@ -1,0 +1,109 @@
+"""HexPlane 4D neural voxels as 4DGS uses them (Wu et al. 2024, after Cao & Johnson 2023).
+
+Six planes per scale over the coordinate pairs (x,y) (x,z) (x,t) (y,z) (y,t) (z,t), in
+that order (itertools.combinations of (x, y, z, t)). Plane ``(a, b)`` is a parameter of shape
+``[1, C, res[b], res[a]]`` so that ``grid_sample`` reads coordinate ``a`` along the width.
+Features are multiplied across the six planes of one scale and concatenated across scales.
+Multi-resolution scales multiply only the spatial resolutions. Space planes start U(0.1, 0.5),
+time planes start at 1 (so an untrained field is the identity deformation's input).
+
+Positions are normalised to [-1, 1] by the AABB of the initial point cloud. Time enters the
+grid as the raw t in [0, 1] (the reference implementation's convention, which uses the upper
+half of the time axis); ``full_time_range=True`` maps t to [-1, 1] instead.
+"""
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+PLANE_PAIRS: list[tuple[int, int]] = list(itertools.combinations(range(4), 2))
+SPACE_PLANES = [i for i, p in enumerate(PLANE_PAIRS) if 3 not in p]  # xy, xz, yz -> 0, 1, 3
+TIME_PLANES = [i for i, p in enumerate(PLANE_PAIRS) if 3 in p]  # xt, yt, zt -> 2, 4, 5
+
+
+@dataclass
+class HexPlaneConfig:
+    feature_dim: int = 32
+    resolution: list[int] = field(default_factory=lambda: [64, 64, 64, 25])  # x, y, z, t
+    multires: list[int] = field(default_factory=lambda: [1, 2])
+    full_time_range: bool = False
+
+    def plane_shapes(self) -> list[list[tuple[int, int, int, int]]]:
+        shapes = []
+        for m in self.multires:
+            res = [r * m for r in self.resolution[:3]] + [self.resolution[3]]
+            shapes.append([(1, self.feature_dim, res[b], res[a]) for a, b in PLANE_PAIRS])
+        return shapes
+
+    @property
+    def out_dim(self) -> int:
+        return self.feature_dim * len(self.multires)
+
+
+class HexPlane(nn.Module):
+    def __init__(self, cfg: HexPlaneConfig, aabb: torch.Tensor) -> None:
+        super().__init__()
+        self.cfg = cfg
+        # aabb: (2, 3) = [min, max] of the initial point cloud.
+        self.register_buffer("aabb", aabb.detach().float().clone().reshape(2, 3))
+        self.grids = nn.ModuleList()
+        for shapes in cfg.plane_shapes():
+            planes = nn.ParameterList()
+            for i, shape in enumerate(shapes):
+                p = torch.empty(shape)
+                if i in TIME_PLANES:
+                    nn.init.ones_(p)
+                else:
+                    nn.init.uniform_(p, 0.1, 0.5)
+                planes.append(nn.Parameter(p))
+            self.grids.append(planes)
+
+    def planes(self) -> list[torch.Tensor]:
+        return [p for scale in self.grids for p in scale]
+
+    def normalise(self, xyz: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.aabb[0], self.aabb[1]
+        return (xyz - lo) * (2.0 / (hi - lo).clamp_min(1e-8)) - 1.0
+
+    def forward(self, xyz: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """Features (N, out_dim) for points (N, 3) at time t (scalar or (N,))."""
+        n = xyz.shape[0]
+        p = self.normalise(xyz)
+        if not torch.is_tensor(t):
+            t = torch.full((n,), float(t), device=xyz.device, dtype=xyz.dtype)
+        t = t.reshape(n).to(xyz.dtype)
+        if self.cfg.full_time_range:
+            t = t * 2.0 - 1.0
+        coords = torch.cat([p, t[:, None]], dim=1)  # (N, 4)
+        # Planes of one kind share a shape within a scale, so three planes go through one
+        # grid_sample call as a batch of three: 2 calls per scale instead of 6.
+        space_xy = torch.stack([coords[:, list(PLANE_PAIRS[i])] for i in SPACE_PLANES])  # (3, N, 2)
+        time_xy = torch.stack([coords[:, list(PLANE_PAIRS[i])] for i in TIME_PLANES])
+        feats = []
+        for planes in self.grids:
+            sp = torch.cat([planes[i] for i in SPACE_PLANES], 0)  # (3, C, H, W)
+            tp = torch.cat([planes[i] for i in TIME_PLANES], 0)
+            fs = F.grid_sample(sp, space_xy[:, None], mode="bilinear", padding_mode="border",
+                               align_corners=True)[:, :, 0]  # (3, C, N)
+            ft = F.grid_sample(tp, time_xy[:, None], mode="bilinear", padding_mode="border",
+                               align_corners=True)[:, :, 0]
+            feats.append((fs.prod(0) * ft.prod(0)).t())  # (N, C)
+        return torch.cat(feats, dim=1)
+
+    # -- regularisers of 4DGS / K-Planes -------------------------------------------------
+    @staticmethod
+    def _smoothness(plane: torch.Tensor) -> torch.Tensor:
+        """Mean squared second difference along the plane's height axis (dim 2)."""
+        d1 = plane[:, :, 1:, :] - plane[:, :, :-1, :]
+        d2 = d1[:, :, 1:, :] - d1[:, :, :-1, :]
+        return d2.square().mean()
+
+    def regulariser(self, plane_tv: float, time_smoothness: float, l1_time: float) -> torch.Tensor:
+        space = sum(self._smoothness(s[i]) for s in self.grids for i in SPACE_PLANES)
+        time = sum(self._smoothness(s[i]) for s in self.grids for i in TIME_PLANES)
+        l1 = sum((1.0 - s[i]).abs().mean() for s in self.grids for i in TIME_PLANES)
+        return plane_tv * space + time_smoothness * time + l1_time * l1

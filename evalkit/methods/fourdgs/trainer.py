@@ -1,0 +1,192 @@
+"""Two-stage 4DGS training (coarse static 3DGS, then the deformation field), as in the reference.
+
+Choices, each as the reference does unless noted:
+* Each stage restarts its iteration counter, learning-rate schedules and densification schedule.
+* Loss: L1 (+ lambda_dssim * D-SSIM when set) + HexPlane regularisers in the fine stage.
+* Densification and pruning use gsplat's ``DefaultStrategy`` (clone/split on the view-space
+  gradient of the rendered, i.e. deformed, Gaussians). Differences from the reference: gsplat
+  prunes low-opacity Gaussians at every refinement (the reference prunes only above 200k
+  Gaussians), and gsplat 1.5.3 never resets opacity (its test ``step % reset_every == 0 & step > 0``
+  is always false), so the trainer calls gsplat's ``reset_opa`` itself every
+  ``opacity_reset_interval`` steps as the reference does.
+* Learning rates of positions, deformation MLP and grid decay log-linearly and are scaled by the
+  scene extent (the reference's ``spatial_lr_scale``).
+* SH degree grows by one every 1000 iterations (counted over both stages).
+* Batches of several views: each view is rendered at its own time; the densification statistics
+  of every view are accumulated.
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from gsplat.strategy import DefaultStrategy
+from gsplat.strategy.ops import reset_opa
+
+from evalkit.data.scene import Frame, Scene
+from evalkit.methods.fourdgs.config import FourDGSConfig
+from evalkit.methods.fourdgs.deformation import DeformationField
+from evalkit.methods.fourdgs.model import FourDGSModel, init_gaussians
+
+
+def log_lerp(init: float, final: float, step: int, max_steps: int) -> float:
+    t = min(max(step / max(max_steps, 1), 0.0), 1.0)
+    return math.exp(math.log(init) * (1 - t) + math.log(final) * t)
+
+
+class ImageBank:
+    """Training images as uint8 on the training device when they fit, else on the host."""
+
+    def __init__(self, frames: list[Frame], device: torch.device, max_device_bytes: int = 6 << 30) -> None:
+        self.frames = frames
+        h, w = frames[0].camera.height, frames[0].camera.width
+        on_device = device.type == "cuda" and len(frames) * h * w * 3 <= max_device_bytes
+        self.device = device
+        store = device if on_device else torch.device("cpu")
+        self.images = [torch.from_numpy(np.round(f.load() * 255.0).astype(np.uint8)).to(store) for f in frames]
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def get(self, i: int) -> torch.Tensor:
+        return self.images[i].to(self.device, non_blocking=True).float() / 255.0
+
+
+def _optimizers(model: FourDGSModel, cfg: FourDGSConfig, extent: float) -> dict[str, torch.optim.Optimizer]:
+    lrs = {"means": cfg.position_lr_init * extent, "scales": cfg.scaling_lr, "quats": cfg.rotation_lr,
+           "opacities": cfg.opacity_lr, "sh0": cfg.feature_lr, "shN": cfg.feature_lr / 20.0}
+    return {k: torch.optim.Adam([{"params": [model.gaussians[k]], "lr": lr, "name": k}], eps=1e-15)
+            for k, lr in lrs.items()}
+
+
+def _deformation_optimizer(deform: DeformationField, cfg: FourDGSConfig, extent: float) -> torch.optim.Adam:
+    return torch.optim.Adam([
+        {"params": deform.mlp_parameters(), "lr": cfg.deformation_lr_init * extent, "name": "deformation"},
+        {"params": deform.grid_parameters(), "lr": cfg.grid_lr_init * extent, "name": "grid"},
+    ], eps=1e-15)
+
+
+@dataclass
+class StageStats:
+    stage: str
+    iterations: int
+    seconds: float
+    num_gaussians: int
+
+
+def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=None, log=None,
+          seed: int = 0, extra_loss=None, extra_params=None) -> tuple[FourDGSModel, list[StageStats]]:
+    """Train 4DGS on ``scene``'s train split. ``extra_loss(model, stage, step)`` and
+    ``extra_params`` (an optimizer stepped with the deformation optimizer) let a method built on
+    4DGS (4DGS-CC) add rate terms and modules without copying this loop."""
+    progress = progress or (lambda it, total, stats: None)
+    log = log or (lambda msg: None)
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+
+    frames = scene.train
+    if not frames:
+        raise ValueError(f"{scene.path}: the scene has no training frames")
+    bank = ImageBank(frames, device)
+    extent = scene.camera_extent()
+    gaussians = init_gaussians(scene.points, cfg.sh_degree, device)
+    xyz = torch.as_tensor(np.asarray(scene.points.xyz), dtype=torch.float32)
+    aabb = torch.stack([xyz.min(0).values, xyz.max(0).values])
+    deform = DeformationField(cfg.deformation_config(), aabb).to(device)
+    background = torch.as_tensor(np.asarray(scene.background), dtype=torch.float32, device=device)
+    model = FourDGSModel(gaussians, deform, cfg.sh_degree, background)
+
+    total = cfg.coarse_iterations + cfg.iterations
+    global_step = 0
+    stats: list[StageStats] = []
+    for stage, iters in (("coarse", cfg.coarse_iterations), ("fine", cfg.iterations)):
+        if iters <= 0:
+            continue
+        t0 = time.perf_counter()
+        fine = stage == "fine"
+        opts = _optimizers(model, cfg, extent)
+        dopt = _deformation_optimizer(deform, cfg, extent) if fine else None
+        strategy = DefaultStrategy(
+            prune_opa=cfg.prune_opacity, grow_grad2d=cfg.densify_grad_threshold,
+            grow_scale3d=cfg.percent_dense, prune_scale3d=0.1,
+            refine_start_iter=cfg.densify_from_iter, refine_stop_iter=cfg.densify_until_iter,
+            reset_every=cfg.opacity_reset_interval, refine_every=cfg.densification_interval,
+            absgrad=False, verbose=False)
+        strategy.check_sanity(model.gaussians, opts)
+        state = strategy.initialize_state(scene_scale=extent)
+        order: list[int] = []
+        ema_loss, ema_psnr = None, None
+        for step in range(1, iters + 1):
+            global_step += 1
+            for g in opts["means"].param_groups:
+                g["lr"] = log_lerp(cfg.position_lr_init * extent, cfg.position_lr_final * extent,
+                                   step, cfg.position_lr_max_steps)
+            if dopt is not None:
+                dopt.param_groups[0]["lr"] = log_lerp(cfg.deformation_lr_init * extent,
+                                                      cfg.deformation_lr_final * extent, step, cfg.position_lr_max_steps)
+                dopt.param_groups[1]["lr"] = log_lerp(cfg.grid_lr_init * extent, cfg.grid_lr_final * extent,
+                                                      step, cfg.position_lr_max_steps)
+            sh_degree = min(global_step // 1000, cfg.sh_degree)
+
+            infos, loss, l1_sum, mse_sum = [], 0.0, 0.0, 0.0
+            for _ in range(cfg.batch_size):
+                if not order:
+                    order = list(range(len(bank)))
+                    random.shuffle(order)
+                i = order.pop()
+                out = model.rasterize(frames[i].camera, frames[i].time, deform=fine, sh_degree=sh_degree)
+                strategy.step_pre_backward(model.gaussians, opts, state, step, out.info)
+                infos.append(out.info)
+                gt = bank.get(i)
+                l1 = (out.image - gt).abs().mean()
+                view_loss = l1
+                if cfg.lambda_dssim > 0:
+                    from evalkit.metrics.image import ssim
+                    view_loss = view_loss + cfg.lambda_dssim * (1.0 - ssim(out.image, gt))
+                loss = loss + view_loss / cfg.batch_size
+                l1_sum = l1_sum + l1.detach()
+                mse_sum = mse_sum + (out.image.detach() - gt).square().mean()
+            if fine:
+                loss = loss + deform.grid.regulariser(cfg.plane_tv_weight, cfg.time_smoothness_weight,
+                                                      cfg.l1_time_planes)
+            if extra_loss is not None:
+                loss = loss + extra_loss(model, stage, step)
+            loss.backward()
+
+            with torch.no_grad():
+                for info in infos[:-1]:  # accumulate every view's densification statistics
+                    if step < cfg.densify_until_iter:
+                        strategy._update_state(model.gaussians, state, info, packed=False)
+                strategy.step_post_backward(model.gaussians, opts, state, step, infos[-1], packed=False)
+                if step < cfg.densify_until_iter and step % cfg.opacity_reset_interval == 0:
+                    reset_opa(model.gaussians, opts, state, value=cfg.prune_opacity * 2.0)
+            for o in opts.values():
+                o.step()
+                o.zero_grad(set_to_none=True)
+            if dopt is not None:
+                dopt.step()
+                dopt.zero_grad(set_to_none=True)
+            if extra_params is not None:
+                extra_params.step()
+                extra_params.zero_grad(set_to_none=True)
+
+            if step % 50 == 0 or step == iters:  # one host sync per 50 steps
+                lv = float(loss.detach())
+                pv = float(-10.0 * torch.log10(mse_sum / cfg.batch_size))
+                ema_loss = lv if ema_loss is None else 0.6 * ema_loss + 0.4 * lv
+                ema_psnr = pv if ema_psnr is None else 0.6 * ema_psnr + 0.4 * pv
+                progress(global_step, total, {"stage": stage, "loss": ema_loss, "psnr": ema_psnr,
+                                              "gaussians": model.num_primitives()})
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        st = StageStats(stage, iters, time.perf_counter() - t0, model.num_primitives())
+        stats.append(st)
+        log(f"{stage} stage: {iters} iterations in {st.seconds:.1f} s, {st.num_gaussians} Gaussians")
+    model.eval()
+    return model, stats

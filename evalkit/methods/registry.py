@@ -1,0 +1,28 @@
+"""Method registry: name -> implementing class. Adding a method = one subpackage + one line here
+(+ its spec in methods/<name>.toml). Imports are lazy so a broken method cannot break the others."""
+from __future__ import annotations
+
+import importlib
+
+from evalkit.methods.base import Method
+
+METHODS: dict[str, str] = {
+    "4dgs": "evalkit.methods.fourdgs:FourDGS",
+}
+
+
+class UnknownMethod(Exception):
+    pass
+
+
+def get_method(name: str) -> Method:
+    try:
+        target = METHODS[name]
+    except KeyError:
+        raise UnknownMethod(f"unknown method {name!r}; available: {', '.join(sorted(METHODS))}") from None
+    module, cls = target.split(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+def method_names() -> list[str]:
+    return sorted(METHODS)

@@ -1,0 +1,139 @@
+"""``rasterize``: one call, two interchangeable backends.
+
+Backend choice (``backend="auto"``): gsplat when the tensors are float32 on CUDA and gsplat's
+CUDA extension works; the pure-torch reference otherwise (CPU, float64, or gsplat broken).
+If gsplat is broken on a CUDA machine, ``auto`` logs one warning naming the reason and falls
+back to torch (orders of magnitude slower) so that training/eval still run; set
+``EVALKIT_REQUIRE_GSPLAT=1`` to make that an error instead, and timing code should check
+``RenderOutput.backend`` (``evalkit.bench.render`` prints it). ``backend="gsplat"`` never
+falls back: it raises ``GsplatUnavailable`` with the reason.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from evalkit.data.scene import Camera
+from evalkit.render.gsplat_backend import GsplatUnavailable, gsplat_status, rasterize_gsplat
+from evalkit.render.output import RenderOutput
+from evalkit.render.sh import num_sh_bases
+from evalkit.render.torch_reference import rasterize_torch
+
+__all__ = ["RenderOutput", "rasterize", "available_backends", "select_backend",
+           "camera_tensors", "GsplatUnavailable"]
+
+Backend = Literal["auto", "gsplat", "torch"]
+log = logging.getLogger(__name__)
+_warned_fallback = False
+
+
+def available_backends() -> list[str]:
+    """Backends that can run here ("torch" always; "gsplat" when CUDA + its extension work)."""
+    return ["gsplat", "torch"] if gsplat_status()[0] else ["torch"]
+
+
+def select_backend(backend: Backend, device: torch.device, dtype: torch.dtype) -> str:
+    """Resolve ``backend`` for tensors on ``device`` (see module docstring for the rules)."""
+    global _warned_fallback
+    if backend == "torch":
+        return "torch"
+    if backend == "gsplat":
+        if device.type != "cuda":
+            raise GsplatUnavailable(f"gsplat backend needs CUDA tensors, got device {device}")
+        ok, reason = gsplat_status()
+        if not ok:
+            raise GsplatUnavailable(f"gsplat backend unavailable: {reason}")
+        return "gsplat"
+    if backend != "auto":
+        raise ValueError(f"backend must be 'auto', 'gsplat' or 'torch', got {backend!r}")
+    if device.type != "cuda" or dtype != torch.float32:
+        return "torch"
+    ok, reason = gsplat_status()
+    if ok:
+        return "gsplat"
+    if os.environ.get("EVALKIT_REQUIRE_GSPLAT") == "1":
+        raise GsplatUnavailable(f"EVALKIT_REQUIRE_GSPLAT=1 but gsplat is unavailable: {reason}")
+    if not _warned_fallback:
+        log.warning("gsplat unavailable on CUDA (%s); falling back to the slow torch rasteriser",
+                    reason)
+        _warned_fallback = True
+    return "torch"
+
+
+def camera_tensors(camera: Camera, device: torch.device | str = "cpu",
+                   dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    """``(viewmat (4, 4), K (3, 3))`` tensors for a ``Camera`` (conventions unchanged)."""
+    return (torch.as_tensor(np.asarray(camera.w2c), dtype=dtype, device=device),
+            torch.as_tensor(np.asarray(camera.K), dtype=dtype, device=device))
+
+
+def _check(cond: bool, problem: str) -> None:
+    if not cond:
+        raise ValueError(f"rasterize: {problem}")
+
+
+def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+              viewmat: Tensor | np.ndarray, K: Tensor | np.ndarray, width: int, height: int, *,
+              sh_degree: int | None = None, background: Tensor | np.ndarray | None = None,
+              near: float = 0.01, far: float = 1e10, backend: Backend = "auto",
+              absgrad: bool = False, packed: bool = False,
+              antialiased: bool = False) -> RenderOutput:
+    """Render N 3D Gaussians into one (height, width) view.
+
+    Args:
+        means: (N, 3) world positions. quats: (N, 4) (w, x, y, z), any norm (normalised here).
+        scales: (N, 3) actual scales (already exp'd). opacities: (N,) in [0, 1] (already sigmoid'ed).
+        colors: (N, D) colours, or (N, K, 3) SH coefficients when ``sh_degree`` is set
+            (colour = max(SH(dir) + 0.5, 0), dir = mean - camera centre, as 3DGS/gsplat).
+        viewmat: (4, 4) world-to-camera, OpenCV axes. K: (3, 3) intrinsics, pixel centres at
+            +0.5 (``evalkit.data.scene`` convention); skew must be 0 (gsplat ignores it).
+        background: (D,) colour added as ``T_final * background``; None = black.
+        absgrad/packed/antialiased: as in gsplat.rasterization (``antialiased`` is its
+            ``rasterize_mode="antialiased"``).
+    Returns:
+        RenderOutput with image (H, W, D), alpha (H, W, 1), gsplat-compatible info.
+    """
+    for name, t in (("means", means), ("quats", quats), ("scales", scales),
+                    ("opacities", opacities), ("colors", colors)):
+        _check(isinstance(t, Tensor), f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        _check(t.is_floating_point(), f"{name} must be floating point, got {t.dtype}")
+        _check(t.device == means.device, f"{name} is on {t.device} but means is on {means.device}")
+        _check(t.dtype == means.dtype, f"{name} has dtype {t.dtype} but means has {means.dtype}")
+    n = means.shape[0] if means.dim() == 2 else -1
+    _check(means.dim() == 2 and means.shape[1] == 3, f"means must be (N, 3), got {tuple(means.shape)}")
+    _check(quats.shape == (n, 4), f"quats must be ({n}, 4), got {tuple(quats.shape)}")
+    _check(scales.shape == (n, 3), f"scales must be ({n}, 3), got {tuple(scales.shape)}")
+    _check(opacities.shape == (n,), f"opacities must be ({n},), got {tuple(opacities.shape)}")
+    if sh_degree is None:
+        _check(colors.dim() == 2 and colors.shape[0] == n,
+               f"colors must be ({n}, D) without sh_degree, got {tuple(colors.shape)}")
+    else:
+        k = num_sh_bases(sh_degree)
+        _check(colors.dim() == 3 and colors.shape[0] == n and colors.shape[1] >= k
+               and colors.shape[2] == 3,
+               f"colors must be ({n}, K>={k}, 3) SH coefficients for sh_degree={sh_degree}, "
+               f"got {tuple(colors.shape)}")
+    _check(int(width) == width and int(height) == height and width > 0 and height > 0,
+           f"width/height must be positive integers, got {width}x{height}")
+    _check(0 < near < far, f"need 0 < near < far, got near={near}, far={far}")
+    viewmat = torch.as_tensor(viewmat, dtype=means.dtype, device=means.device)
+    K = torch.as_tensor(K, dtype=means.dtype, device=means.device)
+    _check(viewmat.shape == (4, 4), f"viewmat must be (4, 4), got {tuple(viewmat.shape)}")
+    _check(K.shape == (3, 3), f"K must be (3, 3), got {tuple(K.shape)}")
+    _check(bool(K[0, 1] == 0) and bool(K[1, 0] == 0) and bool((K[2] == K.new_tensor([0, 0, 1])).all()),
+           f"K must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] (no skew), got {K.tolist()}")
+    d = colors.shape[-1]
+    if background is not None:
+        background = torch.as_tensor(background, dtype=means.dtype, device=means.device)
+        _check(background.shape == (d,), f"background must be ({d},), got {tuple(background.shape)}")
+
+    kwargs = dict(sh_degree=sh_degree, background=background, near=near, far=far,
+                  absgrad=absgrad, packed=packed, antialiased=antialiased)
+    chosen = select_backend(backend, means.device, means.dtype)
+    fn = rasterize_gsplat if chosen == "gsplat" else rasterize_torch
+    return fn(means, quats, scales, opacities, colors, viewmat, K, int(width), int(height), **kwargs)

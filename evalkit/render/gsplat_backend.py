@@ -1,0 +1,64 @@
+"""gsplat (CUDA) backend: a thin call of ``gsplat.rasterization`` (1.5.x API).
+
+gsplat's pure-python parts import on any machine, but its kernels live in a CUDA extension
+that is JIT-compiled (nvcc, a few minutes) on first use and cached in torch's extension
+folder. ``gsplat_status`` finds out, once per process, whether that works here.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+from evalkit.render.output import RenderOutput
+
+
+class GsplatUnavailable(RuntimeError):
+    """gsplat was asked for but cannot run here (the message says why)."""
+
+
+@functools.lru_cache(maxsize=1)
+def gsplat_status() -> tuple[bool, str]:
+    """``(usable, reason)``. Usable means CUDA is present, gsplat 1.5.x imports and its
+    CUDA extension loads (building it the first time, which may take minutes)."""
+    if not torch.cuda.is_available():
+        return False, "no CUDA device (gsplat's kernels are CUDA-only)"
+    try:
+        import gsplat
+    except Exception as exc:  # ImportError, or a broken install raising anything else
+        return False, f"cannot import gsplat: {type(exc).__name__}: {exc}"
+    version = getattr(gsplat, "__version__", "?")
+    if not version.startswith("1.5."):
+        return False, f"gsplat {version} installed, evalkit needs 1.5.x"
+    try:
+        from gsplat.cuda._backend import _C  # triggers the JIT build on first use
+    except Exception as exc:
+        return False, f"gsplat's CUDA extension failed to build/load: {type(exc).__name__}: {exc}"
+    if _C is None:
+        return False, "gsplat's CUDA extension is unavailable (no CUDA toolkit/nvcc found to build it)"
+    return True, f"gsplat {version}"
+
+
+def rasterize_gsplat(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor,
+                     colors: Tensor, viewmat: Tensor, K: Tensor, width: int, height: int, *,
+                     sh_degree: int | None = None, background: Tensor | None = None,
+                     near: float = 0.01, far: float = 1e10, absgrad: bool = False,
+                     packed: bool = False, antialiased: bool = False) -> RenderOutput:
+    """The gsplat backend of ``evalkit.render.rasterize`` (inputs already validated)."""
+    ok, reason = gsplat_status()
+    if not ok:
+        raise GsplatUnavailable(f"gsplat backend unavailable: {reason}")
+    if means.dtype != torch.float32:
+        raise ValueError(f"gsplat backend needs float32 tensors, got {means.dtype}; "
+                         "use backend='torch' for other precisions")
+    from gsplat import rasterization
+
+    render, alpha, meta = rasterization(
+        means, quats, scales, opacities, colors, viewmat[None], K[None], width, height,
+        near_plane=near, far_plane=far, sh_degree=sh_degree, packed=packed, absgrad=absgrad,
+        backgrounds=None if background is None else background[None],
+        rasterize_mode="antialiased" if antialiased else "classic")
+    if meta["means2d"].requires_grad:
+        meta["means2d"].retain_grad()
+    return RenderOutput(image=render[0], alpha=alpha[0], info=meta, backend="gsplat")

@@ -1,0 +1,164 @@
+"""Reports from the results store: tables, BD-rate, RD / bit-allocation plots, index.md.
+
+``build_report(results_dir, out_dir)`` writes, per dataset::
+
+    <out>/<dataset>/summary.{md,tex,csv}          dataset means, ratio vs anchor, paper numbers
+    <out>/<dataset>/scenes/<scene>.{md,tex,csv}   every record of a scene
+    <out>/<dataset>/bd_summary.{md,tex,csv}       BD vs the BD anchor, per-scene values averaged
+    <out>/<dataset>/bd_scenes.{md,tex,csv}        BD per scene
+    <out>/<dataset>/plots/rd_<scene|mean>.{png,pdf}, bits_<scene|mean>.{png,pdf}
+    <out>/survey/<method>/<dataset>/<scene>.csv   3DGS compression survey format (full runs only)
+    <out>/index.md
+
+The gate lives in ``evalkit.report.check`` (imported lazily so ``check`` does not pull in matplotlib).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+DEFAULT_ANCHOR = "4dgs"
+
+
+def default_anchor(methods: list[str], anchor: str | None) -> str | None:
+    """The compression anchor: the given one, else '4dgs' if present, else the first method by name."""
+    if anchor is not None:
+        return anchor
+    ms = sorted(set(methods))
+    return DEFAULT_ANCHOR if DEFAULT_ANCHOR in ms else (ms[0] if ms else None)
+
+
+def _paper_points(paper: Any, methods: list[str]) -> "pd.DataFrame":
+    import pandas as pd
+
+    from evalkit.report.tables import paper_entry, paper_value
+
+    rows = []
+    if isinstance(paper, dict):
+        for m in methods:
+            rates = paper.get(m)
+            if not isinstance(rates, dict):
+                continue
+            for r in rates:
+                e = paper_entry(paper, m, r)
+                rows.append({"method": m, "rate": r, "size_mb": paper_value(e, "size_mb"),
+                             "psnr": paper_value(e, "psnr")})
+    return pd.DataFrame(rows, columns=["method", "rate", "size_mb", "psnr"]).astype({"size_mb": float, "psnr": float})
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def build_report(results_dir: str | Path, out_dir: str | Path, anchor: str | None = None,
+                 dataset_specs: dict[str, dict[str, Any]] | None = None, bd_anchor: str | None = None) -> Path:
+    """Write all tables, plots and index.md for the records under ``results_dir``; returns index.md.
+
+    ``anchor``: the compression-ratio anchor (default '4dgs' if present, else the first method).
+    ``bd_anchor``: the BD anchor (default: ``anchor`` if it has >= 2 rate points, else the first
+    method by name that has). ``dataset_specs``: the dataset TOML specs as dicts, keyed by
+    dataset id; every key inside is optional.
+    """
+    # Imported here so that `evalkit.report.check` does not pull in matplotlib / bjontegaard.
+    from evalkit.codec.container import atomic_write_bytes
+    from evalkit.report.bdrate import MIN_POINTS, bd_summary, bd_table, choose_bd_anchor, rate_point_counts
+    from evalkit.report.index import DatasetSection, render_index
+    from evalkit.report.plots import bit_allocation_plot, rd_plot
+    from evalkit.report.tables import (bd_scene_table, bd_summary_table, dataset_label, method_order,
+                                       scene_paper, scene_table, summary_table, survey_csv, table_metrics)
+    from evalkit.results import components_frame, read_records, records_to_frame
+
+    results_dir, out_dir = Path(results_dir), Path(out_dir)
+    specs = dataset_specs or {}
+    records = read_records(results_dir)
+    df = records_to_frame(records)
+    comps = components_frame([r for r in records if r.status == "ok"])
+    sections: list["DatasetSection"] = []
+
+    for dataset in sorted(df["dataset"].unique()):
+        spec = specs.get(dataset) or {}
+        label = dataset_label(spec, dataset)
+        lpips_metric = [m for m in table_metrics(spec, dataset) if m.startswith("lpips")] or ["lpips_vgg"]
+        ddir = out_dir / _safe(dataset)
+        dall = df[df["dataset"] == dataset]
+        ok = dall[dall["status"] == "ok"]
+        comp_anchor = default_anchor(list(ok["method"]) or list(dall["method"]), anchor)
+        methods = method_order(ok["method"], comp_anchor)
+
+        summary = summary_table(df, dataset, spec, comp_anchor)
+        section = DatasetSection(dataset=dataset, label=label, lpips_metric=lpips_metric[0], summary=summary,
+                                 summary_files=summary.write(ddir / "summary"), anchor=comp_anchor,
+                                 bd_anchor=None, bd_anchor_reason="")
+
+        # -- BD ----------------------------------------------------------------------
+        counts = rate_point_counts(ok)
+        bd_anc = bd_anchor if bd_anchor is not None else choose_bd_anchor(ok, comp_anchor)
+        section.bd_anchor = bd_anc
+        if bd_anc is None:
+            section.bd_anchor_reason = (f"BD n/a: no method has >= {MIN_POINTS} rate points in a scene of "
+                                        f"this dataset.")
+        else:
+            why = ("given explicitly" if bd_anchor is not None else
+                   "the compression anchor" if bd_anc == comp_anchor else
+                   f"{comp_anchor} has {int(counts.get(comp_anchor, 0))} rate point(s), so the first method by "
+                   f"name with >= {MIN_POINTS} rate points is used")
+            section.bd_anchor_reason = f"BD anchor: {bd_anc} ({why}). Per-scene values averaged over scenes."
+            per_scene = bd_table(ok, bd_anc)
+            if per_scene.empty:
+                section.bd_anchor_reason += " No other method to compare."
+            else:
+                section.bd_summary = bd_summary_table(bd_summary(per_scene), f"{label}: BD vs {bd_anc}, mean over scenes")
+                section.bd_files = section.bd_summary.write(ddir / "bd_summary") + bd_scene_table(
+                    per_scene, f"{label}: BD vs {bd_anc} per scene").write(ddir / "bd_scenes")
+
+        # -- per scene: tables, survey CSVs, plots -------------------------------------
+        for scene in sorted(dall["scene"].unique()):
+            section.scene_files[scene] = scene_table(df, dataset, scene, spec, comp_anchor).write(
+                ddir / "scenes" / _safe(scene))
+            sok = ok[ok["scene"] == scene]
+            for m in sorted(sok["method"].unique()):
+                full = sok[(sok["method"] == m) & ~sok["quick"].astype(bool)]
+                if full.empty:
+                    continue
+                p = out_dir / "survey" / _safe(m) / _safe(dataset) / f"{_safe(scene)}.csv"
+                atomic_write_bytes(p, survey_csv(full, m, dataset, scene, lpips_metric[0]).encode("utf-8"))
+                section.survey_files.append(p)
+            if not sok.empty:
+                section.rd_plots[scene] = rd_plot(sok, ddir / "plots" / f"rd_{_safe(scene)}",
+                                                  f"{label} / {scene}", paper=_paper_points(scene_paper(spec, scene), methods),
+                                                  method_order=methods)
+            sc = comps[(comps["dataset"] == dataset) & (comps["scene"] == scene)]
+            if not sc.empty:
+                section.bit_plots[scene] = bit_allocation_plot(sc, ddir / "plots" / f"bits_{_safe(scene)}",
+                                                               f"{label} / {scene}: bytes per component",
+                                                               method_order=methods)
+
+        # -- dataset means -------------------------------------------------------------
+        if not ok.empty:
+            mean_pts = ok.groupby(["method", "rate"], as_index=False).agg(
+                size_bytes=("size_bytes", "mean"), psnr=("psnr", lambda s: s.mean(skipna=False)),
+                quick=("quick", "any"))
+            section.rd_plots = {"mean": rd_plot(mean_pts, ddir / "plots" / "rd_mean",
+                                                f"{label}: mean over scenes",
+                                                paper=_paper_points(spec.get("paper"), methods),
+                                                method_order=methods), **section.rd_plots}
+        dc = comps[comps["dataset"] == dataset]
+        if not dc.empty:
+            n_scenes = ok.groupby(["method", "rate"])["scene"].nunique()
+            mean_c = dc.groupby(["method", "rate", "component"], as_index=False)["bytes"].sum()
+            # Divide by the scene count, so a component absent in a scene counts as 0 bytes there.
+            mean_c["bytes"] = mean_c["bytes"] / [n_scenes[(m, r)] for m, r in zip(mean_c["method"], mean_c["rate"])]
+            section.bit_plots = {"mean": bit_allocation_plot(mean_c, ddir / "plots" / "bits_mean",
+                                                             f"{label}: mean bytes per component over scenes",
+                                                             method_order=methods), **section.bit_plots}
+        sections.append(section)
+
+    index = out_dir / "index.md"
+    atomic_write_bytes(index, render_index(out_dir, results_dir, records, sections).encode("utf-8"))
+    return index
+
+
+__all__ = ["build_report", "default_anchor", "DEFAULT_ANCHOR"]

@@ -1,0 +1,117 @@
+"""RD curves (PSNR vs size, log x in MB) and bit-allocation bars, saved as PNG and PDF.
+
+Figures are built on ``matplotlib.figure.Figure`` with the Agg canvas (no pyplot global
+state, no display needed). MB = 10^6 bytes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless; must precede any pyplot import elsewhere in the process
+
+import pandas as pd  # noqa: E402
+from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from evalkit.results import MB  # noqa: E402
+
+FORMATS = (".png", ".pdf")
+
+
+def _save(fig: Figure, stem: Path) -> list[Path]:
+    FigureCanvasAgg(fig)
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    out = []
+    for ext in FORMATS:
+        p = stem.with_suffix(ext)
+        # Fixed margins instead of bbox_inches="tight": tight layout costs two more draws per file.
+        fig.savefig(p, dpi=120)
+        out.append(p)
+    return out
+
+
+def rd_plot(points: pd.DataFrame, stem: Path, title: str,
+            paper: pd.DataFrame | None = None, method_order: Sequence[str] | None = None) -> list[Path]:
+    """PSNR vs size. ``points``: columns method, rate, size_bytes, psnr, quick (one row per point).
+
+    ``paper`` (optional): method, rate, size_mb, psnr from the papers, drawn as hollow markers.
+    """
+    fig = Figure(figsize=(6.0, 4.2))
+    ax = fig.add_subplot()
+    pts = points.dropna(subset=["size_bytes", "psnr"])
+    methods = list(method_order) if method_order else sorted(pts["method"].unique())
+    colors = {m: f"C{i % 10}" for i, m in enumerate(dict.fromkeys([*methods, *sorted(
+        set(paper["method"]) if paper is not None and not paper.empty else set())]))}
+    for m in methods:
+        g = pts[pts["method"] == m].sort_values("size_bytes")
+        if g.empty:
+            continue
+        quick = " (quick)" if "quick" in g and bool(g["quick"].any()) else ""
+        ax.plot(g["size_bytes"] / MB, g["psnr"], "-o", color=colors[m], label=f"{m}{quick}", ms=5)
+        for _, r in g.iterrows():
+            ax.annotate(str(r["rate"]), (r["size_bytes"] / MB, r["psnr"]), textcoords="offset points",
+                        xytext=(4, 4), fontsize=7, color=colors[m])
+    if paper is not None and not paper.empty:
+        pp = paper.dropna(subset=["size_mb", "psnr"])
+        for m, g in pp.groupby("method", sort=True):
+            g = g.sort_values("size_mb")
+            ax.plot(g["size_mb"], g["psnr"], "--s", mfc="none", color=colors[m], label=f"{m} (paper)", ms=6)
+    ax.set_xscale("log")
+    ax.set_xlabel("Size (MB = 10^6 bytes, log scale)")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.subplots_adjust(left=0.12, right=0.97, bottom=0.13, top=0.92)
+    return _save(fig, stem)
+
+
+def bit_allocation_plot(components: pd.DataFrame, stem: Path, title: str,
+                        method_order: Sequence[str] | None = None) -> list[Path]:
+    """Stacked bars of bytes per bitstream component, one bar per (method, rate point).
+
+    ``components``: columns method, rate, component, bytes (already averaged if needed).
+    Left panel: MB; right panel: share of the total in percent.
+    """
+    piv = components.pivot_table(index=["method", "rate"], columns="component", values="bytes",
+                                 aggfunc="sum", fill_value=0)
+    methods = list(method_order) if method_order else sorted(piv.index.get_level_values(0).unique())
+    # Bars grouped by method, largest rate point first.
+    order = []
+    for m in methods:
+        if m in piv.index.get_level_values(0):
+            sub = piv.loc[m].sum(axis=1).sort_values(ascending=False)
+            order += [(m, r) for r in sub.index]
+    piv = piv.loc[order] if order else piv
+    comps = list(piv.sum(axis=0).sort_values(ascending=False).index)
+    piv = piv[comps]
+    labels = [f"{m}\n{r}" for m, r in piv.index]
+    fig = Figure(figsize=(max(8.0, 2.0 + 1.3 * len(labels)), 4.5))
+    ax_abs, ax_rel = fig.subplots(1, 2)
+    totals = piv.sum(axis=1).to_numpy(dtype=float)
+    bottom_abs = [0.0] * len(piv)
+    bottom_rel = [0.0] * len(piv)
+    x = list(range(len(piv)))
+    for i, c in enumerate(comps):
+        vals = piv[c].to_numpy(dtype=float)
+        color = f"C{i % 10}" if len(comps) <= 10 else matplotlib.colormaps["tab20"](i % 20)
+        ax_abs.bar(x, vals / MB, bottom=bottom_abs, color=color, label=c)
+        share = [100.0 * v / t if t > 0 else 0.0 for v, t in zip(vals, totals)]
+        ax_rel.bar(x, share, bottom=bottom_rel, color=color)
+        bottom_abs = [b + v / MB for b, v in zip(bottom_abs, vals)]
+        bottom_rel = [b + s for b, s in zip(bottom_rel, share)]
+    for ax in (ax_abs, ax_rel):
+        ax.set_xticks(x, labels, fontsize=7)
+        ax.grid(True, axis="y", alpha=0.3)
+    ax_abs.set_ylabel("Size (MB = 10^6 bytes)")
+    ax_rel.set_ylabel("Share of bitstream (%)")
+    ax_rel.set_ylim(0, 100)
+    fig.suptitle(title)
+    width = fig.get_figwidth()
+    fig.subplots_adjust(left=0.7 / width, right=1.0 - 1.6 / width, bottom=0.16, top=0.88, wspace=0.25)
+    fig.legend(*ax_abs.get_legend_handles_labels(), fontsize=7, loc="center right")
+    return _save(fig, stem)

@@ -1,0 +1,430 @@
+"""Result tables: per scene, dataset summaries (with the papers' numbers), BD tables, survey CSVs.
+
+One ``Table`` renders to Markdown, LaTeX (booktabs) and CSV. Missing values print as "—"
+(Markdown), "--" (LaTeX) and "n/a" (CSV), never as zero. Rows from quick runs are flagged
+with a dagger and a footnote (and a ``quick`` CSV column). Sizes: MB = 10^6 bytes.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import numbers
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from evalkit.codec.container import atomic_write_bytes
+from evalkit.results import MB
+
+DEFAULT_TABLE_METRICS = ("psnr", "ssim", "lpips")
+DEFAULT_LPIPS_NET = "vgg"  # 4DGaussians' metrics.py reports VGG LPIPS as "LPIPS"
+QUICK_FOOTNOTE = "† quick run (reduced iterations/resolution): not comparable with full runs or paper numbers."
+SURVEY_HEADER = ["Submethod", "PSNR", "SSIM", "LPIPS", "Size [Bytes]", "#Gaussians"]
+
+
+class SpecError(ValueError):
+    """A dataset spec passed to the report is malformed."""
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    label: str
+    fmt: str
+    better: str  # "↑" / "↓" / ""
+    paper_keys: tuple[str, ...] = ()  # keys to look up in a spec's paper entry, in order
+
+
+METRICS: dict[str, MetricInfo] = {
+    "psnr": MetricInfo("PSNR", "{:.2f}", "↑", ("psnr",)),
+    "ssim": MetricInfo("SSIM", "{:.4f}", "↑", ("ssim",)),
+    "dssim": MetricInfo("D-SSIM", "{:.4f}", "↓", ("dssim", "d_ssim")),
+    "ms_ssim": MetricInfo("MS-SSIM", "{:.4f}", "↑", ("ms_ssim",)),
+    "lpips_alex": MetricInfo("LPIPS (Alex)", "{:.4f}", "↓", ("lpips_alex", "lpips")),
+    "lpips_vgg": MetricInfo("LPIPS (VGG)", "{:.4f}", "↓", ("lpips_vgg", "lpips")),
+    "fps": MetricInfo("FPS", "{:.1f}", "↑", ("fps",)),
+    "size_mb": MetricInfo("Size (MB)", "{:.3f}", "↓", ("size_mb",)),
+}
+
+
+# -- generic table ---------------------------------------------------------------------
+@dataclass(frozen=True)
+class Column:
+    key: str  # CSV header
+    label: str  # Markdown / LaTeX header
+    fmt: str | None = None  # format for numbers; None = str()
+    csv_only: bool = False
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _fmt(v: Any, fmt: str | None) -> str:
+    if fmt is not None and isinstance(v, (int, float)) and not isinstance(v, bool):
+        return fmt.format(v)
+    return str(v)
+
+
+def _csv_cell(v: Any, col: Column) -> str:
+    """Full precision for CSV (no rounding); integer columns as integers."""
+    if _missing(v):
+        return "n/a"
+    if isinstance(v, bool) or not isinstance(v, numbers.Real):
+        return str(v)
+    if col.fmt is not None and col.fmt.endswith(".0f}"):
+        return str(int(round(float(v))))
+    return repr(float(v))
+
+
+_TEX_ESC = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+            "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+            "↑": r"$\uparrow$", "↓": r"$\downarrow$", "×": r"$\times$", "—": "--", "†": r"$^\dagger$"}
+
+
+def tex_escape(s: str) -> str:
+    parts = s.split("10^6")  # the unit note reads better as math
+    return "$10^{6}$".join("".join(_TEX_ESC.get(c, c) for c in part) for part in parts)
+
+
+@dataclass
+class Table:
+    title: str
+    columns: list[Column]
+    rows: list[list[Any]] = field(default_factory=list)
+    quick: list[bool] = field(default_factory=list)  # per row
+    footnotes: list[str] = field(default_factory=list)
+
+    def add(self, row: list[Any], quick: bool = False) -> None:
+        if len(row) != len(self.columns):
+            raise ValueError(f"row has {len(row)} cells for {len(self.columns)} columns")
+        self.rows.append(row)
+        self.quick.append(bool(quick))
+
+    def _notes(self) -> list[str]:
+        return self.footnotes + ([QUICK_FOOTNOTE] if any(self.quick) else [])
+
+    def _shown(self) -> list[int]:
+        return [i for i, c in enumerate(self.columns) if not c.csv_only]
+
+    def _cells(self, missing: str, mark: str, esc=lambda s: s) -> list[list[str]]:
+        out = []
+        for row, q in zip(self.rows, self.quick):
+            cells = [missing if _missing(row[i]) else esc(_fmt(row[i], self.columns[i].fmt)) for i in self._shown()]
+            if q:
+                cells[0] += mark
+            out.append(cells)
+        return out
+
+    def markdown(self, heading: bool = True) -> str:
+        cols = [self.columns[i] for i in self._shown()]
+        esc = lambda s: s.replace("|", r"\|")  # noqa: E731
+        lines = [f"### {self.title}", ""] if heading else []
+        lines.append("| " + " | ".join(esc(c.label) for c in cols) + " |")
+        lines.append("|" + "|".join("---" if c.fmt is None else "---:" for c in cols) + "|")
+        lines += ["| " + " | ".join(r) + " |" for r in self._cells("—", " †", esc)]
+        notes = self._notes()
+        if notes:
+            lines += [""] + [f"{n}  " for n in notes]
+        return "\n".join(lines) + "\n"
+
+    def latex(self) -> str:
+        cols = [self.columns[i] for i in self._shown()]
+        align = "".join("l" if c.fmt is None else "r" for c in cols)
+        lines = [r"% requires \usepackage{booktabs}", r"\begin{table}[t]", r"\centering",
+                 rf"\caption{{{tex_escape(self.title)}}}", rf"\begin{{tabular}}{{{align}}}", r"\toprule",
+                 " & ".join(tex_escape(c.label) for c in cols) + r" \\", r"\midrule"]
+        lines += [" & ".join(r) + r" \\" for r in self._cells("--", r"$^\dagger$", tex_escape)]
+        lines += [r"\bottomrule", r"\end{tabular}"]
+        lines += [r"\par\smallskip{\footnotesize " + tex_escape(n) + "}" for n in self._notes()]
+        lines.append(r"\end{table}")
+        return "\n".join(lines) + "\n"
+
+    def csv(self) -> str:
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow([c.key for c in self.columns] + ["quick"])
+        for row, q in zip(self.rows, self.quick):
+            w.writerow([_csv_cell(v, c) for v, c in zip(row, self.columns)] + [str(q).lower()])
+        return buf.getvalue()
+
+    def write(self, stem: Path) -> list[Path]:
+        """Write ``stem``.md / .tex / .csv; returns the paths."""
+        out = []
+        for ext, text in ((".md", self.markdown()), (".tex", self.latex()), (".csv", self.csv())):
+            p = stem.with_suffix(ext)
+            atomic_write_bytes(p, text.encode("utf-8"))
+            out.append(p)
+        return out
+
+
+# -- dataset specs ---------------------------------------------------------------------
+def table_metrics(spec: dict[str, Any] | None, dataset: str = "?") -> list[str]:
+    """The metric columns a dataset's tables show: spec 'table_metrics', 'lpips' -> the spec's net."""
+    spec = spec or {}
+    net = spec.get("lpips_net", DEFAULT_LPIPS_NET)
+    if net not in ("alex", "vgg"):
+        raise SpecError(f"dataset spec {dataset!r}: lpips_net must be 'alex' or 'vgg', got {net!r}")
+    out = []
+    for m in spec.get("table_metrics", DEFAULT_TABLE_METRICS):
+        m = {"lpips": f"lpips_{net}", "d-ssim": "dssim", "d_ssim": "dssim", "ms-ssim": "ms_ssim"}.get(str(m).lower(), str(m).lower())
+        if m not in METRICS or m in ("fps", "size_mb"):
+            raise SpecError(f"dataset spec {dataset!r}: unknown table metric {m!r} "
+                            f"(known: psnr, ssim, dssim, ms_ssim, lpips, lpips_alex, lpips_vgg)")
+        out.append(m)
+    return out
+
+
+def paper_entry(paper: Any, method: str, rate: str) -> dict[str, float]:
+    """The paper's numbers for (method, rate) from a spec 'paper' table; {} when absent."""
+    if not isinstance(paper, dict):
+        return {}
+    by_rate = paper.get(method)
+    if not isinstance(by_rate, dict):
+        return {}
+    entry = by_rate.get(rate)
+    if not isinstance(entry, dict):
+        return {}
+    return {k: float(v) for k, v in entry.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def paper_value(entry: dict[str, float], metric: str) -> float | None:
+    for k in METRICS[metric].paper_keys:
+        if k in entry:
+            return entry[k]
+    return None
+
+
+def _scene_numbers(spec: dict[str, Any] | None, scene: str, kind: str) -> dict[str, Any]:
+    """Per-scene numbers (method -> rate -> numbers) of ``kind`` 'paper' or 'reference'.
+
+    Accepts the report form ``scenes.<scene>.<kind>`` and the raw TOML form ``scene_<kind>.<scene>``.
+    """
+    spec = spec or {}
+    scenes = spec.get("scenes")
+    if isinstance(scenes, dict) and isinstance(scenes.get(scene), dict):
+        p = scenes[scene].get(kind)
+        if isinstance(p, dict) and p:
+            return p
+    raw = spec.get(f"scene_{kind}")
+    if isinstance(raw, dict) and isinstance(raw.get(scene), dict):
+        return raw[scene]
+    return {}
+
+
+def scene_paper(spec: dict[str, Any] | None, scene: str) -> dict[str, Any]:
+    return _scene_numbers(spec, scene, "paper")
+
+
+def scene_reference(spec: dict[str, Any] | None, scene: str) -> dict[str, Any]:
+    """Numbers of a method's public reference code measured by us (e.g. hustvl/4DGaussians on one H200)."""
+    return _scene_numbers(spec, scene, "reference")
+
+
+def entry_source(table: Any, method: str, rate: str) -> str | None:
+    try:
+        src = table[method][rate].get("source")
+    except (KeyError, TypeError, AttributeError):
+        return None
+    return src if isinstance(src, str) else None
+
+
+def dataset_label(spec: dict[str, Any] | None, dataset: str) -> str:
+    return str((spec or {}).get("name") or dataset)
+
+
+def spec_scenes(spec: dict[str, Any] | None) -> list[str]:
+    scenes = (spec or {}).get("scenes")
+    if isinstance(scenes, dict):
+        return list(scenes)
+    if isinstance(scenes, list):
+        return [str(s) for s in scenes]
+    return []
+
+
+# -- ordering --------------------------------------------------------------------------
+def method_order(methods: Iterable[str], anchor: str | None) -> list[str]:
+    ms = sorted(set(methods))
+    return ([anchor] if anchor in ms else []) + [m for m in ms if m != anchor]
+
+
+def rate_order(df: pd.DataFrame, method: str, extra: Iterable[str] = ()) -> list[str]:
+    """Rates of a method from largest to smallest mean size; rates without a size last."""
+    sub = df[df["method"] == method]
+    sizes = sub.groupby("rate")["size_bytes"].mean() if not sub.empty else pd.Series(dtype=float)
+
+    def key(rate: str) -> tuple[int, float, str]:
+        s = float(sizes.get(rate, float("nan")))
+        return (1, 0.0, rate) if math.isnan(s) else (0, -s, rate)
+
+    return sorted(set(sizes.index) | set(extra), key=key)
+
+
+def _metric_cols(metrics: list[str], suffix: str = "", key_suffix: str = "") -> list[Column]:
+    return [Column(m + key_suffix, f"{METRICS[m].label}{suffix} {METRICS[m].better}".strip(), METRICS[m].fmt)
+            for m in metrics]
+
+
+def _paper_cols(metrics: list[str], entries: list[dict[str, float]]) -> list[tuple[str, Column]]:
+    """Paper columns for the metrics (plus size, FPS) that at least one entry provides."""
+    out = []
+    for m in [*metrics, "size_mb", "fps"]:
+        if any(paper_value(e, m) is not None for e in entries):
+            # A paper's "lpips" may use either net; the label does not claim one.
+            label = "LPIPS" if m.startswith("lpips") else METRICS[m].label
+            out.append((m, Column(f"paper_{m}", f"{label} (paper)", METRICS[m].fmt)))
+    return out
+
+
+# -- per-scene table -------------------------------------------------------------------
+def scene_table(df: pd.DataFrame, dataset: str, scene: str, spec: dict[str, Any] | None,
+                anchor: str | None = None) -> Table:
+    """Every ok record of one scene, one row per (method, rate), with per-scene paper numbers."""
+    metrics = table_metrics(spec, dataset)
+    sub = df[(df["dataset"] == dataset) & (df["scene"] == scene) & (df["status"] == "ok")]
+    paper = scene_paper(spec, scene)
+    keys = [(m, r) for m in method_order(sub["method"], anchor) for r in rate_order(sub, m)]
+    entries = [paper_entry(paper, m, r) for m, r in keys]
+    pcols = _paper_cols(metrics, entries)
+    cols = [Column("method", "Method"), Column("rate", "Rate"), *_metric_cols(metrics),
+            Column("fps", "FPS ↑", "{:.1f}"), Column("size_mb", "Size (MB) ↓", "{:.3f}"),
+            Column("size_bytes", "Size (bytes)", "{:.0f}", csv_only=True),
+            Column("num_primitives", "#Prim.", "{:,.0f}"), *[c for _, c in pcols]]
+    t = Table(f"{dataset_label(spec, dataset)} / {scene}", cols)
+    for (m, r), entry in zip(keys, entries):
+        row = sub[(sub["method"] == m) & (sub["rate"] == r)].iloc[0]
+        t.add([m, r, *[row[k] for k in metrics], row["fps"], row["size_mb"], row["size_bytes"],
+               row["num_primitives"], *[paper_value(entry, k) for k, _ in pcols]], quick=bool(row["quick"]))
+    t.footnotes.append("Size: bytes of the bitstream file the decoder reads; MB = 10^6 bytes.")
+    _paper_sources(t, paper, keys)
+
+    # The public reference code of a method, measured on our GPU: extra rows, marked as such.
+    ref = scene_reference(spec, scene)
+    ref_sources = set()
+    for m in sorted(ref) if isinstance(ref, dict) else []:
+        for r in sorted(ref[m]) if isinstance(ref[m], dict) else []:
+            e = paper_entry(ref, m, r)
+            size_b = e.get("size_bytes", e["size_mb"] * MB if "size_mb" in e else None)
+            fps = e.get("fps", 1000.0 / e["ms_per_frame"] if e.get("ms_per_frame") else None)
+            t.add([f"{m} (reference code)", r, *[paper_value(e, k) for k in metrics], fps,
+                   None if size_b is None else size_b / MB, size_b, e.get("num_primitives"),
+                   *[None for _ in pcols]])
+            ref_sources.add(entry_source(ref, m, r) or "source not given")
+    if ref_sources:
+        t.footnotes.append("(reference code): the method's public code measured by us, not by evalkit: "
+                           + "; ".join(sorted(ref_sources)) + ".")
+    return t
+
+
+def _paper_sources(t: Table, paper: Any, keys: list[tuple[str, str]]) -> None:
+    sources = sorted({src for m, r in keys if (src := entry_source(paper, m, r))})
+    if sources:
+        t.footnotes.append("(paper) sources: " + "; ".join(sources) + ".")
+
+
+# -- dataset summary -------------------------------------------------------------------
+def summary_table(df: pd.DataFrame, dataset: str, spec: dict[str, Any] | None, anchor: str | None) -> Table:
+    """Dataset means per (method, rate) over scenes, compression ratio vs anchor, paper numbers."""
+    metrics = table_metrics(spec, dataset)
+    sub = df[(df["dataset"] == dataset) & (df["status"] == "ok")]
+    paper = (spec or {}).get("paper", {})
+    all_scenes = spec_scenes(spec) or sorted(df[df["dataset"] == dataset]["scene"].unique())
+    methods = method_order(sub["method"], anchor)
+    keys = []
+    for m in methods:
+        paper_rates = list(paper[m]) if isinstance(paper, dict) and isinstance(paper.get(m), dict) else []
+        keys += [(m, r) for r in rate_order(sub, m, extra=paper_rates)]
+    entries = [paper_entry(paper, m, r) for m, r in keys]
+    pcols = _paper_cols(metrics, entries)
+
+    anchor_rate = None
+    if anchor is not None and anchor in set(sub["method"]):
+        anchor_rate = rate_order(sub, anchor)[0]  # its largest-size rate point
+    anc = sub[(sub["method"] == anchor) & (sub["rate"] == anchor_rate)].set_index("scene")["size_bytes"] \
+        if anchor_rate is not None else pd.Series(dtype=float)
+
+    cols = [Column("method", "Method"), Column("rate", "Rate"), Column("scenes", "Scenes"),
+            *_metric_cols(metrics), Column("fps", "FPS ↑", "{:.1f}"), Column("size_mb", "Size (MB) ↓", "{:.3f}"),
+            Column("size_bytes", "Size (bytes)", "{:.0f}", csv_only=True),
+            Column("ratio", f"Ratio vs {anchor}" if anchor else "Ratio", "{:.1f}×"), *[c for _, c in pcols]]
+    t = Table(f"{dataset_label(spec, dataset)}: mean over scenes", cols)
+    partial = False
+    for (m, r), entry in zip(keys, entries):
+        g = sub[(sub["method"] == m) & (sub["rate"] == r)]
+        n = g["scene"].nunique()
+        partial |= 0 < n < len(all_scenes)
+        # skipna=False: a metric missing in any scene makes the mean missing, not a subset mean.
+        means = {k: (g[k].mean(skipna=False) if n else None) for k in [*metrics, "fps", "size_bytes"]}
+        ratio = None
+        if n and not anc.empty and set(g["scene"]) <= set(anc.index):
+            ratio = anc.loc[list(g["scene"])].mean() / means["size_bytes"]
+        size_mb = None if means["size_bytes"] is None else means["size_bytes"] / MB
+        t.add([m, r, f"{n}/{len(all_scenes)}", *[means[k] for k in metrics], means["fps"], size_mb,
+               means["size_bytes"], ratio, *[paper_value(entry, k) for k, _ in pcols]],
+              quick=bool(g["quick"].any()))
+    t.footnotes.append("Means over scenes of per-scene values; a metric missing in any scene leaves the mean "
+                       "missing. Size: bitstream bytes, MB = 10^6 bytes.")
+    if anchor_rate is not None:
+        t.footnotes.append(f"Ratio = mean size of {anchor} ({anchor_rate}) / mean size of the row, over the "
+                           f"row's scenes.")
+    elif anchor is not None:
+        t.footnotes.append(f"Ratio n/a: anchor {anchor} has no successful records for this dataset.")
+    if partial:
+        t.footnotes.append("Rows covering fewer scenes than the dataset has are not comparable with paper means.")
+    if pcols:
+        t.footnotes.append("(paper): numbers reported in the method's paper (dataset spec), not measured here.")
+        _paper_sources(t, paper, keys)
+    return t
+
+
+# -- BD tables -------------------------------------------------------------------------
+def bd_scene_table(per_scene: pd.DataFrame, title: str) -> Table:
+    t = Table(title, [Column("scene", "Scene"), Column("method", "Method"), Column("anchor", "Anchor"),
+                      Column("bd_rate", "BD-rate (%) ↓", "{:+.2f}"), Column("bd_psnr", "BD-PSNR (dB) ↑", "{:+.3f}"),
+                      Column("note", "Note")])
+    for _, r in per_scene.iterrows():
+        t.add([r["scene"], r["method"], r["anchor"], r["bd_rate"], r["bd_psnr"], r["note"]])
+    t.footnotes.append("Bjontegaard deltas, pchip interpolation (bjontegaard package), rate = bitstream bytes, "
+                       "distortion = PSNR.")
+    return t
+
+
+def bd_summary_table(summary: pd.DataFrame, title: str) -> Table:
+    t = Table(title, [Column("method", "Method"), Column("anchor", "Anchor"),
+                      Column("bd_rate", "BD-rate (%) ↓", "{:+.2f}"), Column("bd_psnr", "BD-PSNR (dB) ↑", "{:+.3f}"),
+                      Column("scenes_rate", "Scenes (rate)"), Column("scenes_psnr", "Scenes (PSNR)"),
+                      Column("scenes", "Scenes")])
+    for _, r in summary.iterrows():
+        t.add([r["method"], r["anchor"], r["bd_rate"], r["bd_psnr"], int(r["scenes_rate"]),
+               int(r["scenes_psnr"]), int(r["scenes"])])
+    t.footnotes.append("Per-scene values averaged (not averaged curves); the Scenes columns count the scenes "
+                       "whose value entered each mean.")
+    return t
+
+
+# -- 3DGS compression survey CSV -------------------------------------------------------
+def survey_csv(df: pd.DataFrame, method: str, dataset: str, scene: str, lpips_metric: str) -> str:
+    """One scene's RD points of one method in the 3DGS compression survey CSV format.
+
+    Rows go from the largest to the smallest size. Submethod is "Baseline" for a method's
+    single rate point, else " <rate>" (a leading space so the survey shows "method rate").
+    Missing values are empty cells.
+    """
+    sub = df[(df["dataset"] == dataset) & (df["scene"] == scene) & (df["method"] == method)
+             & (df["status"] == "ok")]
+    rates = rate_order(sub, method)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(SURVEY_HEADER)
+    for r in rates:
+        row = sub[sub["rate"] == r].iloc[0]
+        name = "Baseline" if len(rates) == 1 else f" {r}"
+
+        def num(v: Any, fmt: str) -> str:
+            return "" if _missing(v) else fmt.format(v)
+
+        w.writerow([name, num(row["psnr"], "{:.4f}"), num(row["ssim"], "{:.5f}"), num(row[lpips_metric], "{:.5f}"),
+                    num(row["size_bytes"], "{:.0f}"), num(row["num_primitives"], "{:.0f}")])
+    return buf.getvalue()

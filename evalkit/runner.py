@@ -1,0 +1,322 @@
+"""The benchmark runner: jobs (method, dataset, scene, rate point) -> records.
+
+Each job trains on the train split, encodes to a bitstream file, decodes *that file* into a
+fresh model (nothing is carried over in memory), renders every test view, measures quality,
+FPS and size, and writes one JSON record. Records and bitstreams are written atomically; a job
+whose record exists with status "ok" is skipped (``force`` reruns it), so a killed sweep
+resumes where it stopped. A failing job records its error and the sweep goes on.
+
+The runner knows no method's internals: it talks to methods through the registry and the
+``Method`` / ``Model`` protocol only.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import time
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import torch
+
+from evalkit.codec.container import Bitstream
+from evalkit.data.scene import Scene
+from evalkit.methods.base import Budget, RatePoint, TrainContext
+from evalkit.methods.registry import get_method
+from evalkit.results import Record, bitstream_path, collect_env, read_record, record_path, write_record
+from evalkit.specs import DatasetSpec, MethodSpec, SpecError, load_dataset_spec, load_method_spec
+
+
+class RunError(Exception):
+    """A problem with the request itself (no data, unknown scene...), reported before any job runs."""
+
+
+def default_data_root() -> Path:
+    """``$EVALKIT_DATA_ROOT``, else ``~/evalkit-data``."""
+    env = os.environ.get("EVALKIT_DATA_ROOT")
+    return Path(env).expanduser() if env else Path.home() / "evalkit-data"
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("EVALKIT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "evalkit"
+
+
+@dataclass
+class Job:
+    method: str
+    dataset: str
+    scene: str
+    rate: RatePoint
+    scene_dir: Path
+    in_spec: bool = True
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} / {self.dataset} / {self.scene} / {self.rate.name}"
+
+
+@dataclass
+class RunOptions:
+    out: Path = Path("results")
+    iterations: int | None = None
+    quick: bool = False
+    resolution_scale: float | None = None  # multiplies the dataset's own scale
+    device: str | None = None
+    seed: int = 0
+    force: bool = False
+    fps_warmup: int = 5
+    fps_repeats: int = 3
+
+
+@dataclass
+class JobOutcome:
+    job: Job
+    status: str  # "ok" | "failed" | "skipped"
+    record: Record | None = None
+    error: str | None = None
+
+
+@dataclass
+class Reporter:
+    """Callbacks the CLI fills with rich progress; the defaults stay silent (tests, library use)."""
+
+    job_started: Callable[[Job, int, int], None] = lambda job, i, n: None
+    job_finished: Callable[[JobOutcome], None] = lambda outcome: None
+    phase: Callable[[str], None] = lambda msg: None
+    iteration: Callable[[int, int, dict], None] = lambda it, total, stats: None
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device:
+        dev = torch.device(device)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RunError(f"--device {device}: CUDA is not available on this machine")
+        return dev
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def ensure_synthetic(spec: DatasetSpec, root: Path) -> None:
+    """Generate the built-in synthetic scenes on first use."""
+    from evalkit.data.synth import generate
+
+    for scene in spec.scenes:
+        d = root / spec.folder / scene
+        if not d.exists():
+            generate(spec.format, d)
+
+
+def plan_jobs(method: str, dataset: str, data_root: Path | None = None, scenes: list[str] | None = None,
+              rates: list[str] | None = None) -> tuple[list[Job], list[str]]:
+    """Expand a request into jobs. Returns (jobs, notes). Raises RunError with guidance when data is missing."""
+    dspec = load_dataset_spec(dataset)
+    mspec = load_method_spec(method)
+    get_method(method)  # fail early on an unregistered method
+    notes: list[str] = []
+    if dspec.generated:
+        root = data_root or default_cache_dir() / "data"
+        ensure_synthetic(dspec, root)
+    else:
+        root = data_root or default_data_root()
+    base = root / dspec.folder
+    if not base.is_dir():
+        raise RunError(f"no {dspec.name} data at {base}. Put one folder per scene there "
+                       f"(e.g. {base / (dspec.scenes[0] if dspec.scenes else 'SCENE')}), or pass --data-root. "
+                       f"Download: {dspec.download}")
+    if scenes:
+        chosen = []
+        for s in scenes:
+            if not (base / s).is_dir():
+                present = sorted(p.name for p in base.iterdir() if p.is_dir())
+                raise RunError(f"scene folder {base / s} not found; present: {', '.join(present) or 'none'}")
+            if s not in dspec.scenes:
+                notes.append(f"scene {s!r} is not in datasets/{dataset}.toml: no paper numbers exist for it")
+            chosen.append(s)
+    else:
+        chosen = [s for s in dspec.scenes if (base / s).is_dir()]
+        if not chosen:
+            present = sorted(p.name for p in base.iterdir() if p.is_dir())
+            raise RunError(f"none of the {dspec.name} scenes of the spec ({', '.join(dspec.scenes)}) is in {base}"
+                           + (f"; present: {', '.join(present)} (name them with --scene)" if present else "")
+                           + f". Download: {dspec.download}")
+    jobs = [Job(method, dataset, s, r, base / s, in_spec=s in dspec.scenes)
+            for s in chosen for r in mspec.rate_points(dataset, rates)]
+    return jobs, notes
+
+
+@contextmanager
+def _job_log(path: Path) -> Iterator[Callable[[str], None]]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        def log(msg: str) -> None:
+            fh.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+            fh.flush()
+        yield log
+
+
+def scene_scale(dspec: DatasetSpec, opts: RunOptions, mspec: MethodSpec) -> float | None:
+    """Image scale for the loader: the dataset's protocol scale times --resolution-scale and the
+    quick schedule's scale. None leaves the format's default to the loader."""
+    extra = (opts.resolution_scale or 1.0) * (dspec.quick_resolution_scale if opts.quick else 1.0)
+    if dspec.resolution_scale is None and extra == 1.0:
+        return None
+    return (dspec.resolution_scale or 1.0) * extra
+
+
+def _load_scene(job: Job, dspec: DatasetSpec, opts: RunOptions, mspec: MethodSpec) -> Scene:
+    from evalkit.data.detect import load_scene
+
+    return load_scene(job.scene_dir, format=dspec.format, resolution_scale=scene_scale(dspec, opts, mspec),
+                      background=dspec.background, cache_dir=default_cache_dir() / "frames")
+
+
+def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict) -> JobOutcome:
+    rec_path = record_path(opts.out, job.dataset, job.scene, job.method, job.rate.name)
+    if not opts.force and rec_path.is_file():
+        try:
+            old = read_record(rec_path)
+            if old.status == "ok":
+                return JobOutcome(job, "skipped", old)
+        except Exception:  # an unreadable record is redone
+            pass
+    bits_path = bitstream_path(opts.out, job.dataset, job.scene, job.method, job.rate.name)
+    dspec = load_dataset_spec(job.dataset)
+    mspec = load_method_spec(job.method)
+    method = get_method(job.method)
+    device = resolve_device(opts.device)
+    config = mspec.config(job.dataset, job.scene)
+    iterations = opts.iterations or (int(mspec.quick["iterations"]) if opts.quick and "iterations" in mspec.quick else None)
+    budget = Budget(iterations=iterations, resolution_scale=opts.resolution_scale or 1.0, quick=opts.quick, seed=opts.seed)
+    record = Record(method=job.method, dataset=job.dataset, scene=job.scene, rate=job.rate.name,
+                    rate_params=dict(job.rate.params), config=config, quick=opts.quick, seed=opts.seed,
+                    env=collect_env())
+    if not job.in_spec:
+        record.notes.append(f"scene {job.scene!r} is not in datasets/{job.dataset}.toml: no paper numbers")
+    if opts.quick:
+        record.notes.append("quick schedule: fewer iterations and lower resolution than the protocol")
+
+    with _job_log(rec_path.with_suffix(".log")) as log:
+        log(f"job {job.label} on {device}")
+        try:
+            key = (job.dataset, job.scene)
+            if key not in scene_cache:
+                reporter.phase(f"loading {job.scene_dir}")
+                scene_cache.clear()  # one scene in memory at a time
+                scene_cache[key] = {"scene": _load_scene(job, dspec, opts, mspec), "shared": {}}
+            scene: Scene = scene_cache[key]["scene"]
+            record.resolution_scale = scene_scale(dspec, opts, mspec) or 1.0
+            ctx = TrainContext(device=device, budget=budget, config=config, progress=reporter.iteration,
+                               log=log, cache=scene_cache[key]["shared"])
+
+            reporter.phase("training")
+            t0 = time.perf_counter()
+            trained = method.train(scene, job.rate, ctx)
+            train_s = time.perf_counter() - t0
+            record.iterations = int(getattr(trained, "iterations", 0) or (iterations or 0))
+            record.reused = getattr(trained, "reused", None)
+            log(f"trained in {train_s:.1f} s, {trained.num_primitives()} primitives")
+
+            reporter.phase("encoding")
+            t0 = _sync_time(device)
+            bits = trained.encode()
+            encode_s = _sync_time(device) - t0
+            nbytes = bits.write(bits_path)
+            del trained, bits
+            _free(device)
+
+            reporter.phase("decoding")
+            t0 = _sync_time(device)
+            decoded = method.decode(Bitstream.read(bits_path), device)
+            decode_s = _sync_time(device) - t0
+            sizes = Bitstream.read(bits_path).sizes()
+            if sizes["total"] != nbytes or bits_path.stat().st_size != nbytes:
+                raise RuntimeError(f"{bits_path}: size accounting mismatch ({sizes['total']} vs {nbytes} bytes)")
+
+            reporter.phase("evaluating")
+            t0 = time.perf_counter()
+            _evaluate(decoded, scene, record, device, opts)
+            eval_s = time.perf_counter() - t0
+            record.size = {"total_bytes": nbytes, "components": {k: v for k, v in sizes.items() if k != "total"}}
+            record.bitstream = str(bits_path.relative_to(opts.out))
+            record.num_primitives = int(decoded.num_primitives())
+            record.timings = {"train_s": train_s, "encode_s": encode_s, "decode_s": decode_s, "eval_s": eval_s}
+            record.status = "ok"
+            log(f"PSNR {record.metrics.get('psnr')} dB, {nbytes} bytes, FPS {record.fps['fps']:.1f} ({record.fps['label']})")
+            del decoded
+        except Exception as exc:  # the sweep goes on; the record says what failed
+            record.status = "failed"
+            record.error = f"{type(exc).__name__}: {exc}"
+            log("FAILED\n" + traceback.format_exc())
+        finally:
+            _free(device)
+    write_record(record, rec_path)
+    return JobOutcome(job, record.status, record, record.error)
+
+
+def _sync_time(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def _evaluate(model, scene: Scene, record: Record, device: torch.device, opts: RunOptions) -> None:
+    from evalkit.metrics.evaluate import evaluate_images
+    from evalkit.metrics.fps import measure_fps
+
+    frames = scene.test
+    if not frames:
+        raise RuntimeError(f"{scene.path}: the scene has no test frames")
+    preds, gts = [], []
+    with torch.no_grad():
+        for f in frames:
+            preds.append(model.render(f.camera, f.time).float().cpu())
+            gts.append(torch.from_numpy(f.load()))
+    ev = evaluate_images(preds, gts, [f.image_name for f in frames], device=device)
+    record.metrics = {k: ev.means.get(k) for k in record.metrics}
+    record.metrics_missing = dict(ev.missing)
+    record.per_frame = [{"name": f.image_name, "time": f.time, **ev.per_frame[f.image_name]} for f in frames]
+    w, h = frames[0].camera.width, frames[0].camera.height
+    record.resolution = [w, h]
+    fps = measure_fps(lambda i: model.render(frames[i].camera, frames[i].time), len(frames),
+                      warmup=opts.fps_warmup, repeats=opts.fps_repeats, device=device, resolution=(w, h))
+    record.fps = {"fps": fps.fps, "ms_per_frame": fps.ms_per_frame, "device": fps.device_kind,
+                  "gpu_name": fps.device_name if fps.device_kind == "cuda" else None,
+                  "resolution": [w, h], "frames": fps.frames, "label": fps.label}
+
+
+@dataclass
+class SweepResult:
+    outcomes: list[JobOutcome] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> list[JobOutcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+
+def run(method: str, dataset: str, *, scenes: list[str] | None = None, rates: list[str] | None = None,
+        data_root: Path | None = None, opts: RunOptions | None = None,
+        reporter: Reporter | None = None) -> SweepResult:
+    opts = opts or RunOptions()
+    reporter = reporter or Reporter()
+    try:
+        jobs, notes = plan_jobs(method, dataset, data_root, scenes, rates)
+    except SpecError as exc:
+        raise RunError(str(exc)) from None
+    result = SweepResult(notes=notes)
+    scene_cache: dict = {}
+    for i, job in enumerate(jobs):
+        reporter.job_started(job, i, len(jobs))
+        outcome = run_job(job, opts, reporter, scene_cache)
+        result.outcomes.append(outcome)
+        reporter.job_finished(outcome)
+    return result

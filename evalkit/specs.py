@@ -1,0 +1,146 @@
+"""The benchmark protocol as data: ``datasets/*.toml`` and ``methods/*.toml`` read into dataclasses.
+
+Users add a scene or a rate point by editing a spec, not code. The spec folder is the repository
+root (beside the ``evalkit`` package) unless ``EVALKIT_SPECS_DIR`` points elsewhere.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evalkit.methods.base import RatePoint
+
+
+class SpecError(Exception):
+    def __init__(self, path: Path | str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}")
+
+
+def specs_dir() -> Path:
+    env = os.environ.get("EVALKIT_SPECS_DIR")
+    root = Path(env) if env else Path(__file__).resolve().parents[1]
+    if not (root / "datasets").is_dir() or not (root / "methods").is_dir():
+        raise SpecError(root, "no datasets/ and methods/ spec folders here; set EVALKIT_SPECS_DIR "
+                              "to the folder that holds them (the evalkit repository root)")
+    return root
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise SpecError(path, "spec file not found")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(path, f"malformed TOML: {exc}") from None
+
+
+def _require(d: dict, key: str, path: Path) -> Any:
+    if key not in d:
+        raise SpecError(path, f"missing required key {key!r}")
+    return d[key]
+
+
+@dataclass
+class DatasetSpec:
+    key: str  # file stem, e.g. "dnerf"
+    name: str
+    format: str
+    folder: str
+    scenes: list[str]
+    download: str = ""
+    background: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    resolution_scale: float | None = None  # None: the loader's default for the format
+    quick_resolution_scale: float = 0.25  # extra scale under --quick
+    table_metrics: list[str] = field(default_factory=lambda: ["psnr", "ssim", "lpips_vgg"])
+    generated: bool = False
+    notes: str = ""
+    paper: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # method -> rate -> numbers
+    scene_paper: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)  # scene -> method -> rate
+    scene_reference: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)
+    path: Path | None = None
+
+    def report_spec(self) -> dict[str, Any]:
+        """The dict shape ``evalkit.report.build_report`` reads."""
+        return {"name": self.name, "table_metrics": self.table_metrics, "paper": self.paper,
+                "scenes": {s: {"paper": self.scene_paper.get(s, {}),
+                               "reference": self.scene_reference.get(s, {})} for s in self.scenes}}
+
+
+@dataclass
+class MethodSpec:
+    key: str
+    name: str
+    title: str
+    paper: str
+    defaults: dict[str, Any]
+    datasets: dict[str, dict[str, Any]]
+    rates: dict[str, dict[str, Any]]  # rate name -> params (may hold per-dataset sub-tables)
+    quick: dict[str, Any] = field(default_factory=dict)
+    uncompressed: bool = False
+    path: Path | None = None
+
+    def config(self, dataset: str, scene: str) -> dict[str, Any]:
+        """defaults <- datasets.<dataset> <- datasets.<dataset>.scenes.<scene>."""
+        cfg = copy.deepcopy(self.defaults)
+        ds = copy.deepcopy(self.datasets.get(dataset, {}))
+        scenes = ds.pop("scenes", {})
+        cfg.update(ds)
+        cfg.update(scenes.get(scene, {}))
+        return cfg
+
+    def rate_points(self, dataset: str, names: list[str] | None = None) -> list[RatePoint]:
+        """Rate points for a dataset; a rate's sub-table named after the dataset overrides its params."""
+        out = []
+        for rname, params in self.rates.items():
+            p = {k: v for k, v in params.items() if not isinstance(v, dict)}
+            p.update(params.get(dataset, {}))
+            out.append(RatePoint(rname, p))
+        if names:
+            known = {r.name for r in out}
+            missing = [n for n in names if n not in known]
+            if missing:
+                raise SpecError(self.path or self.key, f"unknown rate point(s) {missing}; "
+                                                      f"this method has {sorted(known)}")
+            out = [r for r in out if r.name in names]
+        return out
+
+
+def load_dataset_spec(key: str, root: Path | None = None) -> DatasetSpec:
+    root = root or specs_dir()
+    path = root / "datasets" / f"{key}.toml"
+    if not path.is_file():
+        raise SpecError(path, f"unknown dataset {key!r}; known: {', '.join(list_specs('datasets', root))}")
+    d = _read_toml(path)
+    return DatasetSpec(
+        key=key, name=d.get("name", key), format=_require(d, "format", path), folder=d.get("folder", key),
+        scenes=list(d.get("scenes", [])), download=d.get("download", ""),
+        background=list(d.get("background", [1.0, 1.0, 1.0])), resolution_scale=d.get("resolution_scale"),
+        quick_resolution_scale=float(d.get("quick_resolution_scale", 0.25)),
+        table_metrics=list(d.get("table_metrics", ["psnr", "ssim", "lpips_vgg"])),
+        generated=bool(d.get("generated", False)), notes=d.get("notes", ""), paper=d.get("paper", {}),
+        scene_paper=d.get("scene_paper", {}), scene_reference=d.get("scene_reference", {}), path=path)
+
+
+def load_method_spec(key: str, root: Path | None = None) -> MethodSpec:
+    root = root or specs_dir()
+    path = root / "methods" / f"{key}.toml"
+    if not path.is_file():
+        raise SpecError(path, f"unknown method {key!r}; known: {', '.join(list_specs('methods', root))}")
+    d = _read_toml(path)
+    rates = d.get("rates") or {"default": {}}
+    return MethodSpec(key=key, name=d.get("name", key), title=d.get("title", key), paper=d.get("paper", ""),
+                      defaults=d.get("defaults", {}), datasets=d.get("datasets", {}), rates=rates,
+                      quick=d.get("quick", {}), uncompressed=bool(d.get("uncompressed", False)), path=path)
+
+
+def list_specs(kind: str, root: Path | None = None) -> list[str]:
+    root = root or specs_dir()
+    return sorted(p.stem for p in (root / kind).glob("*.toml"))
+
+
+def all_report_specs(root: Path | None = None) -> dict[str, dict[str, Any]]:
+    return {k: load_dataset_spec(k, root).report_spec() for k in list_specs("datasets", root)}

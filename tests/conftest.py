@@ -1,0 +1,57 @@
+"""Shared pytest fixtures.
+
+* ``shared_data``: the real test data folder (``$EVALKIT_SHARED_DATA``, else ``shared/data``
+  beside the repository checkout), or a skip with the reason.
+* ``synth_scene_dir(format, **kwargs)``: a small synthetic scene generated once per session
+  (``evalkit.data.synth.generate``) and cached by its arguments. Treat it as read-only; copy
+  it (``shutil.copytree``) before modifying files.
+"""
+from __future__ import annotations
+
+import os
+
+# numpy's OpenBLAS spawns one thread per core for tiny (N, 3) @ (3, 3) products; on a busy
+# 2-core CI runner that makes them 10x slower than single-threaded. Must precede numpy import.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from pathlib import Path  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_root() -> Path:
+    return Path(os.environ.get("EVALKIT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    root = shared_data_root()
+    if not root.is_dir():
+        pytest.skip(f"real test data not found at {root} (set EVALKIT_SHARED_DATA)")
+    return root
+
+
+@pytest.fixture(scope="session")
+def synth_scene_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    from evalkit.data.synth import generate
+
+    made: dict[tuple, Path] = {}
+
+    def get(format: str, **kwargs: Any) -> Path:
+        key = (format, tuple(sorted(kwargs.items())))
+        if key not in made:
+            out = tmp_path_factory.mktemp(f"synth_{format}")
+            made[key] = generate(format, out, **kwargs)
+        return made[key]
+
+    return get
+
+
+@pytest.fixture(autouse=True)
+def _isolated_evalkit_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decoded-video caches go to a session temp dir, never to the user's ~/.cache."""
+    if "EVALKIT_CACHE" not in os.environ:
+        monkeypatch.setenv("EVALKIT_CACHE", str(tmp_path_factory.getbasetemp() / "evalkit_cache"))

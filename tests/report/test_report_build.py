@@ -1,0 +1,178 @@
+"""build_report on a synthetic results store: files, values, missing metrics, survey CSV, plots."""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evalkit.report import build_report
+from evalkit.report.bdrate import bd_pair
+from evalkit.report.tables import SURVEY_HEADER, SpecError, scene_paper, summary_table, table_metrics
+from evalkit.results import load_records
+
+SPECS = {
+    "dnerf": {"name": "D-NeRF", "table_metrics": ["psnr", "ssim", "lpips"],
+              "paper": {"4dgs-cc": {"high": {"psnr": 34.12, "ssim": 0.978, "lpips": 0.028, "size_mb": 1.9,
+                                             "source": "4DGS-CC paper, Table 1"},
+                                    "low": {"psnr": 33.94, "size_mb": 1.7}},
+                        "4dgs": {"default": {"psnr": 34.07, "size_mb": 23.3}}},
+              "scenes": {"lego": {"paper": {"4dgs": {"default": {"psnr": 25.03}}},
+                                  "reference": {"4dgs": {"default": {
+                                      "psnr": 25.07, "ssim": 0.937, "size_bytes": 33288544, "num_primitives": 94504,
+                                      "ms_per_frame": 2.71, "source": "hustvl/4DGaussians on one H200"}}}},
+                         "mutant": {}}},
+    "neu3d": {"name": "Neu3D", "table_metrics": ["psnr", "dssim", "lpips"], "lpips_net": "alex"},
+}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    from report_fixtures import write_synthetic_store
+
+    root = tmp_path_factory.mktemp("rep")
+    write_synthetic_store(root / "results")
+    return build_report(root / "results", root / "report", dataset_specs=SPECS)
+
+
+def _rows(md: str, first_cells: str) -> list[list[str]]:
+    """Cells of Markdown table rows starting with ``first_cells`` (e.g. '| adc-gs | high |')."""
+    return [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines() if line.startswith(first_cells)]
+
+
+def test_files_exist_and_plots_are_real_images(report: Path) -> None:
+    out = report.parent
+    assert report.name == "index.md"
+    for ds, scenes in (("dnerf", ["lego", "mutant"]), ("neu3d", ["flame_steak"])):
+        for stem in ["summary", *[f"scenes/{s}" for s in scenes]]:
+            for ext in (".md", ".tex", ".csv"):
+                assert (out / ds / f"{stem}{ext}").stat().st_size > 0
+        for name in ["mean", *scenes]:
+            for kind in ("rd", "bits"):
+                png, pdf = out / ds / "plots" / f"{kind}_{name}.png", out / ds / "plots" / f"{kind}_{name}.pdf"
+                assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+                assert pdf.read_bytes()[:5] == b"%PDF-"
+    for ext in (".md", ".tex", ".csv"):
+        assert (out / "dnerf" / f"bd_summary{ext}").is_file() and (out / "dnerf" / f"bd_scenes{ext}").is_file()
+    index = report.read_text()
+    for target in ["dnerf/summary.tex", "dnerf/scenes/mutant.csv", "dnerf/plots/rd_mean.pdf",
+                   "dnerf/plots/bits_lego.png", "dnerf/bd_scenes.md", "survey/adc-gs/dnerf/lego.csv"]:
+        assert f"({target})" in index
+
+
+def test_scene_table_values_and_missing_lpips(report: Path) -> None:
+    md = (report.parent / "dnerf" / "scenes" / "lego.md").read_text()
+    # 4dgs-cc high on lego: PSNR 29.95, size 2,000,000 bytes.
+    assert _rows(md, "| 4dgs-cc | high |")[0][2:9] == ["29.95", "0.9500", "0.0600", "200.0", "2.000", "20,000", "—"]
+    # adc-gs has no LPIPS: shown as missing, never as a number.
+    adc = _rows(md, "| adc-gs |")
+    assert len(adc) == 3 and all(r[4] == "—" for r in adc)
+    assert "25.03" in _rows(md, "| 4dgs | default |")[0]  # the scene's paper number
+    # The reference code measured by us: its own row, FPS from ms/frame, size from bytes.
+    assert "| 4dgs (reference code) | default | 25.07 | 0.9370 | — | 369.0 | 33.289 | 94,504 | — |" in md
+    assert "hustvl/4DGaussians on one H200" in md
+    csv_df = pd.read_csv(report.parent / "dnerf" / "scenes" / "lego.csv", keep_default_na=False)
+    adc_csv = csv_df[csv_df["method"] == "adc-gs"]
+    assert (adc_csv["lpips_vgg"] == "n/a").all()
+    cc = csv_df[(csv_df["method"] == "4dgs-cc") & (csv_df["rate"] == "mid")].iloc[0]
+    assert float(cc["psnr"]) == 29.7 and int(cc["size_bytes"]) == 1_500_000 and not cc["quick"]
+    tex = (report.parent / "dnerf" / "scenes" / "lego.tex").read_text()
+    assert r"\begin{tabular}" in tex and "adc-gs & high & 30.10 & 0.9500 & -- &" in tex
+    assert "0.0000" not in md + tex
+
+
+def test_summary_means_ratio_and_paper_numbers(report: Path) -> None:
+    md = (report.parent / "dnerf" / "summary.md").read_text()
+    header = _rows(md, "| Method |")[0]
+    row = dict(zip(header, _rows(md, "| 4dgs-cc | high |")[0]))
+    # Means over lego (29.95 dB, 2.0 MB) and mutant (31.95 dB, 2.2 MB); 4dgs: 30 and 33 MB.
+    assert row["PSNR ↑"] == "30.95" and row["Size (MB) ↓"] == "2.100" and row["Scenes"] == "2/2"
+    assert row["Ratio vs 4dgs"] == "15.0×"  # (30 + 33) / 2 / 2.1
+    assert row["PSNR (paper)"] == "34.12" and row["LPIPS (paper)"] == "0.0280" and row["Size (MB) (paper)"] == "1.900"
+    assert "(paper) sources: 4DGS-CC paper, Table 1." in md
+    adc = dict(zip(header, _rows(md, "| adc-gs | high |")[0]))
+    assert adc["LPIPS (VGG) ↓"] == "—" and adc["PSNR (paper)"] == "—"
+    neu = (report.parent / "neu3d" / "summary.md").read_text()
+    assert "D-SSIM ↓" in neu and "LPIPS (Alex) ↓" in neu and "SSIM ↑" not in neu
+    assert "| 4dgs-cc † | high |" in neu and "† quick run" in neu
+
+
+def test_mean_is_missing_when_a_scene_lacks_the_metric(tmp_path: Path) -> None:
+    from report_fixtures import make_record
+    from evalkit.results import record_path, write_record
+
+    for scene, lp in (("lego", True), ("mutant", False)):
+        r = make_record("m", "dnerf", scene, "high", 1_000_000, 30.0, lpips=lp)
+        write_record(r, record_path(tmp_path, r.dataset, r.scene, r.method, r.rate))
+    t = summary_table(load_records(tmp_path), "dnerf", {}, anchor=None)
+    lp_col = [c.key for c in t.columns].index("lpips_vgg")
+    assert np.isnan(t.rows[0][lp_col])  # not the one scene's 0.06
+    assert "| m | high | 2/2 | 30.00 | 0.9500 | — |" in t.markdown()
+
+
+def test_bd_tables_match_direct_computation(report: Path) -> None:
+    df = load_records(report.parent.parent / "results")
+    lego = df[(df["dataset"] == "dnerf") & (df["scene"] == "lego")]
+    a, t = lego[lego["method"] == "4dgs-cc"], lego[lego["method"] == "adc-gs"]
+    want = bd_pair(a["size_bytes"], a["psnr"], t["size_bytes"], t["psnr"])
+    bd = pd.read_csv(report.parent / "dnerf" / "bd_scenes.csv", keep_default_na=False)
+    got = bd[(bd["scene"] == "lego") & (bd["method"] == "adc-gs")].iloc[0]
+    assert got["anchor"] == "4dgs-cc"  # 4dgs has a single rate point: no curve
+    assert float(got["bd_rate"]) == pytest.approx(want.bd_rate) and float(got["bd_psnr"]) == pytest.approx(want.bd_psnr)
+    single = bd[bd["method"] == "4dgs"].iloc[0]
+    assert single["bd_rate"] == "n/a" and "1 rate point" in single["note"]
+
+
+def test_survey_csv_format(report: Path) -> None:
+    text = (report.parent / "survey" / "4dgs-cc" / "dnerf" / "lego.csv").read_text()
+    assert text.splitlines()[0] == "Submethod,PSNR,SSIM,LPIPS,Size [Bytes],#Gaussians"
+    rows = list(csv.reader(io.StringIO(text)))
+    assert rows[0] == SURVEY_HEADER
+    assert rows[1:] == [[" high", "29.9500", "0.95000", "0.06000", "2000000", "20000"],
+                        [" mid", "29.7000", "0.95000", "0.06000", "1500000", "15000"],
+                        [" low", "29.2000", "0.95000", "0.06000", "1000000", "10000"]]
+    base = list(csv.reader(io.StringIO((report.parent / "survey" / "4dgs" / "dnerf" / "lego.csv").read_text())))
+    assert base[1][0] == "Baseline" and base[1][4] == "30000000"
+    adc = list(csv.reader(io.StringIO((report.parent / "survey" / "adc-gs" / "dnerf" / "lego.csv").read_text())))
+    assert all(r[3] == "" for r in adc[1:])  # missing LPIPS is an empty cell
+    assert not (report.parent / "survey" / "4dgs-cc" / "neu3d").exists()  # quick runs are not published
+
+
+def test_index_states_conventions(report: Path) -> None:
+    index = report.read_text()
+    for phrase in ["MB = 10^6 bytes", "Per-scene values averaged", "pchip", "D-NeRF: LPIPS (VGG)",
+                   "Neu3D: LPIPS (Alex)", "NVIDIA H100", "lpips_vgg: VGG weights unavailable offline",
+                   "| neu3d | flame_steak | adc-gs | high | CUDA out of memory |", "BD anchor: 4dgs-cc"]:
+        assert phrase in index, phrase
+
+
+def test_spec_errors_are_clear() -> None:
+    with pytest.raises(SpecError, match="dataset spec 'x': unknown table metric 'psnr_y'"):
+        table_metrics({"table_metrics": ["psnr_y"]}, "x")
+    assert table_metrics(None) == ["psnr", "ssim", "lpips_vgg"]
+    assert table_metrics({"table_metrics": ["psnr", "D-SSIM", "lpips"], "lpips_net": "alex"}) == \
+        ["psnr", "dssim", "lpips_alex"]
+
+
+def test_empty_and_failed_only_stores(tmp_path: Path) -> None:
+    from report_fixtures import make_record
+    from evalkit.results import record_path, write_record
+
+    (tmp_path / "results").mkdir()
+    index = build_report(tmp_path / "results", tmp_path / "empty")
+    assert "0 records (0 ok, 0 failed, 0 quick)" in index.read_text()
+    r = make_record("adc-gs", "hypernerf", "chicken", "high", 0, None, status="failed")
+    write_record(r, record_path(tmp_path / "results", r.dataset, r.scene, r.method, r.rate))
+    text = build_report(tmp_path / "results", tmp_path / "failed").read_text()
+    assert "| hypernerf | chicken | adc-gs | high | CUDA out of memory |" in text
+    assert "No plots: no successful records." in text and "BD n/a: no method has >= 2 rate points" in text
+
+
+def test_scene_numbers_in_report_and_raw_toml_forms() -> None:
+    nums = {"4dgs-cc": {"high": {"psnr": 25.15}}}
+    assert scene_paper({"scenes": {"lego": {"paper": nums}}}, "lego") == nums
+    assert scene_paper({"scenes": ["lego"], "scene_paper": {"lego": nums}}, "lego") == nums
+    assert scene_paper({"scenes": ["lego"]}, "hook") == {} and scene_paper(None, "lego") == {}
