@@ -12,6 +12,7 @@ The runner knows no method's internals: it talks to methods through the registry
 from __future__ import annotations
 
 import gc
+import math
 import os
 import time
 import traceback
@@ -157,7 +158,7 @@ def _job_log(path: Path) -> Iterator[Callable[[str], None]]:
         yield log
 
 
-def scene_scale(dspec: DatasetSpec, opts: RunOptions, mspec: MethodSpec) -> float | None:
+def scene_scale(dspec: DatasetSpec, opts: RunOptions) -> float | None:
     """Image scale for the loader: the dataset's protocol scale times --resolution-scale and the
     quick schedule's scale. None leaves the format's default to the loader."""
     extra = (opts.resolution_scale or 1.0) * (dspec.quick_resolution_scale if opts.quick else 1.0)
@@ -169,7 +170,7 @@ def scene_scale(dspec: DatasetSpec, opts: RunOptions, mspec: MethodSpec) -> floa
 def _load_scene(job: Job, dspec: DatasetSpec, opts: RunOptions, mspec: MethodSpec) -> Scene:
     from evalkit.data.detect import load_scene
 
-    return load_scene(job.scene_dir, format=dspec.format, resolution_scale=scene_scale(dspec, opts, mspec),
+    return load_scene(job.scene_dir, format=dspec.format, resolution_scale=scene_scale(dspec, opts),
                       background=dspec.background, cache_dir=default_cache_dir() / "frames")
 
 
@@ -207,9 +208,10 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict) -
                 scene_cache.clear()  # one scene in memory at a time
                 scene_cache[key] = {"scene": _load_scene(job, dspec, opts, mspec), "shared": {}}
             scene: Scene = scene_cache[key]["scene"]
-            record.resolution_scale = scene_scale(dspec, opts, mspec) or 1.0
+            record.resolution_scale = scene_scale(dspec, opts) or 1.0
             ctx = TrainContext(device=device, budget=budget, config=config, progress=reporter.iteration,
-                               log=log, cache=scene_cache[key]["shared"])
+                               log=log, cache=scene_cache[key]["shared"], dataset=job.dataset,
+                               scene_name=job.scene)
 
             reporter.phase("training")
             t0 = time.perf_counter()
@@ -268,6 +270,10 @@ def _free(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+_EVAL_NAME = {"dssim": "d_ssim"}  # record key -> evaluate_images key
+_RECORD_NAME = {v: k for k, v in _EVAL_NAME.items()}
+
+
 def _evaluate(model, scene: Scene, record: Record, device: torch.device, opts: RunOptions) -> None:
     from evalkit.metrics.evaluate import evaluate_images
     from evalkit.metrics.fps import measure_fps
@@ -281,9 +287,19 @@ def _evaluate(model, scene: Scene, record: Record, device: torch.device, opts: R
             preds.append(model.render(f.camera, f.time).float().cpu())
             gts.append(torch.from_numpy(f.load()))
     ev = evaluate_images(preds, gts, [f.image_name for f in frames], device=device)
-    record.metrics = {k: ev.means.get(k) for k in record.metrics}
-    record.metrics_missing = dict(ev.missing)
-    record.per_frame = [{"name": f.image_name, "time": f.time, **ev.per_frame[f.image_name]} for f in frames]
+    missing = {_RECORD_NAME.get(k, k): v for k, v in ev.missing.items()}
+
+    def finite(name: str, v):  # JSON has no inf: PSNR of a pixel-exact render is recorded as missing
+        if v is not None and not math.isfinite(v):
+            missing.setdefault(name, "infinite (render equals ground truth exactly)")
+            return None
+        return v
+
+    record.metrics = {k: finite(k, ev.means.get(_EVAL_NAME.get(k, k))) for k in record.metrics}
+    record.metrics_missing = missing
+    record.per_frame = [{"name": f.image_name, "time": f.time,
+                         **{_RECORD_NAME.get(k, k): finite(_RECORD_NAME.get(k, k), v)
+                            for k, v in ev.per_frame[f.image_name].items()}} for f in frames]
     w, h = frames[0].camera.width, frames[0].camera.height
     record.resolution = [w, h]
     fps = measure_fps(lambda i: model.render(frames[i].camera, frames[i].time), len(frames),

@@ -14,6 +14,12 @@ import os
 # 2-core CI runner that makes them 10x slower than single-threaded. Must precede numpy import.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
+import torch  # noqa: E402
+
+# Likewise torch's intra-op threads make tiny CPU ops slower on a loaded 2-core runner; tests
+# use one thread (the render tests' own conftest also pins it).
+torch.set_num_threads(1)
+
 from pathlib import Path  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
@@ -51,7 +57,8 @@ def synth_scene_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., P
 
 
 @pytest.fixture(autouse=True)
-def _isolated_evalkit_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_evalkit_cache(tmp_path_factory: pytest.TempPathFactory,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
     """Decoded-video caches go to a session temp dir, never to the user's ~/.cache."""
     if "EVALKIT_CACHE" not in os.environ:
         monkeypatch.setenv("EVALKIT_CACHE", str(tmp_path_factory.getbasetemp() / "evalkit_cache"))

@@ -147,7 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     chosen = select_backend(cfg.backend, torch.device(cfg.device), torch.float32)
     if cfg.device.startswith("cuda") and chosen != "gsplat":
         from evalkit.render.gsplat_backend import gsplat_status
-        print(f"warning: timing the torch reference on CUDA, gsplat unavailable: {gsplat_status()[1]}")
+        why = "as requested" if cfg.backend == "torch" else f"gsplat unavailable: {gsplat_status()[1]}"
+        print(f"warning: timing the torch reference rasteriser on CUDA ({why})")
     print(f"config: sh_degree={cfg.sh_degree} warmup={cfg.warmup} iters={cfg.iters} seed={cfg.seed}")
     for n in cfg.sizes:
         print(_bench_one(n, cfg).line(), flush=True)

@@ -398,9 +398,15 @@ class FactorizedPrior(nn.Module):
 
 
 # -- uniform -------------------------------------------------------------------------
+def _uniform_is_raw(n: int) -> bool:
+    """Raw bits when exact (power-of-two range) or when the range is too wide for a table."""
+    return n & (n - 1) == 0 or n > arith.MAX_TABLE_SYMBOLS - 2
+
+
 def compress_uniform(q: Tensor | np.ndarray, lo: int, hi: int) -> bytes:
-    """Integers in [lo, hi], all equally likely: arithmetic coded for ranges up to ~8k values,
-    raw ceil(log2(range)) bits each beyond (within 1 bit/symbol of the entropy either way)."""
+    """Integers in [lo, hi], all equally likely. Power-of-two ranges: exactly log2(range) raw
+    bits each; other ranges up to ~8k values: arithmetic coded (~log2(range) bits); wider
+    ranges: ceil(log2(range)) raw bits each."""
     v = arith._as_int64(q, "symbols")
     if hi < lo:
         raise ValueError(f"empty range [{lo}, {hi}]")
@@ -408,9 +414,9 @@ def compress_uniform(q: Tensor | np.ndarray, lo: int, hi: int) -> bytes:
         bad = v[(v < lo) | (v > hi)][0]
         raise ValueError(f"value {bad} outside the uniform range [{lo}, {hi}]")
     n = hi - lo + 1
-    if n <= arith.MAX_TABLE_SYMBOLS - 2:
-        return arith.encode(v, np.zeros(v.size, np.int64), _uniform_table(lo, hi))
-    return pack_bits((v - lo).astype(np.uint64), int(n - 1).bit_length())
+    if _uniform_is_raw(n):
+        return pack_bits((v - lo).astype(np.uint64), int(n - 1).bit_length())
+    return arith.encode(v, np.zeros(v.size, np.int64), _uniform_table(lo, hi))
 
 
 def decompress_uniform(data: bytes, shape: int | Sequence[int], lo: int, hi: int,
@@ -418,10 +424,10 @@ def decompress_uniform(data: bytes, shape: int | Sequence[int], lo: int, hi: int
     shape = (shape,) if isinstance(shape, int) else tuple(shape)
     count = int(np.prod(shape, dtype=np.int64))
     n = hi - lo + 1
-    if n <= arith.MAX_TABLE_SYMBOLS - 2:
-        v = arith.decode(data, np.zeros(count, np.int64), _uniform_table(lo, hi), source)
-    else:
+    if _uniform_is_raw(n):
         v = unpack_bits(data, np.full(count, int(n - 1).bit_length()), source).astype(np.int64) + lo
+    else:
+        v = arith.decode(data, np.zeros(count, np.int64), _uniform_table(lo, hi), source)
     if v.size and (v.min() < lo or v.max() > hi):
         raise BitstreamError(source, f"decoded value outside the uniform range [{lo}, {hi}]")
     return torch.from_numpy(v).reshape(shape)

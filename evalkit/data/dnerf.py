@@ -97,7 +97,7 @@ def load_dnerf(path: Path | str, *, resolution_scale: float | None = None,
         frames_out.append(Frame(
             camera=Camera(K=K, w2c=w2c, width=Wo, height=Ho),
             time=float(min(max(time, 0.0), 1.0)), split=split,
-            camera_id=f"{split}/{img.stem}", image_name=img.stem,
+            camera_id=f"{split}_{img.stem}", image_name=img.stem,
             _loader=lambda p=img: cache.get(p, lambda: read_rgb(p, bg, out_size)),
         ))
 

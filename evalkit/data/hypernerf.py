@@ -79,7 +79,8 @@ def read_nerfies_camera(path: Path) -> dict:
             "size": (int(size[0]), int(size[1]))}
 
 
-def _split_indices(ids: list[str], train_ids: list[str], val_ids: list[str]) -> tuple[list[int], list[int], str]:
+def _split_indices(ids: list[str], train_ids: list[str],
+                   val_ids: list[str]) -> tuple[list[int], list[int], str]:
     if val_ids:
         tr, va = set(train_ids), set(val_ids)
         return ([i for i, x in enumerate(ids) if x in tr], [i for i, x in enumerate(ids) if x in va], "vrig")

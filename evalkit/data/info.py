@@ -11,6 +11,8 @@ from rich.table import Table
 from evalkit.data.detect import detect_format, load_scene
 from evalkit.data.scene import Scene
 
+EXTRA_KEYS = ("ratio", "split_mode", "frame_count", "video_size", "cache_dir", "scene_center", "scene_scale")
+
 
 def summarize(scene: Scene) -> dict[str, Any]:
     """Plain-data summary of a loaded scene (used by ``describe`` and handy in tests/JSON)."""
@@ -28,7 +30,7 @@ def summarize(scene: Scene) -> dict[str, Any]:
         "points_source": scene.points.source, "points_have_colour": scene.points.rgb is not None,
         "background": [round(float(x), 4) for x in scene.background], "near": scene.near, "far": scene.far,
     }
-    for key in ("ratio", "split_mode", "frame_count", "video_size", "cache_dir", "scene_center", "scene_scale"):
+    for key in EXTRA_KEYS:
         if key in scene.extra:
             out[key] = scene.extra[key]
     return out
@@ -56,7 +58,7 @@ def describe(path: Path | str, **load_options: Any) -> Table:
     table.add_row("background", str(s["background"]))
     if s["near"] is not None:
         table.add_row("near / far", f"{s['near']:.4g} / {s['far']:.4g}")
-    for key in ("ratio", "split_mode", "frame_count", "video_size", "cache_dir", "scene_center", "scene_scale"):
+    for key in EXTRA_KEYS:
         if key in s:
             table.add_row(key.replace("_", " "), str(s[key]))
     return table

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import av
 import numpy as np
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
@@ -70,6 +69,7 @@ class VideoInfo:
 
 def probe_video(path: Path) -> VideoInfo:
     """Size and frame count from the container (packets are counted if it gives none)."""
+    import av  # imported here so the other formats load without PyAV installed
     try:
         with av.open(str(path)) as c:
             if not c.streams.video:
@@ -127,6 +127,7 @@ class DecodedVideo:
         return arr[index].astype(np.float32) / 255.0
 
     def _decode(self, progress: Progress | None, task) -> None:
+        import av
         W, H = self.out_size
         n = self.info.frames
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -274,7 +275,8 @@ def load_neu3d(path: Path | str, *, resolution_scale: float | None = None,
                       [0.0, 0.0, 1.0]])
         st = info.path.stat()
         key = _sha(f"{info.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{Wo}x{Ho}", 16)
-        dv = DecodedVideo(info=info, out_size=(Wo, Ho), cache_file=scene_dir / f"{info.path.stem}-{Wo}x{Ho}-{key}.npy")
+        dv = DecodedVideo(info=info, out_size=(Wo, Ho),
+                          cache_file=scene_dir / f"{info.path.stem}-{Wo}x{Ho}-{key}.npy")
         decoded.append(dv)
         cam = Camera(K=K, w2c=w2c, width=Wo, height=Ho)
         split = "test" if row == 0 else "train"

@@ -11,8 +11,8 @@ Each format is written with its own conventions (see the loaders for the reading
   camera-to-world matrices, principal point at the image centre; ``fused.ply`` with the t=0
   surface points.
 * ``hypernerf``: ``camera/<id>.json`` with an off-centre principal point and
-  ``pixel_aspect_ratio`` != 1, ``rgb/1x`` and ``rgb/2x`` (2x2 box average of 1x, which keeps
-  the +0.5 pixel-centre convention exact), ``dataset.json`` (vrig: left = train, right = val;
+  ``pixel_aspect_ratio`` != 1, ``rgb/1x``, ``rgb/2x`` and (if the size divides by 4)
+  ``rgb/4x``, box averages of 1x, which keep the +0.5 pixel-centre convention exact, ``dataset.json`` (vrig: left = train, right = val;
   or interp), ``metadata.json``, ``scene.json`` with a non-trivial centre and scale,
   ``points.npy`` in the raw (un-normalised) world frame.
 * ``neu3d``: ``camNN.mp4`` (H.264, yuv420p, CRF 10) + LLFF ``poses_bounds.npy`` +
@@ -135,10 +135,9 @@ def scene_objects(t: float) -> tuple[list[Ellipsoid], list[Ellipsoid]]:
     ]
     heights = (0.55, -0.35, 0.25, -0.6)
     markers = [
-        Ellipsoid(np.array([1.15 * math.cos(k * np.pi / 2 + 0.6 * t), 1.15 * math.sin(k * np.pi / 2 + 0.6 * t),
-                            heights[k] + 0.08 * math.sin(w + k)]), np.eye(3), np.full(3, MARKER_RADIUS),
-                  emissive=MARKER_COLORS[k])
-        for k in range(len(heights))
+        Ellipsoid(np.array([1.15 * math.cos(phi), 1.15 * math.sin(phi), heights[k] + 0.08 * math.sin(w + k)]),
+                  np.eye(3), np.full(3, MARKER_RADIUS), emissive=MARKER_COLORS[k])
+        for k, phi in enumerate(np.arange(len(heights)) * np.pi / 2 + 0.6 * t)
     ]
     return prims, markers
 
@@ -199,8 +198,10 @@ class SynthCamera:
         corners = pc + radius * np.array([[i, j, k] for i in (-1, 1) for j in (-1, 1) for k in (-1, 1)])
         u = self.fx * corners[:, 0] / corners[:, 2] + self.cx
         v = self.fy * corners[:, 1] / corners[:, 2] + self.cy
-        c0, c1 = max(0, int(np.floor(u.min() * ss)) - 1), min(self.width * ss, int(np.ceil(u.max() * ss)) + 1)
-        r0, r1 = max(0, int(np.floor(v.min() * ss)) - 1), min(self.height * ss, int(np.ceil(v.max() * ss)) + 1)
+        c0 = max(0, int(np.floor(u.min() * ss)) - 1)
+        c1 = min(self.width * ss, int(np.ceil(u.max() * ss)) + 1)
+        r0 = max(0, int(np.floor(v.min() * ss)) - 1)
+        r1 = min(self.height * ss, int(np.ceil(v.max() * ss)) + 1)
         if c0 >= c1 or r0 >= r1:
             return None
         return slice(r0, r1), slice(c0, c1)
@@ -212,8 +213,11 @@ class SynthCamera:
         return m
 
 
-def look_at(eye: np.ndarray, target: np.ndarray = np.zeros(3), up: np.ndarray = np.array([0, 0, 1.0])) -> np.ndarray:
-    """OpenCV w2c rotation (rows: x right, y down, z forward) for a camera at ``eye``."""
+def look_at(eye: np.ndarray, target: np.ndarray | None = None, up: np.ndarray | None = None) -> np.ndarray:
+    """OpenCV w2c rotation (rows: x right, y down, z forward) for a camera at ``eye`` looking at
+    ``target`` (origin) with world ``up`` (+z)."""
+    target = np.zeros(3) if target is None else target
+    up = np.array([0.0, 0.0, 1.0]) if up is None else up
     f = target - eye
     f = f / np.linalg.norm(f)
     r = np.cross(f, up)
@@ -223,7 +227,8 @@ def look_at(eye: np.ndarray, target: np.ndarray = np.zeros(3), up: np.ndarray = 
 
 
 def _sphere_eye(radius: float, azim: float, elev: float) -> np.ndarray:
-    return radius * np.array([math.cos(elev) * math.cos(azim), math.cos(elev) * math.sin(azim), math.sin(elev)])
+    ce = math.cos(elev)
+    return radius * np.array([ce * math.cos(azim), ce * math.sin(azim), math.sin(elev)])
 
 
 # ----------------------------------------------------------------------------- rendering
@@ -357,7 +362,8 @@ def _write_dnerf(out: Path, size: tuple[int, int], n_train: int, seed: int, ss: 
             frames.append({"file_path": f"./{split}/r_{i:03d}", "rotation": 0.0, "time": float(t),
                            "transform_matrix": c2w.tolist()})
             truth["observations"].append(_observation(split, f"r_{i:03d}", float(t), cam, rend, ss))
-        (out / f"transforms_{split}.json").write_text(json.dumps({"camera_angle_x": angle_x, "frames": frames}, indent=1))
+        meta = {"camera_angle_x": angle_x, "frames": frames}
+        (out / f"transforms_{split}.json").write_text(json.dumps(meta, indent=1))
     xyz, rgb = surface_points(0.0, 1500, seed)
     write_ply(out / "fused.ply", xyz, rgb)
 
@@ -374,7 +380,8 @@ def _write_hypernerf(out: Path, size: tuple[int, int], n: int, seed: int, ss: in
     focal = 1.05 * W
     aspect = 1.04  # fy / fx, to exercise pixel_aspect_ratio
     pp = (W / 2 + 1.7, H / 2 - 1.3)  # off-centre principal point (+0.5 convention)
-    for d in ("camera", "rgb/1x", "rgb/2x"):
+    scales = [k for k in (1, 2, 4) if W % k == 0 and H % k == 0]  # rgb/1x, 2x and 4x if it divides
+    for d in ["camera"] + [f"rgb/{k}x" for k in scales]:
         (out / d).mkdir(parents=True, exist_ok=True)
     ids, train_ids, val_ids, meta = [], [], [], {}
     rigs = (("left1", 0), ("right1", 1)) if split_mode == "vrig" else (("left1", 0),)
@@ -390,8 +397,9 @@ def _write_hypernerf(out: Path, size: tuple[int, int], n: int, seed: int, ss: in
             rend = render(cam, t, ss)
             img1 = rend.rgb
             Image.fromarray(_to_u8(img1)).save(out / "rgb/1x" / f"{name}.png")
-            img2 = img1.reshape(H // 2, 2, W // 2, 2, 3).mean(axis=(1, 3))  # exact for +0.5 centres
-            Image.fromarray(_to_u8(img2)).save(out / "rgb/2x" / f"{name}.png")
+            for k in scales[1:]:  # k x k box average: exact for the +0.5 pixel-centre convention
+                small = img1.reshape(H // k, k, W // k, k, 3).mean(axis=(1, 3))
+                Image.fromarray(_to_u8(small)).save(out / f"rgb/{k}x" / f"{name}.png")
             cam_json = {"orientation": cam.R.tolist(), "position": eye.tolist(), "focal_length": focal,
                         "principal_point": list(pp), "skew": 0.0, "pixel_aspect_ratio": aspect,
                         "radial_distortion": [0.0, 0.0, 0.0], "tangential_distortion": [0.0, 0.0],
@@ -431,7 +439,8 @@ def _neu3d_cameras(n_cams: int, size: tuple[int, int]) -> list[SynthCamera]:
     return cams
 
 
-def _write_neu3d(out: Path, size: tuple[int, int], n: int, n_cams: int, seed: int, ss: int, truth: dict) -> None:
+def _write_neu3d(out: Path, size: tuple[int, int], n: int, n_cams: int, seed: int, ss: int,
+                 truth: dict) -> None:
     W, H = size
     if W % 2 or H % 2:
         raise ValueError(f"neu3d size must be even (yuv420p), got {size}")
@@ -459,7 +468,8 @@ def _write_neu3d(out: Path, size: tuple[int, int], n: int, n_cams: int, seed: in
         mat = np.stack([c2w_rot[:, 1], c2w_rot[:, 0], -c2w_rot[:, 2], cam.center,
                         np.array([H, W, cam.fx])], axis=1)
         depth = (xyz - cam.center) @ cam.R[2]
-        rows.append(np.concatenate([mat.reshape(-1), [0.9 * np.percentile(depth, 1), 1.1 * np.percentile(depth, 99)]]))
+        near_far = [0.9 * np.percentile(depth, 1), 1.1 * np.percentile(depth, 99)]
+        rows.append(np.concatenate([mat.reshape(-1), near_far]))
     np.save(out / "poses_bounds.npy", np.stack(rows).astype(np.float64))
     write_ply(out / "points3D_downsample2.ply", xyz, rgb)
 

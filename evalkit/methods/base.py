@@ -36,6 +36,8 @@ class TrainContext:
     progress: Callable[[int, int, dict[str, float]], None] = lambda it, total, stats: None
     log: Callable[[str], None] = lambda msg: None
     cache: dict[str, Any] = field(default_factory=dict)  # shared between rate points of one scene
+    dataset: str = ""  # dataset spec name (e.g. "dnerf"), for methods that build on another's spec
+    scene_name: str = ""
 
 
 @runtime_checkable

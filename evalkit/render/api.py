@@ -12,17 +12,19 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from evalkit.data.scene import Camera
 from evalkit.render.gsplat_backend import GsplatUnavailable, gsplat_status, rasterize_gsplat
 from evalkit.render.output import RenderOutput
 from evalkit.render.sh import num_sh_bases
 from evalkit.render.torch_reference import rasterize_torch
+
+if TYPE_CHECKING:  # evalkit.data pulls in file-format deps that rendering does not need
+    from evalkit.data.scene import Camera
 
 __all__ = ["RenderOutput", "rasterize", "available_backends", "select_backend",
            "camera_tensors", "GsplatUnavailable"]
@@ -65,7 +67,7 @@ def select_backend(backend: Backend, device: torch.device, dtype: torch.dtype) -
     return "torch"
 
 
-def camera_tensors(camera: Camera, device: torch.device | str = "cpu",
+def camera_tensors(camera: "Camera", device: torch.device | str = "cpu",
                    dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
     """``(viewmat (4, 4), K (3, 3))`` tensors for a ``Camera`` (conventions unchanged)."""
     return (torch.as_tensor(np.asarray(camera.w2c), dtype=dtype, device=device),

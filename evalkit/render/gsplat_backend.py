@@ -54,11 +54,17 @@ def rasterize_gsplat(means: Tensor, quats: Tensor, scales: Tensor, opacities: Te
                          "use backend='torch' for other precisions")
     from gsplat import rasterization
 
+    # gsplat 1.5.3 rejects backgrounds in packed mode (rasterize_to_pixels asserts a
+    # background of shape means2d.shape[:-2] + (D,) = (D,), but rasterization passes (C, D)).
+    # Its kernel adds T_final * background, and alpha = 1 - T_final, so add it here instead.
+    bg_after = background is not None and packed
     render, alpha, meta = rasterization(
         means, quats, scales, opacities, colors, viewmat[None], K[None], width, height,
         near_plane=near, far_plane=far, sh_degree=sh_degree, packed=packed, absgrad=absgrad,
-        backgrounds=None if background is None else background[None],
+        backgrounds=None if background is None or bg_after else background[None],
         rasterize_mode="antialiased" if antialiased else "classic")
+    if bg_after:
+        render = render + (1.0 - alpha) * background
     if meta["means2d"].requires_grad:
         meta["means2d"].retain_grad()
     return RenderOutput(image=render[0], alpha=alpha[0], info=meta, backend="gsplat")

@@ -25,6 +25,7 @@ groups, long per-tile lists in segments, and each piece is recomputed in backwar
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -147,8 +148,8 @@ def _tile_lists(means2d: Tensor, radii: Tensor, depths: Tensor, tiles_x: int, ti
 
 
 def _composite_segment(means2d: Tensor, conics: Tensor, opacities: Tensor, colors: Tensor,
-                       gid: Tensor, valid: Tensor, pix: Tensor, T_in: Tensor, T_virtual: Tensor,
-                       absgrad: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+                       gid: Tensor, valid: Tensor, pix: Tensor, T_in: Tensor, T_virtual: Tensor, *,
+                       absgrad: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Front-to-back blend of one segment of each tile's list.
 
     gid/valid (nt, S): Gaussian ids (padded); pix (nt, P, 2) pixel centres; T_in (nt, P) the
@@ -203,7 +204,7 @@ def rasterize_projected(means2d: Tensor, conics: Tensor, opacities: Tensor, colo
     D = colors.shape[-1]
     tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
     P = tile_size * tile_size
-    tile, gs, counts = _tile_lists(means2d, radii, depths, tiles_x, tiles_y, tile_size)
+    _, gs, counts = _tile_lists(means2d, radii, depths, tiles_x, tiles_y, tile_size)
     offsets = torch.cumsum(counts, 0) - counts
     needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (means2d, conics, opacities, colors))
@@ -235,11 +236,14 @@ def rasterize_projected(means2d: Tensor, conics: Tensor, opacities: Tensor, colo
             valid = pos[None, :] < n_list[:, None]
             idx = (offsets[tids][:, None] + pos[None, :]).clamp_max(max(len(gs) - 1, 0))
             gid = torch.where(valid, gs[idx], torch.zeros_like(idx))
-            args = (means2d, conics, opacities, colors, gid, valid, pix, T, T_virtual, absgrad)
+            args = (means2d, conics, opacities, colors, gid, valid, pix, T, T_virtual)
+            # absgrad is filled in place during backward, so it must not be a checkpoint input
+            # (those are version-checked when recomputing): pass it by closure instead.
+            segment = functools.partial(_composite_segment, absgrad=absgrad)
             if recompute:
-                seg_rgb, T, T_virtual = checkpoint(_composite_segment, *args, use_reentrant=False)
+                seg_rgb, T, T_virtual = checkpoint(segment, *args, use_reentrant=False)
             else:
-                seg_rgb, T, T_virtual = _composite_segment(*args)
+                seg_rgb, T, T_virtual = segment(*args)
             rgb = rgb + seg_rgb
             if bool((T_virtual <= TRANSMITTANCE_STOP).all()):
                 break  # every pixel of these tiles is done

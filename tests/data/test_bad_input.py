@@ -149,7 +149,7 @@ def test_hypernerf_image_size_must_match_camera(copy_of):
 
 def test_hypernerf_missing_ratio_folder(copy_of):
     root = copy_of("hypernerf")
-    _raises(lambda: load_scene(root, resolution_scale=0.25), root / "rgb" / "4x", "1x", "2x")
+    _raises(lambda: load_scene(root, resolution_scale=0.125), root / "rgb" / "8x", "1x", "2x", "4x")
 
 
 def test_hypernerf_unknown_metadata_id(copy_of):

@@ -102,7 +102,8 @@ def test_initial_points_lie_on_objects(synth_scene_dir, tmp_path, fmt):
     for f in frames:
         img = f.load()
         uv, z = f.camera.project(scene.points.xyz)
-        ok = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < f.camera.width) & (uv[:, 1] >= 0) & (uv[:, 1] < f.camera.height)
+        W, H = f.camera.width, f.camera.height
+        ok = (z > 0) & (uv[:, 0] >= 0) & (uv[:, 0] < W) & (uv[:, 1] >= 0) & (uv[:, 1] < H)
         assert ok.mean() > 0.95
         px = img[uv[ok, 1].astype(int), uv[ok, 0].astype(int)]
         on_object = np.abs(px - bg).max(axis=1) > 0.04
@@ -157,3 +158,15 @@ def test_neu3d_splits_and_times(synth_scene_dir, tmp_path):
     assert scene.num_time_steps == 12
     assert scene.resolution == (96, 64)
     np.testing.assert_allclose(scene.test[0].camera.K[:2, 2], [48.0, 32.0])
+
+
+def test_hypernerf_ratios_scale_intrinsics_and_images(synth_scene_dir):
+    root = synth_scene_dir("hypernerf")
+    scenes = {r: load_scene(root, resolution_scale=r) for r in (1.0, 0.5, 0.25)}
+    assert [scenes[r].resolution for r in (1.0, 0.5, 0.25)] == [(128, 96), (64, 48), (32, 24)]
+    for r in (0.5, 0.25):
+        np.testing.assert_allclose(scenes[r].test[3].camera.K[:2], scenes[1.0].test[3].camera.K[:2] * r)
+        np.testing.assert_array_equal(scenes[r].test[3].camera.w2c, scenes[1.0].test[3].camera.w2c)
+    # rgb/4x is the 2x2 box average of rgb/2x (up to 8-bit rounding): same pixel grid
+    half, quarter = scenes[0.5].test[3].load(), scenes[0.25].test[3].load()
+    np.testing.assert_allclose(quarter, half.reshape(24, 2, 32, 2, 3).mean(axis=(1, 3)), atol=1.5 / 255)

@@ -18,11 +18,15 @@ def gsplat_ready():
     return reason
 
 
-@pytest.mark.parametrize("sh_degree", [3, None])
-def test_backends_agree_on_random_scenes(gsplat_ready, sh_degree):
+@pytest.mark.parametrize("sh_degree, modes", [
+    (3, {}),
+    (None, dict(packed=True, antialiased=True, absgrad=True)),
+])
+def test_backends_agree_on_random_scenes(gsplat_ready, sh_degree, modes):
     from evalkit.bench.render_agreement import compare_backends
 
-    stats = compare_backends(n_gaussians=2000, res=128, n_cameras=3, sh_degree=sh_degree, seed=0)
+    stats = compare_backends(n_gaussians=2000, res=128, n_cameras=3, sh_degree=sh_degree, seed=0,
+                             **modes)
     for s in stats:
         print(s.line())
         assert s.visible > 500  # the cameras see the scene

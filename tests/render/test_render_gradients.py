@@ -111,3 +111,24 @@ def test_means2d_gradient_and_absgrad():
         img[10, 12].sum().backward()
         assert m.grad.abs().sum() > 0
         torch.testing.assert_close(buf, m.grad.abs(), rtol=1e-12, atol=1e-15)
+
+
+def test_absgrad_identical_with_and_without_recompute_over_many_segments():
+    # Regression: absgrad is written during backward; with recomputation over several
+    # groups/segments it must neither break the checkpoint nor double count.
+    params = [t.detach() for t in _tiny_scene(60, None, seed=5)]
+    out = rasterize_torch(*params, VIEW, KMAT, W, H)
+    info = out.info
+    args = (info["conics"][0], info["opacities"][0], params[4], info["depths"][0], info["radii"][0], W, H)
+    wi = torch.rand(H, W, 3, generator=torch.Generator().manual_seed(3), dtype=F64) - 0.5
+    results = []
+    for recompute in (True, False):
+        buf = torch.zeros(60, 2, dtype=F64)
+        m = info["means2d"][0].clone().requires_grad_(True)
+        img, _ = rasterize_projected(m, *args, background=BG, absgrad=buf, recompute=recompute,
+                                     chunk_elements=4096)
+        (img * wi).sum().backward()
+        results.append((buf, m.grad))
+    assert results[0][0].abs().sum() > 0
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-12, atol=1e-15)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-12, atol=1e-15)

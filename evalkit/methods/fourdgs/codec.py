@@ -54,4 +54,5 @@ def decode(bits: Bitstream, device: torch.device, source: str = "<bitstream>") -
         raise BitstreamError(source, f"not a valid 4DGS bitstream: {exc}") from None
     model = FourDGSModel(g, deform.to(device), sh_degree, background.to(device)).to(device)
     model.eval()
+    model.freeze_for_rendering()
     return model, cfg

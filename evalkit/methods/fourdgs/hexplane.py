@@ -65,6 +65,11 @@ class HexPlane(nn.Module):
     def planes(self) -> list[torch.Tensor]:
         return [p for scale in self.grids for p in scale]
 
+    def sampled_planes(self) -> list[list[torch.Tensor]]:
+        """The planes ``forward`` samples, per scale. A compressed variant overrides this to
+        sample quantised planes (noise / straight-through in training, decoded values after)."""
+        return [list(scale) for scale in self.grids]
+
     def normalise(self, xyz: torch.Tensor) -> torch.Tensor:
         lo, hi = self.aabb[0], self.aabb[1]
         return (xyz - lo) * (2.0 / (hi - lo).clamp_min(1e-8)) - 1.0
@@ -75,35 +80,60 @@ class HexPlane(nn.Module):
         p = self.normalise(xyz)
         if not torch.is_tensor(t):
             t = torch.full((n,), float(t), device=xyz.device, dtype=xyz.dtype)
-        t = t.reshape(n).to(xyz.dtype)
+        t = t.to(xyz.dtype).reshape(-1).expand(n)  # a 0-d tensor (CUDA-graph input) or (N,)
         if self.cfg.full_time_range:
             t = t * 2.0 - 1.0
         coords = torch.cat([p, t[:, None]], dim=1)  # (N, 4)
-        # Planes of one kind share a shape within a scale, so three planes go through one
-        # grid_sample call as a batch of three: 2 calls per scale instead of 6.
-        space_xy = torch.stack([coords[:, list(PLANE_PAIRS[i])] for i in SPACE_PLANES])  # (3, N, 2)
-        time_xy = torch.stack([coords[:, list(PLANE_PAIRS[i])] for i in TIME_PLANES])
         feats = []
-        for planes in self.grids:
-            sp = torch.cat([planes[i] for i in SPACE_PLANES], 0)  # (3, C, H, W)
-            tp = torch.cat([planes[i] for i in TIME_PLANES], 0)
-            fs = F.grid_sample(sp, space_xy[:, None], mode="bilinear", padding_mode="border",
-                               align_corners=True)[:, :, 0]  # (3, C, N)
-            ft = F.grid_sample(tp, time_xy[:, None], mode="bilinear", padding_mode="border",
-                               align_corners=True)[:, :, 0]
-            feats.append((fs.prod(0) * ft.prod(0)).t())  # (N, C)
+        for planes in self.sampled_planes():
+            feats.append(self._product(planes, coords))
         return torch.cat(feats, dim=1)
+
+    @staticmethod
+    def _product(planes: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
+        """Product over the six planes of one scale of the bilinearly sampled features, (N, C)."""
+        out = None
+        # Planes of one kind usually share a shape within a scale, so they go through one
+        # grid_sample call as a batch of three (2 calls per scale instead of 6).
+        for group in (SPACE_PLANES, TIME_PLANES):
+            if len({tuple(planes[i].shape) for i in group}) == 1:
+                grid = torch.cat([planes[i] for i in group], 0)  # (3, C, H, W)
+                xy = torch.stack([coords[:, list(PLANE_PAIRS[i])] for i in group])[:, None]  # (3, 1, N, 2)
+                f = F.grid_sample(grid, xy, mode="bilinear", padding_mode="border", align_corners=True)
+                f = f[:, :, 0].prod(0)  # (C, N)
+            else:
+                f = None
+                for i in group:
+                    xy = coords[:, list(PLANE_PAIRS[i])][None, None]
+                    g = F.grid_sample(planes[i], xy, mode="bilinear", padding_mode="border", align_corners=True)[0, :, 0]
+                    f = g if f is None else f * g
+            out = f if out is None else out * f
+        return out.t()
 
     # -- regularisers of 4DGS / K-Planes -------------------------------------------------
     @staticmethod
-    def _smoothness(plane: torch.Tensor) -> torch.Tensor:
-        """Mean squared second difference along the plane's height axis (dim 2)."""
-        d1 = plane[:, :, 1:, :] - plane[:, :, :-1, :]
-        d2 = d1[:, :, 1:, :] - d1[:, :, :-1, :]
-        return d2.square().mean()
+    def _smoothness(planes: torch.Tensor) -> torch.Tensor:
+        """Sum over planes (stacked on dim 0) of the mean squared second difference along the
+        height axis (dim 2), as the reference's ``compute_plane_smoothness`` per plane."""
+        d2 = planes[:, :, 2:, :] - 2.0 * planes[:, :, 1:-1, :] + planes[:, :, :-2, :]
+        return d2.square().mean() * planes.shape[0]
+
+    def _groups(self, group: list[int]) -> list[torch.Tensor]:
+        """The planes of ``group`` at each scale, stacked when they share a shape (fewer kernels)."""
+        out = []
+        for s in self.grids:
+            planes = [s[i] for i in group]
+            if len({tuple(p.shape) for p in planes}) == 1:
+                out.append(torch.cat(planes, 0))
+            else:
+                out += planes
+        return out
 
     def regulariser(self, plane_tv: float, time_smoothness: float, l1_time: float) -> torch.Tensor:
-        space = sum(self._smoothness(s[i]) for s in self.grids for i in SPACE_PLANES)
-        time = sum(self._smoothness(s[i]) for s in self.grids for i in TIME_PLANES)
-        l1 = sum((1.0 - s[i]).abs().mean() for s in self.grids for i in TIME_PLANES)
+        """plane_tv * space-plane smoothness + time_smoothness * time-plane smoothness along t
+        + l1_time * mean |1 - time plane|, each summed over planes and scales (4DGS / K-Planes)."""
+        space = sum(self._smoothness(p) for p in self._groups(SPACE_PLANES))
+        time_groups = self._groups(TIME_PLANES)
+        time = sum(self._smoothness(p) for p in time_groups)
+        l1 = sum((1.0 - p).abs().mean() * p.shape[0] for p in time_groups)
         return plane_tv * space + time_smoothness * time + l1_time * l1

@@ -46,6 +46,32 @@ def init_gaussians(points: PointCloud, sh_degree: int, device: torch.device) -> 
     })
 
 
+class _GraphedActivated:
+    """A captured CUDA graph of deformation + activations at time ``t`` for a frozen model.
+
+    Rendering a decoded model launches ~60 small kernels for the deformation field before the
+    rasteriser; replaying them as one graph removes the launch overhead. The outputs are static
+    buffers overwritten by the next replay, so they must be consumed before calling again."""
+
+    def __init__(self, model: "FourDGSModel") -> None:
+        dev = model.device
+        self.t = torch.zeros((), device=dev)
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side), torch.no_grad():
+            for _ in range(2):  # warm-up outside the graph (allocator, lazy init)
+                model.activated(self.t)
+        torch.cuda.current_stream(dev).wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph), torch.no_grad():
+            self.out = model.activated(self.t)
+
+    def __call__(self, t: float):
+        self.t.fill_(float(t))
+        self.graph.replay()
+        return self.out
+
+
 class FourDGSModel(nn.Module):
     """Renders the scene at time t. ``deform=False`` renders the canonical (coarse-stage) set."""
 
@@ -56,6 +82,26 @@ class FourDGSModel(nn.Module):
         self.deformation = deformation
         self.sh_degree = sh_degree
         self.register_buffer("background", background.float().reshape(3))
+        self._graphed: _GraphedActivated | None = None
+        self._cameras: dict[int, tuple[Camera, torch.Tensor, torch.Tensor]] = {}
+
+    def freeze_for_rendering(self) -> None:
+        """For a decoded (never again trained) model on CUDA: capture the deformation as a CUDA
+        graph and keep camera matrices on the device. Renders are unchanged (tested)."""
+        self.requires_grad_(False)
+        if self.device.type == "cuda":
+            self._graphed = _GraphedActivated(self)
+
+    def _camera_tensors(self, camera: Camera) -> tuple[torch.Tensor, torch.Tensor]:
+        hit = self._cameras.get(id(camera))
+        if hit is None or hit[0] is not camera:
+            dev = self.device
+            hit = (camera, torch.as_tensor(camera.w2c, dtype=torch.float32, device=dev),
+                   torch.as_tensor(camera.K, dtype=torch.float32, device=dev))
+            if len(self._cameras) > 4096:
+                self._cameras.clear()
+            self._cameras[id(camera)] = hit
+        return hit[1], hit[2]
 
     @property
     def device(self) -> torch.device:
@@ -64,25 +110,33 @@ class FourDGSModel(nn.Module):
     def num_primitives(self) -> int:
         return int(self.gaussians["means"].shape[0])
 
+    def canonical_sh(self) -> torch.Tensor:
+        """(N, K, 3) SH coefficients. A compressed variant overrides this (e.g. vector-quantised SH)."""
+        return torch.cat([self.gaussians["sh0"], self.gaussians["shN"]], dim=1)
+
     def deformed(self, t: float, deform: bool = True):
         g = self.gaussians
-        sh = torch.cat([g["sh0"], g["shN"]], dim=1)
+        sh = self.canonical_sh()
         if not deform:
             return g["means"], g["quats"], g["scales"], g["opacities"], sh
         d = self.deformation(g["means"], g["scales"], g["quats"], g["opacities"], sh, t)
         return d.means, d.quats, d.log_scales, d.opacity_logits, d.sh
 
+    def activated(self, t, deform: bool = True):
+        """(means, quats, scales, opacities, sh) ready for the rasteriser at time t."""
+        means, quats, log_scales, opa_logits, sh = self.deformed(t, deform)
+        return means, quats, torch.exp(log_scales), torch.sigmoid(opa_logits), sh
+
     def rasterize(self, camera: Camera, t: float, *, deform: bool = True, sh_degree: int | None = None,
                   **kwargs) -> RenderOutput:
-        means, quats, log_scales, opa_logits, sh = self.deformed(t, deform)
-        dev = means.device
-        return rasterize(
-            means, quats, torch.exp(log_scales), torch.sigmoid(opa_logits), sh,
-            torch.as_tensor(camera.w2c, dtype=torch.float32, device=dev),
-            torch.as_tensor(camera.K, dtype=torch.float32, device=dev),
-            camera.width, camera.height,
-            sh_degree=self.sh_degree if sh_degree is None else sh_degree,
-            background=self.background, **kwargs)
+        if self._graphed is not None and deform and not torch.is_grad_enabled():
+            means, quats, scales, opacities, sh = self._graphed(t)
+        else:
+            means, quats, scales, opacities, sh = self.activated(t, deform)
+        viewmat, K = self._camera_tensors(camera)
+        return rasterize(means, quats, scales, opacities, sh, viewmat, K, camera.width, camera.height,
+                         sh_degree=self.sh_degree if sh_degree is None else sh_degree,
+                         background=self.background, **kwargs)
 
     @torch.no_grad()
     def render(self, camera: Camera, t: float) -> torch.Tensor:

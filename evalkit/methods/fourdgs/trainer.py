@@ -60,7 +60,8 @@ class ImageBank:
 def _optimizers(model: FourDGSModel, cfg: FourDGSConfig, extent: float) -> dict[str, torch.optim.Optimizer]:
     lrs = {"means": cfg.position_lr_init * extent, "scales": cfg.scaling_lr, "quats": cfg.rotation_lr,
            "opacities": cfg.opacity_lr, "sh0": cfg.feature_lr, "shN": cfg.feature_lr / 20.0}
-    return {k: torch.optim.Adam([{"params": [model.gaussians[k]], "lr": lr, "name": k}], eps=1e-15)
+    fused = model.device.type == "cuda"  # one kernel per step instead of a dozen
+    return {k: torch.optim.Adam([{"params": [model.gaussians[k]], "lr": lr, "name": k}], eps=1e-15, fused=fused)
             for k, lr in lrs.items()}
 
 
@@ -68,7 +69,7 @@ def _deformation_optimizer(deform: DeformationField, cfg: FourDGSConfig, extent:
     return torch.optim.Adam([
         {"params": deform.mlp_parameters(), "lr": cfg.deformation_lr_init * extent, "name": "deformation"},
         {"params": deform.grid_parameters(), "lr": cfg.grid_lr_init * extent, "name": "grid"},
-    ], eps=1e-15)
+    ], eps=1e-15, fused=next(deform.parameters()).device.type == "cuda")
 
 
 @dataclass
@@ -79,11 +80,27 @@ class StageStats:
     num_gaussians: int
 
 
+def build_model(scene: Scene, cfg: FourDGSConfig, device: torch.device) -> FourDGSModel:
+    """Gaussians initialised from the scene's point cloud and a fresh deformation field whose
+    AABB is the point cloud's (as the reference)."""
+    gaussians = init_gaussians(scene.points, cfg.sh_degree, device)
+    xyz = torch.as_tensor(np.asarray(scene.points.xyz), dtype=torch.float32)
+    aabb = torch.stack([xyz.min(0).values, xyz.max(0).values])
+    deform = DeformationField(cfg.deformation_config(), aabb).to(device)
+    background = torch.as_tensor(np.asarray(scene.background), dtype=torch.float32, device=device)
+    return FourDGSModel(gaussians, deform, cfg.sh_degree, background)
+
+
 def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=None, log=None,
-          seed: int = 0, extra_loss=None, extra_params=None) -> tuple[FourDGSModel, list[StageStats]]:
-    """Train 4DGS on ``scene``'s train split. ``extra_loss(model, stage, step)`` and
-    ``extra_params`` (an optimizer stepped with the deformation optimizer) let a method built on
-    4DGS (4DGS-CC) add rate terms and modules without copying this loop."""
+          seed: int = 0, model: FourDGSModel | None = None, stages: tuple[str, ...] = ("coarse", "fine"),
+          extra_loss=None, extra_optimizer=None, bank: "ImageBank | None" = None,
+          ) -> tuple[FourDGSModel, list[StageStats]]:
+    """Train 4DGS on ``scene``'s train split.
+
+    Hooks for methods built on 4DGS (4DGS-CC) so they need not copy this loop: ``model`` (a
+    ``FourDGSModel`` or subclass to train instead of a fresh one, e.g. after a shared coarse
+    stage), ``stages`` (which stages to run), ``extra_loss(model, stage, step) -> Tensor`` (added
+    to the loss, e.g. rate terms) and ``extra_optimizer`` (stepped with the others)."""
     progress = progress or (lambda it, total, stats: None)
     log = log or (lambda msg: None)
     torch.manual_seed(seed)
@@ -93,19 +110,18 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
     frames = scene.train
     if not frames:
         raise ValueError(f"{scene.path}: the scene has no training frames")
-    bank = ImageBank(frames, device)
+    bank = bank or ImageBank(frames, device)
     extent = scene.camera_extent()
-    gaussians = init_gaussians(scene.points, cfg.sh_degree, device)
-    xyz = torch.as_tensor(np.asarray(scene.points.xyz), dtype=torch.float32)
-    aabb = torch.stack([xyz.min(0).values, xyz.max(0).values])
-    deform = DeformationField(cfg.deformation_config(), aabb).to(device)
-    background = torch.as_tensor(np.asarray(scene.background), dtype=torch.float32, device=device)
-    model = FourDGSModel(gaussians, deform, cfg.sh_degree, background)
+    model = model if model is not None else build_model(scene, cfg, device)
+    deform = model.deformation
 
-    total = cfg.coarse_iterations + cfg.iterations
-    global_step = 0
+    schedule = [(st, n) for st, n in (("coarse", cfg.coarse_iterations), ("fine", cfg.iterations)) if st in stages]
+    total = sum(n for _, n in schedule)
+    # SH degree and progress count over both stages, also when the coarse stage ran elsewhere.
+    global_step = cfg.coarse_iterations if "coarse" not in stages else 0
+    total += global_step
     stats: list[StageStats] = []
-    for stage, iters in (("coarse", cfg.coarse_iterations), ("fine", cfg.iterations)):
+    for stage, iters in schedule:
         if iters <= 0:
             continue
         t0 = time.perf_counter()
@@ -172,9 +188,9 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
             if dopt is not None:
                 dopt.step()
                 dopt.zero_grad(set_to_none=True)
-            if extra_params is not None:
-                extra_params.step()
-                extra_params.zero_grad(set_to_none=True)
+            if extra_optimizer is not None:
+                extra_optimizer.step()
+                extra_optimizer.zero_grad(set_to_none=True)
 
             if step % 50 == 0 or step == iters:  # one host sync per 50 steps
                 lv = float(loss.detach())

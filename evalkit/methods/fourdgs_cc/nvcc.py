@@ -1,0 +1,421 @@
+"""NVCC: neural-voxel contextual coding of the quantised HexPlane (paper Sec. 3.4, Eq. 1).
+
+Quantisation ("the quantisation of [2]", Balle et al. 2018: integers, uniform noise in
+training): a plane value p becomes the symbol y = round((p - o) / step) with ``step`` =
+``hexplane_qstep`` (a power of two) and o = 1 for time planes, 0 for space planes (4DGS starts
+time planes at 1, so their symbols start at 0). Rendering during training uses the rounded planes
+(straight-through), so the decoder reproduces what was trained; the rate term uses additive
+uniform noise (or straight-through, ``quantization = "ste"``) on the coded symbols, with the
+rounded values as contexts (mixed quantisation).
+
+Features f_t^s: plane level s (HexPlane multires scale, coarse to fine) and, for the three time
+planes (xt, yt, zt), row t (one time step: the plane's height axis is time). A row is a sequence
+of W tokens (the positions along its spatial axis), each with C channels. Contexts:
+
+* spatial prior: level s-1's decoded row t (time planes) or plane (space planes), upsampled
+  (linear / bilinear, align_corners=True as ``grid_sample`` reads the planes) to level s's width;
+* temporal prior: the hidden state h_t, updated by cross-attention (Eq. 1) between the previous
+  hidden state h_{t-1} (queries) and the decoded previous row f_{t-1} (keys, values):
+  h_t = softmax(q k^T / sqrt(d)) v, q = W_q h_{t-1}, k = W_k f_{t-1}, v = W_v f_{t-1};
+  h_0 = f_0. Tokens are positions; the paper gives the attention no positional information,
+  which it needs to align positions, so each query attends to the keys within ``nvcc_window``
+  positions with a learned relative-position bias (initialised so that attention starts as the
+  identity alignment and h_t starts as f_{t-1}: the plain previous-row prior is where training
+  starts). d = C and W_v starts as the identity.
+* A token-wise MLP maps the priors to the mean (a residual on the temporal prior, else on the
+  spatial prior) and the log-scale of a discretised Gaussian per symbol; a learned embedding per
+  (plane, level) is added to its hidden layer, so one network serves all planes.
+
+The paper's special cases: the first feature (level 0, row 0) is coded with Balle et al.'s
+univariate density ("uniform entropy coding ... as in [1]"; read as [1]'s factorized prior, see
+``first_feature``; ``"uniform"`` codes it with equiprobable symbols instead); the rest of level 0
+has only the temporal prior; row 0 of finer levels only the spatial prior; the space-only planes
+only the spatial prior, and at level 0 (no prior exists) the factorized prior as the first
+feature. Ablations: without the spatial prior ("w/o SP"), every feature the spatial prior served
+alone is coded like the first feature (one factorized prior per level); without the hidden-state
+update ("w/o HF") the temporal prior is the previous decoded row itself.
+
+Coding order: space planes level by level; time planes in wavefronts s + t = k (every feature of a
+wavefront depends only on earlier ones), one arithmetic-coded stream per wavefront. Distribution
+parameters are computed on CPU in float64 by the same code at encode and decode time.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from evalkit.codec.container import BitstreamError
+from evalkit.codec.entropy import (FactorizedPrior, GaussianConditional, compress_uniform, compute_params_on_cpu,
+                                   decompress_uniform)
+from evalkit.codec.quantize import relaxed_round, round_ste
+from evalkit.codec.serialize import read_uvarint, unzigzag, write_uvarint, zigzag
+from evalkit.methods.fourdgs.hexplane import HexPlaneConfig, SPACE_PLANES, TIME_PLANES
+from evalkit.methods.fourdgs_cc.vqcc import center_factorized_prior, cpu64
+
+PLANE_NAMES = ("xy", "xz", "xt", "yz", "yt", "zt")
+
+
+def plane_offset(i: int) -> float:
+    return 1.0 if i in TIME_PLANES else 0.0
+
+
+def plane_symbols(plane: torch.Tensor, i: int, step: float) -> torch.Tensor:
+    """Continuous symbols (C, H, W) of plane i ((1, C, H, W) parameter)."""
+    return (plane[0] - plane_offset(i)) / step
+
+
+def quantize_plane(plane: torch.Tensor, i: int, step: float) -> torch.Tensor:
+    """Integer symbols (C, H, W) int64, computed in float64."""
+    return torch.round((plane.detach()[0].double() - plane_offset(i)) / step).to(torch.int64)
+
+
+def dequantize_plane(symbols: torch.Tensor, i: int, step: float) -> torch.Tensor:
+    """(C, H, W) ints -> (1, C, H, W) float32 plane (exact: step is a power of two)."""
+    return (symbols.double() * step + plane_offset(i)).float()[None]
+
+
+def ste_plane(plane: torch.Tensor, i: int, step: float) -> torch.Tensor:
+    """The plane on its quantisation grid with a straight-through gradient (for rendering)."""
+    o = plane_offset(i)
+    return o + step * round_ste((plane - o) / step)
+
+
+def _up1d(x: torch.Tensor, width: int) -> torch.Tensor:
+    """(..., W', C) -> (..., width, C), linear, align_corners=True."""
+    lead = x.shape[:-2]
+    y = x.reshape(-1, x.shape[-2], x.shape[-1]).transpose(1, 2)
+    y = F.interpolate(y, size=width, mode="linear", align_corners=True)
+    return y.transpose(1, 2).reshape(*lead, width, x.shape[-1])
+
+
+def _up2d(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """(H', W', C) -> (H, W, C), bilinear, align_corners=True."""
+    y = F.interpolate(x.permute(2, 0, 1)[None], size=hw, mode="bilinear", align_corners=True)
+    return y[0].permute(1, 2, 0)
+
+
+class WindowCrossAttention(nn.Module):
+    """Eq. (1) over the W positions of a row, each query seeing keys within +-window positions."""
+
+    def __init__(self, dim: int, window: int) -> None:
+        super().__init__()
+        self.dim, self.window = int(dim), int(window)
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.k = nn.Linear(dim, dim, bias=False)
+        self.v = nn.Linear(dim, dim, bias=False)
+        nn.init.normal_(self.q.weight, std=0.1 / dim ** 0.5)
+        nn.init.normal_(self.k.weight, std=0.1 / dim ** 0.5)
+        with torch.no_grad():
+            self.v.weight.copy_(torch.eye(dim))
+        bias = torch.zeros(2 * window + 1)
+        bias[window] = 4.0  # attention starts as (almost exactly) the identity alignment
+        self.rel_bias = nn.Parameter(bias)
+
+    def forward(self, h: torch.Tensor, f: torch.Tensor, widths: torch.Tensor | None = None) -> torch.Tensor:
+        """h, f: (B, W, C); ``widths`` (B,) valid lengths when rows of different widths are padded."""
+        B, W, C = f.shape
+        q, k, v = self.q(h), self.k(f), self.v(f)
+        offs = torch.arange(-self.window, self.window + 1, device=f.device)
+        pos = torch.arange(W, device=f.device)[:, None] + offs[None, :]  # (W, 2w+1)
+        limit = widths.to(f.device)[:, None, None] if widths is not None else W
+        valid = (pos[None] >= 0) & (pos[None] < limit)
+        idx = pos.clamp(0, W - 1)
+        logits = (q[:, :, None, :] * k[:, idx]).sum(-1) * C ** -0.5 + self.rel_bias
+        attn = logits.masked_fill(~valid, -1e4).softmax(-1)
+        return (attn[..., None] * v[:, idx]).sum(2)
+
+
+class ParamHead(nn.Module):
+    """Token-wise MLP: priors -> (mean offset in value units, log-scale in symbol units)."""
+
+    def __init__(self, in_dim: int, channels: int, hidden: int, n_planes: int) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(in_dim, hidden)
+        self.embed = nn.Parameter(torch.zeros(n_planes, hidden))
+        self.l2 = nn.Linear(hidden, 2 * channels)
+        nn.init.zeros_(self.l2.weight)
+        nn.init.zeros_(self.l2.bias)
+
+    def forward(self, x: torch.Tensor, plane_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (P, ..., in_dim), plane_ids (P,) -> two (P, ..., C)."""
+        e = self.embed[plane_ids].reshape(len(plane_ids), *([1] * (x.dim() - 2)), -1)
+        out = self.l2(F.leaky_relu(self.l1(x) + e))
+        delta, log_scale = out.chunk(2, dim=-1)
+        return delta, log_scale.clamp(-12.0, 12.0)
+
+
+class NVCC(nn.Module):
+    def __init__(self, hexplane: HexPlaneConfig, step: float, hidden: int = 32, window: int = 2,
+                 spatial_prior: bool = True, hidden_update: bool = True, first_feature: str = "factorized") -> None:
+        super().__init__()
+        if len(set(hexplane.resolution[:3])) != 1:
+            raise ValueError(f"NVCC needs equal x, y, z plane resolutions (time planes of a level are coded "
+                             f"together), got resolution {hexplane.resolution}")
+        self.hp = hexplane
+        self.C, self.S = int(hexplane.feature_dim), len(hexplane.multires)
+        self.step = float(step)
+        self.spatial_prior, self.hidden_update = bool(spatial_prior), bool(hidden_update)
+        self.first_feature = first_feature
+        C, S = self.C, self.S
+        self.n_first = 1 if spatial_prior else S  # levels coded without any prior
+        factorized = first_feature == "factorized"
+        self.first_time = nn.ModuleList([FactorizedPrior(C) for _ in range(self.n_first)] if factorized else [])
+        self.first_space = nn.ModuleList([FactorizedPrior(C) for _ in range(3 * self.n_first)] if factorized else [])
+        self.attn = WindowCrossAttention(C, window) if hidden_update else None
+        self.head_t = ParamHead(C, C, hidden, 6 * S)
+        if spatial_prior:
+            self.head_s = ParamHead(C, C, hidden, 6 * S)
+            self.head_st = ParamHead(2 * C, C, hidden, 6 * S)
+            self.head_space = ParamHead(C, C, hidden, 6 * S)
+        self.conditional = GaussianConditional()
+        self.centred = False
+
+    # -- layout helpers --------------------------------------------------------------------
+    def has_spatial(self, s: int) -> bool:
+        return self.spatial_prior and s > 0
+
+    def _ids(self, s: int, planes: list[int], device) -> torch.Tensor:
+        return torch.tensor([s * 6 + i for i in planes], device=device)
+
+    def _first_index(self, s: int) -> int:
+        return 0 if self.spatial_prior else s
+
+    def shapes(self) -> list[list[tuple[int, int, int]]]:
+        """(C, H, W) of every plane, per level."""
+        return [[tuple(sh[1:]) for sh in level] for level in self.hp.plane_shapes()]
+
+    # -- training-time rate ------------------------------------------------------------------
+    def _first_bits(self, prior: FactorizedPrior | None, x: torch.Tensor) -> torch.Tensor:
+        """Bits of (N, C) symbols without context (factorized prior, or equiprobable symbols)."""
+        if prior is not None:
+            return prior.bits(x)
+        q = torch.round(x.detach())
+        return x.new_tensor(float(x.numel()) * float(torch.log2(q.max() - q.min() + 1.0)))
+
+    def _centre(self, y: list[list[torch.Tensor]]) -> None:
+        """Centre the factorized priors on their data the first time they see it."""
+        if self.centred or self.first_feature != "factorized":
+            self.centred = True
+            return
+        C = self.C
+        for s in range(self.n_first):
+            rows = torch.cat([y[s][i][:, 0, :].t() for i in TIME_PLANES], 0)  # (3W, C)
+            center_factorized_prior(self.first_time[s], rows.detach().median(0).values)
+            for k, i in enumerate(SPACE_PLANES):
+                vals = y[s][i].detach().reshape(C, -1).t()
+                center_factorized_prior(self.first_space[k * self.n_first + s], vals.median(0).values)
+        self.centred = True
+
+    def _temporal_priors(self, V: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Temporal priors for rows 1..T-1 of every level: V[s] (3, T, W_s, C) value units ->
+        (3, T-1, W_s, C). All levels run through the recurrence together (padded to one width)."""
+        if not self.hidden_update:
+            return [v[:, :-1] for v in V]
+        T = V[0].shape[1]
+        wmax = max(v.shape[2] for v in V)
+        Fp = torch.cat([F.pad(v, (0, 0, 0, wmax - v.shape[2])) for v in V], 0)  # (3S, T, Wmax, C)
+        widths = torch.tensor([v.shape[2] for v in V for _ in range(v.shape[0])])
+        h, hs = Fp[:, 0], []
+        for t in range(1, T):
+            h = self.attn(h, Fp[:, t - 1], widths)
+            hs.append(h)
+        H = torch.stack(hs, 1)
+        out, b = [], 0
+        for v in V:
+            out.append(H[b:b + v.shape[0], :, :v.shape[2]])
+            b += v.shape[0]
+        return out
+
+    def bits(self, planes: list[list[torch.Tensor]], mode: str = "noise") -> tuple[torch.Tensor, int]:
+        """Estimated bits of all quantised planes ``planes[s][i]`` ((1, C, H, W), continuous).
+        ``mode``: relaxation of the coded symbols (noise / ste / round); contexts are rounded."""
+        step, C = self.step, self.C
+        y = [[plane_symbols(p, i, step) for i, p in enumerate(level)] for level in planes]
+        self._centre(y)
+        yh = [[round_ste(t) for t in level] for level in y]
+        yt = [[relaxed_round(t, mode) for t in level] for level in y]
+        dev = y[0][0].device
+        total = y[0][0].new_zeros(())
+        n = sum(t.numel() for level in y for t in level)
+
+        for k, i in enumerate(SPACE_PLANES):
+            for s in range(self.S):
+                target = yt[s][i].permute(1, 2, 0)  # (H, W, C)
+                if self.has_spatial(s):
+                    prior = _up2d(yh[s - 1][i].permute(1, 2, 0) * step, target.shape[:2])
+                    delta, log_scale = self.head_space(prior[None], self._ids(s, [i], dev))
+                    total = total + self.conditional.bits(target, (prior + delta[0]) / step, torch.exp(log_scale[0]))
+                else:
+                    prior = self.first_space[k * self.n_first + s] if len(self.first_space) else None
+                    total = total + self._first_bits(prior, target.reshape(-1, C))
+
+        V = [torch.stack([yh[s][i].permute(1, 2, 0) for i in TIME_PLANES]) * step for s in range(self.S)]
+        Y = [torch.stack([yt[s][i].permute(1, 2, 0) for i in TIME_PLANES]) for s in range(self.S)]
+        T = V[0].shape[1]
+        temporal = self._temporal_priors(V) if T > 1 else None
+        for s in range(self.S):
+            ids = self._ids(s, TIME_PLANES, dev)
+            if self.has_spatial(s):
+                sp = _up1d(V[s - 1], V[s].shape[2])  # (3, T, W_s, C)
+                delta, log_scale = self.head_s(sp[:, 0], ids)
+                total = total + self.conditional.bits(Y[s][:, 0], (sp[:, 0] + delta) / step, torch.exp(log_scale))
+            else:
+                prior = self.first_time[self._first_index(s)] if len(self.first_time) else None
+                total = total + self._first_bits(prior, Y[s][:, 0].reshape(-1, C))
+            if T > 1:
+                tp = temporal[s]
+                if self.has_spatial(s):
+                    delta, log_scale = self.head_st(torch.cat([tp, sp[:, 1:]], -1), ids)
+                else:
+                    delta, log_scale = self.head_t(tp, ids)
+                total = total + self.conditional.bits(Y[s][:, 1:], (tp + delta) / step, torch.exp(log_scale))
+        return total, n
+
+    # -- coding ----------------------------------------------------------------------------
+    def compress(self, symbols: list[list[torch.Tensor]]) -> bytes:
+        """symbols[s][i]: (C, H, W) int64 -> one byte string of sub-streams."""
+        out: list[bytes] = []
+
+        def code(kind: str, sym_shape, params, known: torch.Tensor) -> torch.Tensor:
+            out.append(self._encode_unit(kind, params, known))
+            return known
+
+        self._schedule(lambda key: symbols[key[0]][key[1]], code)
+        return b"".join(write_uvarint(len(b)) + b for b in out)
+
+    def decompress(self, data: bytes, source: str | Path = "<nvcc>") -> list[list[torch.Tensor]]:
+        pos = [0]
+
+        def next_stream() -> bytes:
+            n, p = read_uvarint(data, pos[0], source)
+            if p + n > len(data):
+                raise BitstreamError(source, "truncated NVCC stream")
+            pos[0] = p + n
+            return bytes(data[p:p + n])
+
+        def code(kind: str, sym_shape, params, known) -> torch.Tensor:
+            return self._decode_unit(kind, sym_shape, params, next_stream(), source)
+
+        decoded = self._schedule(None, code)
+        if pos[0] != len(data):
+            raise BitstreamError(source, f"{len(data) - pos[0]} trailing bytes after the NVCC streams")
+        return decoded
+
+    def _encode_unit(self, kind: str, params, q: torch.Tensor) -> bytes:
+        if kind == "gaussian":
+            mean, scale = params
+            return self.conditional.compress(q, mean, scale)
+        if kind == "factorized":
+            return params.compress(q)
+        lo, hi = int(q.min()), int(q.max())  # uniform
+        return write_uvarint(zigzag(lo)) + write_uvarint(hi - lo) + compress_uniform(q, lo, hi)
+
+    def _decode_unit(self, kind: str, shape, params, data: bytes, source) -> torch.Tensor:
+        if kind == "gaussian":
+            mean, scale = params
+            return self.conditional.decompress(data, mean, scale, source)
+        if kind == "factorized":
+            return params.decompress(data, shape[0], source)
+        z, p = read_uvarint(data, 0, source)
+        span, p = read_uvarint(data, p, source)
+        lo = unzigzag(z)
+        return decompress_uniform(data[p:], shape, lo, lo + span, source)
+
+    @torch.no_grad()
+    def _schedule(self, known: Callable | None, code: Callable) -> list[list[torch.Tensor]]:
+        """Walk the coding order. ``code(kind, shape, params, known_symbols) -> symbols`` codes one
+        unit (encoder: ``known`` gives the symbols; decoder: ``known`` is None). Returns the symbols."""
+        m = cpu64(self)
+        step, C, S = self.step, self.C, self.S
+        shapes = self.shapes()
+        sym: list[list[torch.Tensor | None]] = [[None] * 6 for _ in range(S)]
+        get = (lambda s, i: known((s, i))) if known is not None else (lambda s, i: None)
+        params = lambda fn, *xs: compute_params_on_cpu(fn, *xs)  # noqa: E731
+
+        def first_prior(bank, idx):
+            return bank[idx] if len(bank) else None
+
+        # space planes, level by level
+        for s in range(S):
+            if self.has_spatial(s):
+                priors = [_up2d(sym[s - 1][i].permute(1, 2, 0).double() * step, shapes[s][i][1:]) for i in SPACE_PLANES]
+                mp = []
+                for i, pr in zip(SPACE_PLANES, priors):
+                    delta, log_scale = params(lambda x, ids: m.head_space(x, ids), pr[None], self._ids(s, [i], "cpu"))
+                    mp.append(((pr + delta[0]) / step, torch.exp(log_scale[0])))
+                mean = torch.cat([a.reshape(-1) for a, _ in mp])
+                scale = torch.cat([b.reshape(-1) for _, b in mp])
+                k_known = (torch.cat([get(s, i).permute(1, 2, 0).reshape(-1) for i in SPACE_PLANES])
+                           if known is not None else None)
+                flat = code("gaussian", mean.shape, (mean, scale), k_known)
+                b = 0
+                for i in SPACE_PLANES:
+                    c, h, w = shapes[s][i]
+                    sym[s][i] = flat[b:b + h * w * c].reshape(h, w, c).permute(2, 0, 1).contiguous()
+                    b += h * w * c
+            else:
+                for k, i in enumerate(SPACE_PLANES):
+                    c, h, w = shapes[s][i]
+                    prior = first_prior(m.first_space, k * self.n_first + self._first_index(s))
+                    q = get(s, i).permute(1, 2, 0).reshape(-1, C) if known is not None else None
+                    out = code("factorized" if prior is not None else "uniform", (h * w, C), prior, q)
+                    sym[s][i] = out.reshape(h, w, C).permute(2, 0, 1).contiguous()
+
+        # time planes: rows in wavefronts s + t = k
+        T = shapes[0][TIME_PLANES[0]][1]
+        rows: list[torch.Tensor] = []  # per level (3, T, W_s, C) symbols
+        for s in range(S):
+            w = shapes[s][TIME_PLANES[0]][2]
+            rows.append(torch.zeros(3, T, w, C, dtype=torch.int64))
+        knowns = ([torch.stack([get(s, i).permute(1, 2, 0) for i in TIME_PLANES]) for s in range(S)]
+                  if known is not None else None)
+        for s in range(S):
+            if not self.has_spatial(s):
+                prior = first_prior(m.first_time, self._first_index(s))
+                q = knowns[s][:, 0].reshape(-1, C) if knowns is not None else None
+                out = code("factorized" if prior is not None else "uniform", (3 * rows[s].shape[2], C), prior, q)
+                rows[s][:, 0] = out.reshape(3, -1, C)
+        hidden: list[torch.Tensor | None] = [None] * S
+        for k in range(1, T + S - 1):
+            members = [(s, k - s) for s in range(S)
+                       if 0 <= k - s < T and (k - s > 0 or self.has_spatial(s))]
+            means, scales = [], []
+            for s, t in members:
+                ids = self._ids(s, TIME_PLANES, "cpu")
+                V = lambda lv, tt: rows[lv][:, tt].double() * step  # noqa: E731
+                if t > 0:
+                    if self.hidden_update:
+                        h_prev = hidden[s] if hidden[s] is not None else V(s, 0)
+                        hidden[s] = params(lambda a, b: m.attn(a, b), h_prev, V(s, t - 1))
+                        tp = hidden[s]
+                    else:
+                        tp = V(s, t - 1)
+                if self.has_spatial(s):
+                    sp = _up1d(V(s - 1, t), rows[s].shape[2])
+                if t == 0:
+                    delta, log_scale = params(lambda x, i_: m.head_s(x, i_), sp, ids)
+                    base = sp
+                elif self.has_spatial(s):
+                    delta, log_scale = params(lambda x, i_: m.head_st(x, i_), torch.cat([tp, sp], -1), ids)
+                    base = tp
+                else:
+                    delta, log_scale = params(lambda x, i_: m.head_t(x, i_), tp, ids)
+                    base = tp
+                means.append(((base + delta) / step).reshape(-1))
+                scales.append(torch.exp(log_scale).reshape(-1))
+            mean, scale = torch.cat(means), torch.cat(scales)
+            q = (torch.cat([knowns[s][:, t].reshape(-1) for s, t in members]) if knowns is not None else None)
+            flat = code("gaussian", mean.shape, (mean, scale), q)
+            b = 0
+            for s, t in members:
+                n = rows[s][:, t].numel()
+                rows[s][:, t] = flat[b:b + n].reshape(rows[s][:, t].shape)
+                b += n
+        for s in range(S):
+            for j, i in enumerate(TIME_PLANES):
+                sym[s][i] = rows[s][j].permute(2, 0, 1).contiguous()
+        return sym  # type: ignore[return-value]

@@ -1,0 +1,89 @@
+"""4DGS-CC training: the 4DGS coarse stage (shared between rate points), then the fine stage with
+the compression modules and the rate terms of Eq. (2), through the 4DGS trainer's hooks."""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+
+import torch
+
+from evalkit.data.scene import Scene
+from evalkit.methods.base import TrainContext
+from evalkit.methods.fourdgs.config import FourDGSConfig
+from evalkit.methods.fourdgs.model import FourDGSModel
+from evalkit.methods.fourdgs.trainer import train
+from evalkit.methods.fourdgs_cc.config import CCConfig
+from evalkit.methods.fourdgs_cc.model import FourDGSCCModel
+
+COARSE_CACHE_KEY = "4dgs-cc/coarse-stage"
+
+
+@dataclass
+class VQSchedule:
+    """Fine-stage steps: VQ starts at ``start``; indices re-assigned every ``interval`` until ``until``."""
+    start: int
+    until: int
+    interval: int
+
+    @classmethod
+    def of(cls, fcfg: FourDGSConfig, cc: CCConfig) -> "VQSchedule":
+        iters = fcfg.iterations
+        start = cc.vq_start if cc.vq_start is not None else min(fcfg.densify_until_iter, int(0.75 * iters))
+        start = max(1, int(start))
+        until = start + int(cc.vq_assign_fraction * max(iters - start, 0))
+        return cls(start, until, max(1, int(cc.vq_assign_interval)))
+
+    def action(self, step: int) -> str | None:
+        """What the quantiser does before fine-stage step ``step``."""
+        if step == self.start:
+            return "init"
+        if self.start < step <= self.until and (step - self.start) % self.interval == 0:
+            return "assign"
+        return None
+
+
+def coarse_stage(scene: Scene, fcfg: FourDGSConfig, ctx: TrainContext) -> tuple[FourDGSModel, bool, dict]:
+    """The coarse (static 3DGS) stage; one run per scene and 4DGS configuration, reused by the
+    other rate points through ``ctx.cache`` (it does not depend on any 4DGS-CC option)."""
+    key = json.dumps({"config": fcfg.to_dict(), "seed": ctx.budget.seed}, sort_keys=True)
+    entry = ctx.cache.get(COARSE_CACHE_KEY)
+    if entry is not None and entry["key"] == key:
+        ctx.log("coarse stage: reused from an earlier rate point of this scene")
+        return copy.deepcopy(entry["model"]), True, entry["stats"]
+    model, stats = train(scene, fcfg, ctx.device, stages=("coarse",), progress=ctx.progress, log=ctx.log,
+                         seed=ctx.budget.seed)
+    st = {s.stage: {"iterations": s.iterations, "seconds": s.seconds, "gaussians": s.num_gaussians} for s in stats}
+    ctx.cache[COARSE_CACHE_KEY] = {"key": key, "model": copy.deepcopy(model), "stats": st}
+    return model, False, st
+
+
+def fine_stage(scene: Scene, fcfg: FourDGSConfig, cc: CCConfig, base: FourDGSModel,
+               ctx: TrainContext) -> tuple[FourDGSCCModel, dict]:
+    """The 4DGS fine stage with L = L_4DGS + lambda_e R_voxels + lambda_c R_code (Eq. 2), rates in
+    bits per coded value (as HAC [5]; the paper does not say how its rates are normalised)."""
+    model = FourDGSCCModel(base, cc, seed=ctx.budget.seed)
+    schedule = VQSchedule.of(fcfg, cc)
+    if model.vq is not None:
+        model.vq.pending = schedule.action(1)
+    groups = model.extra_parameters()
+    optimizer = torch.optim.Adam(groups, eps=1e-15) if groups else None
+    last: dict[str, float] = {}
+
+    def extra_loss(m: FourDGSCCModel, stage: str, step: int) -> torch.Tensor:
+        loss = torch.zeros((), device=m.device)
+        for name, (bits, count) in m.rate_terms(cc.quantization).items():
+            weight = cc.lambda_e if name == "nvcc" else cc.lambda_c
+            loss = loss + weight * bits / count
+            if step % 50 == 0:
+                last[f"{name}_bits_per_value"] = float(bits.detach()) / count
+        if m.vq is not None and m.vq.pending is None:
+            m.vq.pending = schedule.action(step + 1)  # applied at the next step's first render
+        return loss
+
+    _, stats = train(scene, fcfg, ctx.device, model=model, stages=("fine",), extra_loss=extra_loss,
+                     extra_optimizer=optimizer, progress=ctx.progress, log=ctx.log, seed=ctx.budget.seed)
+    st = {s.stage: {"iterations": s.iterations, "seconds": s.seconds, "gaussians": s.num_gaussians} for s in stats}
+    st["rate_estimates"] = last
+    st["vq"] = {"start": schedule.start, "assign_until": schedule.until, "interval": schedule.interval}
+    return model, st

@@ -1,0 +1,145 @@
+"""Vector quantisation of the canonical SH colours (paper Sec. 3.2, after Compact3D [38]).
+
+Training (Navaneet et al., Compact3D / CompGS, whose schedule the paper's VQ follows):
+
+* The continuous SH coefficients (DC + rest, 48 values for degree 3) stay parameters of the
+  Gaussians; the rendered colour is the nearest code vector with a straight-through estimator
+  (forward: the code vector; backward: the gradient reaches both the continuous SH and the code).
+* VQ starts when densification stops (Compact3D starts at 3DGS's densify_until_iter, 15k of 30k),
+  so the Gaussian set no longer changes; the codebook starts from k-means (``kmeans_iters``
+  Lloyd iterations from a random subset) on the continuous SH.
+* Indices are re-assigned to the nearest code every ``vq_assign_interval`` steps (Compact3D: 100)
+  during the first ``vq_assign_fraction`` of the VQ phase (Compact3D: 10k of its 15k steps), then
+  frozen.
+* Unlike Compact3D, whose codes are the means of their members, the codebook is a learned
+  parameter: 4DGS-CC minimises the codebook's VQCC rate (Eq. 2), which needs gradients to reach
+  the codes. The codes are quantised (step ``codebook_qstep``, straight-through) when rendered,
+  so the rendered colours are the decoded ones.
+
+Coding: unused codes are dropped, the Gaussians are sorted by index (their order is arbitrary)
+and the sorted index array is run-length coded as the run length of every code in order
+(Compact3D sorts and run-length codes its indices the same way; 4DGS-CC: "the indices are ...
+compressed using a run-length coding algorithm"). The run lengths are entropy coded
+(``intcode.encode_unsigned``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from evalkit.codec.container import BitstreamError
+from evalkit.codec.quantize import round_ste
+from evalkit.methods.fourdgs_cc.intcode import decode_unsigned, encode_unsigned
+
+
+def nearest_code(x: torch.Tensor, codes: torch.Tensor, chunk_elements: int = 1 << 24) -> torch.Tensor:
+    """Index of the nearest row of ``codes`` (K, D) for each row of ``x`` (N, D) (squared L2)."""
+    x, codes = x.detach(), codes.detach()
+    c2 = codes.square().sum(1)
+    rows = max(1, chunk_elements // max(codes.shape[0], 1))
+    out = [torch.argmin(c2[None, :] - 2.0 * x[i:i + rows] @ codes.t(), dim=1) for i in range(0, x.shape[0], rows)]
+    return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
+
+
+def kmeans(x: torch.Tensor, k: int, iters: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means from k distinct random rows; empty clusters keep their centre."""
+    x = x.detach()
+    n = x.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"k-means needs 1 <= k <= N, got k={k}, N={n}")
+    g = torch.Generator().manual_seed(seed)
+    centres = x[torch.randperm(n, generator=g)[:k].to(x.device)].clone()
+    for _ in range(iters):
+        idx = nearest_code(x, centres)
+        sums = torch.zeros_like(centres).index_add_(0, idx, x)
+        counts = torch.bincount(idx, minlength=k)
+        filled = counts > 0
+        centres[filled] = sums[filled] / counts[filled, None].to(x.dtype)
+    return centres, nearest_code(x, centres)
+
+
+class SHVectorQuantizer(nn.Module):
+    """Codebook (K, D) + per-Gaussian indices; ``forward`` maps continuous SH to code vectors."""
+
+    def __init__(self, size: int, dim: int, step: float, kmeans_iters: int = 10, seed: int = 0) -> None:
+        super().__init__()
+        self.size = int(size)
+        self.step = float(step)
+        self.kmeans_iters = int(kmeans_iters)
+        self.seed = int(seed)
+        self.codebook = nn.Parameter(torch.zeros(self.size, dim))
+        self.register_buffer("indices", torch.zeros(0, dtype=torch.long))
+        self.n_codes = self.size  # codes in use: fewer when there are fewer Gaussians than codes
+        self.active = False
+        self.pending: str | None = None  # "init" / "assign": done at the next forward
+
+    def quantized_codebook(self) -> torch.Tensor:
+        """Code vectors on the ``step`` grid (straight-through to the continuous codebook)."""
+        return self.step * round_ste(self.codebook[:self.n_codes] / self.step)
+
+    @torch.no_grad()
+    def initialise(self, flat: torch.Tensor) -> None:
+        k = min(self.size, flat.shape[0])  # fewer Gaussians than codes: one code each
+        centres, idx = kmeans(flat, k, self.kmeans_iters, self.seed)
+        self.codebook.data.zero_()
+        self.codebook.data[:k] = centres
+        self.n_codes = k
+        self.indices = idx
+        self.active = True
+
+    @torch.no_grad()
+    def assign(self, flat: torch.Tensor) -> None:
+        self.indices = nearest_code(flat, self.quantized_codebook())
+
+    def forward(self, sh: torch.Tensor) -> torch.Tensor:
+        flat = sh.reshape(sh.shape[0], -1)
+        if self.pending == "init" or (self.pending == "assign" and not self.active):
+            self.initialise(flat)
+        elif self.pending == "assign":
+            self.assign(flat)
+        self.pending = None
+        if not self.active:
+            return sh
+        if self.indices.shape[0] != flat.shape[0]:  # densification changed the Gaussian set
+            self.assign(flat)
+        q = self.quantized_codebook()[self.indices]
+        return (q + (flat - flat.detach())).reshape(sh.shape)
+
+
+# -- index coding ------------------------------------------------------------------------
+def compact_and_sort(indices: torch.Tensor, codebook_symbols: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Drop unused codes and order Gaussians by code.
+
+    Returns (order (N,): Gaussian permutation, run lengths (K',) >= 1, codebook symbols (K', D))."""
+    idx = indices.detach().cpu()
+    used, remapped = torch.unique(idx, sorted=True, return_inverse=True)
+    order = torch.sort(remapped, stable=True).indices
+    runs = torch.bincount(remapped, minlength=len(used))
+    return order, runs, codebook_symbols.detach().cpu()[used]
+
+
+def indices_from_runs(runs: torch.Tensor) -> torch.Tensor:
+    return torch.repeat_interleave(torch.arange(len(runs)), runs)
+
+
+def encode_runs(runs: torch.Tensor) -> bytes:
+    return encode_unsigned(runs.numpy() - 1)
+
+
+def decode_runs(data: bytes, n_codes: int, n_gaussians: int, source: str | Path) -> torch.Tensor:
+    runs = torch.from_numpy(decode_unsigned(data, n_codes, source) + 1)
+    if int(runs.sum()) != n_gaussians:
+        raise BitstreamError(source, f"VQ run lengths cover {int(runs.sum())} Gaussians, expected {n_gaussians}")
+    return runs
+
+
+def sorted_runs_of(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(values, run lengths) of a sorted array (for tests and statistics)."""
+    if indices.size == 0:
+        return indices, indices
+    starts = np.flatnonzero(np.r_[True, indices[1:] != indices[:-1]])
+    return indices[starts], np.diff(np.r_[starts, indices.size])
