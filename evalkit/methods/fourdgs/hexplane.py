@@ -50,6 +50,11 @@ class HexPlane(nn.Module):
         self.cfg = cfg
         # aabb: (2, 3) = [min, max] of the initial point cloud.
         self.register_buffer("aabb", aabb.detach().float().clone().reshape(2, 3))
+        # Coordinate pairs as device index tensors: indexing with Python lists would copy an
+        # index tensor from the host on every call (a hidden sync, and illegal in CUDA graphs).
+        pairs = torch.tensor(PLANE_PAIRS)
+        self.register_buffer("_space_pairs", pairs[SPACE_PLANES], persistent=False)  # (3, 2)
+        self.register_buffer("_time_pairs", pairs[TIME_PLANES], persistent=False)
         self.grids = nn.ModuleList()
         for shapes in cfg.plane_shapes():
             planes = nn.ParameterList()
@@ -89,23 +94,22 @@ class HexPlane(nn.Module):
             feats.append(self._product(planes, coords))
         return torch.cat(feats, dim=1)
 
-    @staticmethod
-    def _product(planes: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
+    def _product(self, planes: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
         """Product over the six planes of one scale of the bilinearly sampled features, (N, C)."""
         out = None
         # Planes of one kind usually share a shape within a scale, so they go through one
         # grid_sample call as a batch of three (2 calls per scale instead of 6).
-        for group in (SPACE_PLANES, TIME_PLANES):
+        for group, idx in ((SPACE_PLANES, self._space_pairs), (TIME_PLANES, self._time_pairs)):
+            xy = coords[:, idx].permute(1, 0, 2)  # (3, N, 2)
             if len({tuple(planes[i].shape) for i in group}) == 1:
                 grid = torch.cat([planes[i] for i in group], 0)  # (3, C, H, W)
-                xy = torch.stack([coords[:, list(PLANE_PAIRS[i])] for i in group])[:, None]  # (3, 1, N, 2)
-                f = F.grid_sample(grid, xy, mode="bilinear", padding_mode="border", align_corners=True)
+                f = F.grid_sample(grid, xy[:, None], mode="bilinear", padding_mode="border", align_corners=True)
                 f = f[:, :, 0].prod(0)  # (C, N)
             else:
                 f = None
-                for i in group:
-                    xy = coords[:, list(PLANE_PAIRS[i])][None, None]
-                    g = F.grid_sample(planes[i], xy, mode="bilinear", padding_mode="border", align_corners=True)[0, :, 0]
+                for k, i in enumerate(group):
+                    g = F.grid_sample(planes[i], xy[k][None, None], mode="bilinear", padding_mode="border",
+                                      align_corners=True)[0, :, 0]
                     f = g if f is None else f * g
             out = f if out is None else out * f
         return out.t()

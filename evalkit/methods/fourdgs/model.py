@@ -1,6 +1,8 @@
 """A trained (or decoded) 4DGS scene: canonical Gaussians + deformation field."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 import torch.nn as nn
@@ -90,7 +92,11 @@ class FourDGSModel(nn.Module):
         graph and keep camera matrices on the device. Renders are unchanged (tested)."""
         self.requires_grad_(False)
         if self.device.type == "cuda":
-            self._graphed = _GraphedActivated(self)
+            try:
+                self._graphed = _GraphedActivated(self)
+            except RuntimeError as exc:  # rendering stays correct, only slower
+                warnings.warn(f"CUDA-graph capture of the deformation failed ({exc}); rendering eagerly")
+                self._graphed = None
 
     def _camera_tensors(self, camera: Camera) -> tuple[torch.Tensor, torch.Tensor]:
         hit = self._cameras.get(id(camera))

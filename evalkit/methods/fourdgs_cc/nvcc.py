@@ -103,7 +103,7 @@ class WindowCrossAttention(nn.Module):
 
     def __init__(self, dim: int, window: int) -> None:
         super().__init__()
-        self.dim, self.window = int(dim), int(window)
+        self.dim, self.reach = int(dim), int(window)
         self.q = nn.Linear(dim, dim, bias=False)
         self.k = nn.Linear(dim, dim, bias=False)
         self.v = nn.Linear(dim, dim, bias=False)
@@ -112,18 +112,23 @@ class WindowCrossAttention(nn.Module):
         with torch.no_grad():
             self.v.weight.copy_(torch.eye(dim))
         bias = torch.zeros(2 * window + 1)
-        bias[window] = 4.0  # attention starts as (almost exactly) the identity alignment
+        bias[window] = 4.0  # starts as mostly the identity alignment (93% of the weight for window 2)
         self.rel_bias = nn.Parameter(bias)
 
-    def forward(self, h: torch.Tensor, f: torch.Tensor, widths: torch.Tensor | None = None) -> torch.Tensor:
-        """h, f: (B, W, C); ``widths`` (B,) valid lengths when rows of different widths are padded."""
-        B, W, C = f.shape
+    def window(self, width: int, widths: torch.Tensor | None, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(key index (W, 2w+1), validity (B or 1, W, 2w+1)) for rows of ``width`` positions
+        (``widths``: true lengths of padded rows). Computed once per row layout."""
+        offs = torch.arange(-self.reach, self.reach + 1, device=device)
+        pos = torch.arange(width, device=device)[:, None] + offs[None, :]
+        limit = widths.to(device)[:, None, None] if widths is not None else width
+        return pos.clamp(0, width - 1), (pos[None] >= 0) & (pos[None] < limit)
+
+    def forward(self, h: torch.Tensor, f: torch.Tensor,
+                window: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """h, f: (B, W, C) -> new hidden state (B, W, C); ``window`` from ``self.window``."""
+        C = f.shape[-1]
+        idx, valid = window if window is not None else self.window(f.shape[1], None, f.device)
         q, k, v = self.q(h), self.k(f), self.v(f)
-        offs = torch.arange(-self.window, self.window + 1, device=f.device)
-        pos = torch.arange(W, device=f.device)[:, None] + offs[None, :]  # (W, 2w+1)
-        limit = widths.to(f.device)[:, None, None] if widths is not None else W
-        valid = (pos[None] >= 0) & (pos[None] < limit)
-        idx = pos.clamp(0, W - 1)
         logits = (q[:, :, None, :] * k[:, idx]).sum(-1) * C ** -0.5 + self.rel_bias
         attn = logits.masked_fill(~valid, -1e4).softmax(-1)
         return (attn[..., None] * v[:, idx]).sum(2)
@@ -172,7 +177,7 @@ class NVCC(nn.Module):
             self.head_st = ParamHead(2 * C, C, hidden, 6 * S)
             self.head_space = ParamHead(C, C, hidden, 6 * S)
         self.conditional = GaussianConditional()
-        self.centred = False
+        self.initialised = False
 
     # -- layout helpers --------------------------------------------------------------------
     def has_spatial(self, s: int) -> bool:
@@ -196,19 +201,32 @@ class NVCC(nn.Module):
         q = torch.round(x.detach())
         return x.new_tensor(float(x.numel()) * float(torch.log2(q.max() - q.min() + 1.0)))
 
-    def _centre(self, y: list[list[torch.Tensor]]) -> None:
-        """Centre the factorized priors on their data the first time they see it."""
-        if self.centred or self.first_feature != "factorized":
-            self.centred = True
+    @torch.no_grad()
+    def _initialise(self, y: list[list[torch.Tensor]]) -> None:
+        """Data-dependent start (first call): factorized priors centred on their data; every head's
+        log-scale bias set to the spread of what it predicts around its base (choice)."""
+        C, step = self.C, self.step
+        yh = [[torch.round(t) for t in level] for level in y]
+        spread = lambda r: float(torch.log(r.float().std(unbiased=False).clamp_min(0.5)))  # noqa: E731
+        V = [torch.stack([yh[s][i].permute(1, 2, 0) for i in TIME_PLANES]) for s in range(self.S)]
+        if V[0].shape[1] > 1:
+            self.head_t.l2.bias[C:] = spread(V[0][:, 1:] - V[0][:, :-1])
+        if self.spatial_prior and self.S > 1:
+            sp = _up1d(V[0].double(), V[1].shape[2])
+            self.head_s.l2.bias[C:] = spread(V[1][:, 0] - sp[:, 0])
+            if V[1].shape[1] > 1:
+                self.head_st.l2.bias[C:] = spread(V[1][:, 1:] - V[1][:, :-1])
+            res = [yh[1][i].permute(1, 2, 0) - _up2d(yh[0][i].permute(1, 2, 0).double(), yh[1][i].shape[1:])
+                   for i in SPACE_PLANES]
+            self.head_space.l2.bias[C:] = spread(torch.cat([r.reshape(-1) for r in res]))
+        if self.first_feature != "factorized":
             return
-        C = self.C
         for s in range(self.n_first):
             rows = torch.cat([y[s][i][:, 0, :].t() for i in TIME_PLANES], 0)  # (3W, C)
             center_factorized_prior(self.first_time[s], rows.detach().median(0).values)
             for k, i in enumerate(SPACE_PLANES):
                 vals = y[s][i].detach().reshape(C, -1).t()
                 center_factorized_prior(self.first_space[k * self.n_first + s], vals.median(0).values)
-        self.centred = True
 
     def _temporal_priors(self, V: list[torch.Tensor]) -> list[torch.Tensor]:
         """Temporal priors for rows 1..T-1 of every level: V[s] (3, T, W_s, C) value units ->
@@ -219,9 +237,10 @@ class NVCC(nn.Module):
         wmax = max(v.shape[2] for v in V)
         Fp = torch.cat([F.pad(v, (0, 0, 0, wmax - v.shape[2])) for v in V], 0)  # (3S, T, Wmax, C)
         widths = torch.tensor([v.shape[2] for v in V for _ in range(v.shape[0])])
+        window = self.attn.window(wmax, widths, Fp.device)
         h, hs = Fp[:, 0], []
         for t in range(1, T):
-            h = self.attn(h, Fp[:, t - 1], widths)
+            h = self.attn(h, Fp[:, t - 1], window)
             hs.append(h)
         H = torch.stack(hs, 1)
         out, b = [], 0
@@ -235,7 +254,9 @@ class NVCC(nn.Module):
         ``mode``: relaxation of the coded symbols (noise / ste / round); contexts are rounded."""
         step, C = self.step, self.C
         y = [[plane_symbols(p, i, step) for i, p in enumerate(level)] for level in planes]
-        self._centre(y)
+        if not self.initialised:
+            self._initialise([[t.detach() for t in level] for level in y])
+            self.initialised = True
         yh = [[round_ste(t) for t in level] for level in y]
         yt = [[relaxed_round(t, mode) for t in level] for level in y]
         dev = y[0][0].device

@@ -7,7 +7,7 @@ Training (Navaneet et al., Compact3D / CompGS, whose schedule the paper's VQ fol
   (forward: the code vector; backward: the gradient reaches both the continuous SH and the code).
 * VQ starts when densification stops (Compact3D starts at 3DGS's densify_until_iter, 15k of 30k),
   so the Gaussian set no longer changes; the codebook starts from k-means (``kmeans_iters``
-  Lloyd iterations from a random subset) on the continuous SH.
+  Lloyd iterations from k-means++ seeds) on the continuous SH.
 * Indices are re-assigned to the nearest code every ``vq_assign_interval`` steps (Compact3D: 100)
   during the first ``vq_assign_fraction`` of the VQ phase (Compact3D: 10k of its 15k steps), then
   frozen.
@@ -44,14 +44,31 @@ def nearest_code(x: torch.Tensor, codes: torch.Tensor, chunk_elements: int = 1 <
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.long, device=x.device)
 
 
+def kmeans_plus_plus(x: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+    """k-means++ seeding (Arthur & Vassilvitskii 2007): each next centre drawn with probability
+    proportional to the squared distance to the nearest centre so far."""
+    g = torch.Generator(device=x.device).manual_seed(seed)
+    n = x.shape[0]
+    first = torch.randint(n, (1,), generator=g, device=x.device)
+    centres = [x[first]]
+    d2 = (x - x[first]).square().sum(1)
+    for _ in range(1, k):
+        cdf = torch.cumsum(d2.double(), 0)
+        u = torch.rand(1, generator=g, device=x.device, dtype=torch.float64) * cdf[-1]
+        nxt = torch.searchsorted(cdf, u).clamp_(max=n - 1)
+        centres.append(x[nxt])
+        d2 = torch.minimum(d2, (x - x[nxt]).square().sum(1))
+    return torch.cat(centres, 0)
+
+
 def kmeans(x: torch.Tensor, k: int, iters: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means from k distinct random rows; empty clusters keep their centre."""
+    """Lloyd's k-means from k-means++ seeds (choice: Compact3D seeds with random points, which
+    leaves duplicate centres in one cluster); empty clusters keep their centre."""
     x = x.detach()
     n = x.shape[0]
     if not 1 <= k <= n:
         raise ValueError(f"k-means needs 1 <= k <= N, got k={k}, N={n}")
-    g = torch.Generator().manual_seed(seed)
-    centres = x[torch.randperm(n, generator=g)[:k].to(x.device)].clone()
+    centres = kmeans_plus_plus(x, k, seed)
     for _ in range(iters):
         idx = nearest_code(x, centres)
         sums = torch.zeros_like(centres).index_add_(0, idx, x)

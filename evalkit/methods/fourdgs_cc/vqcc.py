@@ -42,21 +42,31 @@ class VQCC(nn.Module):
         self.h_s = nn.Sequential(nn.Linear(latent, hidden), nn.LeakyReLU(), nn.Linear(hidden, 2 * dim))
         self.prior = FactorizedPrior(latent)
         self.conditional = GaussianConditional()
-        self.centred = False
+        nn.init.zeros_(self.h_s[-1].weight)  # starts from the data-dependent bias (``_initialise``)
+        self.initialised = False
 
     def _params(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gaussian (mean, scale) of y in symbol units from z."""
         mean_v, log_scale = self.h_s(z).chunk(2, dim=-1)
         return mean_v / self.step, torch.exp(log_scale.clamp(-12.0, 12.0))
 
+    @torch.no_grad()
+    def _initialise(self, y: torch.Tensor, z: torch.Tensor) -> None:
+        """Data-dependent start (first call, when VQ starts): the hyperprior's density centred on
+        the hyper-latents, and every dimension's Gaussian on its mean and spread over the codebook."""
+        center_factorized_prior(self.prior, z.median(0).values)
+        last = self.h_s[-1]
+        last.bias[:self.dim] = y.mean(0) * self.step
+        last.bias[self.dim:] = torch.log(y.std(0, unbiased=False).clamp_min(0.5))
+        self.initialised = True
+
     def bits(self, codebook: torch.Tensor, mode: str = "noise") -> tuple[torch.Tensor, int]:
         """Estimated bits for the (continuous) codebook (K, D); mode noise / ste / round."""
         y = codebook / self.step
         y_hat = round_ste(y)
         z = self.h_a(y_hat * self.step)
-        if not self.centred:  # first call: centre the hyperprior's density on the data
-            center_factorized_prior(self.prior, z.detach().median(0).values)
-            self.centred = True
+        if not self.initialised:
+            self._initialise(y_hat.detach(), z.detach())
         z_t = relaxed_round(z, mode)
         mean, scale = self._params(z_t)
         b = self.prior.bits(z_t) + self.conditional.bits(relaxed_round(y, mode), mean, scale)

@@ -1,0 +1,185 @@
+"""4DGS-CC building blocks without training: integer codes, canonical quantisation, SH vector
+quantisation and index run-length coding, configuration and rate points (paper Table 4)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from evalkit.codec.container import BitstreamError
+from evalkit.methods.base import Budget, RatePoint, TrainContext
+from evalkit.methods.fourdgs.config import FourDGSConfig
+from evalkit.methods.fourdgs_cc import intcode, resolve_config
+from evalkit.methods.fourdgs_cc.canonical import (decode_symbols, dequantize_attribute, encode_symbols,
+                                                  params_from_json, params_to_json, quantize_attribute)
+from evalkit.methods.fourdgs_cc.config import CCConfig, split_config
+from evalkit.methods.fourdgs_cc.training import VQSchedule
+from evalkit.methods.fourdgs_cc.vq import (SHVectorQuantizer, compact_and_sort, decode_runs, encode_runs,
+                                           indices_from_runs, kmeans, nearest_code)
+from evalkit.specs import load_method_spec
+
+
+# -- integer codes ----------------------------------------------------------------------
+@pytest.mark.parametrize("values,bits", [
+    (np.random.default_rng(0).integers(0, 256, 1000), 8),
+    (np.clip(np.random.default_rng(1).normal(30000, 300, 4000), 0, 65535).astype(np.int64), 16),
+    (np.zeros(17, np.int64), 8),
+    (np.array([255]), 8),
+    (np.zeros(0, np.int64), 8),
+])
+@pytest.mark.parametrize("entropy", [True, False])
+def test_auto_code_round_trips_and_never_exceeds_fixed_length(values, bits, entropy) -> None:
+    data = intcode.encode_auto(values, bits, entropy)
+    assert np.array_equal(intcode.decode_auto(data, len(values), bits, "t"), values)
+    assert len(data) <= 1 + math.ceil(len(values) * bits / 8)
+
+
+def test_histogram_code_approaches_empirical_entropy() -> None:
+    v = np.random.default_rng(2).geometric(0.3, 20000)  # skewed: ~2.9 bits of entropy, 8-bit range
+    counts = np.bincount(v)
+    p = counts[counts > 0] / len(v)
+    entropy_bytes = -(p * np.log2(p)).sum() * len(v) / 8
+    data = intcode.encode_histogram(v)
+    assert np.array_equal(intcode.decode_histogram(data, len(v), "t"), v)
+    assert len(data) < entropy_bytes * 1.01 + 64
+
+
+def test_histogram_code_handles_ranges_wider_than_a_table() -> None:
+    v = np.random.default_rng(3).integers(-40000, 40000, 3000)
+    assert np.array_equal(intcode.decode_histogram(intcode.encode_histogram(v), len(v), "t"), v)
+
+
+def test_unsigned_code_round_trips_heavy_tails() -> None:
+    v = np.concatenate([np.random.default_rng(4).geometric(0.05, 500) - 1, [0, 1, 2**40]])
+    assert np.array_equal(intcode.decode_unsigned(intcode.encode_unsigned(v), len(v), "t"), v)
+
+
+def test_corrupt_integer_stream_raises_bitstream_error() -> None:
+    data = bytearray(intcode.encode_auto(np.random.default_rng(5).integers(0, 8, 400), 8))
+    with pytest.raises(BitstreamError):
+        intcode.decode_auto(bytes(data[:-3]), 400, 8, "t")
+    data[0] = 7
+    with pytest.raises(BitstreamError, match="tag"):
+        intcode.decode_auto(bytes(data), 400, 8, "t")
+
+
+# -- canonical attributes ---------------------------------------------------------------
+@pytest.mark.parametrize("bits", [8, 16])
+def test_canonical_attribute_codes_are_exact_and_error_is_half_a_step(bits) -> None:
+    x = torch.randn(500, 3) * torch.tensor([1.0, 10.0, 0.1])
+    q, params = quantize_attribute(x, bits)
+    data, fixed = encode_symbols(q, bits, entropy=True)
+    assert fixed == math.ceil(q.numel() * bits / 8)
+    back = decode_symbols(data, 500, 3, bits, "t")
+    assert torch.equal(back, q)
+    p2 = params_from_json(params_to_json(params), "t")
+    assert torch.equal(p2.lo, params.lo) and torch.equal(p2.hi, params.hi) and p2.bits == bits
+    err = (dequantize_attribute(back, p2, "means") - x).abs().max(0).values
+    assert torch.all(err <= (params.hi - params.lo) / (2 ** bits - 1) / 2 * 1.0001 + 1e-6)
+
+
+def test_opacity_is_quantised_per_gaussian_scalar() -> None:
+    o = torch.randn(50)
+    q, params = quantize_attribute(o, 8)
+    assert q.shape == (50, 1)
+    assert dequantize_attribute(q, params, "opacities").shape == (50,)
+
+
+# -- vector quantisation ---------------------------------------------------------------------
+def test_nearest_code_matches_brute_force() -> None:
+    g = torch.Generator().manual_seed(0)
+    x, c = torch.randn(300, 48, generator=g), torch.randn(37, 48, generator=g)
+    brute = torch.cdist(x, c).argmin(1)
+    assert torch.equal(nearest_code(x, c, chunk_elements=1000), brute)
+
+
+def test_kmeans_recovers_separated_clusters() -> None:
+    g = torch.Generator().manual_seed(1)
+    centres = torch.randn(5, 6, generator=g) * 10
+    labels = torch.arange(500) % 5
+    x = centres[labels] + 0.1 * torch.randn(500, 6, generator=g)
+    found, idx = kmeans(x, 5, iters=10, seed=0)
+    # every true cluster maps to exactly one found code, and the codes sit on the true centres
+    mapping = {int(labels[i]): int(idx[i]) for i in range(500)}
+    assert len(set(mapping.values())) == 5
+    assert all(int(idx[i]) == mapping[int(labels[i])] for i in range(500))
+    for t, f in mapping.items():
+        assert torch.allclose(found[f], centres[t], atol=0.05)
+
+
+def test_quantizer_renders_code_vectors_with_straight_through_gradients() -> None:
+    sh = torch.randn(64, 16, 3, requires_grad=True)
+    vq = SHVectorQuantizer(8, 48, step=1 / 64, kmeans_iters=3)
+    assert torch.equal(vq(sh), sh)  # before VQ starts: the continuous SH
+    vq.pending = "init"
+    out = vq(sh)
+    codes = vq.quantized_codebook().detach()
+    assert torch.equal(out.detach().reshape(64, 48), codes[vq.indices])
+    assert torch.equal(torch.round(codes * 64), codes * 64)  # on the quantisation grid
+    out.square().sum().backward()
+    assert sh.grad is not None and sh.grad.abs().sum() > 0
+    assert vq.codebook.grad is not None and vq.codebook.grad.abs().sum() > 0
+
+
+def test_quantizer_follows_a_changed_gaussian_set_and_small_sets() -> None:
+    vq = SHVectorQuantizer(100, 48, step=1 / 64, kmeans_iters=2)
+    vq.pending = "init"
+    vq(torch.randn(30, 16, 3))
+    assert vq.n_codes == 30  # fewer Gaussians than codes: one code each
+    out = vq(torch.randn(45, 16, 3))  # densification added Gaussians: re-assigned
+    assert vq.indices.shape == (45,) and out.shape == (45, 16, 3)
+
+
+def test_index_sorting_and_run_lengths_round_trip() -> None:
+    g = torch.Generator().manual_seed(2)
+    idx = torch.randint(0, 50, (1000,), generator=g)
+    idx[idx == 7] = 8  # an unused code is dropped
+    codebook = torch.randint(-100, 100, (50, 48), generator=g)
+    order, runs, used = compact_and_sort(idx, codebook)
+    assert len(runs) == 49 and int(runs.min()) >= 1 and int(runs.sum()) == 1000
+    new_idx = indices_from_runs(runs)
+    # Gaussian order[j] now sits at position j and still gets its own code vector
+    assert torch.equal(used[new_idx], codebook[idx[order]])
+    data = encode_runs(runs)
+    assert torch.equal(decode_runs(data, 49, 1000, "t"), runs)
+    assert len(data) < 1000 * 6 / 8 / 4  # far below 6-bit indices per Gaussian
+    with pytest.raises(BitstreamError, match="cover"):
+        decode_runs(data, 49, 999, "t")
+
+
+# -- configuration and rate points -------------------------------------------------------------
+def test_config_errors_name_the_spec() -> None:
+    with pytest.raises(ValueError, match="4dgs-cc.toml.*unknown option"):
+        split_config({}, {"lambda_x": 1})
+    with pytest.raises(ValueError, match="power of two"):
+        CCConfig(hexplane_qstep=0.01)
+
+
+@pytest.mark.parametrize("dataset,sizes", [("dnerf", (4096, 6144, 8192)), ("neu3d", (4096, 8192, 16384)),
+                                           ("hypernerf", (4096, 8192, 16384))])
+def test_rate_points_follow_table_4(dataset, sizes) -> None:
+    spec = load_method_spec("4dgs-cc")
+    rates = {r.name: r.params for r in spec.rate_points(dataset)}
+    assert list(rates) == ["low", "mid", "high"]
+    for name, lam, size in zip(("low", "mid", "high"), (1e-3, 1e-4, 1e-5), sizes):
+        assert rates[name]["lambda_e"] == lam and rates[name]["codebook_size"] == size
+    assert spec.config(dataset, "")["lambda_c"] == 0.01
+
+
+def test_4dgs_hyperparameters_are_inherited_per_scene() -> None:
+    ctx = TrainContext(device=torch.device("cpu"), budget=Budget(),
+                       config=load_method_spec("4dgs-cc").config("dnerf", "lego"), dataset="dnerf", scene_name="lego")
+    fcfg, cc = resolve_config(ctx, RatePoint("mid", {"lambda_e": 1e-4, "codebook_size": 6144}))
+    ref = FourDGSConfig.from_dict(load_method_spec("4dgs").config("dnerf", "lego"))
+    assert fcfg == ref and fcfg.resolution == [64, 64, 64, 25]
+    assert cc.lambda_e == 1e-4 and cc.codebook_size == 6144 and cc.lambda_c == 0.01
+
+
+def test_vq_starts_when_densification_stops() -> None:
+    fcfg = FourDGSConfig()  # D-NeRF: 20k fine iterations, densification until 15k
+    sched = VQSchedule.of(fcfg, CCConfig())
+    assert sched.start == 15000 and sched.action(15000) == "init"
+    assert sched.action(15100) == "assign" and sched.action(15050) is None
+    assert sched.until == 15000 + int(0.67 * 5000) and sched.action(19900) is None
