@@ -33,7 +33,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Iterator
 
-import av
 import numpy as np
 from PIL import Image
 
@@ -449,6 +448,8 @@ def _write_neu3d(out: Path, size: tuple[int, int], n: int, n_cams: int, seed: in
     rows = []
     for c, cam in enumerate(_neu3d_cameras(n_cams, size)):
         name = f"cam{c:02d}"
+        import av  # only the Neu3D writer needs PyAV
+
         with av.open(str(out / f"{name}.mp4"), "w") as container:
             stream = container.add_stream("libx264", rate=Fraction(30, 1))
             stream.width, stream.height, stream.pix_fmt = W, H, "yuv420p"

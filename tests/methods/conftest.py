@@ -20,7 +20,7 @@ def _single_thread_torch():
     torch.set_num_threads(previous)
 
 
-# 4DGS at toy scale: 24x24 images, 16^3 x 8 planes with 8 channels, a narrow MLP, densification
+# 4DGS at toy scale: 16x16 images, 16^3 x 8 planes with 8 channels, a narrow MLP, densification
 # that stops early so that VQ has a phase of its own.
 TINY_4DGS = dict(feature_dim=8, resolution=[16, 16, 16, 8], multires=[1, 2], net_width=16, coarse_iterations=20,
                  iterations=60, densify_from_iter=5, densify_until_iter=20, densification_interval=10,
@@ -31,9 +31,9 @@ TINY_CC = dict(codebook_size=128, vqcc_hidden=16, vqcc_latent=4, nvcc_hidden=16,
 
 @pytest.fixture(scope="session")
 def tiny_scene(synth_scene_dir) -> Scene:
-    """The synthetic D-NeRF scene at 24x24 pixels with 300 initial points."""
-    scene = load_scene(synth_scene_dir("dnerf"), resolution_scale=0.25)
-    keep = np.random.default_rng(0).choice(len(scene.points.xyz), 300, replace=False)
+    """The synthetic D-NeRF scene at 16x16 pixels with 200 initial points."""
+    scene = load_scene(synth_scene_dir("dnerf"), resolution_scale=1 / 6)
+    keep = np.random.default_rng(0).choice(len(scene.points.xyz), 200, replace=False)
     pts = scene.points
     return dataclasses.replace(scene, points=dataclasses.replace(
         pts, xyz=pts.xyz[keep], rgb=None if pts.rgb is None else pts.rgb[keep]))
