@@ -20,6 +20,8 @@ from evalkit.methods.fourdgs_cc.vq import (SHVectorQuantizer, compact_and_sort, 
                                            indices_from_runs, kmeans, nearest_code)
 from evalkit.specs import load_method_spec
 
+from tests.methods.fourdgs_cc_common import single_thread_torch  # noqa: F401
+
 
 # -- integer codes ----------------------------------------------------------------------
 @pytest.mark.parametrize("values,bits", [

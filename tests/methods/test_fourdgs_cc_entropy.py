@@ -19,6 +19,8 @@ from evalkit.methods.fourdgs_cc.codec import _load_model, _model_bytes
 from evalkit.methods.fourdgs_cc.nvcc import NVCC, quantize_plane
 from evalkit.methods.fourdgs_cc.vqcc import VQCC, fixed_codebook_decode, fixed_codebook_streams
 
+from tests.methods.fourdgs_cc_common import single_thread_torch  # noqa: F401
+
 HP = HexPlaneConfig(feature_dim=4, resolution=[16, 16, 16, 12], multires=[1, 2])
 STEP = 1 / 64
 STREAM_OVERHEAD = 16  # bytes per sub-stream: CRC, chunk header, range header, coder flush
@@ -52,6 +54,7 @@ def structured_planes(seed: int = 0, amp: float = 0.3, noise: float = 0.5 * STEP
 
 
 def _fit(model: torch.nn.Module, loss_fn, steps: int, lr: float) -> None:
+    """Entropy-model-only training (the data stay fixed), as in the fine stage's rate term."""
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in range(steps):
         bits, count = loss_fn()
@@ -78,6 +81,7 @@ def fitted(planes):
                                 ("no_spatial_prior", False, True, 120)):
         torch.manual_seed(0)
         m = NVCC(HP, STEP, hidden=16, window=2, spatial_prior=sp, hidden_update=hf)
+        m.initialise(planes)
         _fit(m, lambda: m.bits(planes, "noise"), steps, 1e-2)
         out[name] = m
     return out
@@ -175,7 +179,8 @@ def vqcc(codebook):
     torch.manual_seed(0)
     m = VQCC(48, STEP, hidden=64, latent=16)
     values = codebook.float() * STEP
-    _fit(m, lambda: m.bits(values, "noise"), 250, 1e-2)
+    m.initialise(values)
+    _fit(m, lambda: m.bits(values, "noise"), 150, 1e-2)
     return m
 
 

@@ -16,6 +16,8 @@ from evalkit.methods.fourdgs_cc.vq import nearest_code
 from evalkit.results import read_record, record_path
 from evalkit.runner import RunOptions, run
 
+from tests.methods.fourdgs_cc_common import single_thread_torch  # noqa: F401
+
 
 @pytest.mark.slow
 def test_runner_records_an_ok_job(tmp_path, synth_scene_dir) -> None:

@@ -2,39 +2,44 @@
 
 Built on the ``4dgs`` baseline (its model, trainer and hyperparameters from ``methods/4dgs.toml``,
 which the paper inherits, Sec. 4.1). The paper is the specification; where it is silent the
-choice below follows its cited sources and is marked "choice".
+choice follows its cited sources and is marked "choice" here and in the submodules.
 
 Pipeline (paper Fig. 1):
 
 * Training: the 4DGS coarse stage (run once per scene, shared by the rate points through
   ``TrainContext.cache``), then the fine stage minimising L_4DGS + lambda_e R_voxels +
-  lambda_c R_code (Eq. 2, lambda_c = 0.01). R are the NVCC / VQCC cross-entropies of the very
-  probability models the encoder uses, in bits per coded value (choice, as HAC [5]).
+  lambda_c R_code (Eq. 2, lambda_c = 0.01) through the 4DGS trainer's ``extra_loss`` /
+  ``extra_optimizer`` hooks. R are the cross-entropies of the very NVCC / VQCC probability
+  models the encoder uses, in bits per coded value (choice, as HAC [5]); ``rate_interval`` > 1
+  evaluates them every k-th step (weighted by k) to save GPU time (default 1).
 * Canonical Gaussians (``canonical``): xyz 16 bit, log-scale / raw quaternion / opacity logit
   8 bit, per-channel min-max, after training (choice). Stored as fixed-length codes as the paper
-  does, or histogram coded per channel when smaller (``canonical_entropy``, default on; the
-  header records the fixed-length sizes too).
-* SH colours (``vq``): Compact3D-style k-means VQ of the full 48-d SH vector (DC + rest: the
-  paper has one codebook and one index per Gaussian), from the end of densification; the
+  does, or histogram coded per channel when that is smaller (``canonical_entropy``, default on;
+  the header's ``canonical_fixed_length_bytes`` gives the fixed-length sizes too).
+* SH colours (``vq``): Compact3D [38]-style k-means VQ of the full 48-d SH vector (DC + rest: the
+  paper has one codebook and one index per Gaussian), from the end of densification, indices
+  re-assigned every 100 steps for two thirds of the VQ phase; k-means++ seeds (choice); the
   codebook is a learned parameter (its VQCC rate is minimised), quantised with step
-  ``codebook_qstep``. Indices: unused codes dropped, Gaussians sorted by code, run lengths
-  entropy coded.
-* VQCC (``vqcc``): per code vector a hyper-latent z = h_a(y) coded with a factorized prior, y coded
-  with a Gaussian whose mean / scale h_s(z) predicts (Balle et al. 2018 [2]).
+  ``codebook_qstep`` (straight-through). Indices: unused codes dropped, Gaussians sorted by code,
+  run lengths entropy coded (Compact3D's sort + run-length scheme).
+* VQCC (``vqcc``): per code vector a hyper-latent z = h_a(y) coded with a factorized prior, y
+  coded with a discretised Gaussian whose mean / scale h_s(z) predicts (Balle et al. 2018 [2]).
 * HexPlane + NVCC (``nvcc``): symbols round((p - o) / ``hexplane_qstep``), o = 1 for time planes;
   features per level and time row; spatial prior from the coarser level, temporal prior from a
   hidden state updated by windowed cross-attention (Eq. 1); the paper's special cases. See
-  ``nvcc`` for every choice (attention window + relative-position bias, identity initialisation,
-  first feature coded with [1]'s factorized density).
+  ``nvcc`` for every choice (attention window + relative-position bias, near-identity start,
+  first feature coded with [1]'s factorized density, data-dependent initialisation).
 * Decoder: every stream decoded with the same networks (stored in the file, ``float16`` by
-  default, and the encoder uses the stored values), distribution parameters computed on CPU in
+  default; the encoder codes with the stored values), distribution parameters computed on CPU in
   float64 from decoded data only. The decoded model is a plain ``FourDGSModel`` (SH =
-  codebook[index]) rendered with the stored deformation MLP (float32 by default).
+  codebook[index]) rendered with the stored deformation MLP (float32 by default). The encoder's
+  ``render`` shows the same model (``CodedScene.build_model``), so decoded renders are equal.
 
 Ablations (paper Figs. 5-7), by config: ``compress_canonical = false`` (w/o CG: float32 canonical
 Gaussians and SH, no VQ), ``compress_hexplane = false`` (w/o NV: float32 planes), ``vqcc = false``
-(codebook stored with uniform codes), ``nvcc = false`` (quantised planes with uniform codes),
-``nvcc_spatial_prior = false`` (w/o SP), ``nvcc_hidden_update = false`` (w/o HF).
+(w/o VQCC: quantised codebook stored with uniform codes), ``nvcc = false`` (w/o NVCC: quantised
+planes with uniform codes), ``nvcc_spatial_prior = false`` (w/o SP), ``nvcc_hidden_update = false``
+(w/o HF).
 """
 from __future__ import annotations
 
@@ -147,6 +152,8 @@ class FourDGSCC:
         base, reused, coarse_stats = coarse_stage(scene, fcfg, ctx)
         model, stats = fine_stage(scene, fcfg, cc, base, ctx)
         stats["coarse"] = coarse_stats
+        ctx.log(f"fine stage done: {model.num_primitives()} Gaussians, VQ {stats['vq']}, "
+                f"rate estimates (bits per value) {stats['rate_estimates']}")
         note = ({"coarse_stage": "shared between rate points of this scene (trained by an earlier one)"}
                 if reused else None)
         return FourDGSCCTrained(model, fcfg, cc, stats, reused=note)

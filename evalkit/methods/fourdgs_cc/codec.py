@@ -26,7 +26,7 @@ from evalkit.codec.tensor_pack import pack_tensors, unpack_tensors
 from evalkit.methods.fourdgs.config import FourDGSConfig
 from evalkit.methods.fourdgs_cc.canonical import (ATTRIBUTES, decode_symbols, encode_symbols, params_from_json,
                                                   params_to_json)
-from evalkit.methods.fourdgs_cc.coded import GAUSSIAN_KEYS, CodedScene, _DTYPES
+from evalkit.methods.fourdgs_cc.coded import GAUSSIAN_KEYS, CodedScene
 from evalkit.methods.fourdgs_cc.config import CCConfig
 from evalkit.methods.fourdgs_cc.intcode import join_streams, split_streams
 from evalkit.methods.fourdgs_cc.nvcc import NVCC

@@ -6,7 +6,7 @@ of the file and calls the same builder, so decoded renders equal the encoder's r
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -42,7 +42,6 @@ class CodedScene:
     # HexPlane: symbols[s][i] (C, H, W) int64 or, for "w/o NV", float32 planes (1, C, H, W)
     plane_symbols: list[list[torch.Tensor]] | None = None
     float_planes: list[list[torch.Tensor]] | None = None
-    notes: dict = field(default_factory=dict)
 
     def sh_values(self) -> torch.Tensor:
         """(N, K, 3) SH of every Gaussian: its code vector."""
@@ -73,11 +72,10 @@ class CodedScene:
             for i, p in enumerate(level):
                 state[f"grid.grids.{s}.{i}"] = p
         deform.load_state_dict(state, strict=True)
-        for p in deform.parameters():
-            p.requires_grad_(False)
         bg = torch.tensor(self.background, dtype=torch.float32)
-        model = FourDGSModel(self.gaussians(device), deform.to(device), self.sh_degree, bg.to(device))
-        return model.eval()
+        model = FourDGSModel(self.gaussians(device), deform.to(device), self.sh_degree, bg.to(device)).eval()
+        model.freeze_for_rendering()  # as the 4DGS decoder: CUDA-graphed deformation on GPU (same renders)
+        return model
 
 
 def round_to_storage(module: nn.Module, dtype: str) -> None:

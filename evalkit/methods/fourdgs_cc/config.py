@@ -49,6 +49,7 @@ class CCConfig:
     nvcc_window: int = 2  # cross-attention reaches positions w - window .. w + window
     first_feature: str = "factorized"  # "factorized" (Balle's univariate density) or "uniform"
 
+    rate_interval: int = 1  # rate terms every k-th fine step, weighted by k (GPU-time knob; 1 = paper)
     entropy_lr: float = 1e-3
     entropy_model_dtype: str = "float16"  # entropy-model weights in the bitstream
     mlp_dtype: str = "float32"  # deformation MLP weights in the bitstream
@@ -70,6 +71,8 @@ class CCConfig:
             raise ValueError(f"{SPEC}: codebook_size must be positive")
         if not 1 <= self.xyz_bits <= 24 or not 1 <= self.attribute_bits <= 16:
             raise ValueError(f"{SPEC}: xyz_bits must lie in 1..24 and attribute_bits in 1..16")
+        if self.rate_interval < 1:
+            raise ValueError(f"{SPEC}: rate_interval must be >= 1")
         if self.nvcc_window < 0:
             raise ValueError(f"{SPEC}: nvcc_window must be >= 0")
 

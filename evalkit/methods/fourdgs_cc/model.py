@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
 from evalkit.methods.fourdgs.hexplane import HexPlane
 from evalkit.methods.fourdgs.model import FourDGSModel
@@ -67,11 +66,14 @@ class FourDGSCCModel(FourDGSModel):
         """(bits, coded values) of the HexPlane (NVCC) and of the codebook (VQCC, once VQ runs)."""
         out = {}
         if self.nvcc is not None:
-            out["nvcc"] = self.nvcc.bits([list(scale) for scale in self.deformation.grid.grids], mode)
+            planes = [list(scale) for scale in self.deformation.grid.grids]
+            if not self.nvcc.initialised:
+                self.nvcc.initialise(planes)
+            out["nvcc"] = self.nvcc.bits(planes, mode)
         if self.vqcc is not None and self.vq is not None and self.vq.active:
-            out["vqcc"] = self.vqcc.bits(self.vq.codebook[:self.vq.n_codes], mode)
+            codebook = self.vq.codebook[:self.vq.n_codes]
+            if not self.vqcc.initialised:
+                self.vqcc.initialise(codebook.detach())
+            out["vqcc"] = self.vqcc.bits(codebook, mode)
         return out
 
-
-def modules_of(model: FourDGSCCModel) -> dict[str, nn.Module | None]:
-    return {"nvcc": model.nvcc, "vqcc": model.vqcc}

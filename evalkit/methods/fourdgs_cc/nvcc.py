@@ -18,13 +18,17 @@ of W tokens (the positions along its spatial axis), each with C channels. Contex
   hidden state h_{t-1} (queries) and the decoded previous row f_{t-1} (keys, values):
   h_t = softmax(q k^T / sqrt(d)) v, q = W_q h_{t-1}, k = W_k f_{t-1}, v = W_v f_{t-1};
   h_0 = f_0. Tokens are positions; the paper gives the attention no positional information,
-  which it needs to align positions, so each query attends to the keys within ``nvcc_window``
-  positions with a learned relative-position bias (initialised so that attention starts as the
-  identity alignment and h_t starts as f_{t-1}: the plain previous-row prior is where training
-  starts). d = C and W_v starts as the identity.
+  which it needs to align positions (motion shifts a time plane's rows along their spatial
+  axis), so each query attends to the keys within ``nvcc_window`` positions, with a learned
+  relative-position bias added to the logits (choice). The bias starts at 4 for the same
+  position, so attention starts as mostly the identity alignment; d = C and W_v starts as the
+  identity: training starts near the plain previous-row prior.
 * A token-wise MLP maps the priors to the mean (a residual on the temporal prior, else on the
   spatial prior) and the log-scale of a discretised Gaussian per symbol; a learned embedding per
-  (plane, level) is added to its hidden layer, so one network serves all planes.
+  (plane, level) is added to its hidden layer, so one network serves all planes and levels
+  (choice: the networks are stored in the file, so they are kept small). At the first rate
+  evaluation the log-scale biases start at the spread of the residuals they model and the
+  factorized priors are centred on their data (data-dependent initialisation, choice).
 
 The paper's special cases: the first feature (level 0, row 0) is coded with Balle et al.'s
 univariate density ("uniform entropy coding ... as in [1]"; read as [1]'s factorized prior, see
@@ -55,9 +59,6 @@ from evalkit.codec.quantize import relaxed_round, round_ste
 from evalkit.codec.serialize import read_uvarint, unzigzag, write_uvarint, zigzag
 from evalkit.methods.fourdgs.hexplane import HexPlaneConfig, SPACE_PLANES, TIME_PLANES
 from evalkit.methods.fourdgs_cc.vqcc import center_factorized_prior, cpu64
-
-PLANE_NAMES = ("xy", "xz", "xt", "yz", "yt", "zt")
-
 
 def plane_offset(i: int) -> float:
     return 1.0 if i in TIME_PLANES else 0.0
@@ -172,12 +173,12 @@ class NVCC(nn.Module):
         self.first_space = nn.ModuleList([FactorizedPrior(C) for _ in range(3 * self.n_first)] if factorized else [])
         self.attn = WindowCrossAttention(C, window) if hidden_update else None
         self.head_t = ParamHead(C, C, hidden, 6 * S)
-        if spatial_prior:
+        if spatial_prior and S > 1:
             self.head_s = ParamHead(C, C, hidden, 6 * S)
             self.head_st = ParamHead(2 * C, C, hidden, 6 * S)
             self.head_space = ParamHead(C, C, hidden, 6 * S)
         self.conditional = GaussianConditional()
-        self.initialised = False
+        self.initialised = False  # ``initialise`` ran (training only; coding never changes weights)
 
     # -- layout helpers --------------------------------------------------------------------
     def has_spatial(self, s: int) -> bool:
@@ -202,10 +203,11 @@ class NVCC(nn.Module):
         return x.new_tensor(float(x.numel()) * float(torch.log2(q.max() - q.min() + 1.0)))
 
     @torch.no_grad()
-    def _initialise(self, y: list[list[torch.Tensor]]) -> None:
-        """Data-dependent start (first call): factorized priors centred on their data; every head's
-        log-scale bias set to the spread of what it predicts around its base (choice)."""
-        C, step = self.C, self.step
+    def initialise(self, planes: list[list[torch.Tensor]]) -> None:
+        """Data-dependent start (before training): factorized priors centred on their data; every
+        head's log-scale bias set to the spread of what it predicts around its base (choice)."""
+        C = self.C
+        y = [[plane_symbols(p, i, self.step).detach() for i, p in enumerate(level)] for level in planes]
         yh = [[torch.round(t) for t in level] for level in y]
         spread = lambda r: float(torch.log(r.float().std(unbiased=False).clamp_min(0.5)))  # noqa: E731
         V = [torch.stack([yh[s][i].permute(1, 2, 0) for i in TIME_PLANES]) for s in range(self.S)]
@@ -219,13 +221,14 @@ class NVCC(nn.Module):
             res = [yh[1][i].permute(1, 2, 0) - _up2d(yh[0][i].permute(1, 2, 0).double(), yh[1][i].shape[1:])
                    for i in SPACE_PLANES]
             self.head_space.l2.bias[C:] = spread(torch.cat([r.reshape(-1) for r in res]))
+        self.initialised = True
         if self.first_feature != "factorized":
             return
         for s in range(self.n_first):
             rows = torch.cat([y[s][i][:, 0, :].t() for i in TIME_PLANES], 0)  # (3W, C)
-            center_factorized_prior(self.first_time[s], rows.detach().median(0).values)
+            center_factorized_prior(self.first_time[s], rows.median(0).values)
             for k, i in enumerate(SPACE_PLANES):
-                vals = y[s][i].detach().reshape(C, -1).t()
+                vals = y[s][i].reshape(C, -1).t()
                 center_factorized_prior(self.first_space[k * self.n_first + s], vals.median(0).values)
 
     def _temporal_priors(self, V: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -254,9 +257,6 @@ class NVCC(nn.Module):
         ``mode``: relaxation of the coded symbols (noise / ste / round); contexts are rounded."""
         step, C = self.step, self.C
         y = [[plane_symbols(p, i, step) for i, p in enumerate(level)] for level in planes]
-        if not self.initialised:
-            self._initialise([[t.detach() for t in level] for level in y])
-            self.initialised = True
         yh = [[round_ste(t) for t in level] for level in y]
         yt = [[relaxed_round(t, mode) for t in level] for level in y]
         dev = y[0][0].device

@@ -72,8 +72,9 @@ def fine_stage(scene: Scene, fcfg: FourDGSConfig, cc: CCConfig, base: FourDGSMod
 
     def extra_loss(m: FourDGSCCModel, stage: str, step: int) -> torch.Tensor:
         loss = torch.zeros((), device=m.device)
-        for name, (bits, count) in m.rate_terms(cc.quantization).items():
-            weight = cc.lambda_e if name == "nvcc" else cc.lambda_c
+        terms = m.rate_terms(cc.quantization) if step % cc.rate_interval == 0 else {}
+        for name, (bits, count) in terms.items():
+            weight = (cc.lambda_e if name == "nvcc" else cc.lambda_c) * cc.rate_interval
             loss = loss + weight * bits / count
             if step % 50 == 0:
                 last[f"{name}_bits_per_value"] = float(bits.detach()) / count

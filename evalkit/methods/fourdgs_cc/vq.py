@@ -26,7 +26,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -153,10 +152,3 @@ def decode_runs(data: bytes, n_codes: int, n_gaussians: int, source: str | Path)
         raise BitstreamError(source, f"VQ run lengths cover {int(runs.sum())} Gaussians, expected {n_gaussians}")
     return runs
 
-
-def sorted_runs_of(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(values, run lengths) of a sorted array (for tests and statistics)."""
-    if indices.size == 0:
-        return indices, indices
-    starts = np.flatnonzero(np.r_[True, indices[1:] != indices[:-1]])
-    return indices[starts], np.diff(np.r_[starts, indices.size])

@@ -42,8 +42,8 @@ class VQCC(nn.Module):
         self.h_s = nn.Sequential(nn.Linear(latent, hidden), nn.LeakyReLU(), nn.Linear(hidden, 2 * dim))
         self.prior = FactorizedPrior(latent)
         self.conditional = GaussianConditional()
-        nn.init.zeros_(self.h_s[-1].weight)  # starts from the data-dependent bias (``_initialise``)
-        self.initialised = False
+        nn.init.zeros_(self.h_s[-1].weight)  # starts from the data-dependent bias (``initialise``)
+        self.initialised = False  # ``initialise`` ran (training only; coding never changes weights)
 
     def _params(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Gaussian (mean, scale) of y in symbol units from z."""
@@ -51,9 +51,11 @@ class VQCC(nn.Module):
         return mean_v / self.step, torch.exp(log_scale.clamp(-12.0, 12.0))
 
     @torch.no_grad()
-    def _initialise(self, y: torch.Tensor, z: torch.Tensor) -> None:
-        """Data-dependent start (first call, when VQ starts): the hyperprior's density centred on
-        the hyper-latents, and every dimension's Gaussian on its mean and spread over the codebook."""
+    def initialise(self, codebook: torch.Tensor) -> None:
+        """Data-dependent start (when VQ starts): the hyperprior's density centred on the
+        hyper-latents, every dimension's Gaussian on its mean and spread over the codebook."""
+        y = torch.round(codebook / self.step)
+        z = self.h_a(y * self.step)
         center_factorized_prior(self.prior, z.median(0).values)
         last = self.h_s[-1]
         last.bias[:self.dim] = y.mean(0) * self.step
@@ -65,8 +67,6 @@ class VQCC(nn.Module):
         y = codebook / self.step
         y_hat = round_ste(y)
         z = self.h_a(y_hat * self.step)
-        if not self.initialised:
-            self._initialise(y_hat.detach(), z.detach())
         z_t = relaxed_round(z, mode)
         mean, scale = self._params(z_t)
         b = self.prior.bits(z_t) + self.conditional.bits(relaxed_round(y, mode), mean, scale)

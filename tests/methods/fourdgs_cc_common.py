@@ -1,4 +1,5 @@
-"""Fixtures for the method tests: a tiny synthetic D-NeRF scene and a tiny 4DGS configuration."""
+"""Shared by the 4DGS-CC tests (import the fixtures into a test module to use them): a tiny
+synthetic D-NeRF scene, toy 4DGS / 4DGS-CC configurations, single-threaded torch."""
 from __future__ import annotations
 
 import dataclasses
@@ -12,7 +13,7 @@ from evalkit.data.scene import Scene
 
 
 @pytest.fixture(autouse=True)
-def _single_thread_torch():
+def single_thread_torch():
     """Tiny tensor ops: one thread avoids OpenMP hand-offs on a busy 2-core machine."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
