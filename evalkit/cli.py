@@ -110,11 +110,16 @@ def report(
 ) -> None:
     """Tables (md/tex/csv), BD-rate, RD and bit-allocation plots, and an index.md."""
     from evalkit.report import build_report
-    from evalkit.specs import all_report_specs
+    from evalkit.results import RecordError
+    from evalkit.specs import SpecError, all_report_specs
 
     if not results.is_dir():
         _fail(f"{results}: no such results folder")
-    index = build_report(results, out, anchor=anchor, dataset_specs=all_report_specs())
+    try:
+        index = build_report(results, out, anchor=anchor, dataset_specs=all_report_specs())
+    except (RecordError, SpecError) as exc:  # a corrupt record or spec: name the file, no traceback
+        _fail(str(exc))
+        return
     console.print(f"report written: {index}")
 
 
@@ -128,6 +133,7 @@ def check(
 ) -> None:
     """CI gate: fail when a record's size grows or its PSNR drops beyond tolerance."""
     from evalkit.report.check import CheckError, check as run_check, write_reference as write_ref
+    from evalkit.results import RecordError
 
     try:
         if write_reference:
@@ -135,7 +141,7 @@ def check(
             return
         res = run_check(results, reference, max_rate_increase=_percent(max_rate_increase) if max_rate_increase else None,
                         max_psnr_drop=max_psnr_drop)
-    except CheckError as exc:
+    except (CheckError, RecordError) as exc:  # RecordError: a corrupt record under RESULTS
         _fail(str(exc))
         return
     console.print(res.table)

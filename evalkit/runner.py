@@ -26,7 +26,7 @@ import torch
 from evalkit.codec.container import Bitstream
 from evalkit.data.scene import Scene
 from evalkit.methods.base import Budget, RatePoint, TrainContext
-from evalkit.methods.registry import get_method
+from evalkit.methods.registry import UnknownMethod, get_method
 from evalkit.results import Record, bitstream_path, collect_env, read_record, record_path, write_record
 from evalkit.specs import DatasetSpec, MethodSpec, SpecError, load_dataset_spec, load_method_spec
 
@@ -192,12 +192,16 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict) -
     iterations = opts.iterations or (int(mspec.quick["iterations"]) if opts.quick and "iterations" in mspec.quick else None)
     budget = Budget(iterations=iterations, resolution_scale=opts.resolution_scale or 1.0, quick=opts.quick, seed=opts.seed)
     record = Record(method=job.method, dataset=job.dataset, scene=job.scene, rate=job.rate.name,
-                    rate_params=dict(job.rate.params), config=config, quick=opts.quick, seed=opts.seed,
-                    env=collect_env())
+                    rate_params=dict(job.rate.params), config=config, seed=opts.seed, env=collect_env(),
+                    # Anything but the protocol schedule is flagged: tables mark it, the gate
+                    # never compares it with a full run.
+                    quick=opts.quick or opts.iterations is not None)
     if not job.in_spec:
         record.notes.append(f"scene {job.scene!r} is not in datasets/{job.dataset}.toml: no paper numbers")
     if opts.quick:
         record.notes.append("quick schedule: fewer iterations and lower resolution than the protocol")
+    if opts.iterations is not None:
+        record.notes.append(f"--iterations {opts.iterations}: not the protocol's training schedule")
 
     with _job_log(rec_path.with_suffix(".log")) as log:
         log(f"job {job.label} on {device}")
@@ -326,7 +330,7 @@ def run(method: str, dataset: str, *, scenes: list[str] | None = None, rates: li
     reporter = reporter or Reporter()
     try:
         jobs, notes = plan_jobs(method, dataset, data_root, scenes, rates)
-    except SpecError as exc:
+    except (SpecError, UnknownMethod) as exc:  # a spec without a registry entry, or the reverse
         raise RunError(str(exc)) from None
     result = SweepResult(notes=notes)
     scene_cache: dict = {}

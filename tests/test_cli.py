@@ -1,0 +1,173 @@
+"""The ``evalkit`` command line: exit codes and clear errors (never a traceback) on bad input.
+
+Sweeps use the toy method of tests/test_runner.py (no real training).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from typer.testing import CliRunner
+
+from evalkit import cli
+from evalkit.data.detect import load_scene
+from evalkit.results import read_records, record_path
+
+from tests.test_runner import SCENES, ToyBench, toy_bench  # noqa: F401  (fixture)
+import tests.test_runner as toy
+
+
+@pytest.fixture(autouse=True)
+def wide_consoles(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rich wraps at 80 columns when not on a terminal; long tmp paths would be split."""
+    monkeypatch.setattr(cli, "console", Console(width=500, color_system=None))
+    monkeypatch.setattr(cli, "err", Console(width=500, color_system=None, stderr=True))
+
+
+def invoke(*args: str | Path):
+    result = CliRunner().invoke(cli.app, [str(a) for a in args])
+    # A clean exit (any code) is SystemExit; anything else escaped as a traceback.
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output
+    return result
+
+
+def run_toy(bench: ToyBench, *extra: str | Path):
+    return invoke("run", "--method", "toy", "--dataset", "toy", "--data-root", bench.data_root,
+                  "--out", bench.out, "--device", "cpu", *extra)
+
+
+# -- run -----------------------------------------------------------------------------------
+def test_run_exit_code_reflects_failed_jobs(toy_bench: ToyBench) -> None:
+    toy.STATE.fail_once = {("beta", "low")}
+    res = run_toy(toy_bench)
+    assert res.exit_code == 1, res.output
+    assert "FAILED toy / toy / beta / low: RuntimeError: toy failure" in res.output
+    assert "4 job(s): 3 ok or skipped, 1 failed" in res.output
+
+    res = run_toy(toy_bench)  # resumes: only the failed job runs, and now succeeds
+    assert res.exit_code == 0, res.output
+    assert toy.STATE.train_calls[-1] == ("beta", "low") and len(toy.STATE.train_calls) == 5
+    assert res.output.count("skipped (record exists)") == 3
+    assert "done toy / toy / beta / low: PSNR" in res.output
+    assert "4 job(s): 4 ok or skipped, 0 failed" in res.output
+
+
+def test_run_unknown_method_is_a_clear_error(toy_bench: ToyBench) -> None:
+    res = invoke("run", "--method", "nope", "--dataset", "toy", "--data-root", toy_bench.data_root,
+                 "--out", toy_bench.out)
+    assert res.exit_code == 2
+    assert "error:" in res.output and "unknown method 'nope'" in res.output and "toy" in res.output
+
+
+def test_run_missing_data_is_a_clear_error(toy_bench: ToyBench, tmp_path: Path) -> None:
+    res = invoke("run", "--method", "toy", "--dataset", "toy", "--data-root", tmp_path / "empty",
+                 "--out", toy_bench.out)
+    assert res.exit_code == 2
+    assert f"no Toy data at {tmp_path / 'empty' / 'toyset'}" in res.output
+    assert "https://example.org/toy.zip" in res.output
+
+
+# -- check ---------------------------------------------------------------------------------
+def test_check_passes_on_equal_and_fails_on_worse_reference(toy_bench: ToyBench, tmp_path: Path) -> None:
+    assert run_toy(toy_bench, "--scene", "alpha").exit_code == 0
+    ref = tmp_path / "reference.json"
+    res = invoke("check", toy_bench.out, "--reference", ref, "--write-reference")
+    assert res.exit_code == 0 and ref.is_file()
+
+    res = invoke("check", toy_bench.out, "--reference", ref)
+    assert res.exit_code == 0, res.output
+    assert "check passed" in res.output
+
+    # The reference claims a 5 % smaller bitstream for one job: the current one "grew" by > 2 %.
+    data = json.loads(ref.read_text())
+    data["records"][0]["size_bytes"] = int(data["records"][0]["size_bytes"] * 0.95)
+    ref.write_text(json.dumps(data))
+    res = invoke("check", toy_bench.out, "--reference", ref)
+    assert res.exit_code == 1
+    assert "check FAILED" in res.output
+    res = invoke("check", toy_bench.out, "--reference", ref, "--max-rate-increase", "10%")
+    assert res.exit_code == 0, res.output
+
+
+def test_check_bad_reference_is_a_clear_error(toy_bench: ToyBench, tmp_path: Path) -> None:
+    ref = tmp_path / "reference.json"
+    ref.write_text("{not json")
+    res = invoke("check", toy_bench.out, "--reference", ref)
+    assert res.exit_code == 2 and f"{ref}: not valid JSON" in res.output
+
+
+# -- report --------------------------------------------------------------------------------
+def test_report_writes_index(toy_bench: ToyBench, tmp_path: Path) -> None:
+    assert run_toy(toy_bench).exit_code == 0
+    out = tmp_path / "report"
+    res = invoke("report", toy_bench.out, "--out", out)
+    assert res.exit_code == 0, res.output
+    index = out / "index.md"
+    assert index.is_file() and f"report written: {index}" in res.output
+    text = index.read_text()
+    assert "toy" in text and "Toy" in text
+
+
+def test_report_missing_results_folder(tmp_path: Path) -> None:
+    res = invoke("report", tmp_path / "nothing", "--out", tmp_path / "r")
+    assert res.exit_code == 2 and f"{tmp_path / 'nothing'}: no such results folder" in res.output
+
+
+def test_corrupt_record_is_named_by_report_and_check(toy_bench: ToyBench, tmp_path: Path) -> None:
+    assert run_toy(toy_bench, "--scene", "alpha", "--rate", "low").exit_code == 0
+    ref = tmp_path / "reference.json"
+    assert invoke("check", toy_bench.out, "--reference", ref, "--write-reference").exit_code == 0
+    bad = record_path(toy_bench.out, "toy", "alpha", "toy", "low")
+    bad.write_text('{"method": "toy", "datas')  # e.g. copied while another tool was writing it
+
+    res = invoke("report", toy_bench.out, "--out", tmp_path / "report")
+    assert res.exit_code == 2 and f"{bad}: not valid JSON" in res.output
+    res = invoke("check", toy_bench.out, "--reference", ref)
+    assert res.exit_code == 2 and f"{bad}: not valid JSON" in res.output
+    res = invoke("check", toy_bench.out, "--reference", tmp_path / "new.json", "--write-reference")
+    assert res.exit_code == 2 and f"{bad}: not valid JSON" in res.output
+
+
+def test_report_with_bad_specs_dir_is_a_clear_error(toy_bench: ToyBench, tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    assert run_toy(toy_bench, "--scene", "alpha", "--rate", "low").exit_code == 0
+    monkeypatch.setenv("EVALKIT_SPECS_DIR", str(tmp_path / "nospecs"))
+    res = invoke("report", toy_bench.out, "--out", tmp_path / "report")
+    assert res.exit_code == 2 and "no datasets/ and methods/ spec folders" in res.output
+
+
+# -- datasets ------------------------------------------------------------------------------
+def test_datasets_info_prints_the_format(synth_scene_dir) -> None:
+    scene = synth_scene_dir("dnerf", size=(32, 32), num_frames=toy.NUM_TRAIN)
+    res = invoke("datasets", "info", scene)
+    assert res.exit_code == 0, res.output
+    assert "(dnerf)" in res.output and "32x32" in res.output and "test" in res.output
+
+
+def test_datasets_info_on_a_bad_folder(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a dataset")
+    res = invoke("datasets", "info", tmp_path)
+    assert res.exit_code == 2
+    assert f"{tmp_path}: not a recognised dataset folder" in res.output
+    res = invoke("datasets", "info", tmp_path / "missing")
+    assert res.exit_code == 2 and str(tmp_path / "missing") in res.output
+
+
+def test_datasets_synth_writes_a_loadable_scene(tmp_path: Path) -> None:
+    out = tmp_path / "spheres"
+    res = invoke("datasets", "synth", "--format", "dnerf", out)
+    assert res.exit_code == 0, res.output
+    scene = load_scene(out)
+    assert scene.format == "dnerf" and scene.train and scene.test
+    assert scene.test[0].load().shape == (scene.test[0].camera.height, scene.test[0].camera.width, 3)
+    res = invoke("datasets", "synth", "--format", "colmap", tmp_path / "x")
+    assert res.exit_code == 2 and "--format must be dnerf, hypernerf or neu3d" in res.output
+
+
+def test_records_written_by_cli_are_readable(toy_bench: ToyBench) -> None:
+    assert run_toy(toy_bench, "--rate", "high").exit_code == 0
+    assert sorted((r.scene, r.rate, r.status) for r in read_records(toy_bench.out)) == [
+        (s, "high", "ok") for s in SCENES]

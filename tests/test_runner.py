@@ -1,0 +1,360 @@
+"""The benchmark runner end to end with a tiny toy method (no real training).
+
+The toy method "trains" a constant colour (the mean training colour times the rate point's
+``scale``), encodes it coarsely quantised (4 bits per channel) plus ``pad_bytes`` of filler,
+and decodes a *new* model from the bytes alone. Because the quantisation changes the colour,
+the recorded PSNR tells whether the runner evaluated the decoded file or the trained model.
+
+``ToyMethod`` and the ``toy_bench`` fixture are also used by tests/test_cli.py.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from evalkit.codec.container import Bitstream
+from evalkit.data.detect import load_scene
+from evalkit.data.scene import Camera, Scene
+from evalkit.methods import registry
+from evalkit.methods.base import RatePoint, TrainContext
+from evalkit.results import bitstream_path, read_record, read_records, record_path
+from evalkit.runner import RunError, RunOptions, plan_jobs, run
+
+QUANT_LEVELS = 15  # 4 bits per channel: coarse enough that decoding visibly changes the colour
+SCENES = ("alpha", "beta")
+RATES = {"low": {"scale": 0.8, "pad_bytes": 10}, "high": {"scale": 1.0, "pad_bytes": 40}}
+NUM_TRAIN = 6  # generate(): plus a third as many test views
+
+
+@dataclass
+class ToyState:
+    """What the toy method saw; reset for every test by the ``toy_bench`` fixture."""
+
+    fail_once: set[tuple[str, str]] = field(default_factory=set)  # (scene, rate) to fail on the next train
+    train_calls: list[tuple[str, str]] = field(default_factory=list)
+    decoded_bytes: list[bytes] = field(default_factory=list)
+    trained_colour: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+
+
+STATE = ToyState()
+
+
+class ToyModel:
+    def __init__(self, colour: np.ndarray, pad_bytes: int = 0) -> None:
+        self.colour = np.asarray(colour, dtype=np.float32)
+        self.pad_bytes = pad_bytes
+
+    def render(self, camera: Camera, t: float) -> torch.Tensor:
+        return torch.from_numpy(self.colour).expand(camera.height, camera.width, 3).clone()
+
+    def num_primitives(self) -> int:
+        return 1
+
+    def encode(self) -> Bitstream:
+        q = np.rint(np.clip(self.colour, 0.0, 1.0) * QUANT_LEVELS).astype(np.uint8)
+        return Bitstream(header={"method": "toy", "levels": QUANT_LEVELS},
+                         components={"colour": q.tobytes(), "padding": bytes(self.pad_bytes)})
+
+
+class ToyMethod:
+    name = "toy"
+
+    def train(self, scene: Scene, rate: RatePoint, ctx: TrainContext) -> ToyModel:
+        key = (ctx.scene_name, rate.name)
+        STATE.train_calls.append(key)
+        if key in STATE.fail_once:
+            STATE.fail_once.discard(key)
+            raise RuntimeError(f"toy failure on {key}")
+        mean = np.mean([f.load().reshape(-1, 3).mean(axis=0) for f in scene.train], axis=0)
+        colour = np.clip(mean * float(rate.params["scale"]), 0.0, 1.0)
+        STATE.trained_colour[key] = colour
+        return ToyModel(colour, int(rate.params["pad_bytes"]))
+
+    def decode(self, bits: Bitstream, device: torch.device) -> ToyModel:
+        STATE.decoded_bytes.append(bits.to_bytes())
+        q = np.frombuffer(bits.component("colour"), dtype=np.uint8)
+        return ToyModel(q.astype(np.float32) / bits.header["levels"])
+
+
+# -- fixtures ------------------------------------------------------------------------------
+@dataclass
+class ToyBench:
+    specs: Path
+    data_root: Path
+    out: Path
+
+    def opts(self, **kw) -> RunOptions:
+        return RunOptions(out=self.out, device="cpu", fps_warmup=1, fps_repeats=1, **kw)
+
+    def record(self, scene: str, rate: str):
+        return read_record(record_path(self.out, "toy", scene, "toy", rate))
+
+
+def write_toy_specs(root: Path) -> None:
+    (root / "datasets").mkdir(parents=True)
+    (root / "methods").mkdir(parents=True)
+    (root / "datasets" / "toy.toml").write_text(
+        'name = "Toy"\nformat = "dnerf"\nfolder = "toyset"\n'
+        'download = "https://example.org/toy.zip"\nresolution_scale = 1.0\n'
+        f"scenes = {json.dumps(list(SCENES))}\n")
+    rates = "".join(f"[rates.{n}]\nscale = {p['scale']}\npad_bytes = {p['pad_bytes']}\n" for n, p in RATES.items())
+    (root / "methods" / "toy.toml").write_text(
+        'name = "toy"\ntitle = "Toy"\npaper = "none"\n[defaults]\nknob = 3\n' + rates)
+
+
+@pytest.fixture
+def toy_bench(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synth_scene_dir) -> ToyBench:
+    global STATE
+    STATE = ToyState()
+    monkeypatch.setattr(registry, "METHODS", {**registry.METHODS, "toy": f"{__name__}:ToyMethod"})
+    specs = tmp_path / "specs"
+    write_toy_specs(specs)
+    monkeypatch.setenv("EVALKIT_SPECS_DIR", str(specs))
+    data_root = tmp_path / "data"
+    (data_root / "toyset").mkdir(parents=True)
+    for i, scene in enumerate(SCENES):  # two different scenes (seeds), read-only symlinks
+        (data_root / "toyset" / scene).symlink_to(synth_scene_dir("dnerf", size=(32, 32), num_frames=NUM_TRAIN, seed=i))
+
+    # LPIPS needs big backbone checkpoints; without them it is recorded as missing, which keeps
+    # these tests fast and identical on machines that have the weights.
+    from evalkit.metrics import evaluate
+    from evalkit.metrics.lpips_metric import LPIPSUnavailable
+
+    def no_lpips(net, device):
+        raise LPIPSUnavailable(f"LPIPS {net} disabled in the runner tests")
+
+    monkeypatch.setattr(evaluate, "LPIPSMetric", no_lpips)
+    return ToyBench(specs, data_root, tmp_path / "results")
+
+
+def _status(bench: ToyBench) -> dict[tuple[str, str], str]:
+    return {(r.scene, r.rate): r.status for r in read_records(bench.out)}
+
+
+ALL_JOBS = {(s, r) for s in SCENES for r in RATES}
+
+
+# -- resumability ---------------------------------------------------------------------------
+def test_failed_job_is_recorded_and_only_it_reruns(toy_bench: ToyBench) -> None:
+    STATE.fail_once = {("alpha", "high")}
+    result = run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts())
+
+    # The sweep went on past the failure (alpha/high is the 2nd of 4 jobs).
+    assert sorted(STATE.train_calls) == sorted(ALL_JOBS)
+    assert [(o.job.scene, o.job.rate.name) for o in result.failed] == [("alpha", "high")]
+    assert "toy failure on ('alpha', 'high')" in result.failed[0].error
+    assert _status(toy_bench) == {**{k: "ok" for k in ALL_JOBS}, ("alpha", "high"): "failed"}
+    failed = toy_bench.record("alpha", "high")
+    assert failed.error == "RuntimeError: toy failure on ('alpha', 'high')"
+    assert failed.size is None and failed.metrics["psnr"] is None
+    log = record_path(toy_bench.out, "toy", "alpha", "toy", "high").with_suffix(".log").read_text()
+    assert "FAILED" in log and "Traceback" in log and "toy failure" in log
+
+    # Rerun: only the failed job is trained again; the others are skipped.
+    STATE.train_calls.clear()
+    ok_before = toy_bench.record("beta", "low").created
+    result = run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts())
+    assert STATE.train_calls == [("alpha", "high")]
+    assert {(o.job.scene, o.job.rate.name): o.status for o in result.outcomes} == {
+        **{k: "skipped" for k in ALL_JOBS}, ("alpha", "high"): "ok"}
+    assert not result.failed
+    records = read_records(toy_bench.out)
+    assert sorted((r.scene, r.rate) for r in records) == sorted(ALL_JOBS)  # exactly one record per job
+    assert all(r.status == "ok" for r in records)
+    assert toy_bench.record("beta", "low").created == ok_before  # untouched
+
+    # Third run: nothing left to do.
+    STATE.train_calls.clear()
+    result = run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts())
+    assert STATE.train_calls == []
+    assert {o.status for o in result.outcomes} == {"skipped"}
+
+    # --force reruns everything.
+    result = run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts(force=True))
+    assert sorted(STATE.train_calls) == sorted(ALL_JOBS)
+    assert {o.status for o in result.outcomes} == {"ok"}
+
+
+def test_unreadable_record_is_redone(toy_bench: ToyBench) -> None:
+    run("toy", "toy", scenes=["alpha"], rates=["low"], data_root=toy_bench.data_root, opts=toy_bench.opts())
+    rec = record_path(toy_bench.out, "toy", "alpha", "toy", "low")
+    rec.write_text('{"method": "toy", "dataset": ')  # e.g. written by a tool that is not atomic
+    STATE.train_calls.clear()
+    result = run("toy", "toy", scenes=["alpha"], rates=["low"], data_root=toy_bench.data_root, opts=toy_bench.opts())
+    assert STATE.train_calls == [("alpha", "low")] and result.outcomes[0].status == "ok"
+    assert toy_bench.record("alpha", "low").status == "ok"
+
+
+# -- decoding from the file, sizes ------------------------------------------------------------
+def _psnr_8bit(pred: np.ndarray, gt: np.ndarray) -> float:
+    """PSNR of 8-bit-quantised images (the protocol's convention), in float64 numpy."""
+    q = lambda x: np.floor(255.0 * np.clip(x.astype(np.float64), 0, 1) + 0.5) / 255.0  # noqa: E731
+    mse = np.mean((q(pred) - q(gt)) ** 2)
+    return float(-10.0 * math.log10(mse))
+
+
+def test_decoded_model_comes_from_the_bitstream_file(toy_bench: ToyBench, monkeypatch: pytest.MonkeyPatch) -> None:
+    reads: list[Path] = []
+    real_read = Bitstream.read.__func__
+
+    def counting_read(cls, path):
+        reads.append(Path(path))
+        return real_read(cls, path)
+
+    monkeypatch.setattr(Bitstream, "read", classmethod(counting_read))
+    result = run("toy", "toy", scenes=["alpha"], rates=["low"], data_root=toy_bench.data_root, opts=toy_bench.opts())
+    assert [o.status for o in result.outcomes] == ["ok"], result.outcomes[0].error
+
+    evk = bitstream_path(toy_bench.out, "toy", "alpha", "toy", "low")
+    on_disk = evk.read_bytes()
+    assert evk in reads  # the runner read the file back ...
+    assert STATE.decoded_bytes == [on_disk]  # ... and decode got exactly its bytes, once
+
+    rec = toy_bench.record("alpha", "low")
+    assert rec.bitstream == str(evk.relative_to(toy_bench.out))
+    assert rec.size["total_bytes"] == os.path.getsize(evk) == len(on_disk)
+    comps = rec.size["components"]
+    assert comps["colour"] == 3 and comps["padding"] == RATES["low"]["pad_bytes"]
+    assert sum(comps.values()) == rec.size["total_bytes"]  # framing is counted under "header"
+
+    # The recorded PSNR is that of the colour stored in the file, not of the trained colour.
+    scene = load_scene(toy_bench.data_root / "toyset" / "alpha", resolution_scale=1.0)
+    decoded = np.frombuffer(Bitstream.from_bytes(on_disk).components["colour"], np.uint8) / QUANT_LEVELS
+    trained = STATE.trained_colour[("alpha", "low")]
+    psnr_of = lambda c: np.mean([_psnr_8bit(np.broadcast_to(c, f.load().shape), f.load())  # noqa: E731
+                                 for f in scene.test])
+    assert rec.metrics["psnr"] == pytest.approx(psnr_of(decoded), abs=1e-4)
+    assert abs(psnr_of(trained) - psnr_of(decoded)) > 0.05  # the test can tell the two apart
+
+
+# -- record content ------------------------------------------------------------------------
+def test_ok_record_schema_and_values(toy_bench: ToyBench) -> None:
+    run("toy", "toy", scenes=["beta"], rates=["high"], data_root=toy_bench.data_root, opts=toy_bench.opts(seed=7))
+    rec = toy_bench.record("beta", "high")
+    assert (rec.method, rec.dataset, rec.scene, rec.rate, rec.status) == ("toy", "toy", "beta", "high", "ok")
+    assert rec.error is None and rec.notes == [] and rec.quick is False and rec.seed == 7
+    assert rec.rate_params == RATES["high"]
+    assert rec.config == {"knob": 3}  # methods/toy.toml [defaults]
+    assert rec.num_primitives == 1 and rec.resolution == [32, 32] and rec.resolution_scale == 1.0
+
+    scene = load_scene(toy_bench.data_root / "toyset" / "beta", resolution_scale=1.0)
+    test = scene.test
+    assert len(test) >= 2
+    colour = np.frombuffer(Bitstream.read(toy_bench.out / rec.bitstream).components["colour"], np.uint8) / QUANT_LEVELS
+    expected = [_psnr_8bit(np.broadcast_to(colour, f.load().shape), f.load()) for f in test]
+    assert [row["name"] for row in rec.per_frame] == [f.image_name for f in test]
+    assert [row["time"] for row in rec.per_frame] == [f.time for f in test]
+    assert [row["psnr"] for row in rec.per_frame] == pytest.approx(expected, abs=1e-4)
+    assert rec.metrics["psnr"] == pytest.approx(np.mean(expected), abs=1e-4)
+    assert 0.0 < rec.metrics["ssim"] < 1.0  # a flat colour is not the image
+    assert all(0.0 < row["ssim"] < 1.0 for row in rec.per_frame)
+    # Missing metrics are null with a reason, never 0.
+    for m in ("ms_ssim", "dssim", "lpips_alex", "lpips_vgg"):
+        assert rec.metrics[m] is None and rec.metrics_missing[m]
+    assert "32x32" in rec.metrics_missing["ms_ssim"]
+
+    assert rec.fps["label"] == "CPU (not comparable to GPU FPS)" and rec.fps["device"] == "cpu"
+    assert rec.fps["fps"] > 0 and rec.fps["frames"] == len(test) and rec.fps["resolution"] == [32, 32]
+    assert rec.env["python"] and rec.env["torch"] and rec.env["evalkit"]
+    assert set(rec.timings) == {"train_s", "encode_s", "decode_s", "eval_s"}
+    assert all(v >= 0 for v in rec.timings.values())
+
+
+def test_quick_flag_is_recorded(toy_bench: ToyBench) -> None:
+    run("toy", "toy", scenes=["alpha"], rates=["low"], data_root=toy_bench.data_root, opts=toy_bench.opts(quick=True))
+    rec = toy_bench.record("alpha", "low")
+    assert rec.quick is True and any("quick schedule" in n for n in rec.notes)
+
+
+# -- atomic record writes -------------------------------------------------------------------
+def test_crash_while_writing_a_record_leaves_no_partial_file(toy_bench: ToyBench,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    real_replace = os.replace
+
+    def crash_on_json(src, dst, *a, **kw):
+        if str(dst).endswith(".json"):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst, *a, **kw)
+
+    monkeypatch.setattr(os, "replace", crash_on_json)
+    with pytest.raises(OSError, match="No space left"):
+        run("toy", "toy", scenes=["alpha"], rates=["low"], data_root=toy_bench.data_root, opts=toy_bench.opts())
+    job_dir = record_path(toy_bench.out, "toy", "alpha", "toy", "low").parent
+    leftovers = sorted(p.name for p in job_dir.iterdir())
+    assert leftovers == ["low.evk", "low.log"], leftovers  # no record, no temp file
+    assert read_records(toy_bench.out) == []
+
+    # A hard kill (no cleanup) can leave a half-written temp file: readers and the rerun ignore it.
+    (job_dir / ".low.json.x1y2.tmp").write_text('{"method": "toy", "datas')
+    monkeypatch.setattr(os, "replace", real_replace)
+    STATE.train_calls.clear()
+    result = run("toy", "toy", scenes=["alpha"], rates=["low"], data_root=toy_bench.data_root, opts=toy_bench.opts())
+    assert STATE.train_calls == [("alpha", "low")] and [o.status for o in result.outcomes] == ["ok"]
+    assert [(r.scene, r.rate, r.status) for r in read_records(toy_bench.out)] == [("alpha", "low", "ok")]
+
+
+# -- planning -------------------------------------------------------------------------------
+def test_plan_jobs_expands_scenes_and_rates(toy_bench: ToyBench) -> None:
+    jobs, notes = plan_jobs("toy", "toy", toy_bench.data_root)
+    assert [(j.scene, j.rate.name) for j in jobs] == [(s, r) for s in SCENES for r in RATES]
+    assert notes == [] and all(j.in_spec for j in jobs)
+    assert jobs[0].scene_dir == toy_bench.data_root / "toyset" / "alpha"
+    jobs, _ = plan_jobs("toy", "toy", toy_bench.data_root, scenes=["beta"], rates=["high"])
+    assert [(j.scene, j.rate.name, j.rate.params) for j in jobs] == [("beta", "high", RATES["high"])]
+
+
+def test_unknown_scene_names_folder_and_lists_present(toy_bench: ToyBench) -> None:
+    with pytest.raises(RunError) as exc:
+        plan_jobs("toy", "toy", toy_bench.data_root, scenes=["gamma"])
+    msg = str(exc.value)
+    assert str(toy_bench.data_root / "toyset" / "gamma") in msg and "not found" in msg
+    assert "present: alpha, beta" in msg
+
+
+def test_missing_dataset_folder_says_where_and_how(toy_bench: ToyBench, tmp_path: Path) -> None:
+    empty = tmp_path / "nodata"
+    with pytest.raises(RunError) as exc:
+        plan_jobs("toy", "toy", empty)
+    msg = str(exc.value)
+    assert str(empty / "toyset") in msg and str(empty / "toyset" / "alpha") in msg
+    assert "--data-root" in msg and "https://example.org/toy.zip" in msg
+
+
+def test_spec_scenes_absent_lists_present_folders(toy_bench: ToyBench, tmp_path: Path) -> None:
+    root = tmp_path / "other"
+    (root / "toyset" / "mine").mkdir(parents=True)
+    with pytest.raises(RunError) as exc:
+        plan_jobs("toy", "toy", root)
+    msg = str(exc.value)
+    assert "alpha, beta" in msg and "present: mine" in msg and "--scene" in msg
+
+
+def test_unknown_rate_and_method_are_run_errors(toy_bench: ToyBench) -> None:
+    with pytest.raises(RunError, match=r"unknown rate point\(s\) \['mid'\]"):
+        run("toy", "toy", rates=["mid"], data_root=toy_bench.data_root, opts=toy_bench.opts())
+    with pytest.raises(RunError, match="unknown method 'nope'"):
+        run("nope", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts())
+    with pytest.raises(RunError, match="unknown dataset 'nope'"):
+        run("toy", "nope", data_root=toy_bench.data_root, opts=toy_bench.opts())
+
+
+def test_spec_without_registered_method_is_a_run_error(toy_bench: ToyBench) -> None:
+    (toy_bench.specs / "methods" / "ghost.toml").write_text('name = "ghost"\n')
+    with pytest.raises(RunError, match="unknown method 'ghost'"):
+        run("ghost", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts())
+
+
+def test_scene_outside_the_spec_runs_with_a_note(toy_bench: ToyBench, synth_scene_dir) -> None:
+    (toy_bench.data_root / "toyset" / "extra").symlink_to(synth_scene_dir("dnerf", size=(32, 32), num_frames=NUM_TRAIN))
+    result = run("toy", "toy", scenes=["extra"], rates=["low"], data_root=toy_bench.data_root, opts=toy_bench.opts())
+    assert [o.status for o in result.outcomes] == ["ok"]
+    assert any("'extra' is not in datasets/toy.toml" in n for n in result.notes)
+    rec = toy_bench.record("extra", "low")
+    assert any("'extra' is not in datasets/toy.toml" in n for n in rec.notes)
