@@ -153,13 +153,21 @@ def check(
 def methods() -> None:
     """List registered methods and their rate points."""
     from evalkit.methods.registry import method_names
-    from evalkit.specs import load_method_spec
+    from evalkit.specs import SpecError, load_method_spec
 
     t = Table("method", "paper", "rate points")
+    broken = []
     for name in method_names():
-        spec = load_method_spec(name)
+        try:
+            spec = load_method_spec(name)
+        except SpecError as exc:  # registered without a readable spec: list the others, then fail
+            broken.append(str(exc))
+            t.add_row(name, "[red]no usable spec[/]", "")
+            continue
         t.add_row(name, spec.paper, ", ".join(spec.rates))
     console.print(t)
+    if broken:
+        _fail("; ".join(broken))
 
 
 @app.command()

@@ -179,7 +179,7 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict) -
     if not opts.force and rec_path.is_file():
         try:
             old = read_record(rec_path)
-            if old.status == "ok":
+            if old.status == "ok" and (old.bitstream is None or (opts.out / old.bitstream).is_file()):
                 return JobOutcome(job, "skipped", old)
         except Exception:  # an unreadable record is redone
             pass
@@ -235,7 +235,7 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict) -
 
             reporter.phase("decoding")
             t0 = _sync_time(device)
-            decoded = method.decode(Bitstream.read(bits_path), device)
+            decoded = method.decode(Bitstream.read(bits_path), device, source=str(bits_path))
             decode_s = _sync_time(device) - t0
             sizes = Bitstream.read(bits_path).sizes()
             if sizes["total"] != nbytes or bits_path.stat().st_size != nbytes:
@@ -258,7 +258,13 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict) -
             log("FAILED\n" + traceback.format_exc())
         finally:
             _free(device)
-    write_record(record, rec_path)
+    try:
+        write_record(record, rec_path)
+    except Exception as exc:  # e.g. a value JSON cannot store: record the failure, keep the sweep going
+        record = Record(method=job.method, dataset=job.dataset, scene=job.scene, rate=job.rate.name,
+                        status="failed", error=f"record could not be written: {type(exc).__name__}: {exc}",
+                        env=record.env)
+        write_record(record, rec_path)
     return JobOutcome(job, record.status, record, record.error)
 
 

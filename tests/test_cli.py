@@ -70,6 +70,13 @@ def test_run_missing_data_is_a_clear_error(toy_bench: ToyBench, tmp_path: Path) 
     assert "https://example.org/toy.zip" in res.output
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_run_on_cuda_without_cuda_is_a_clear_error(toy_bench: ToyBench) -> None:
+    res = invoke("run", "--method", "toy", "--dataset", "toy", "--data-root", toy_bench.data_root,
+                 "--out", toy_bench.out, "--device", "cuda:0")
+    assert res.exit_code == 2 and "--device cuda:0: CUDA is not available" in res.output
+
+
 # -- check ---------------------------------------------------------------------------------
 def test_check_passes_on_equal_and_fails_on_worse_reference(toy_bench: ToyBench, tmp_path: Path) -> None:
     assert run_toy(toy_bench, "--scene", "alpha").exit_code == 0
@@ -171,3 +178,23 @@ def test_records_written_by_cli_are_readable(toy_bench: ToyBench) -> None:
     assert run_toy(toy_bench, "--rate", "high").exit_code == 0
     assert sorted((r.scene, r.rate, r.status) for r in read_records(toy_bench.out)) == [
         (s, "high", "ok") for s in SCENES]
+
+
+# -- methods -------------------------------------------------------------------------------
+def test_methods_lists_rate_points_and_names_a_missing_spec(toy_bench: ToyBench) -> None:
+    # The toy specs folder has methods/toy.toml only: the built-in methods have no spec there.
+    res = invoke("methods")
+    assert res.exit_code == 2
+    assert "low, high" in res.output  # toy's rate points, in spec order
+    assert f"{toy_bench.specs / 'methods' / '4dgs.toml'}: unknown method '4dgs'" in res.output
+
+
+def test_methods_lists_the_repository_specs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("EVALKIT_SPECS_DIR", raising=False)
+    from evalkit.methods.registry import method_names
+    from evalkit.specs import load_method_spec
+
+    res = invoke("methods")
+    assert res.exit_code == 0, res.output
+    for name in method_names():
+        assert name in res.output and ", ".join(load_method_spec(name).rates) in res.output

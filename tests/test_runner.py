@@ -77,7 +77,7 @@ class ToyMethod:
         STATE.trained_colour[key] = colour
         return ToyModel(colour, int(rate.params["pad_bytes"]))
 
-    def decode(self, bits: Bitstream, device: torch.device) -> ToyModel:
+    def decode(self, bits: Bitstream, device: torch.device, source: str = "<bitstream>") -> ToyModel:
         STATE.decoded_bytes.append(bits.to_bytes())
         q = np.frombuffer(bits.component("colour"), dtype=np.uint8)
         return ToyModel(q.astype(np.float32) / bits.header["levels"])
@@ -192,6 +192,34 @@ def test_unreadable_record_is_redone(toy_bench: ToyBench) -> None:
     assert toy_bench.record("alpha", "low").status == "ok"
 
 
+def test_ok_record_whose_bitstream_was_deleted_is_redone(toy_bench: ToyBench) -> None:
+    opts = toy_bench.opts()
+    run("toy", "toy", scenes=["alpha"], rates=["low"], data_root=toy_bench.data_root, opts=opts)
+    (toy_bench.out / toy_bench.record("alpha", "low").bitstream).unlink()
+    STATE.train_calls.clear()
+    run("toy", "toy", scenes=["alpha"], rates=["low"], data_root=toy_bench.data_root, opts=opts)
+    assert STATE.train_calls == [("alpha", "low")]
+    assert (toy_bench.out / toy_bench.record("alpha", "low").bitstream).is_file()
+
+
+def test_unwritable_record_value_fails_the_job_not_the_sweep(toy_bench: ToyBench, monkeypatch) -> None:
+    """A method handing back something JSON cannot store fails its own job only."""
+    original = ToyMethod.train
+
+    def train_with_bad_reuse(self, scene, rate, ctx):
+        model = original(self, scene, rate, ctx)
+        if rate.name == "low":
+            model.reused = {"state": object()}
+        return model
+
+    monkeypatch.setattr(ToyMethod, "train", train_with_bad_reuse)
+    result = run("toy", "toy", scenes=["alpha"], data_root=toy_bench.data_root, opts=toy_bench.opts())
+    assert {o.job.rate.name: o.status for o in result.outcomes} == {"low": "failed", "high": "ok"}
+    status = _status(toy_bench)
+    assert status == {("alpha", "low"): "failed", ("alpha", "high"): "ok"}
+    assert "record could not be written" in toy_bench.record("alpha", "low").error
+
+
 # -- decoding from the file, sizes ------------------------------------------------------------
 def _psnr_8bit(pred: np.ndarray, gt: np.ndarray) -> float:
     """PSNR of 8-bit-quantised images (the protocol's convention), in float64 numpy."""
@@ -271,6 +299,14 @@ def test_quick_flag_is_recorded(toy_bench: ToyBench) -> None:
     run("toy", "toy", scenes=["alpha"], rates=["low"], data_root=toy_bench.data_root, opts=toy_bench.opts(quick=True))
     rec = toy_bench.record("alpha", "low")
     assert rec.quick is True and any("quick schedule" in n for n in rec.notes)
+
+
+def test_explicit_iterations_mark_the_record_as_non_protocol(toy_bench: ToyBench) -> None:
+    run("toy", "toy", scenes=["alpha"], rates=["low"], data_root=toy_bench.data_root,
+        opts=toy_bench.opts(iterations=5))
+    rec = toy_bench.record("alpha", "low")
+    assert rec.iterations == 5  # the toy model has no 'iterations': the budget's is recorded
+    assert rec.quick is True and any("--iterations 5" in n for n in rec.notes)
 
 
 # -- atomic record writes -------------------------------------------------------------------
