@@ -127,12 +127,20 @@ class WindowCrossAttention(nn.Module):
     def forward(self, h: torch.Tensor, f: torch.Tensor,
                 window: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """h, f: (B, W, C) -> new hidden state (B, W, C); ``window`` from ``self.window``."""
-        C = f.shape[-1]
         idx, valid = window if window is not None else self.window(f.shape[1], None, f.device)
-        q, k, v = self.q(h), self.k(f), self.v(f)
-        logits = (q[:, :, None, :] * k[:, idx]).sum(-1) * C ** -0.5 + self.rel_bias
+        kw, vw = self.windowed_kv(f, idx)
+        return self.step(h, kw, vw, valid)
+
+    def windowed_kv(self, f: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of rows ``f`` (..., W, C) gathered per query window: (..., W, 2w+1, C).
+        They depend on the decoded rows only, so training computes them for all rows at once."""
+        return self.k(f)[..., idx, :], self.v(f)[..., idx, :]
+
+    def step(self, h: torch.Tensor, kw: torch.Tensor, vw: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """One update of Eq. (1) from precomputed windowed keys/values of the previous row."""
+        logits = (self.q(h)[:, :, None, :] * kw).sum(-1) * kw.shape[-1] ** -0.5 + self.rel_bias
         attn = logits.masked_fill(~valid, -1e4).softmax(-1)
-        return (attn[..., None] * v[:, idx]).sum(2)
+        return (attn[..., None] * vw).sum(2)
 
 
 class ParamHead(nn.Module):
@@ -240,10 +248,14 @@ class NVCC(nn.Module):
         wmax = max(v.shape[2] for v in V)
         Fp = torch.cat([F.pad(v, (0, 0, 0, wmax - v.shape[2])) for v in V], 0)  # (3S, T, Wmax, C)
         widths = torch.tensor([v.shape[2] for v in V for _ in range(v.shape[0])])
-        window = self.attn.window(wmax, widths, Fp.device)
+        idx, valid = self.attn.window(wmax, widths, Fp.device)
+        # Teacher forcing: every previous row is known, so keys and values for all rows come from
+        # one batched projection; only the query side of the recurrence runs step by step.
+        kw, vw = self.attn.windowed_kv(Fp[:, :-1], idx)  # (3S, T-1, W, 2w+1, C)
+        kws, vws = kw.unbind(1), vw.unbind(1)  # unbind, not indexing: one gradient stack, not T copies
         h, hs = Fp[:, 0], []
         for t in range(1, T):
-            h = self.attn(h, Fp[:, t - 1], window)
+            h = self.attn.step(h, kws[t - 1], vws[t - 1], valid)
             hs.append(h)
         H = torch.stack(hs, 1)
         out, b = [], 0
