@@ -23,6 +23,7 @@ class FourDGSTrained:
         self.model = model
         self.cfg = cfg
         self.stats = stats or {}
+        self.iterations = cfg.coarse_iterations + cfg.iterations
 
     def encode(self) -> Bitstream:
         return codec.encode(self.model, self.cfg)

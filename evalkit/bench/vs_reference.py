@@ -1,0 +1,61 @@
+"""Compare measured records with the public reference implementation measured on our GPU.
+
+    python -m evalkit.bench.vs_reference results/reference/h200 [--method 4dgs]
+
+For every record whose scene has a ``scene_reference`` entry in its dataset spec (PROTOCOL.md §6:
+hustvl/4DGaussians on one H200), prints training time, render time and PSNR side by side with the
+ratios and whether the speed targets hold (training <= 0.5x the reference's time at equal or
+better PSNR; decoded-model rendering >= 1.5x the reference's frame rate). Compare only records
+measured on the same GPU kind as the reference (the GPU name is printed).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from evalkit.results import read_records
+from evalkit.specs import load_dataset_spec
+
+TRAIN_TARGET = 0.5
+FPS_TARGET = 1.5
+
+
+def compare(results: Path, method: str) -> Table:
+    table = Table("scene", "GPU", "train s (ref)", "train ratio", "ms/frame (ref)", "FPS ratio",
+                  "PSNR (ref)", "ΔPSNR", "targets", title=f"{method} vs the reference code")
+    specs: dict = {}
+    for rec in sorted(read_records(results), key=lambda r: (r.dataset, r.scene)):
+        if rec.method != method or rec.status != "ok":
+            continue
+        spec = specs.setdefault(rec.dataset, load_dataset_spec(rec.dataset))
+        ref = spec.scene_reference.get(rec.scene, {}).get(method, {}).get("default")
+        if not ref:
+            continue
+        train = rec.timings.get("train_s")
+        ms = rec.fps["ms_per_frame"] if rec.fps else None
+        psnr = rec.metrics.get("psnr")
+        t_ratio = train / ref["train_s"] if train else None
+        f_ratio = ref["ms_per_frame"] / ms if ms else None
+        d_psnr = psnr - ref["psnr"] if psnr is not None else None
+        ok = (t_ratio is not None and t_ratio <= TRAIN_TARGET and d_psnr is not None and d_psnr >= 0,
+              f_ratio is not None and f_ratio >= FPS_TARGET)
+        table.add_row(rec.scene, (rec.fps or {}).get("gpu_name") or "CPU",
+                      f"{train:.1f} ({ref['train_s']})", f"{t_ratio:.2f}x", f"{ms:.2f} ({ref['ms_per_frame']})",
+                      f"{f_ratio:.2f}x", f"{psnr:.2f} ({ref['psnr']})", f"{d_psnr:+.2f}",
+                      f"train {'met' if ok[0] else 'MISSED'}, render {'met' if ok[1] else 'MISSED'}")
+    return table
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results", type=Path)
+    ap.add_argument("--method", default="4dgs")
+    args = ap.parse_args(argv)
+    Console().print(compare(args.results, args.method))
+
+
+if __name__ == "__main__":
+    main()

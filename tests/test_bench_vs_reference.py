@@ -1,0 +1,20 @@
+"""The reference comparison reads the committed H200 records and the spec's reference numbers."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+
+from evalkit.bench.vs_reference import compare
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_compare_prints_ratios_from_committed_records():
+    console = Console(width=200, record=True)
+    console.print(compare(REPO / "results" / "reference" / "h200", "4dgs"))
+    text = console.export_text()
+    # lego: 203.09 s vs 371 s and 2.71 ms vs 1.652 ms per frame (records vs datasets/dnerf.toml)
+    assert "lego" in text and "0.55x" in text and "1.64x" in text
+    assert "jumpingjacks" in text and "-0.34" in text
+    assert "mutant" not in text  # no reference numbers for it
