@@ -28,7 +28,7 @@ from evalkit.data.scene import Scene
 from evalkit.methods.base import Budget, RatePoint, TrainContext
 from evalkit.methods.registry import UnknownMethod, get_method
 from evalkit.results import Record, bitstream_path, collect_env, read_record, record_path, write_record
-from evalkit.specs import DatasetSpec, MethodSpec, SpecError, load_dataset_spec, load_method_spec
+from evalkit.specs import DatasetSpec, SpecError, load_dataset_spec, load_method_spec
 
 
 class RunError(Exception):
@@ -167,7 +167,7 @@ def scene_scale(dspec: DatasetSpec, opts: RunOptions) -> float | None:
     return (dspec.resolution_scale or 1.0) * extra
 
 
-def _load_scene(job: Job, dspec: DatasetSpec, opts: RunOptions, mspec: MethodSpec) -> Scene:
+def _load_scene(job: Job, dspec: DatasetSpec, opts: RunOptions) -> Scene:
     from evalkit.data.detect import load_scene
 
     return load_scene(job.scene_dir, format=dspec.format, resolution_scale=scene_scale(dspec, opts),
@@ -210,7 +210,7 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict) -
             if key not in scene_cache:
                 reporter.phase(f"loading {job.scene_dir}")
                 scene_cache.clear()  # one scene in memory at a time
-                scene_cache[key] = {"scene": _load_scene(job, dspec, opts, mspec), "shared": {}}
+                scene_cache[key] = {"scene": _load_scene(job, dspec, opts), "shared": {}}
             scene: Scene = scene_cache[key]["scene"]
             record.resolution_scale = scene_scale(dspec, opts) or 1.0
             ctx = TrainContext(device=device, budget=budget, config=config, progress=reporter.iteration,
