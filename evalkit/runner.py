@@ -235,9 +235,10 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict) -
 
             reporter.phase("decoding")
             t0 = _sync_time(device)
-            decoded = method.decode(Bitstream.read(bits_path), device, source=str(bits_path))
+            on_disk = Bitstream.read(bits_path)
+            decoded = method.decode(on_disk, device, source=str(bits_path))
             decode_s = _sync_time(device) - t0
-            sizes = Bitstream.read(bits_path).sizes()
+            sizes = on_disk.sizes()
             if sizes["total"] != nbytes or bits_path.stat().st_size != nbytes:
                 raise RuntimeError(f"{bits_path}: size accounting mismatch ({sizes['total']} vs {nbytes} bytes)")
 

@@ -54,13 +54,11 @@ def train_breakdown(scene, cfg: FourDGSConfig, device: torch.device, steps: int)
         gt = bank.get(i)
         t = _sync(device)
         acc["data"] += t - t0
-        means, quats, log_scales, opa, sh = model.deformed(f.time)
+        acts = model.activated(f.time)
         t1 = _sync(device)
         acc["deformation fwd"] += t1 - t
-        out = rasterize(means, quats, torch.exp(log_scales), torch.sigmoid(opa), sh,
-                        torch.as_tensor(f.camera.w2c, dtype=torch.float32, device=device),
-                        torch.as_tensor(f.camera.K, dtype=torch.float32, device=device),
-                        f.camera.width, f.camera.height, sh_degree=cfg.sh_degree, background=model.background)
+        out = rasterize(*acts, *model._camera_tensors(f.camera), f.camera.width, f.camera.height,
+                        sh_degree=cfg.sh_degree, background=model.background)
         strategy.step_pre_backward(model.gaussians, opts, state, step, out.info)
         t2 = _sync(device)
         acc["rasterise fwd"] += t2 - t1
@@ -89,18 +87,17 @@ def train_breakdown(scene, cfg: FourDGSConfig, device: torch.device, steps: int)
 def render_breakdown(bits_path: Path, scene, device: torch.device, repeats: int = 5) -> dict[str, float]:
     model, _ = codec.decode(Bitstream.read(bits_path), device, source=str(bits_path))
     frames = scene.test
-    cams = [(torch.as_tensor(f.camera.w2c, dtype=torch.float32, device=device),
-             torch.as_tensor(f.camera.K, dtype=torch.float32, device=device)) for f in frames]
+    cams = [model._camera_tensors(f.camera) for f in frames]
     for f in frames[:3]:
         model.render(f.camera, f.time)
     deform_s = raster_s = full_s = 0.0
     for _ in range(repeats):
         for f, (vm, K) in zip(frames, cams):
             t0 = _sync(device)
-            means, quats, ls, opa, sh = model.deformed(f.time)
+            acts = model.activated(f.time)  # eager, also when render() replays the CUDA graph
             t1 = _sync(device)
-            rasterize(means, quats, torch.exp(ls), torch.sigmoid(opa), sh, vm, K, f.camera.width,
-                      f.camera.height, sh_degree=model.sh_degree, background=model.background)
+            rasterize(*acts, vm, K, f.camera.width, f.camera.height, sh_degree=model.sh_degree,
+                      background=model.background)
             t2 = _sync(device)
             model.render(f.camera, f.time)
             t3 = _sync(device)

@@ -44,6 +44,11 @@ class HexPlaneConfig:
         return self.feature_dim * len(self.multires)
 
 
+def _stack_if_same_shape(planes: list[torch.Tensor]) -> torch.Tensor | None:
+    """Planes concatenated on dim 0 when they share a shape (one kernel instead of three), else None."""
+    return torch.cat(planes, 0) if len({tuple(p.shape) for p in planes}) == 1 else None
+
+
 class HexPlane(nn.Module):
     def __init__(self, cfg: HexPlaneConfig, aabb: torch.Tensor) -> None:
         super().__init__()
@@ -101,8 +106,8 @@ class HexPlane(nn.Module):
         # grid_sample call as a batch of three (2 calls per scale instead of 6).
         for group, idx in ((SPACE_PLANES, self._space_pairs), (TIME_PLANES, self._time_pairs)):
             xy = coords[:, idx].permute(1, 0, 2)  # (3, N, 2)
-            if len({tuple(planes[i].shape) for i in group}) == 1:
-                grid = torch.cat([planes[i] for i in group], 0)  # (3, C, H, W)
+            grid = _stack_if_same_shape([planes[i] for i in group])  # (3, C, H, W) or None
+            if grid is not None:
                 f = F.grid_sample(grid, xy[:, None], mode="bilinear", padding_mode="border", align_corners=True)
                 f = f[:, :, 0].prod(0)  # (C, N)
             else:
@@ -127,10 +132,8 @@ class HexPlane(nn.Module):
         out = []
         for s in self.grids:
             planes = [s[i] for i in group]
-            if len({tuple(p.shape) for p in planes}) == 1:
-                out.append(torch.cat(planes, 0))
-            else:
-                out += planes
+            stacked = _stack_if_same_shape(planes)
+            out += [stacked] if stacked is not None else planes
         return out
 
     def regulariser(self, plane_tv: float, time_smoothness: float, l1_time: float) -> torch.Tensor:

@@ -32,6 +32,7 @@ from evalkit.data.scene import Frame, Scene
 from evalkit.methods.fourdgs.config import FourDGSConfig
 from evalkit.methods.fourdgs.deformation import DeformationField
 from evalkit.methods.fourdgs.model import FourDGSModel, init_gaussians
+from evalkit.metrics.image import ssim
 
 
 def log_lerp(init: float, final: float, step: int, max_steps: int) -> float:
@@ -163,7 +164,6 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
                 l1 = (out.image - gt).abs().mean()
                 view_loss = l1
                 if cfg.lambda_dssim > 0:
-                    from evalkit.metrics.image import ssim
                     view_loss = view_loss + cfg.lambda_dssim * (1.0 - ssim(out.image, gt))
                 loss = loss + view_loss / cfg.batch_size
                 l1_sum = l1_sum + l1.detach()
