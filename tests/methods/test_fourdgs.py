@@ -166,3 +166,44 @@ def test_graphed_render_equals_eager_render_on_gpu(trained, tiny_scene, tmp_path
         slow = decoded.render(f.camera, f.time)  # the same model without the CUDA graph
         decoded._graphed = graphed
         torch.testing.assert_close(fast, slow, rtol=0, atol=1e-6)
+
+
+def test_pruning_follows_the_reference_schedule():
+    """The reference's densify() only clones/splits; it prunes every pruning_interval steps before
+    densify_until_iter, and only above 200k Gaussians (D-NeRF: never)."""
+    from evalkit.methods.fourdgs.trainer import reference_prunes_at
+    cfg = FourDGSConfig()
+    assert not reference_prunes_at(cfg, 8000, 150_000)  # below the 200k gate
+    assert reference_prunes_at(cfg, 8000, 250_000)
+    assert not reference_prunes_at(cfg, 8100, 250_000)  # a refinement step, not a pruning step
+    assert not reference_prunes_at(cfg, 16000, 250_000)  # after densify_until_iter
+    quick = cfg.scaled_schedule(2300)  # the schedule scales with the iteration count
+    assert quick.pruning_interval == 800 and quick.pruning_from_iter == 50
+
+
+def test_reference_pruning_removes_transparent_and_oversized_gaussians():
+    from gsplat.strategy import DefaultStrategy
+    from evalkit.methods.fourdgs.model import FourDGSModel
+    from evalkit.methods.fourdgs.trainer import prune_as_reference
+    from evalkit.data.scene import PointCloud
+    from evalkit.methods.fourdgs.model import init_gaussians
+    from evalkit.methods.fourdgs.deformation import DeformationField
+    cfg = FourDGSConfig(**TINY)
+    pts = PointCloud(xyz=np.random.default_rng(0).uniform(-1, 1, (6, 3)).astype(np.float32), rgb=None)
+    g = init_gaussians(pts, 3, torch.device("cpu"))
+    with torch.no_grad():
+        g["scales"].fill_(np.log(0.01))
+        g["opacities"][0] = torch.logit(torch.tensor(0.001))  # transparent
+        g["scales"][1] = np.log(0.5)  # 0.5 > 0.1 x extent 2.0
+    model = FourDGSModel(g, DeformationField(cfg.deformation_config(), torch.tensor([[-1.0] * 3, [1.0] * 3])),
+                         3, torch.zeros(3))
+    opts = {k: torch.optim.Adam([{"params": [p], "lr": 1e-3, "name": k}]) for k, p in g.items()}
+    state = DefaultStrategy(refine_scale2d_stop_iter=1).initialize_state(scene_scale=2.0)
+    state["radii"] = torch.tensor([0.0, 0.0, 0.05, 0.0, 0.0, 0.0])  # 0.05 x 800 px = 40 px > 20
+    info = {"width": 800, "height": 600}
+    before = g["means"].detach().clone()
+    early = prune_as_reference(model, opts, dict(state), cfg, 2000, 2.0, info)  # before the first reset
+    assert early == 1 and torch.equal(g["means"].detach(), before[1:])
+    state["radii"] = state["radii"][1:]
+    late = prune_as_reference(model, opts, state, cfg, 9000, 2.0, info)
+    assert late == 2 and torch.equal(g["means"].detach(), before[[3, 4, 5]])

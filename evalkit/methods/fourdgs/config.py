@@ -48,6 +48,14 @@ class FourDGSConfig:
     densification_interval: int = 100
     opacity_reset_interval: int = 3000
     prune_opacity: float = 0.005
+    # Pruning as the reference: clone/split at every refinement, prune only every
+    # ``pruning_interval`` steps (from ``pruning_from_iter``, before ``densify_until_iter``) and only
+    # while more than ``prune_above`` Gaussians exist. ``prune_at_refine`` prunes at every
+    # refinement instead (gsplat's DefaultStrategy behaviour).
+    pruning_from_iter: int = 500
+    pruning_interval: int = 8000
+    prune_above: int = 200000
+    prune_at_refine: bool = False
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> "FourDGSConfig":
@@ -79,6 +87,7 @@ class FourDGSConfig:
                  iterations=iterations - (s(self.coarse_iterations) if self.coarse_iterations else 0),
                  position_lr_max_steps=s(self.position_lr_max_steps), densify_from_iter=s(self.densify_from_iter),
                  densify_until_iter=s(self.densify_until_iter),
+                 pruning_from_iter=s(self.pruning_from_iter), pruning_interval=s(self.pruning_interval),
                  # Refining every step on a short schedule would explode the Gaussian count:
                  # keep the protocol interval unless fewer than 5 refinements would remain.
                  densification_interval=min(self.densification_interval,

@@ -3,12 +3,14 @@
 Choices, each as the reference does unless noted:
 * Each stage restarts its iteration counter, learning-rate schedules and densification schedule.
 * Loss: L1 (+ lambda_dssim * D-SSIM when set) + HexPlane regularisers in the fine stage.
-* Densification and pruning use gsplat's ``DefaultStrategy`` (clone/split on the view-space
-  gradient of the rendered, i.e. deformed, Gaussians). Differences from the reference: gsplat
-  prunes low-opacity Gaussians at every refinement (the reference prunes only above 200k
-  Gaussians), and gsplat 1.5.3 never resets opacity (its test ``step % reset_every == 0 & step > 0``
-  is always false), so the trainer calls gsplat's ``reset_opa`` itself every
-  ``opacity_reset_interval`` steps as the reference does.
+* Densification uses gsplat's ``DefaultStrategy`` (clone/split on the view-space gradient of the
+  rendered, i.e. deformed, Gaussians). gsplat also prunes at every refinement; the reference's
+  ``densify`` only clones and splits and it prunes every ``pruning_interval`` steps, and then only
+  above 200k Gaussians (never on D-NeRF). So the strategy's pruning is switched off and
+  ``prune_as_reference`` applies the reference's rule (``prune_at_refine`` restores gsplat's).
+  gsplat 1.5.3 never resets opacity (its test ``step % reset_every == 0 & step > 0`` is always
+  false), so the trainer calls gsplat's ``reset_opa`` itself every ``opacity_reset_interval``
+  steps as the reference does.
 * Learning rates of positions, deformation MLP and grid decay log-linearly and are scaled by the
   scene extent (the reference's ``spatial_lr_scale``).
 * SH degree grows by one every 1000 iterations (counted over both stages).
@@ -26,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from gsplat.strategy import DefaultStrategy
-from gsplat.strategy.ops import reset_opa
+from gsplat.strategy.ops import remove, reset_opa
 
 from evalkit.data.scene import Frame, Scene
 from evalkit.methods.fourdgs.config import FourDGSConfig
@@ -71,6 +73,29 @@ def _deformation_optimizer(deform: DeformationField, cfg: FourDGSConfig, extent:
         {"params": deform.mlp_parameters(), "lr": cfg.deformation_lr_init * extent, "name": "deformation"},
         {"params": deform.grid_parameters(), "lr": cfg.grid_lr_init * extent, "name": "grid"},
     ], eps=1e-15, fused=next(deform.parameters()).device.type == "cuda")
+
+
+def reference_prunes_at(cfg: FourDGSConfig, step: int, num_gaussians: int) -> bool:
+    """The reference's pruning condition (train.py, inside the densification block)."""
+    return (step < cfg.densify_until_iter and step > cfg.pruning_from_iter and step % cfg.pruning_interval == 0
+            and num_gaussians > cfg.prune_above)
+
+
+@torch.no_grad()
+def prune_as_reference(model: FourDGSModel, opts: dict, state: dict, cfg: FourDGSConfig, step: int,
+                       extent: float, info: dict) -> int:
+    """Remove Gaussians with opacity below ``prune_opacity`` and, after the first opacity reset,
+    those larger than 20 px on screen (max since the last refinement) or 0.1 x the scene extent."""
+    g = model.gaussians
+    mask = torch.sigmoid(g["opacities"].flatten()) < cfg.prune_opacity
+    if step > cfg.opacity_reset_interval:
+        mask |= torch.exp(g["scales"]).max(dim=-1).values > 0.1 * extent
+        if state.get("radii") is not None:
+            mask |= state["radii"] * float(max(info["width"], info["height"])) > 20.0
+    n = int(mask.sum())
+    if n:
+        remove(g, opts, state, mask)
+    return n
 
 
 @dataclass
@@ -129,11 +154,15 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
         fine = stage == "fine"
         opts = _optimizers(model, cfg, extent)
         dopt = _deformation_optimizer(deform, cfg, extent) if fine else None
+        gsplat_prunes = cfg.prune_at_refine
         strategy = DefaultStrategy(
-            prune_opa=cfg.prune_opacity, grow_grad2d=cfg.densify_grad_threshold,
-            grow_scale3d=cfg.percent_dense, prune_scale3d=0.1,
+            prune_opa=cfg.prune_opacity if gsplat_prunes else 0.0, grow_grad2d=cfg.densify_grad_threshold,
+            grow_scale3d=cfg.percent_dense, prune_scale3d=0.1 if gsplat_prunes else math.inf,
             refine_start_iter=cfg.densify_from_iter, refine_stop_iter=cfg.densify_until_iter,
             reset_every=cfg.opacity_reset_interval, refine_every=cfg.densification_interval,
+            # 1: track the max screen radius since the last refinement (the reference's
+            # max_radii2D) without gsplat's screen-size split/prune (active only below step 1)
+            refine_scale2d_stop_iter=0 if gsplat_prunes else 1,
             absgrad=False, verbose=False)
         strategy.check_sanity(model.gaussians, opts)
         state = strategy.initialize_state(scene_scale=extent)
@@ -180,6 +209,8 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
                     if step < cfg.densify_until_iter:
                         strategy._update_state(model.gaussians, state, info, packed=False)
                 strategy.step_post_backward(model.gaussians, opts, state, step, infos[-1], packed=False)
+                if not gsplat_prunes and reference_prunes_at(cfg, step, model.num_primitives()):
+                    prune_as_reference(model, opts, state, cfg, step, extent, infos[-1])
                 if step < cfg.densify_until_iter and step % cfg.opacity_reset_interval == 0:
                     reset_opa(model.gaussians, opts, state, value=cfg.prune_opacity * 2.0)
             for o in opts.values():

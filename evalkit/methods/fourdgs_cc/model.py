@@ -41,7 +41,7 @@ class FourDGSCCModel(FourDGSModel):
         dev = base.device
         hp = grid.cfg
         self.nvcc = (NVCC(hp, cc.hexplane_qstep, cc.nvcc_hidden, cc.nvcc_window, cc.nvcc_spatial_prior,
-                          cc.nvcc_hidden_update, cc.first_feature).to(dev)
+                          cc.nvcc_hidden_update, cc.first_feature, cc.cuda_graphs).to(dev)
                      if cc.compress_hexplane and cc.nvcc else None)
         dim = 3 * (self.sh_degree + 1) ** 2
         self.vq = (SHVectorQuantizer(cc.codebook_size, dim, cc.codebook_qstep, cc.kmeans_iters, seed).to(dev)

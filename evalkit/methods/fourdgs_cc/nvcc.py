@@ -58,6 +58,7 @@ from evalkit.codec.entropy import (FactorizedPrior, GaussianConditional, compres
 from evalkit.codec.quantize import relaxed_round, round_ste
 from evalkit.codec.serialize import read_uvarint, unzigzag, write_uvarint, zigzag
 from evalkit.methods.fourdgs.hexplane import HexPlaneConfig, SPACE_PLANES, TIME_PLANES
+from evalkit.methods.fourdgs_cc.recurrence import GraphedRecurrence
 from evalkit.methods.fourdgs_cc.vqcc import center_factorized_prior, cpu64
 
 def plane_offset(i: int) -> float:
@@ -137,10 +138,18 @@ class WindowCrossAttention(nn.Module):
         return self.k(f)[..., idx, :], self.v(f)[..., idx, :]
 
     def step(self, h: torch.Tensor, kw: torch.Tensor, vw: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        """One update of Eq. (1) from precomputed windowed keys/values of the previous row."""
-        logits = (self.q(h)[:, :, None, :] * kw).sum(-1) * kw.shape[-1] ** -0.5 + self.rel_bias
-        attn = logits.masked_fill(~valid, -1e4).softmax(-1)
-        return (attn[..., None] * vw).sum(2)
+        """One update of Eq. (1) from windowed keys/values of the previous row (coding path; the
+        training path, ``projected_keys`` + ``recurrence``, computes the same numbers)."""
+        logits = (self.q(h)[:, :, None, :] * kw).sum(-1) * kw.shape[-1] ** -0.5 + self.logit_bias(valid)
+        return (logits.softmax(-1)[..., None] * vw).sum(2)
+
+    def logit_bias(self, valid: torch.Tensor) -> torch.Tensor:
+        """Relative-position bias plus the window mask (-1e4 outside the row)."""
+        return self.rel_bias - 1e4 * (~valid).to(self.rel_bias.dtype)
+
+    def projected_keys(self, kw: torch.Tensor) -> torch.Tensor:
+        """Keys mapped so that q(h) . k / sqrt(d) = h . kq: kq = k W_q / sqrt(d) (batched)."""
+        return (kw @ self.q.weight) * kw.shape[-1] ** -0.5
 
 
 class ParamHead(nn.Module):
@@ -164,7 +173,8 @@ class ParamHead(nn.Module):
 
 class NVCC(nn.Module):
     def __init__(self, hexplane: HexPlaneConfig, step: float, hidden: int = 32, window: int = 2,
-                 spatial_prior: bool = True, hidden_update: bool = True, first_feature: str = "factorized") -> None:
+                 spatial_prior: bool = True, hidden_update: bool = True, first_feature: str = "factorized",
+                 cuda_graphs: bool = True) -> None:
         super().__init__()
         if len(set(hexplane.resolution[:3])) != 1:
             raise ValueError(f"NVCC needs equal x, y, z plane resolutions (time planes of a level are coded "
@@ -186,6 +196,7 @@ class NVCC(nn.Module):
             self.head_st = ParamHead(2 * C, C, hidden, 6 * S)
             self.head_space = ParamHead(C, C, hidden, 6 * S)
         self.conditional = GaussianConditional()
+        self._recurrence = GraphedRecurrence(self, enabled=cuda_graphs)
         self.initialised = False  # ``initialise`` ran (training only; coding never changes weights)
 
     # -- layout helpers --------------------------------------------------------------------
@@ -249,15 +260,16 @@ class NVCC(nn.Module):
         Fp = torch.cat([F.pad(v, (0, 0, 0, wmax - v.shape[2])) for v in V], 0)  # (3S, T, Wmax, C)
         widths = torch.tensor([v.shape[2] for v in V for _ in range(v.shape[0])])
         idx, valid = self.attn.window(wmax, widths, Fp.device)
+        B, T1, C = Fp.shape[0], T - 1, Fp.shape[-1]
         # Teacher forcing: every previous row is known, so keys and values for all rows come from
         # one batched projection; only the query side of the recurrence runs step by step.
         kw, vw = self.attn.windowed_kv(Fp[:, :-1], idx)  # (3S, T-1, W, 2w+1, C)
-        kws, vws = kw.unbind(1), vw.unbind(1)  # unbind, not indexing: one gradient stack, not T copies
-        h, hs = Fp[:, 0], []
-        for t in range(1, T):
-            h = self.attn.step(h, kws[t - 1], vws[t - 1], valid)
-            hs.append(h)
-        H = torch.stack(hs, 1)
+        K = kw.shape[-2]
+        tokens = lambda x: x.transpose(0, 1).reshape(T1, B * wmax, K, C)  # noqa: E731
+        kq = tokens(self.attn.projected_keys(kw))
+        bias = self.attn.logit_bias(valid).reshape(B * wmax, K)
+        H = self._recurrence(Fp[:, 0].reshape(B * wmax, C), kq, bias, tokens(vw))
+        H = H.reshape(T1, B, wmax, C).transpose(0, 1)  # (3S, T-1, W, C)
         out, b = [], 0
         for v in V:
             out.append(H[b:b + v.shape[0], :, :v.shape[2]])
