@@ -50,7 +50,7 @@ class CCConfig:
     first_feature: str = "factorized"  # "factorized" (Balle's univariate density) or "uniform"
 
     rate_interval: int = 1  # rate terms every k-th fine step, weighted by k (GPU-time knob; 1 = paper)
-    cuda_graphs: bool = True  # replay NVCC's training recurrence from CUDA graphs (same numbers, fewer launches)
+    cuda_graphs: bool = True  # replay the training rate terms from CUDA graphs (same numbers, fewer launches)
     entropy_lr: float = 1e-3
     entropy_model_dtype: str = "float16"  # entropy-model weights in the bitstream
     mlp_dtype: str = "float32"  # deformation MLP weights in the bitstream

@@ -1,11 +1,15 @@
 """The 4DGS model during 4DGS-CC training: quantised HexPlane, vector-quantised SH, rate terms."""
 from __future__ import annotations
 
+import weakref
+
 import torch
+import torch.nn as nn
 
 from evalkit.methods.fourdgs.hexplane import HexPlane
 from evalkit.methods.fourdgs.model import FourDGSModel
 from evalkit.methods.fourdgs_cc.config import CCConfig
+from evalkit.methods.fourdgs_cc.cuda_graphs import GraphedCalls
 from evalkit.methods.fourdgs_cc.nvcc import NVCC, ste_plane
 from evalkit.methods.fourdgs_cc.vq import SHVectorQuantizer
 from evalkit.methods.fourdgs_cc.vqcc import VQCC
@@ -41,7 +45,7 @@ class FourDGSCCModel(FourDGSModel):
         dev = base.device
         hp = grid.cfg
         self.nvcc = (NVCC(hp, cc.hexplane_qstep, cc.nvcc_hidden, cc.nvcc_window, cc.nvcc_spatial_prior,
-                          cc.nvcc_hidden_update, cc.first_feature, cc.cuda_graphs).to(dev)
+                          cc.nvcc_hidden_update, cc.first_feature).to(dev)
                      if cc.compress_hexplane and cc.nvcc else None)
         dim = 3 * (self.sh_degree + 1) ** 2
         self.vq = (SHVectorQuantizer(cc.codebook_size, dim, cc.codebook_qstep, cc.kmeans_iters, seed).to(dev)
@@ -63,17 +67,60 @@ class FourDGSCCModel(FourDGSModel):
         return groups
 
     def rate_terms(self, mode: str = "noise") -> dict[str, tuple[torch.Tensor, int]]:
-        """(bits, coded values) of the HexPlane (NVCC) and of the codebook (VQCC, once VQ runs)."""
-        out = {}
-        if self.nvcc is not None:
-            planes = [list(scale) for scale in self.deformation.grid.grids]
-            if not self.nvcc.initialised:
-                self.nvcc.initialise(planes)
-            out["nvcc"] = self.nvcc.bits(planes, mode)
+        """(bits, coded values) of the HexPlane (NVCC) and of the codebook (VQCC, once VQ runs).
+        On CUDA the computation replays from a CUDA graph (``cuda_graphs``; same numbers)."""
+        planes = [p for scale in self.deformation.grid.grids for p in scale] if self.nvcc is not None else []
+        if self.nvcc is not None and not self.nvcc.initialised:
+            self.nvcc.initialise(_levels(planes, len(self.nvcc.hp.multires)))
+        codebook = None
         if self.vqcc is not None and self.vq is not None and self.vq.active:
             codebook = self.vq.codebook[:self.vq.n_codes]
             if not self.vqcc.initialised:
                 self.vqcc.initialise(codebook.detach())
-            out["vqcc"] = self.vqcc.bits(codebook, mode)
+        tensors = tuple(planes) + ((codebook,) if codebook is not None else ())
+        if not tensors:
+            return {}
+        levels = len(self.nvcc.hp.multires) if self.nvcc is not None else 0
+        key = (mode, len(planes), codebook is not None)
+        bits = self._graphs(key, lambda: _RateTerms(self.nvcc, self.vqcc, mode, levels), *tensors)
+        out, k = {}, 0
+        if planes:
+            out["nvcc"] = (bits[k], sum(p.numel() for p in planes))
+            k += 1
+        if codebook is not None:
+            out["vqcc"] = (bits[k], codebook.numel())
         return out
 
+    @property
+    def _graphs(self) -> GraphedCalls:
+        graphs = _GRAPHS.get(self)
+        if graphs is None:
+            graphs = _GRAPHS[self] = GraphedCalls(self.cc.cuda_graphs)
+        return graphs
+
+
+def _levels(planes: list[torch.Tensor], levels: int) -> list[list[torch.Tensor]]:
+    per = len(planes) // max(levels, 1)
+    return [list(planes[i * per:(i + 1) * per]) for i in range(levels)]
+
+
+class _RateTerms(nn.Module):
+    """planes (flat, level-major) [+ codebook] -> (NVCC bits[, VQCC bits]): the unit captured as
+    a CUDA graph. Holds references to the entropy models; it is never part of the model tree."""
+
+    def __init__(self, nvcc: NVCC | None, vqcc: VQCC | None, mode: str, levels: int) -> None:
+        super().__init__()
+        self.nvcc, self.vqcc, self.mode, self.levels = nvcc, vqcc, mode, levels
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        n = 6 * self.levels if self.nvcc is not None else 0
+        out = []
+        if n:
+            out.append(self.nvcc.bits(_levels(list(tensors[:n]), self.levels), self.mode)[0])
+        if len(tensors) > n:
+            out.append(self.vqcc.bits(tensors[n], self.mode)[0])
+        return tuple(out)
+
+
+# Graph caches live outside the model so that copying or saving the model never touches them.
+_GRAPHS: "weakref.WeakKeyDictionary[FourDGSCCModel, GraphedCalls]" = weakref.WeakKeyDictionary()

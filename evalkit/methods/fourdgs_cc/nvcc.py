@@ -58,7 +58,7 @@ from evalkit.codec.entropy import (FactorizedPrior, GaussianConditional, compres
 from evalkit.codec.quantize import relaxed_round, round_ste
 from evalkit.codec.serialize import read_uvarint, unzigzag, write_uvarint, zigzag
 from evalkit.methods.fourdgs.hexplane import HexPlaneConfig, SPACE_PLANES, TIME_PLANES
-from evalkit.methods.fourdgs_cc.recurrence import GraphedRecurrence
+from evalkit.methods.fourdgs_cc.recurrence import recurrence
 from evalkit.methods.fourdgs_cc.vqcc import center_factorized_prior, cpu64
 
 def plane_offset(i: int) -> float:
@@ -173,8 +173,7 @@ class ParamHead(nn.Module):
 
 class NVCC(nn.Module):
     def __init__(self, hexplane: HexPlaneConfig, step: float, hidden: int = 32, window: int = 2,
-                 spatial_prior: bool = True, hidden_update: bool = True, first_feature: str = "factorized",
-                 cuda_graphs: bool = True) -> None:
+                 spatial_prior: bool = True, hidden_update: bool = True, first_feature: str = "factorized") -> None:
         super().__init__()
         if len(set(hexplane.resolution[:3])) != 1:
             raise ValueError(f"NVCC needs equal x, y, z plane resolutions (time planes of a level are coded "
@@ -196,15 +195,24 @@ class NVCC(nn.Module):
             self.head_st = ParamHead(2 * C, C, hidden, 6 * S)
             self.head_space = ParamHead(C, C, hidden, 6 * S)
         self.conditional = GaussianConditional()
-        self._recurrence = GraphedRecurrence(self, enabled=cuda_graphs)
+        # index tensors built once per device: a host-to-device copy every step would stall the
+        # GPU queue (and cannot be captured in a CUDA graph)
+        self._constants: dict[tuple, object] = {}
         self.initialised = False  # ``initialise`` ran (training only; coding never changes weights)
 
     # -- layout helpers --------------------------------------------------------------------
     def has_spatial(self, s: int) -> bool:
         return self.spatial_prior and s > 0
 
+    def _constant(self, key: tuple, make: Callable[[], object]):
+        hit = self._constants.get(key)
+        if hit is None:
+            hit = self._constants[key] = make()
+        return hit
+
     def _ids(self, s: int, planes: list[int], device) -> torch.Tensor:
-        return torch.tensor([s * 6 + i for i in planes], device=device)
+        return self._constant(("ids", s, tuple(planes), str(device)),
+                              lambda: torch.tensor([s * 6 + i for i in planes], device=device))
 
     def _first_index(self, s: int) -> int:
         return 0 if self.spatial_prior else s
@@ -258,8 +266,9 @@ class NVCC(nn.Module):
         T = V[0].shape[1]
         wmax = max(v.shape[2] for v in V)
         Fp = torch.cat([F.pad(v, (0, 0, 0, wmax - v.shape[2])) for v in V], 0)  # (3S, T, Wmax, C)
-        widths = torch.tensor([v.shape[2] for v in V for _ in range(v.shape[0])])
-        idx, valid = self.attn.window(wmax, widths, Fp.device)
+        widths = tuple(v.shape[2] for v in V for _ in range(v.shape[0]))
+        idx, valid = self._constant(("window", wmax, widths, str(Fp.device)),
+                                    lambda: self.attn.window(wmax, torch.tensor(widths), Fp.device))
         B, T1, C = Fp.shape[0], T - 1, Fp.shape[-1]
         # Teacher forcing: every previous row is known, so keys and values for all rows come from
         # one batched projection; only the query side of the recurrence runs step by step.
@@ -268,7 +277,7 @@ class NVCC(nn.Module):
         tokens = lambda x: x.transpose(0, 1).reshape(T1, B * wmax, K, C)  # noqa: E731
         kq = tokens(self.attn.projected_keys(kw))
         bias = self.attn.logit_bias(valid).reshape(B * wmax, K)
-        H = self._recurrence(Fp[:, 0].reshape(B * wmax, C), kq, bias, tokens(vw))
+        H = recurrence(Fp[:, 0].reshape(B * wmax, C), kq, bias, tokens(vw))
         H = H.reshape(T1, B, wmax, C).transpose(0, 1)  # (3S, T-1, W, C)
         out, b = [], 0
         for v in V:

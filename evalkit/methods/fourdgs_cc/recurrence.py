@@ -10,13 +10,10 @@ relative-position bias plus the window mask, V_t the windowed values. Written wi
 each step records ~10 tiny kernels forward and ~20 backward, and a 100-row time plane makes the
 rate term launch-bound (tens of ms per training step). Here the loop is 3 batched matmul /
 softmax kernels per step forward and 6 backward, with the per-step gradients of KQ, V and A
-computed after the loop in three batched kernels; on CUDA the whole forward and backward can
-additionally be captured as CUDA graphs (``torch.cuda.make_graphed_callables``), so a training
-step replays two graphs instead of launching ~900 kernels.
+computed after the loop in three batched kernels (and on CUDA the training step replays the
+whole rate term from a CUDA graph, ``cuda_graphs.GraphedCalls``).
 """
 from __future__ import annotations
-
-import weakref
 
 import torch
 
@@ -79,32 +76,3 @@ def reference_recurrence(h0: torch.Tensor, kq: torch.Tensor, bias: torch.Tensor,
         h = (a[..., None] * v[t]).sum(1)
         out.append(h)
     return torch.stack(out)
-
-
-class GraphedRecurrence:
-    """``recurrence`` replayed from CUDA graphs, one capture per input shape; falls back to the
-    eager version (same numbers, more launches) when capture fails or off CUDA."""
-
-    _cache: "weakref.WeakKeyDictionary[object, dict]" = weakref.WeakKeyDictionary()
-
-    def __init__(self, owner: object, enabled: bool = True) -> None:
-        self.owner, self.enabled = owner, bool(enabled)
-        self.failed: str | None = None
-
-    def __call__(self, h0: torch.Tensor, kq: torch.Tensor, bias: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        if not (self.enabled and self.failed is None and h0.is_cuda and torch.is_grad_enabled()
-                and all(x.requires_grad for x in (h0, kq, bias, v))):
-            return recurrence(h0, kq, bias, v)
-        graphs = self._cache.setdefault(self.owner, {})
-        key = tuple((tuple(x.shape), x.dtype) for x in (h0, kq, bias, v))
-        fn = graphs.get(key)
-        if fn is None:
-            try:
-                samples = tuple(x.detach().clone().requires_grad_(True) for x in (h0, kq, bias, v))
-                fn = torch.cuda.make_graphed_callables(recurrence, samples)
-            except (RuntimeError, AssertionError) as exc:  # correct either way, only slower
-                self.failed = f"{type(exc).__name__}: {exc}"
-                return recurrence(h0, kq, bias, v)
-            graphs[key] = fn
-        # The graph's output is a static buffer overwritten by the next replay: clone it.
-        return fn(h0, kq, bias, v).clone()

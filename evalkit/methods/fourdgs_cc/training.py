@@ -59,7 +59,7 @@ def coarse_stage(scene: Scene, fcfg: FourDGSConfig, ctx: TrainContext) -> tuple[
 
 
 def fine_stage(scene: Scene, fcfg: FourDGSConfig, cc: CCConfig, base: FourDGSModel,
-               ctx: TrainContext) -> tuple[FourDGSCCModel, dict]:
+               ctx: TrainContext, bank=None) -> tuple[FourDGSCCModel, dict]:
     """The 4DGS fine stage with L = L_4DGS + lambda_e R_voxels + lambda_c R_code (Eq. 2), rates in
     bits per coded value (as HAC [5]; the paper does not say how its rates are normalised)."""
     model = FourDGSCCModel(base, cc, seed=ctx.budget.seed)
@@ -83,7 +83,8 @@ def fine_stage(scene: Scene, fcfg: FourDGSConfig, cc: CCConfig, base: FourDGSMod
         return loss
 
     _, stats = train(scene, fcfg, ctx.device, model=model, stages=("fine",), extra_loss=extra_loss,
-                     extra_optimizer=optimizer, progress=ctx.progress, log=ctx.log, seed=ctx.budget.seed)
+                     extra_optimizer=optimizer, progress=ctx.progress, log=ctx.log, seed=ctx.budget.seed,
+                     bank=bank)
     st = {s.stage: {"iterations": s.iterations, "seconds": s.seconds, "gaussians": s.num_gaussians} for s in stats}
     st["rate_estimates"] = last
     st["vq"] = {"start": schedule.start, "assign_until": schedule.until, "interval": schedule.interval}
