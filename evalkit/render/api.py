@@ -74,6 +74,14 @@ def camera_tensors(camera: "Camera", device: torch.device | str = "cpu",
             torch.as_tensor(np.asarray(camera.K), dtype=dtype, device=device))
 
 
+def check_intrinsics(K) -> None:
+    """K must be (3, 3) [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] (gsplat's pinhole model, no skew)."""
+    k = np.asarray(K.detach().cpu() if isinstance(K, Tensor) else K, dtype=np.float64)
+    _check(k.shape == (3, 3), f"K must be (3, 3), got {k.shape}")
+    _check(k[0, 1] == 0 and k[1, 0] == 0 and bool(np.all(k[2] == [0, 0, 1])),
+           f"K must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] (no skew), got {k.tolist()}")
+
+
 def _check(cond: bool, problem: str) -> None:
     if not cond:
         raise ValueError(f"rasterize: {problem}")
@@ -123,12 +131,14 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
     _check(int(width) == width and int(height) == height and width > 0 and height > 0,
            f"width/height must be positive integers, got {width}x{height}")
     _check(0 < near < far, f"need 0 < near < far, got near={near}, far={far}")
+    if not (isinstance(K, Tensor) and K.is_cuda):
+        # Checked on the host only: reading a CUDA tensor's values would stall the GPU queue on
+        # every render (callers that keep K on the GPU, like the 4DGS models, check it once).
+        check_intrinsics(K)
     viewmat = torch.as_tensor(viewmat, dtype=means.dtype, device=means.device)
     K = torch.as_tensor(K, dtype=means.dtype, device=means.device)
     _check(viewmat.shape == (4, 4), f"viewmat must be (4, 4), got {tuple(viewmat.shape)}")
     _check(K.shape == (3, 3), f"K must be (3, 3), got {tuple(K.shape)}")
-    _check(bool(K[0, 1] == 0) and bool(K[1, 0] == 0) and bool((K[2] == K.new_tensor([0, 0, 1])).all()),
-           f"K must be [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] (no skew), got {K.tolist()}")
     d = colors.shape[-1]
     if background is not None:
         background = torch.as_tensor(background, dtype=means.dtype, device=means.device)

@@ -207,3 +207,24 @@ def test_reference_pruning_removes_transparent_and_oversized_gaussians():
     state["radii"] = state["radii"][1:]
     late = prune_as_reference(model, opts, state, cfg, 9000, 2.0, info)
     assert late == 2 and torch.equal(g["means"].detach(), before[[3, 4, 5]])
+
+
+def test_sync_free_statistics_equal_gsplats():
+    """accumulate_stats keeps the same running sums as gsplat's DefaultStrategy._update_state."""
+    from gsplat.strategy import DefaultStrategy
+    from evalkit.methods.fourdgs.trainer import accumulate_stats
+    g = torch.Generator().manual_seed(0)
+    n = 50
+    params = {"means": torch.zeros(n, 3)}
+    strategy = DefaultStrategy(refine_scale2d_stop_iter=1)
+    ours, theirs = strategy.initialize_state(1.0), strategy.initialize_state(1.0)
+    for _ in range(3):
+        means2d = torch.zeros(1, n, 2, requires_grad=True)
+        means2d.grad = torch.randn(1, n, 2, generator=g)
+        radii = torch.randint(0, 4, (1, n, 2), generator=g).to(torch.int32)
+        info = {"width": 64, "height": 48, "n_cameras": 1, "radii": radii, "gaussian_ids": None,
+                "means2d": means2d}
+        accumulate_stats(strategy, params, ours, info)
+        strategy._update_state(params, theirs, info, packed=False)
+    for k in ("grad2d", "count", "radii"):
+        assert torch.allclose(ours[k], theirs[k], atol=1e-6), k

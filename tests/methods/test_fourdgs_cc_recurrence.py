@@ -53,6 +53,36 @@ def test_training_priors_equal_the_coding_path() -> None:
     assert len(TIME_PLANES) == 3
 
 
+def test_triton_kernels_match_the_pytorch_loop_in_the_interpreter() -> None:
+    """The CUDA path's Triton kernels, run by Triton's CPU interpreter, against autograd."""
+    pytest.importorskip("triton")
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).with_name("_triton_recurrence_check.py")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.gpu
+def test_triton_recurrence_on_cuda_matches_autograd() -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from evalkit.methods.fourdgs_cc.recurrence import _TRITON
+    xs = _inputs(T1=99, N=768, K=5, C=32, dtype=torch.float32, device="cuda")
+    out = recurrence(*xs)
+    w = torch.randn_like(out)
+    grads = torch.autograd.grad((out * w).sum(), xs)
+    ref = reference_recurrence(*xs)
+    ref_grads = torch.autograd.grad((ref * w).sum(), xs)
+    assert _TRITON["failed"] is None
+    assert torch.allclose(out, ref, atol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        assert torch.allclose(g, r, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.gpu
 def test_graphed_rate_terms_equal_eager_rate_terms() -> None:
     """The CUDA-graph replay of the rate terms gives the eager bits and gradients, call after call."""

@@ -11,6 +11,7 @@ from scipy.spatial import cKDTree
 from evalkit.data.scene import Camera, PointCloud
 from evalkit.methods.fourdgs.deformation import DeformationConfig, DeformationField
 from evalkit.render import RenderOutput, rasterize
+from evalkit.render.api import check_intrinsics
 
 C0 = 0.28209479177387814  # SH band-0 constant
 
@@ -101,6 +102,7 @@ class FourDGSModel(nn.Module):
     def _camera_tensors(self, camera: Camera) -> tuple[torch.Tensor, torch.Tensor]:
         hit = self._cameras.get(id(camera))
         if hit is None or hit[0] is not camera:
+            check_intrinsics(camera.K)  # once per camera, on the host
             dev = self.device
             hit = (camera, torch.as_tensor(camera.w2c, dtype=torch.float32, device=dev),
                    torch.as_tensor(camera.K, dtype=torch.float32, device=dev))

@@ -75,6 +75,42 @@ def _deformation_optimizer(deform: DeformationField, cfg: FourDGSConfig, extent:
     ], eps=1e-15, fused=next(deform.parameters()).device.type == "cuda")
 
 
+@torch.no_grad()
+def accumulate_stats(strategy: DefaultStrategy, params, state: dict, info: dict) -> None:
+    """gsplat ``DefaultStrategy._update_state`` (unpacked) without its boolean indexing, which
+    synchronises with the GPU on every step; same sums (a test compares the two)."""
+    grads = info["means2d"].absgrad if strategy.absgrad else info["means2d"].grad
+    scale = grads.new_tensor([info["width"] / 2.0 * info["n_cameras"], info["height"] / 2.0 * info["n_cameras"]])
+    n = len(params["means"])
+    sel = (info["radii"] > 0).all(dim=-1)  # (C, N) visible
+    if state["grad2d"] is None:
+        state["grad2d"] = torch.zeros(n, device=grads.device)
+    if state["count"] is None:
+        state["count"] = torch.zeros(n, device=grads.device)
+    state["grad2d"] += ((grads * scale).norm(dim=-1) * sel).sum(0)
+    state["count"] += sel.sum(0)
+    if strategy.refine_scale2d_stop_iter > 0:
+        if state["radii"] is None:
+            state["radii"] = torch.zeros(n, device=grads.device)
+        r = (info["radii"].max(dim=-1).values * sel).max(dim=0).values / float(max(info["width"], info["height"]))
+        torch.maximum(state["radii"], r, out=state["radii"])
+
+
+@torch.no_grad()
+def refine(strategy: DefaultStrategy, params, opts: dict, state: dict, step: int) -> None:
+    """The refinement of gsplat's ``step_post_backward`` (grow, then its prune, then reset the
+    statistics), on statistics from ``accumulate_stats``; below ``refine_stop_iter`` only."""
+    if not (strategy.refine_start_iter < step < strategy.refine_stop_iter and step % strategy.refine_every == 0
+            and step % strategy.reset_every >= strategy.pause_refine_after_reset):
+        return
+    strategy._grow_gs(params, opts, state, step)
+    strategy._prune_gs(params, opts, state, step)
+    state["grad2d"].zero_()
+    state["count"].zero_()
+    if strategy.refine_scale2d_stop_iter > 0:
+        state["radii"].zero_()
+
+
 def reference_prunes_at(cfg: FourDGSConfig, step: int, num_gaussians: int) -> bool:
     """The reference's pruning condition (train.py, inside the densification block)."""
     return (step < cfg.densify_until_iter and step > cfg.pruning_from_iter and step % cfg.pruning_interval == 0
@@ -205,10 +241,10 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
             loss.backward()
 
             with torch.no_grad():
-                for info in infos[:-1]:  # accumulate every view's densification statistics
-                    if step < cfg.densify_until_iter:
-                        strategy._update_state(model.gaussians, state, info, packed=False)
-                strategy.step_post_backward(model.gaussians, opts, state, step, infos[-1], packed=False)
+                if step < cfg.densify_until_iter:
+                    for info in infos:  # every view's densification statistics
+                        accumulate_stats(strategy, model.gaussians, state, info)
+                    refine(strategy, model.gaussians, opts, state, step)
                 if not gsplat_prunes and reference_prunes_at(cfg, step, model.num_primitives()):
                     prune_as_reference(model, opts, state, cfg, step, extent, infos[-1])
                 if step < cfg.densify_until_iter and step % cfg.opacity_reset_interval == 0:
@@ -230,6 +266,9 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
                 ema_psnr = pv if ema_psnr is None else 0.6 * ema_psnr + 0.4 * pv
                 progress(global_step, total, {"stage": stage, "loss": ema_loss, "psnr": ema_psnr,
                                               "gaussians": model.num_primitives()})
+            if step % max(1, iters // 10) == 0 and step < iters:  # a trace in the job log
+                log(f"{stage} stage: step {step}/{iters}, {time.perf_counter() - t0:.1f} s, "
+                    f"{model.num_primitives()} Gaussians, train PSNR ~{ema_psnr if ema_psnr is not None else float('nan'):.2f}")
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         st = StageStats(stage, iters, time.perf_counter() - t0, model.num_primitives())

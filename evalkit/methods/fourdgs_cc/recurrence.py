@@ -18,13 +18,32 @@ from __future__ import annotations
 import torch
 
 
+_TRITON = {"failed": None}  # set to the error if the Triton kernels ever fail: PyTorch loop from then on
+
+
+def _use_triton(x: torch.Tensor) -> bool:
+    from evalkit.methods.fourdgs_cc import recurrence_triton
+    return x.is_cuda and x.dtype == torch.float32 and recurrence_triton.available() and _TRITON["failed"] is None
+
+
 class AttentionRecurrence(torch.autograd.Function):
     """h0 (N, C), kq (T1, N, K, C), bias (N, K), v (T1, N, K, C) -> hidden states (T1, N, C).
 
-    N tokens (rows x positions) run independently; K is the window size."""
+    N tokens (rows x positions) run independently; K is the window size. On CUDA the loops run
+    as Triton kernels (``recurrence_triton``), elsewhere as batched PyTorch ops."""
 
     @staticmethod
     def forward(ctx, h0: torch.Tensor, kq: torch.Tensor, bias: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        ctx.triton = False
+        if _use_triton(h0):
+            from evalkit.methods.fourdgs_cc import recurrence_triton
+            try:
+                H, P = recurrence_triton.forward(h0, kq, bias, v)
+                ctx.triton = True
+                ctx.save_for_backward(h0, kq, v, H, P)
+                return H
+            except Exception as exc:  # noqa: BLE001 - compile/launch failure: same numbers from PyTorch
+                _TRITON["failed"] = f"{type(exc).__name__}: {exc}"
         T1, N, K, C = kq.shape
         kq_t = kq.transpose(-1, -2)  # (T1, N, C, K) view: bmm reads it transposed
         b = bias[:, None, :]
@@ -43,6 +62,9 @@ class AttentionRecurrence(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, gH: torch.Tensor):
         h0, kq, v, H, P = ctx.saved_tensors
+        if ctx.triton:
+            from evalkit.methods.fourdgs_cc import recurrence_triton
+            return recurrence_triton.backward(gH, h0, H, P, kq, v)
         T1, N, K, C = kq.shape
         gH = gH.reshape(T1, N, 1, C)
         G = torch.empty_like(H)  # total gradient reaching h_t
