@@ -71,7 +71,11 @@ def test_triton_recurrence_on_cuda_matches_autograd() -> None:
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     from evalkit.methods.fourdgs_cc.recurrence import _TRITON
+    # Contractive weights, as in NVCC (random O(1) keys make a 99-step recurrence chaotic: float32
+    # and float64 then differ by 1e-3 whatever the implementation).
     xs = _inputs(T1=99, N=768, K=5, C=32, dtype=torch.float32, device="cuda")
+    with torch.no_grad():
+        xs[1].mul_(0.05)
     out = recurrence(*xs)
     w = torch.randn_like(out)
     grads = torch.autograd.grad((out * w).sum(), xs)
