@@ -155,7 +155,9 @@ def methods() -> None:
     from evalkit.methods.registry import method_names
     from evalkit.specs import SpecError, load_method_spec
 
-    t = Table("method", "paper", "rate points")
+    from evalkit.specs import method_variants
+
+    t = Table("method", "paper", "rate points", "variants (--method NAME:VARIANT)")
     broken = []
     for name in method_names():
         try:
@@ -164,7 +166,8 @@ def methods() -> None:
             broken.append(str(exc))
             t.add_row(name, "[red]no usable spec[/]", "")
             continue
-        t.add_row(name, spec.paper, ", ".join(spec.rates))
+        t.add_row(name, spec.paper, ", ".join(spec.rates),
+                  ", ".join(v.partition(":")[2] for v in method_variants(name)))
     console.print(t)
     if broken:
         _fail("; ".join(broken))

@@ -126,15 +126,36 @@ def load_dataset_spec(key: str, root: Path | None = None) -> DatasetSpec:
 
 
 def load_method_spec(key: str, root: Path | None = None) -> MethodSpec:
+    """``key`` is a spec name (``methods/<key>.toml``) or ``<name>:<variant>``, a variant declared
+    in that spec's ``[variants.<variant>]`` table (e.g. an ablation): the same method and rate
+    points with the variant's options over the spec's defaults, recorded under its own name."""
     root = root or specs_dir()
-    path = root / "methods" / f"{key}.toml"
+    base, _, variant = key.partition(":")
+    path = root / "methods" / f"{base}.toml"
     if not path.is_file():
-        raise SpecError(path, f"unknown method {key!r}; known: {', '.join(list_specs('methods', root))}")
+        raise SpecError(path, f"unknown method {base!r}; known: {', '.join(list_specs('methods', root))}")
     d = _read_toml(path)
     rates = d.get("rates") or {"default": {}}
-    return MethodSpec(key=key, name=d.get("name", key), title=d.get("title", key), paper=d.get("paper", ""),
-                      defaults=d.get("defaults", {}), datasets=d.get("datasets", {}), rates=rates,
-                      quick=d.get("quick", {}), uncompressed=bool(d.get("uncompressed", False)), path=path)
+    defaults = dict(d.get("defaults", {}))
+    title = d.get("title", base)
+    if variant:
+        variants = d.get("variants", {})
+        if variant not in variants:
+            raise SpecError(path, f"unknown variant {variant!r} of method {base!r}; "
+                                  f"known: {', '.join(sorted(variants)) or 'none'}")
+        options = dict(variants[variant])
+        title = f"{title} ({options.pop('title', variant)})"
+        defaults.update(options)
+    return MethodSpec(key=key, name=key if variant else d.get("name", key), title=title, paper=d.get("paper", ""),
+                      defaults=defaults, datasets=d.get("datasets", {}), rates=rates,
+                      quick=d.get("quick", {}), uncompressed=bool(d.get("uncompressed", False)) and not variant,
+                      path=path)
+
+
+def method_variants(key: str, root: Path | None = None) -> list[str]:
+    """``<name>:<variant>`` for every variant the spec declares."""
+    path = (root or specs_dir()) / "methods" / f"{key}.toml"
+    return [f"{key}:{v}" for v in sorted(_read_toml(path).get("variants", {}))] if path.is_file() else []
 
 
 def list_specs(kind: str, root: Path | None = None) -> list[str]:

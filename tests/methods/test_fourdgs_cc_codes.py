@@ -185,3 +185,27 @@ def test_vq_starts_when_densification_stops() -> None:
     assert sched.start == 15000 and sched.action(15000) == "init"
     assert sched.action(15100) == "assign" and sched.action(15050) is None
     assert sched.until == 15000 + int(0.67 * 5000) and sched.action(19900) is None
+
+
+def test_ablations_are_spec_variants_of_the_method() -> None:
+    """Paper Figs. 5-7: each ablation is `4dgs-cc:<variant>`, the same method and rate points with
+    one component switched off, recorded under its own name."""
+    from evalkit.methods.registry import get_method
+    from evalkit.specs import SpecError, method_variants
+    expected = {"wo-cg": ("compress_canonical", False), "wo-nv": ("compress_hexplane", False),
+                "wo-vqcc": ("vqcc", False), "wo-nvcc": ("nvcc", False),
+                "wo-sp": ("nvcc_spatial_prior", False), "wo-hf": ("nvcc_hidden_update", False)}
+    assert sorted(v.partition(":")[2] for v in method_variants("4dgs-cc")) == sorted(expected)
+    base = load_method_spec("4dgs-cc")
+    for variant, (key, value) in expected.items():
+        spec = load_method_spec(f"4dgs-cc:{variant}")
+        assert spec.name == f"4dgs-cc:{variant}" and not spec.uncompressed
+        cfg = spec.config("dnerf", "lego")
+        assert cfg[key] == value and base.config("dnerf", "lego")[key] != value
+        assert {k: v for k, v in cfg.items() if k != key} == {k: v for k, v in base.config("dnerf", "lego").items() if k != key}
+        assert [r.params for r in spec.rate_points("dnerf")] == [r.params for r in base.rate_points("dnerf")]
+        assert type(get_method(spec.name)).__name__ == "FourDGSCC"
+        _, cc = split_config({}, cfg)
+        assert getattr(cc, key) == value
+    with pytest.raises(SpecError, match="4dgs-cc.toml.*unknown variant 'wo-xyz'.*wo-cg"):
+        load_method_spec("4dgs-cc:wo-xyz")
