@@ -34,7 +34,7 @@ def _percent(value: str) -> float:
 
 @app.command()
 def run(
-    method: str = typer.Option(..., "--method", "-m", help="Method name (see `evalkit methods`)."),
+    method: list[str] = typer.Option(..., "--method", "-m", help="Method name(s) (see `evalkit methods`), e.g. 4dgs-cc and its variants."),
     dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset spec name: dnerf, hypernerf, neu3d, synthetic."),
     scene: Optional[list[str]] = typer.Option(None, "--scene", "-s", help="Scene folder(s); default: all spec scenes present."),
     rate: Optional[list[str]] = typer.Option(None, "--rate", "-r", help="Rate point name(s); default: all of the method's."),

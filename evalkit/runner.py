@@ -330,15 +330,24 @@ class SweepResult:
         return [o for o in self.outcomes if o.status == "failed"]
 
 
-def run(method: str, dataset: str, *, scenes: list[str] | None = None, rates: list[str] | None = None,
+def run(method: str | list[str], dataset: str, *, scenes: list[str] | None = None, rates: list[str] | None = None,
         data_root: Path | None = None, opts: RunOptions | None = None,
         reporter: Reporter | None = None) -> SweepResult:
+    """Run every job of one or more methods (e.g. a method and its ablation variants). Jobs run
+    scene by scene, so a scene is loaded once and shared stages (4DGS-CC's coarse stage) are
+    trained once per scene."""
     opts = opts or RunOptions()
     reporter = reporter or Reporter()
+    jobs, notes = [], []
     try:
-        jobs, notes = plan_jobs(method, dataset, data_root, scenes, rates)
+        for m in [method] if isinstance(method, str) else list(dict.fromkeys(method)):
+            j, n = plan_jobs(m, dataset, data_root, scenes, rates)
+            jobs += j
+            notes += [x for x in n if x not in notes]
     except (SpecError, UnknownMethod) as exc:  # a spec without a registry entry, or the reverse
         raise RunError(str(exc)) from None
+    order = {scene: i for i, scene in enumerate(dict.fromkeys(job.scene for job in jobs))}
+    jobs.sort(key=lambda job: order[job.scene])  # stable: methods and rates keep their order
     result = SweepResult(notes=notes)
     scene_cache: dict = {}
     for i, job in enumerate(jobs):

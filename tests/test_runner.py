@@ -41,6 +41,7 @@ class ToyState:
     train_calls: list[tuple[str, str]] = field(default_factory=list)
     decoded_bytes: list[bytes] = field(default_factory=list)
     trained_colour: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    gains: list[tuple[str, float]] = field(default_factory=list)  # (scene, config gain) per train call
 
 
 STATE = ToyState()
@@ -73,7 +74,9 @@ class ToyMethod:
             STATE.fail_once.discard(key)
             raise RuntimeError(f"toy failure on {key}")
         mean = np.mean([f.load().reshape(-1, 3).mean(axis=0) for f in scene.train], axis=0)
-        colour = np.clip(mean * float(rate.params["scale"]), 0.0, 1.0)
+        gain = float(ctx.config.get("gain", 1.0))  # a spec variant changes it
+        STATE.gains.append((ctx.scene_name, gain))
+        colour = np.clip(mean * float(rate.params["scale"]) * gain, 0.0, 1.0)
         STATE.trained_colour[key] = colour
         return ToyModel(colour, int(rate.params["pad_bytes"]))
 
@@ -106,7 +109,8 @@ def write_toy_specs(root: Path) -> None:
         f"scenes = {json.dumps(list(SCENES))}\n")
     rates = "".join(f"[rates.{n}]\nscale = {p['scale']}\npad_bytes = {p['pad_bytes']}\n" for n, p in RATES.items())
     (root / "methods" / "toy.toml").write_text(
-        'name = "toy"\ntitle = "Toy"\npaper = "none"\n[defaults]\nknob = 3\n' + rates)
+        'name = "toy"\ntitle = "Toy"\npaper = "none"\n[defaults]\nknob = 3\n'
+        '[variants.dim]\ntitle = "half gain"\ngain = 0.5\n' + rates)
 
 
 @pytest.fixture
@@ -180,6 +184,21 @@ def test_failed_job_is_recorded_and_only_it_reruns(toy_bench: ToyBench) -> None:
     result = run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts(force=True))
     assert sorted(STATE.train_calls) == sorted(ALL_JOBS)
     assert {o.status for o in result.outcomes} == {"ok"}
+
+
+def test_method_and_variant_run_scene_by_scene_with_own_records(toy_bench: ToyBench) -> None:
+    """`--method toy --method toy:dim`: one sweep, jobs grouped by scene (each scene loaded once),
+    the variant's options reach the method and its records live under its own name."""
+    result = run(["toy", "toy:dim"], "toy", data_root=toy_bench.data_root, opts=toy_bench.opts())
+    assert not result.failed and len(result.outcomes) == 2 * len(ALL_JOBS)
+    scenes = [s for s, _ in STATE.gains]
+    assert scenes == sorted(scenes, key=list(SCENES).index)  # scene-major order
+    assert sorted({g for _, g in STATE.gains}) == [0.5, 1.0]
+    for scene in SCENES:
+        base = read_record(record_path(toy_bench.out, "toy", scene, "toy", "high"))
+        dim = read_record(record_path(toy_bench.out, "toy", scene, "toy:dim", "high"))
+        assert dim.method == "toy:dim" and dim.config["gain"] == 0.5 and base.config.get("gain") is None
+        assert dim.metrics["psnr"] != base.metrics["psnr"]
 
 
 def test_unreadable_record_is_redone(toy_bench: ToyBench) -> None:
