@@ -267,8 +267,9 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
                 progress(global_step, total, {"stage": stage, "loss": ema_loss, "psnr": ema_psnr,
                                               "gaussians": model.num_primitives()})
             if step % max(1, iters // 10) == 0 and step < iters:  # a trace in the job log
+                psnr_note = f", train PSNR ~{ema_psnr:.2f}" if ema_psnr is not None else ""
                 log(f"{stage} stage: step {step}/{iters}, {time.perf_counter() - t0:.1f} s, "
-                    f"{model.num_primitives()} Gaussians, train PSNR ~{ema_psnr if ema_psnr is not None else float('nan'):.2f}")
+                    f"{model.num_primitives()} Gaussians{psnr_note}")
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         st = StageStats(stage, iters, time.perf_counter() - t0, model.num_primitives())
