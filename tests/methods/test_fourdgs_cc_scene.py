@@ -100,6 +100,17 @@ def test_lower_lambda_gives_a_larger_file(trained) -> None:
     assert hb["total"] > lb["total"]
 
 
+def test_codebook_usage_is_reported(trained) -> None:
+    """The fine stage records how many codes exist, stay distinct on the grid and are used."""
+    _, high, _, _ = trained
+    vq = high.model.vq
+    usage = high.stats["vq"]
+    assert usage["codes"] == vq.n_codes
+    assert usage["used"] == len(set(vq.indices.tolist())) and 1 <= usage["used"] <= usage["codes"]
+    q = torch.round(vq.codebook[:vq.n_codes] / vq.step)
+    assert usage["distinct_quantised"] == len({tuple(r) for r in q.tolist()})
+
+
 def test_coarse_stage_is_shared_between_rate_points(trained) -> None:
     _, high, low, cache = trained
     assert high.reused is None and low.reused == {

@@ -88,4 +88,6 @@ def fine_stage(scene: Scene, fcfg: FourDGSConfig, cc: CCConfig, base: FourDGSMod
     st = {s.stage: {"iterations": s.iterations, "seconds": s.seconds, "gaussians": s.num_gaussians} for s in stats}
     st["rate_estimates"] = last
     st["vq"] = {"start": schedule.start, "assign_until": schedule.until, "interval": schedule.interval}
+    if model.vq is not None and model.vq.active:  # how much of the codebook the Gaussians use
+        st["vq"].update(model.vq.usage())
     return model, st

@@ -107,6 +107,14 @@ class SHVectorQuantizer(nn.Module):
         self.active = True
 
     @torch.no_grad()
+    def usage(self) -> dict[str, int]:
+        """Codes kept (``n_codes``), distinct after quantisation to the grid, and used by at
+        least one Gaussian: a diagnostic for codebook collapse."""
+        q = torch.round(self.codebook[:self.n_codes] / self.step)
+        return {"codes": int(self.n_codes), "distinct_quantised": int(torch.unique(q, dim=0).shape[0]),
+                "used": int(torch.unique(self.indices).numel())}
+
+    @torch.no_grad()
     def assign(self, flat: torch.Tensor) -> None:
         self.indices = nearest_code(flat, self.quantized_codebook())
 
