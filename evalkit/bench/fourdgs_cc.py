@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     device = torch.device(a.device)
 
     scene = load_scene(a.scene_dir)
-    name = scene.path.name if hasattr(scene, "path") else ""
+    name = scene.path.name
     spec = load_method_spec("4dgs-cc")
     rate = spec.rate_points(a.dataset, [a.rate])[0]
     base_cfg = load_method_spec("4dgs").config(a.dataset, name)
@@ -132,17 +132,14 @@ def sync_sources(scene, fcfg, cc, base, ctx, bank) -> None:
         where = " <- ".join(f"{f.filename.split('evalkit/')[-1]}:{f.lineno}" for f in reversed(frames[-3:]))
         seen[f"{str(message)[:60]} @ {where}"] += 1
 
-    old = warnings.showwarning
-    warnings.showwarning = record
     torch.cuda.set_sync_debug_mode("warn")
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings():  # restores showwarning on exit
             warnings.simplefilter("always")
             warnings.showwarning = record
             fine_stage(scene, fcfg, cc, copy.deepcopy(base), ctx, bank=bank)
     finally:
         torch.cuda.set_sync_debug_mode(0)
-        warnings.showwarning = old
     print(f"synchronising calls in {fcfg.iterations} 4DGS-CC steps:")
     for k, n in seen.most_common(20):
         print(f"  {n:5d}  {k}")

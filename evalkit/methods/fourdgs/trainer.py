@@ -80,14 +80,15 @@ def accumulate_stats(strategy: DefaultStrategy, params, state: dict, info: dict)
     """gsplat ``DefaultStrategy._update_state`` (unpacked) without its boolean indexing, which
     synchronises with the GPU on every step; same sums (a test compares the two)."""
     grads = info["means2d"].absgrad if strategy.absgrad else info["means2d"].grad
-    scale = grads.new_tensor([info["width"] / 2.0 * info["n_cameras"], info["height"] / 2.0 * info["n_cameras"]])
+    sx, sy = info["width"] / 2.0 * info["n_cameras"], info["height"] / 2.0 * info["n_cameras"]  # host floats:
+    # a tensor built from them would be a host-to-device copy every step
     n = len(params["means"])
     sel = (info["radii"] > 0).all(dim=-1)  # (C, N) visible
     if state["grad2d"] is None:
         state["grad2d"] = torch.zeros(n, device=grads.device)
     if state["count"] is None:
         state["count"] = torch.zeros(n, device=grads.device)
-    state["grad2d"] += ((grads * scale).norm(dim=-1) * sel).sum(0)
+    state["grad2d"] += (torch.hypot(grads[..., 0] * sx, grads[..., 1] * sy) * sel).sum(0)
     state["count"] += sel.sum(0)
     if strategy.refine_scale2d_stop_iter > 0:
         if state["radii"] is None:

@@ -23,17 +23,23 @@ def available() -> bool:
 
 if triton is not None:
     @triton.jit
-    def _forward_kernel(h0, kq, bias, v, H, P, T1, N, K: tl.constexpr, C: tl.constexpr,
-                        KP: tl.constexpr, CP: tl.constexpr, BN: tl.constexpr):
+    def _layout(N, K: tl.constexpr, C: tl.constexpr, KP: tl.constexpr, CP: tl.constexpr, BN: tl.constexpr):
+        """This program's token block: 2-D (token, slot / channel) and 3-D (token, slot, channel)
+        index grids and their in-range masks (K, C padded to the powers of two KP, CP)."""
         n = tl.program_id(0) * BN + tl.arange(0, BN)
         k = tl.arange(0, KP)
         c = tl.arange(0, CP)
         nm, km, cm = n < N, k < K, c < C
-        n2, k2, c2 = n[:, None], k[None, :], c[None, :]
         m_nc = nm[:, None] & cm[None, :]
         m_nk = nm[:, None] & km[None, :]
-        n3, k3, c3 = n[:, None, None], k[None, :, None], c[None, None, :]
         m3 = nm[:, None, None] & km[None, :, None] & cm[None, None, :]
+        return (n[:, None], k[None, :], c[None, :], n[:, None, None], k[None, :, None], c[None, None, :],
+                km, m_nc, m_nk, m3)
+
+    @triton.jit
+    def _forward_kernel(h0, kq, bias, v, H, P, T1, N, K: tl.constexpr, C: tl.constexpr,
+                        KP: tl.constexpr, CP: tl.constexpr, BN: tl.constexpr):
+        n2, k2, c2, n3, k3, c3, km, m_nc, m_nk, m3 = _layout(N, K, C, KP, CP, BN)
         h = tl.load(h0 + n2 * C + c2, mask=m_nc, other=0.0)
         b = tl.load(bias + n2 * K + k2, mask=m_nk, other=0.0)
         b = tl.where(km[None, :], b, float("-inf"))
@@ -52,15 +58,7 @@ if triton is not None:
     @triton.jit
     def _backward_kernel(gH, Hprev, P, kq, v, dh0, dkq, dbias, dv, T1, N, K: tl.constexpr, C: tl.constexpr,
                          KP: tl.constexpr, CP: tl.constexpr, BN: tl.constexpr):
-        n = tl.program_id(0) * BN + tl.arange(0, BN)
-        k = tl.arange(0, KP)
-        c = tl.arange(0, CP)
-        nm, km, cm = n < N, k < K, c < C
-        n2, k2, c2 = n[:, None], k[None, :], c[None, :]
-        m_nc = nm[:, None] & cm[None, :]
-        m_nk = nm[:, None] & km[None, :]
-        n3, k3, c3 = n[:, None, None], k[None, :, None], c[None, None, :]
-        m3 = nm[:, None, None] & km[None, :, None] & cm[None, None, :]
+        n2, k2, c2, n3, k3, c3, km, m_nc, m_nk, m3 = _layout(N, K, C, KP, CP, BN)
         carry = tl.zeros((BN, CP), dtype=tl.float32)
         db = tl.zeros((BN, KP), dtype=tl.float32)
         for i in range(0, T1):
