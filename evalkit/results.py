@@ -69,6 +69,9 @@ class Record:
     num_primitives: int | None = None
     timings: dict[str, float | None] = field(default_factory=dict)
     fps: dict[str, Any] | None = None
+    # Quality of the method's intermediate models (``Model.quality_stages``), label -> metrics, in
+    # the order the lossy steps apply: where the PSNR between training and the bitstream goes.
+    stage_metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)
     reused: dict[str, Any] | None = None
     env: dict[str, Any] = field(default_factory=dict)
     created: str = field(default_factory=_now_iso)
@@ -211,6 +214,9 @@ def _validate(data: Any, src: str | Path) -> None:
                 raise bad(f"'fps.{k}' must be a number or null")
         if fps.get("frames") is not None and not _is_int(fps["frames"]):
             raise bad("'fps.frames' must be an int or null")
+    want("stage_metrics", isinstance(g("stage_metrics"), dict) and all(
+        isinstance(m, dict) and all(v is None or _is_num(v) for v in m.values())
+        for m in g("stage_metrics", {}).values()), "an object of stage -> {metric: number or null}")
     want("reused", g("reused") is None or isinstance(g("reused"), dict), "an object or null")
     want("env", isinstance(g("env"), dict), "an object")
     want("notes", isinstance(g("notes"), list) and all(isinstance(n, str) for n in g("notes", [])),

@@ -224,6 +224,12 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict) -
             record.iterations = int(getattr(trained, "iterations", 0) or (iterations or 0))
             record.reused = getattr(trained, "reused", None)
             log(f"trained in {train_s:.1f} s, {trained.num_primitives()} primitives")
+            stages = getattr(trained, "quality_stages", None)
+            if callable(stages):
+                reporter.phase("evaluating the coding steps")
+                record.stage_metrics = _evaluate_stages(stages(), scene, device)
+                log("test quality by coding step: " + "; ".join(
+                    f"{k}: PSNR {v['psnr']} dB, SSIM {v['ssim']}" for k, v in record.stage_metrics.items()))
 
             reporter.phase("encoding")
             t0 = _sync_time(device)
@@ -285,18 +291,38 @@ _EVAL_NAME = {"dssim": "d_ssim"}  # record key -> evaluate_images key
 _RECORD_NAME = {v: k for k, v in _EVAL_NAME.items()}
 
 
-def _evaluate(model, scene: Scene, record: Record, device: torch.device, opts: RunOptions) -> None:
-    from evalkit.metrics.evaluate import evaluate_images
-    from evalkit.metrics.fps import measure_fps
-
+def _render_test(render, scene: Scene) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     frames = scene.test
     if not frames:
         raise RuntimeError(f"{scene.path}: the scene has no test frames")
     preds, gts = [], []
     with torch.no_grad():
         for f in frames:
-            preds.append(model.render(f.camera, f.time).float().cpu())
+            preds.append(render(f.camera, f.time).float().cpu())
             gts.append(torch.from_numpy(f.load()))
+    return preds, gts
+
+
+def _evaluate_stages(stages, scene: Scene, device: torch.device) -> dict[str, dict[str, float]]:
+    """PSNR / SSIM of each intermediate model (``Model.quality_stages``) on the test views."""
+    from evalkit.metrics.evaluate import evaluate_images
+
+    out = {}
+    for label, render in stages:
+        preds, gts = _render_test(render, scene)
+        ev = evaluate_images(preds, gts, [f.image_name for f in scene.test], device=device, lpips_nets=())
+        out[str(label)] = {k: (v if v is not None and math.isfinite(v) else None)  # JSON has no inf
+                           for k, v in ((k, ev.means[k]) for k in ("psnr", "ssim"))}
+        del preds
+    return out
+
+
+def _evaluate(model, scene: Scene, record: Record, device: torch.device, opts: RunOptions) -> None:
+    from evalkit.metrics.evaluate import evaluate_images
+    from evalkit.metrics.fps import measure_fps
+
+    frames = scene.test
+    preds, gts = _render_test(model.render, scene)
     ev = evaluate_images(preds, gts, [f.image_name for f in frames], device=device)
     missing = {_RECORD_NAME.get(k, k): v for k, v in ev.missing.items()}
 

@@ -58,6 +58,10 @@ class ToyModel:
     def num_primitives(self) -> int:
         return 1
 
+    def quality_stages(self):
+        """The trained (unquantised) colour as the one stage before coding."""
+        return [("unquantised", self.render)]
+
     def encode(self) -> Bitstream:
         q = np.rint(np.clip(self.colour, 0.0, 1.0) * QUANT_LEVELS).astype(np.uint8)
         return Bitstream(header={"method": "toy", "levels": QUANT_LEVELS},
@@ -312,6 +316,12 @@ def test_ok_record_schema_and_values(toy_bench: ToyBench) -> None:
     assert rec.env["python"] and rec.env["torch"] and rec.env["evalkit"]
     assert set(rec.timings) == {"train_s", "encode_s", "decode_s", "eval_s"}
     assert all(v >= 0 for v in rec.timings.values())
+    # the intermediate model (before the 4-bit coding) is evaluated on the same test views
+    trained = STATE.trained_colour[("beta", "high")]
+    unq = np.mean([_psnr_8bit(np.broadcast_to(trained, f.load().shape), f.load()) for f in test])
+    assert list(rec.stage_metrics) == ["unquantised"]
+    assert rec.stage_metrics["unquantised"]["psnr"] == pytest.approx(unq, abs=1e-4)
+    assert 0.0 < rec.stage_metrics["unquantised"]["ssim"] < 1.0
 
 
 def test_quick_flag_is_recorded(toy_bench: ToyBench) -> None:

@@ -48,6 +48,11 @@ class Model(Protocol):
 
     def num_primitives(self) -> int: ...
 
+    # Optional: ``quality_stages() -> list[(label, render)]`` with ``render(camera, t)`` like
+    # ``render``: the trained model before each lossy coding step, in the order the steps apply
+    # (e.g. "continuous", "+ HexPlane quantised"). The runner evaluates each on the test views
+    # into ``Record.stage_metrics``, so a record shows what every step costs in quality.
+
 
 class Method(Protocol):
     name: str

@@ -44,6 +44,7 @@ planes with uniform codes), ``nvcc_spatial_prior = false`` (w/o SP), ``nvcc_hidd
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -91,6 +92,29 @@ class FourDGSCCTrained:
 
     def render(self, camera: Camera, t: float) -> torch.Tensor:
         return self.quantized_model().render(camera, t)
+
+    def quality_stages(self) -> list[tuple[str, Callable[[Camera, float], torch.Tensor]]]:
+        """The trained model before each lossy step after training, in coding order
+        (``Model.quality_stages``): per-Gaussian SH (VQ off; float canonical attributes), + SH
+        vector-quantised (the model training renders), + canonical attributes at 16 / 8 bit (what
+        the bitstream holds). The HexPlane is on its quantisation grid in every stage: training
+        renders it rounded (straight-through), so unrounded planes are not a model it learned.
+        Without VQ (w/o CG) there is no lossy step after training and no stages."""
+        if self.model.vq is None:
+            return []
+        return [("per-Gaussian SH", lambda c, t: self._render_without_vq(c, t)),
+                ("+ SH vector-quantised", lambda c, t: self.model.render(c, t)),
+                ("+ canonical 16/8 bit (bitstream)", self.render)]
+
+    @torch.no_grad()
+    def _render_without_vq(self, camera: Camera, t: float) -> torch.Tensor:
+        vq = self.model.vq
+        active = vq.active
+        try:
+            vq.active = False
+            return self.model.render(camera, t)
+        finally:
+            vq.active = active
 
     def num_primitives(self) -> int:
         return self.model.num_primitives()
