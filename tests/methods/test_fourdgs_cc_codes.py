@@ -111,18 +111,47 @@ def test_kmeans_recovers_separated_clusters() -> None:
         assert torch.allclose(found[f], centres[t], atol=0.05)
 
 
-def test_quantizer_renders_code_vectors_with_straight_through_gradients() -> None:
+def test_quantizer_renders_member_means_with_straight_through_gradients() -> None:
+    """Compact3D's VQ: a code is the mean of its members' continuous SH, rendered on the grid; the
+    render's gradient goes straight to each member, the rate's through the means."""
     sh = torch.randn(64, 16, 3, requires_grad=True)
     vq = SHVectorQuantizer(8, 48, step=1 / 64, kmeans_iters=3)
     assert torch.equal(vq(sh), sh)  # before VQ starts: the continuous SH
     vq.pending = "init"
     out = vq(sh)
-    codes = vq.quantized_codebook().detach()
-    assert torch.equal(out.detach().reshape(64, 48), codes[vq.indices])
-    assert torch.equal(torch.round(codes * 64), codes * 64)  # on the quantisation grid
-    out.square().sum().backward()
-    assert sh.grad is not None and sh.grad.abs().sum() > 0
-    assert vq.codebook.grad is not None and vq.codebook.grad.abs().sum() > 0
+    flat = sh.detach().reshape(64, 48)
+    means = torch.stack([flat[vq.indices == k].mean(0) for k in range(8)])
+    assert torch.allclose(vq.codebook, means, atol=1e-6)
+    codes = torch.round(means * 64) / 64
+    assert torch.allclose(out.detach().reshape(64, 48), codes[vq.indices], atol=1e-6)
+    w = torch.randn(64, 16, 3)
+    (out * w).sum().backward()
+    assert torch.equal(sh.grad, w)  # straight through: each member gets its own gradient
+    sh.grad = None
+    vq.code_vectors(sh.reshape(64, 48))[3].sum().backward()  # a rate term on code 3
+    members = vq.indices == 3
+    expected = torch.zeros(64, 48)
+    expected[members] = 1.0 / int(members.sum())
+    assert torch.allclose(sh.grad.reshape(64, 48), expected)
+
+
+def test_reassignment_keeps_the_codebook_in_use() -> None:
+    """Members that move take their code with them: re-clustering spreads the Gaussians over the
+    codes instead of gathering them on a few (the collapse a free codebook parameter showed)."""
+    g = torch.Generator().manual_seed(3)
+    sh = torch.randn(2000, 16, 3, generator=g)
+    vq = SHVectorQuantizer(256, 48, step=1 / 64, kmeans_iters=5)
+    vq.pending = "init"
+    vq(sh)
+    for _ in range(5):  # drift the SH as training would, then re-assign
+        sh = sh + 0.3 * torch.randn(2000, 16, 3, generator=g)
+        vq.pending = "assign"
+        vq(sh)
+    usage = vq.usage()
+    assert usage["used"] >= 0.9 * 256
+    flat = sh.reshape(2000, 48)
+    err = (flat - vq.codebook[vq.indices]).square().sum(1).mean()
+    assert err < 0.9 * flat.var(0).sum()  # and the codes still describe their members
 
 
 def test_quantizer_follows_a_changed_gaussian_set_and_small_sets() -> None:

@@ -64,7 +64,7 @@ def test_dnerf_scale_decode_takes_seconds() -> None:
     with torch.no_grad():  # VQ as training leaves it (k-means itself runs during training)
         flat = model.canonical_sh().reshape(n, -1)
         model.vq.codebook.copy_(flat[torch.randperm(n)[:8192]])
-        model.vq.indices = nearest_code(flat, model.vq.quantized_codebook())
+        model.vq.set_assignment(nearest_code(flat, model.vq.quantized_codebook()))
         model.vq.active = True
     trained = FourDGSCCTrained(model, fcfg, cc, stats={})
     t0 = time.perf_counter()

@@ -17,11 +17,12 @@ Pipeline (paper Fig. 1):
   does, or histogram coded per channel when that is smaller (``canonical_entropy``, default on;
   the header's ``canonical_fixed_length_bytes`` gives the fixed-length sizes too).
 * SH colours (``vq``): Compact3D [38]-style k-means VQ of the full 48-d SH vector (DC + rest: the
-  paper has one codebook and one index per Gaussian), from the end of densification, indices
-  re-assigned every 100 steps for two thirds of the VQ phase; k-means++ seeds (choice); the
-  codebook is a learned parameter (its VQCC rate is minimised), quantised with step
-  ``codebook_qstep`` (straight-through). Indices: unused codes dropped, Gaussians sorted by code,
-  run lengths entropy coded (Compact3D's sort + run-length scheme).
+  paper has one codebook and one index per Gaussian), from the end of densification; codes are the
+  means of their members' continuous SH (straight-through to the members), the clustering refined
+  every 100 steps for two thirds of the VQ phase; k-means++ seeds (choice); the VQCC rate reaches
+  the members through the means (choice); codes quantised with step ``codebook_qstep``. Indices:
+  unused codes dropped, Gaussians sorted by code, run lengths entropy coded (Compact3D's sort +
+  run-length scheme).
 * VQCC (``vqcc``): per code vector a hyper-latent z = h_a(y) coded with a factorized prior, y
   coded with a discretised Gaussian whose mean / scale h_s(z) predicts (Balle et al. 2018 [2]).
 * HexPlane + NVCC (``nvcc``): symbols round((p - o) / ``hexplane_qstep``), o = 1 for time planes;

@@ -108,7 +108,8 @@ def finalize(model: FourDGSCCModel, fcfg: FourDGSConfig, cc: CCConfig) -> CodedS
             vq.initialise(flat)
         elif vq.indices.shape[0] != n:
             vq.assign(flat)
-        symbols = torch.round(vq.codebook[:vq.n_codes].double() / cc.codebook_qstep).to(torch.int64)
+        codes = vq.code_vectors(flat)  # the member means, as the training renders use them
+        symbols = torch.round(codes.double() / cc.codebook_qstep).to(torch.int64)
         order, coded.runs, coded.codebook = compact_and_sort(vq.indices, symbols)
         order_dev = order.to(g["means"].device)
         coded.canonical = {}

@@ -27,13 +27,12 @@ class CCConfig:
     attribute_bits: int = 8
     canonical_entropy: bool = True  # histogram-code the integers when smaller than raw bits
 
-    # SH vector quantisation (Compact3D-style k-means VQ with a learned codebook)
+    # SH vector quantisation (Compact3D-style k-means VQ, codes = member means)
     vq_start: int | None = None  # fine-stage step; None: when densification stops
     vq_assign_interval: int = 100
     vq_assign_fraction: float = 0.67  # re-assign indices during this fraction of the VQ phase
     kmeans_iters: int = 10
     codebook_qstep: float = 1.0 / 64
-    codebook_lr: float = 0.0025
     vqcc: bool = True  # False: "w/o VQCC" ablation (quantised codebook stored with fixed-length codes)
     vqcc_hidden: int = 64
     vqcc_latent: int = 16

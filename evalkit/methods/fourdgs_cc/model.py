@@ -62,8 +62,6 @@ class FourDGSCCModel(FourDGSModel):
         entropy = [p for m in (self.nvcc, self.vqcc) if m is not None for p in m.parameters()]
         if entropy:
             groups.append({"params": entropy, "lr": self.cc.entropy_lr, "name": "entropy_models"})
-        if self.vq is not None:
-            groups.append({"params": [self.vq.codebook], "lr": self.cc.codebook_lr, "name": "codebook"})
         return groups
 
     def rate_terms(self, mode: str = "noise") -> dict[str, tuple[torch.Tensor, int]]:
@@ -74,7 +72,9 @@ class FourDGSCCModel(FourDGSModel):
             self.nvcc.initialise(_levels(planes, len(self.nvcc.hp.multires)))
         codebook = None
         if self.vqcc is not None and self.vq is not None and self.vq.active:
-            codebook = self.vq.codebook[:self.vq.n_codes]
+            # the codes as the render uses them (member means), differentiable: the VQCC rate
+            # gradient reaches the members' continuous SH (this step's render has run: same set)
+            codebook = self.vq.code_vectors(super().canonical_sh().reshape(self.num_primitives(), -1))
             if not self.vqcc.initialised:
                 self.vqcc.initialise(codebook.detach())
         tensors = tuple(planes) + ((codebook,) if codebook is not None else ())

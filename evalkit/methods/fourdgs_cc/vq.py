@@ -1,20 +1,30 @@
 """Vector quantisation of the canonical SH colours (paper Sec. 3.2, after Compact3D [38]).
 
-Training (Navaneet et al., Compact3D / CompGS, whose schedule the paper's VQ follows):
+Training follows Compact3D (Navaneet et al.; its public ``kmeans_quantize.py``), whose VQ the paper
+adopts:
 
 * The continuous SH coefficients (DC + rest, 48 values for degree 3) stay parameters of the
-  Gaussians; the rendered colour is the nearest code vector with a straight-through estimator
-  (forward: the code vector; backward: the gradient reaches both the continuous SH and the code).
+  Gaussians; the rendered colour is the Gaussian's code vector with a straight-through estimator
+  (forward: the code; backward: the gradient goes to the Gaussian's continuous SH).
+* A code vector is the mean of the continuous SH of its members, recomputed at every step (the
+  codes follow their members, so a member's gradient moves the rendered colour of its code).
 * VQ starts when densification stops (Compact3D starts at 3DGS's densify_until_iter, 15k of 30k),
-  so the Gaussian set no longer changes; the codebook starts from k-means (``kmeans_iters``
-  Lloyd iterations from k-means++ seeds) on the continuous SH.
-* Indices are re-assigned to the nearest code every ``vq_assign_interval`` steps (Compact3D: 100)
-  during the first ``vq_assign_fraction`` of the VQ phase (Compact3D: 10k of its 15k steps), then
-  frozen.
-* Unlike Compact3D, whose codes are the means of their members, the codebook is a learned
-  parameter: 4DGS-CC minimises the codebook's VQCC rate (Eq. 2), which needs gradients to reach
-  the codes. The codes are quantised (step ``codebook_qstep``, straight-through) when rendered,
-  so the rendered colours are the decoded ones.
+  so the Gaussian set no longer changes; the codebook starts from k-means (k-means++ seeds, a
+  choice: Compact3D seeds with random points, which leaves duplicate centres) with
+  ``kmeans_iters`` Lloyd iterations.
+* Every ``vq_assign_interval`` steps (Compact3D: 100) during the first ``vq_assign_fraction`` of the
+  VQ phase the clustering is refined by ``kmeans_iters`` Lloyd iterations from the current codes
+  (Compact3D's ``cluster_assign``); then the assignment is frozen.
+* 4DGS-CC minimises the codebook's VQCC rate (Eq. 2), so its gradient must reach the codes:
+  ``code_vectors`` computes the member means differentiably (Compact3D detaches them), so the rate
+  gradient reaches the members' continuous SH through their mean (choice; the paper is silent).
+  The codes are quantised (step ``codebook_qstep``, straight-through) when rendered, so the
+  rendered colours are the decoded ones.
+
+An earlier version learned the codebook as a free parameter beside the continuous SH: the
+continuous SH then drifted away from their codes (the render does not change when they move) and
+the re-assignments gathered most Gaussians on a few hundred codes (542 of 8192 on D-NeRF
+jumpingjacks), costing quality.
 
 Coding: unused codes are dropped, the Gaussians are sorted by index (their order is arbitrary)
 and the sorted index array is run-length coded as the run length of every code in order
@@ -60,25 +70,29 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
     return torch.cat(centres, 0)
 
 
-def kmeans(x: torch.Tensor, k: int, iters: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Lloyd's k-means from k-means++ seeds (choice: Compact3D seeds with random points, which
-    leaves duplicate centres in one cluster); empty clusters keep their centre."""
-    x = x.detach()
-    n = x.shape[0]
-    if not 1 <= k <= n:
-        raise ValueError(f"k-means needs 1 <= k <= N, got k={k}, N={n}")
-    centres = kmeans_plus_plus(x, k, seed)
+def lloyd(x: torch.Tensor, centres: torch.Tensor, iters: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``iters`` Lloyd iterations from ``centres``; empty clusters keep their centre. Returns the
+    centres and the nearest-centre index of every row."""
+    x, centres = x.detach(), centres.detach().clone()
+    k = centres.shape[0]
     for _ in range(iters):
         idx = nearest_code(x, centres)
         sums = torch.zeros_like(centres).index_add_(0, idx, x)
-        counts = torch.bincount(idx, minlength=k)
-        filled = counts > 0
-        centres[filled] = sums[filled] / counts[filled, None].to(x.dtype)
+        counts = torch.zeros(k, dtype=x.dtype, device=x.device).index_add_(0, idx, torch.ones_like(x[:, 0]))
+        centres = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centres)
     return centres, nearest_code(x, centres)
 
 
+def kmeans(x: torch.Tensor, k: int, iters: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lloyd's k-means from k-means++ seeds."""
+    n = x.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"k-means needs 1 <= k <= N, got k={k}, N={n}")
+    return lloyd(x, kmeans_plus_plus(x.detach(), k, seed), iters)
+
+
 class SHVectorQuantizer(nn.Module):
-    """Codebook (K, D) + per-Gaussian indices; ``forward`` maps continuous SH to code vectors."""
+    """Codes (K, D) + per-Gaussian indices; ``forward`` maps continuous SH to code vectors."""
 
     def __init__(self, size: int, dim: int, step: float, kmeans_iters: int = 10, seed: int = 0) -> None:
         super().__init__()
@@ -86,25 +100,48 @@ class SHVectorQuantizer(nn.Module):
         self.step = float(step)
         self.kmeans_iters = int(kmeans_iters)
         self.seed = int(seed)
-        self.codebook = nn.Parameter(torch.zeros(self.size, dim))
+        # the codes as of the last step (member means); not a parameter: they follow the members
+        self.register_buffer("codebook", torch.zeros(self.size, dim))
         self.register_buffer("indices", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("counts", torch.zeros(self.size))  # members per code
         self.n_codes = self.size  # codes in use: fewer when there are fewer Gaussians than codes
         self.active = False
         self.pending: str | None = None  # "init" / "assign": done at the next forward
 
-    def quantized_codebook(self) -> torch.Tensor:
-        """Code vectors on the ``step`` grid (straight-through to the continuous codebook)."""
-        return self.step * round_ste(self.codebook[:self.n_codes] / self.step)
+    def set_assignment(self, indices: torch.Tensor) -> None:
+        self.indices = indices
+        self.counts = torch.zeros(self.size, device=indices.device).index_add_(
+            0, indices, torch.ones(indices.shape[0], device=indices.device))
+
+    def code_vectors(self, flat: torch.Tensor) -> torch.Tensor:
+        """(n_codes, D) member means of the continuous SH ``flat`` (N, D), differentiable; a code
+        without members keeps its last value. No host synchronisation (runs every step)."""
+        n = self.n_codes
+        sums = flat.new_zeros(n, flat.shape[1]).index_add(0, self.indices, flat)
+        counts = self.counts[:n, None]
+        return torch.where(counts > 0, sums / counts.clamp(min=1), self.codebook[:n])
+
+    def quantized_codebook(self, codes: torch.Tensor | None = None) -> torch.Tensor:
+        """Code vectors on the ``step`` grid (straight-through)."""
+        codes = self.codebook[:self.n_codes] if codes is None else codes
+        return self.step * round_ste(codes / self.step)
 
     @torch.no_grad()
     def initialise(self, flat: torch.Tensor) -> None:
         k = min(self.size, flat.shape[0])  # fewer Gaussians than codes: one code each
         centres, idx = kmeans(flat, k, self.kmeans_iters, self.seed)
-        self.codebook.data.zero_()
-        self.codebook.data[:k] = centres
+        self.codebook.zero_()
+        self.codebook[:k] = centres
         self.n_codes = k
-        self.indices = idx
+        self.set_assignment(idx)
         self.active = True
+
+    @torch.no_grad()
+    def assign(self, flat: torch.Tensor) -> None:
+        """Refine the clustering from the current codes (Compact3D's periodic ``cluster_assign``)."""
+        centres, idx = lloyd(flat, self.codebook[:self.n_codes], self.kmeans_iters)
+        self.codebook[:self.n_codes] = centres
+        self.set_assignment(idx)
 
     @torch.no_grad()
     def usage(self) -> dict[str, int]:
@@ -113,10 +150,6 @@ class SHVectorQuantizer(nn.Module):
         q = torch.round(self.codebook[:self.n_codes] / self.step)
         return {"codes": int(self.n_codes), "distinct_quantised": int(torch.unique(q, dim=0).shape[0]),
                 "used": int(torch.unique(self.indices).numel())}
-
-    @torch.no_grad()
-    def assign(self, flat: torch.Tensor) -> None:
-        self.indices = nearest_code(flat, self.quantized_codebook())
 
     def forward(self, sh: torch.Tensor) -> torch.Tensor:
         flat = sh.reshape(sh.shape[0], -1)
@@ -127,9 +160,12 @@ class SHVectorQuantizer(nn.Module):
         self.pending = None
         if not self.active:
             return sh
-        if self.indices.shape[0] != flat.shape[0]:  # densification changed the Gaussian set
+        if self.indices.shape[0] != flat.shape[0]:  # the Gaussian set changed: cluster again
             self.assign(flat)
-        q = self.quantized_codebook()[self.indices]
+        with torch.no_grad():
+            codes = self.code_vectors(flat)
+            self.codebook[:self.n_codes] = codes
+        q = self.quantized_codebook(codes)[self.indices]
         return (q + (flat - flat.detach())).reshape(sh.shape)
 
 
