@@ -96,26 +96,26 @@ class FourDGSCCTrained:
 
     def quality_stages(self) -> list[tuple[str, Callable[[Camera, float], torch.Tensor]]]:
         """The trained model before each lossy step after training, in coding order
-        (``Model.quality_stages``): per-Gaussian SH (VQ off; float canonical attributes), + SH
-        vector-quantised (the model training renders), + canonical attributes at 16 / 8 bit (what
-        the bitstream holds). The HexPlane is on its quantisation grid in every stage: training
-        renders it rounded (straight-through), so unrounded planes are not a model it learned.
-        Without VQ (w/o CG) there is no lossy step after training and no stages."""
+        (``Model.quality_stages``): SH vector-quantised with unrounded codes (float canonical
+        attributes), + codes on their ``codebook_qstep`` grid (the model training renders), +
+        canonical attributes at 16 / 8 bit (what the bitstream holds). Not a stage: the continuous
+        per-Gaussian SH (under straight-through VQ they drift from their code without changing the
+        render, so they are not a model training learned; jumpingjacks: 29 dB) and unrounded HexPlane
+        features (training renders them rounded). Without VQ (w/o CG) there are no stages."""
         if self.model.vq is None:
             return []
-        return [("per-Gaussian SH", lambda c, t: self._render_without_vq(c, t)),
-                ("+ SH vector-quantised", lambda c, t: self.model.render(c, t)),
+        return [("VQ, codes unrounded", lambda c, t: self._render_unrounded_codes(c, t)),
+                ("+ codes on the grid (as trained)", lambda c, t: self.model.render(c, t)),
                 ("+ canonical 16/8 bit (bitstream)", self.render)]
 
     @torch.no_grad()
-    def _render_without_vq(self, camera: Camera, t: float) -> torch.Tensor:
+    def _render_unrounded_codes(self, camera: Camera, t: float) -> torch.Tensor:
         vq = self.model.vq
-        active = vq.active
         try:
-            vq.active = False
+            vq.round_codes = False
             return self.model.render(camera, t)
         finally:
-            vq.active = active
+            vq.round_codes = True
 
     def num_primitives(self) -> int:
         return self.model.num_primitives()

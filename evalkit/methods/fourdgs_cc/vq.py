@@ -107,6 +107,7 @@ class SHVectorQuantizer(nn.Module):
         self.n_codes = self.size  # codes in use: fewer when there are fewer Gaussians than codes
         self.active = False
         self.pending: str | None = None  # "init" / "assign": done at the next forward
+        self.round_codes = True  # False only to measure what the rounding of the codes costs
 
     def set_assignment(self, indices: torch.Tensor) -> None:
         self.indices = indices
@@ -165,7 +166,7 @@ class SHVectorQuantizer(nn.Module):
         with torch.no_grad():
             codes = self.code_vectors(flat)
             self.codebook[:self.n_codes] = codes
-        q = self.quantized_codebook(codes)[self.indices]
+        q = (self.quantized_codebook(codes) if self.round_codes else codes)[self.indices]
         return (q + (flat - flat.detach())).reshape(sh.shape)
 
 
