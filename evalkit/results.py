@@ -230,8 +230,15 @@ def _validate(data: Any, src: str | Path) -> None:
 
 
 # -- files -----------------------------------------------------------------------------
+def path_component(name: str) -> str:
+    """A method / rate name as a portable folder or file name: a variant's ':' ("4dgs-cc:wo-nv")
+    and any other character outside [A-Za-z0-9._-] become '_' (Windows and many sync and transfer
+    tools reject ':'). The record itself keeps the real name."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
 def record_path(out_dir: str | Path, dataset: str, scene: str, method: str, rate: str) -> Path:
-    return Path(out_dir) / dataset / scene / method / f"{rate}.json"
+    return Path(out_dir) / dataset / scene / path_component(method) / f"{path_component(rate)}.json"
 
 
 def bitstream_path(out_dir: str | Path, dataset: str, scene: str, method: str, rate: str) -> Path:
@@ -385,6 +392,6 @@ __all__ = [
     "MB", "METRIC_NAMES", "RECORD_COLUMNS", "Record", "RecordError", "SCHEMA_VERSION",
     "bitstream_path", "collect_env", "components_frame", "git_commit", "load_components",
     "load_per_frame", "load_records", "per_frame_frame", "read_record", "read_records",
-    "record_files", "record_path", "records_to_frame", "write_record",
+    "path_component", "record_files", "record_path", "records_to_frame", "write_record",
 ]
 

@@ -203,6 +203,9 @@ def test_method_and_variant_run_scene_by_scene_with_own_records(toy_bench: ToyBe
         dim = read_record(record_path(toy_bench.out, "toy", scene, "toy:dim", "high"))
         assert dim.method == "toy:dim" and dim.config["gain"] == 0.5 and base.config.get("gain") is None
         assert dim.metrics["psnr"] != base.metrics["psnr"]
+    # the variant's folder is a portable name ("toy_dim", no ':'); reports still read its real name
+    assert (toy_bench.out / "toy" / SCENES[0] / "toy_dim" / "high.json").is_file()
+    assert {r.method for r in read_records(toy_bench.out)} == {"toy", "toy:dim"}
 
 
 def test_unreadable_record_is_redone(toy_bench: ToyBench) -> None:

@@ -50,7 +50,9 @@ def _paper_points(paper: Any, methods: list[str]) -> "pd.DataFrame":
 
 
 def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    from evalkit.results import path_component
+
+    return path_component(name)
 
 
 def build_report(results_dir: str | Path, out_dir: str | Path, anchor: str | None = None,
@@ -67,7 +69,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path, anchor: str | Non
     from evalkit.report.bdrate import MIN_POINTS, bd_summary, bd_table, choose_bd_anchor, rate_point_counts
     from evalkit.report.index import DatasetSection, render_index
     from evalkit.report.plots import bit_allocation_plot, rd_plot
-    from evalkit.report.tables import (bd_scene_table, bd_summary_table, dataset_label, method_order,
+    from evalkit.report.tables import (bd_scene_table, bd_summary_table, coding_steps_table, dataset_label, method_order,
                                        scene_paper, scene_table, summary_table, survey_csv, table_metrics)
     from evalkit.results import components_frame, read_records, records_to_frame
 
@@ -92,6 +94,10 @@ def build_report(results_dir: str | Path, out_dir: str | Path, anchor: str | Non
         section = DatasetSection(dataset=dataset, label=label, lpips_metric=lpips_metric[0], summary=summary,
                                  summary_files=summary.write(ddir / "summary"), anchor=comp_anchor,
                                  bd_anchor=None, bd_anchor_reason="")
+
+        steps = coding_steps_table(records, dataset, label)
+        if steps is not None:
+            section.coding_steps, section.coding_steps_files = steps, steps.write(ddir / "coding_steps")
 
         # -- BD ----------------------------------------------------------------------
         counts = rate_point_counts(ok)

@@ -27,6 +27,8 @@ class DatasetSection:
     rd_plots: dict[str, list[Path]] = field(default_factory=dict)  # "mean" or scene -> png, pdf
     bit_plots: dict[str, list[Path]] = field(default_factory=dict)
     survey_files: list[Path] = field(default_factory=list)
+    coding_steps: Table | None = None
+    coding_steps_files: list[Path] = field(default_factory=list)
 
 
 def _links(paths: list[Path], base: Path) -> str:
@@ -93,6 +95,9 @@ def render_index(out_dir: Path, results_dir: Path, records: list[Record], sectio
         if s.bd_summary is not None:
             L += [s.bd_summary.markdown(heading=False),
                   f"BD files (summary, per scene): {_links(s.bd_files, out_dir)}", ""]
+        if s.coding_steps is not None:
+            L += ["### Quality by coding step", "", s.coding_steps.markdown(heading=False),
+                  f"Files: {_links(s.coding_steps_files, out_dir)}", ""]
         L += ["### Per-scene tables", ""]
         L += [f"- {scene}: {_links(files, out_dir)}" for scene, files in s.scene_files.items()] + [""]
         L += ["### Plots", ""]

@@ -380,6 +380,28 @@ def summary_table(df: pd.DataFrame, dataset: str, spec: dict[str, Any] | None, a
 
 
 # -- BD tables -------------------------------------------------------------------------
+def coding_steps_table(records: Iterable[Any], dataset: str, label: str) -> Table | None:
+    """Test quality of each method's intermediate models (``Record.stage_metrics``), one row per
+    (scene, method, rate, step), with the PSNR change each lossy step causes; None without any."""
+    t = Table(f"{label}: quality by coding step (test views)", [
+        Column("scene", "Scene"), Column("method", "Method"), Column("rate", "Rate"), Column("step", "Step"),
+        Column("psnr", "PSNR", "{:.3f}"), Column("ssim", "SSIM", "{:.4f}"), Column("d_psnr", "ΔPSNR", "{:+.3f}")])
+    rows = sorted((r for r in records if r.dataset == dataset and r.status == "ok" and r.stage_metrics),
+                  key=lambda r: (r.scene, r.method, r.rate))
+    for r in rows:
+        prev = None
+        for step, m in r.stage_metrics.items():
+            psnr = m.get("psnr")
+            d = None if prev is None or psnr is None else psnr - prev
+            t.add([r.scene, r.method, r.rate, step, psnr, m.get("ssim"), d], quick=r.quick)
+            prev = psnr
+    if not t.rows:
+        return None
+    t.footnotes.append("The last step is the model the bitstream holds (its PSNR is the record's). "
+                       "ΔPSNR: change from the step before.")
+    return t
+
+
 def bd_scene_table(per_scene: pd.DataFrame, title: str) -> Table:
     t = Table(title, [Column("scene", "Scene"), Column("method", "Method"), Column("anchor", "Anchor"),
                       Column("bd_rate", "BD-rate (%) ↓", "{:+.2f}"), Column("bd_psnr", "BD-PSNR (dB) ↑", "{:+.3f}"),
