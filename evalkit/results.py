@@ -374,6 +374,18 @@ def git_commit(directory: str | Path | None = None) -> str | None:
     return sha if out.returncode == 0 and len(sha) == 40 else None
 
 
+def git_dirty(directory: str | Path | None = None) -> bool | None:
+    """Whether tracked files of that checkout differ from HEAD (a record made from uncommitted
+    code says so, next to ``git_commit``); None if not a repository."""
+    cwd = Path(directory) if directory is not None else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+                             capture_output=True, text=True, timeout=20, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
+
+
 def collect_env() -> dict[str, Any]:
     """Versions of what produced a record. Reads package metadata (does not import torch)."""
     from evalkit import __version__
@@ -385,12 +397,13 @@ def collect_env() -> dict[str, Any]:
         "gsplat": _version("gsplat"),
         "platform": platform.platform(),
         "git_commit": git_commit(),
+        "git_dirty": git_dirty(),
     }
 
 
 __all__ = [
     "MB", "METRIC_NAMES", "RECORD_COLUMNS", "Record", "RecordError", "SCHEMA_VERSION",
-    "bitstream_path", "collect_env", "components_frame", "git_commit", "load_components",
+    "bitstream_path", "collect_env", "components_frame", "git_commit", "git_dirty", "load_components",
     "load_per_frame", "load_records", "per_frame_frame", "read_record", "read_records",
     "path_component", "record_files", "record_path", "records_to_frame", "write_record",
 ]

@@ -13,7 +13,7 @@ import pytest
 
 import evalkit.codec.container as container
 from evalkit.results import (METRIC_NAMES, RECORD_COLUMNS, Record, RecordError, bitstream_path, collect_env,
-                             git_commit, load_components, load_per_frame, load_records, read_record,
+                             git_commit, git_dirty, load_components, load_per_frame, load_records, read_record,
                              record_path, write_record)
 
 
@@ -172,13 +172,19 @@ def test_load_records_reports_the_bad_file(tmp_path: Path) -> None:
 
 def test_collect_env_and_git_commit(tmp_path: Path) -> None:
     env = collect_env()
-    assert set(env) == {"evalkit", "python", "torch", "gsplat", "platform", "git_commit"}
+    assert set(env) == {"evalkit", "python", "torch", "gsplat", "platform", "git_commit", "git_dirty"}
     assert env["python"].count(".") == 2
-    assert git_commit(tmp_path) is None  # not a repository
+    assert git_commit(tmp_path) is None and git_dirty(tmp_path) is None  # not a repository
     if shutil.which("git") is None:
         pytest.skip("git not installed")
     run = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, check=True, capture_output=True, text=True)  # noqa: E731
     run("init", "-q")
     run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x")
     assert git_commit(tmp_path) == run("rev-parse", "HEAD").stdout.strip()
+    (tmp_path / "f.txt").write_text("a")
+    run("add", "f.txt")
+    run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "y")
+    assert git_dirty(tmp_path) is False
+    (tmp_path / "f.txt").write_text("b")  # a tracked file changed: the code is not HEAD's
+    assert git_dirty(tmp_path) is True
     assert os.path.isdir(tmp_path / ".git")
