@@ -26,7 +26,7 @@ from evalkit.codec.container import atomic_write_bytes
 
 SCHEMA_VERSION = 1
 METRIC_NAMES: tuple[str, ...] = ("psnr", "ssim", "dssim", "ms_ssim", "lpips_alex", "lpips_vgg")
-TIMING_NAMES: tuple[str, ...] = ("train_s", "encode_s", "decode_s", "eval_s")
+TIMING_NAMES: tuple[str, ...] = ("train_s", "encode_s", "decode_s", "eval_s", "stages_s")
 STATUSES: tuple[str, ...] = ("ok", "failed")
 MB = 1_000_000  # evalkit's MB is 10^6 bytes everywhere
 
@@ -233,8 +233,9 @@ def _validate(data: Any, src: str | Path) -> None:
 def path_component(name: str) -> str:
     """A method / rate name as a portable folder or file name: a variant's ':' ("4dgs-cc:wo-nv")
     and any other character outside [A-Za-z0-9._-] become '_' (Windows and many sync and transfer
-    tools reject ':'). The record itself keeps the real name."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    tools reject ':'). The record itself keeps the real name. ("a:b" and "a_b" share a folder:
+    do not give a method and a variant such names.)"""
+    return "".join(c if (c.isascii() and c.isalnum()) or c in "-_." else "_" for c in name)
 
 
 def record_path(out_dir: str | Path, dataset: str, scene: str, method: str, rate: str) -> Path:
@@ -374,12 +375,17 @@ def git_commit(directory: str | Path | None = None) -> str | None:
     return sha if out.returncode == 0 and len(sha) == 40 else None
 
 
+CODE_PATHS = ("evalkit", "methods", "datasets", "pyproject.toml")  # what decides a run's numbers
+
+
 def git_dirty(directory: str | Path | None = None) -> bool | None:
-    """Whether tracked files of that checkout differ from HEAD (a record made from uncommitted
-    code says so, next to ``git_commit``); None if not a repository."""
+    """Whether the code of that checkout (``CODE_PATHS``, untracked files included; results and
+    reports do not count) differs from HEAD, so a record made from uncommitted code says so next
+    to ``git_commit``; None if not a repository. Takes no git lock."""
     cwd = Path(directory) if directory is not None else Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
+        out = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--",
+                              *(f":/{p}" for p in CODE_PATHS)], cwd=cwd,
                              capture_output=True, text=True, timeout=20, check=False)
     except (OSError, subprocess.SubprocessError):
         return None

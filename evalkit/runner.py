@@ -224,19 +224,14 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict) -
             record.iterations = int(getattr(trained, "iterations", 0) or (iterations or 0))
             record.reused = getattr(trained, "reused", None)
             log(f"trained in {train_s:.1f} s, {trained.num_primitives()} primitives")
-            stages = getattr(trained, "quality_stages", None)
-            if callable(stages):
-                reporter.phase("evaluating the coding steps")
-                record.stage_metrics = _evaluate_stages(stages(), scene, device)
-                log("test quality by coding step: " + "; ".join(
-                    f"{k}: PSNR {v['psnr']} dB, SSIM {v['ssim']}" for k, v in record.stage_metrics.items()))
-
             reporter.phase("encoding")
             t0 = _sync_time(device)
             bits = trained.encode()
             encode_s = _sync_time(device) - t0
             nbytes = bits.write(bits_path)
-            del trained, bits
+            del bits
+            stages_s = _stage_metrics(trained, scene, record, device, reporter, log)
+            del trained
             _free(device)
 
             reporter.phase("decoding")
@@ -255,7 +250,8 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict) -
             record.size = {"total_bytes": nbytes, "components": {k: v for k, v in sizes.items() if k != "total"}}
             record.bitstream = str(bits_path.relative_to(opts.out))
             record.num_primitives = int(decoded.num_primitives())
-            record.timings = {"train_s": train_s, "encode_s": encode_s, "decode_s": decode_s, "eval_s": eval_s}
+            record.timings = {"train_s": train_s, "encode_s": encode_s, "decode_s": decode_s, "eval_s": eval_s,
+                              **({"stages_s": stages_s} if stages_s is not None else {})}
             record.status = "ok"
             log(f"PSNR {record.metrics.get('psnr')} dB, {nbytes} bytes, FPS {record.fps['fps']:.1f} ({record.fps['label']})")
             del decoded
@@ -291,7 +287,29 @@ _EVAL_NAME = {"dssim": "d_ssim"}  # record key -> evaluate_images key
 _RECORD_NAME = {v: k for k, v in _EVAL_NAME.items()}
 
 
-def _render_test(render, scene: Scene) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def _stage_metrics(trained, scene: Scene, record: Record, device: torch.device, reporter, log) -> float | None:
+    """Evaluate ``trained.quality_stages()`` (if any) into ``record.stage_metrics``; returns the
+    seconds it took. Runs after encoding (``encode_s`` stays the encoder's time alone). A failure
+    here is a diagnostic lost, not a failed job: it is logged and noted."""
+    stages = getattr(trained, "quality_stages", None)
+    if not callable(stages):
+        return None
+    reporter.phase("evaluating the coding steps")
+    t0 = time.perf_counter()
+    try:
+        record.stage_metrics = _evaluate_stages(stages(), scene, device)
+    except Exception as exc:
+        record.stage_metrics = {}
+        record.notes.append(f"quality by coding step not measured: {type(exc).__name__}: {exc}")
+        log("coding-step evaluation FAILED (the job goes on)\n" + traceback.format_exc())
+        _free(device)
+        return None
+    log("test quality by coding step: " + "; ".join(
+        f"{k}: PSNR {v['psnr']} dB, SSIM {v['ssim']}" for k, v in record.stage_metrics.items()))
+    return time.perf_counter() - t0
+
+
+def _render_test(render, scene: Scene, load_gt: bool = True) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     frames = scene.test
     if not frames:
         raise RuntimeError(f"{scene.path}: the scene has no test frames")
@@ -299,7 +317,8 @@ def _render_test(render, scene: Scene) -> tuple[list[torch.Tensor], list[torch.T
     with torch.no_grad():
         for f in frames:
             preds.append(render(f.camera, f.time).float().cpu())
-            gts.append(torch.from_numpy(f.load()))
+            if load_gt:
+                gts.append(torch.from_numpy(f.load()))
     return preds, gts
 
 
@@ -307,9 +326,13 @@ def _evaluate_stages(stages, scene: Scene, device: torch.device) -> dict[str, di
     """PSNR / SSIM of each intermediate model (``Model.quality_stages``) on the test views."""
     from evalkit.metrics.evaluate import evaluate_images
 
-    out = {}
+    out: dict[str, dict[str, float | None]] = {}
+    gts = None
     for label, render in stages:
-        preds, gts = _render_test(render, scene)
+        if str(label) in out:
+            raise ValueError(f"quality_stages: duplicate stage label {label!r}")
+        preds, loaded = _render_test(render, scene, load_gt=gts is None)
+        gts = loaded if gts is None else gts
         ev = evaluate_images(preds, gts, [f.image_name for f in scene.test], device=device, lpips_nets=())
         out[str(label)] = {k: (v if v is not None and math.isfinite(v) else None)  # JSON has no inf
                            for k, v in ((k, ev.means[k]) for k in ("psnr", "ssim"))}

@@ -181,10 +181,16 @@ def test_collect_env_and_git_commit(tmp_path: Path) -> None:
     run("init", "-q")
     run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "x")
     assert git_commit(tmp_path) == run("rev-parse", "HEAD").stdout.strip()
-    (tmp_path / "f.txt").write_text("a")
-    run("add", "f.txt")
+    (tmp_path / "evalkit").mkdir()
+    (tmp_path / "evalkit" / "f.py").write_text("a")
+    run("add", "evalkit/f.py")
     run("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "y")
-    assert git_dirty(tmp_path) is False
-    (tmp_path / "f.txt").write_text("b")  # a tracked file changed: the code is not HEAD's
+    assert git_dirty(tmp_path / "evalkit") is False
+    (tmp_path / "results.json").write_text("{}")  # results do not make the code dirty
+    assert git_dirty(tmp_path / "evalkit") is False
+    (tmp_path / "evalkit" / "f.py").write_text("b")  # a code file changed: the code is not HEAD's
+    assert git_dirty(tmp_path / "evalkit") is True
+    run("checkout", "-q", "--", "evalkit/f.py")
+    (tmp_path / "evalkit" / "new.py").write_text("c")  # so does a new, not yet added module
     assert git_dirty(tmp_path) is True
     assert os.path.isdir(tmp_path / ".git")

@@ -317,7 +317,7 @@ def test_ok_record_schema_and_values(toy_bench: ToyBench) -> None:
     assert rec.fps["label"] == "CPU (not comparable to GPU FPS)" and rec.fps["device"] == "cpu"
     assert rec.fps["fps"] > 0 and rec.fps["frames"] == len(test) and rec.fps["resolution"] == [32, 32]
     assert rec.env["python"] and rec.env["torch"] and rec.env["evalkit"]
-    assert set(rec.timings) == {"train_s", "encode_s", "decode_s", "eval_s"}
+    assert set(rec.timings) == {"train_s", "encode_s", "decode_s", "eval_s", "stages_s"}
     assert all(v >= 0 for v in rec.timings.values())
     # the intermediate model (before the 4-bit coding) is evaluated on the same test views
     trained = STATE.trained_colour[("beta", "high")]
@@ -325,6 +325,18 @@ def test_ok_record_schema_and_values(toy_bench: ToyBench) -> None:
     assert list(rec.stage_metrics) == ["unquantised"]
     assert rec.stage_metrics["unquantised"]["psnr"] == pytest.approx(unq, abs=1e-4)
     assert 0.0 < rec.stage_metrics["unquantised"]["ssim"] < 1.0
+
+
+def test_failing_coding_step_evaluation_does_not_fail_the_job(toy_bench: ToyBench, monkeypatch) -> None:
+    def broken(self):
+        raise RuntimeError("out of memory while rendering a stage")
+
+    monkeypatch.setattr(ToyModel, "quality_stages", broken)
+    run("toy", "toy", scenes=["alpha"], rates=["low"], data_root=toy_bench.data_root, opts=toy_bench.opts())
+    rec = toy_bench.record("alpha", "low")
+    assert rec.status == "ok" and rec.size["total_bytes"] > 0 and rec.metrics["psnr"] is not None
+    assert rec.stage_metrics == {} and "stages_s" not in rec.timings
+    assert any("coding step not measured" in n and "out of memory" in n for n in rec.notes)
 
 
 def test_quick_flag_is_recorded(toy_bench: ToyBench) -> None:

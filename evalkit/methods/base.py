@@ -50,8 +50,10 @@ class Model(Protocol):
 
     # Optional: ``quality_stages() -> list[(label, render)]`` with ``render(camera, t)`` like
     # ``render``: the trained model before each lossy coding step, in the order the steps apply
-    # (e.g. "continuous", "+ HexPlane quantised"). The runner evaluates each on the test views
-    # into ``Record.stage_metrics``, so a record shows what every step costs in quality.
+    # (e.g. "unquantised", "+ HexPlane quantised"); the decoded bitstream, which the record
+    # measures anyway, is the step after the last. The runner evaluates each on the test views
+    # (after encoding) into ``Record.stage_metrics``; reports list them with the decoded bitstream
+    # as the last row, so a record shows what every step costs in quality.
 
 
 class Method(Protocol):

@@ -114,7 +114,7 @@ def test_kmeans_recovers_separated_clusters() -> None:
 def test_quantizer_renders_member_means_with_straight_through_gradients() -> None:
     """Compact3D's VQ: a code is the mean of its members' continuous SH, rendered on the grid; the
     render's gradient goes straight to each member, the rate's through the means."""
-    sh = torch.randn(64, 16, 3, requires_grad=True)
+    sh = torch.randn(64, 16, 3, generator=torch.Generator().manual_seed(4)).requires_grad_()
     vq = SHVectorQuantizer(8, 48, step=1 / 64, kmeans_iters=3)
     assert torch.equal(vq(sh), sh)  # before VQ starts: the continuous SH
     vq.pending = "init"
@@ -135,23 +135,35 @@ def test_quantizer_renders_member_means_with_straight_through_gradients() -> Non
     assert torch.allclose(sh.grad.reshape(64, 48), expected)
 
 
-def test_reassignment_keeps_the_codebook_in_use() -> None:
-    """Members that move take their code with them: re-clustering spreads the Gaussians over the
-    codes instead of gathering them on a few (the collapse a free codebook parameter showed)."""
+def test_codes_follow_their_members_through_training_and_reassignment() -> None:
+    """Straight-through training moves each member's continuous SH on its own; the codes are
+    the member means at every step and after every re-assignment, so the codes follow the
+    members and re-clustering keeps the codebook in use (a free codebook parameter did not: the
+    members drifted from their codes and re-assignment gathered them on a few codes)."""
     g = torch.Generator().manual_seed(3)
-    sh = torch.randn(2000, 16, 3, generator=g)
+    sh = torch.randn(2000, 16, 3, generator=g).requires_grad_()
+    target = torch.randn(2000, 16, 3, generator=g)  # each Gaussian "wants" its own colour
     vq = SHVectorQuantizer(256, 48, step=1 / 64, kmeans_iters=5)
     vq.pending = "init"
-    vq(sh)
-    for _ in range(5):  # drift the SH as training would, then re-assign
-        sh = sh + 0.3 * torch.randn(2000, 16, 3, generator=g)
-        vq.pending = "assign"
-        vq(sh)
-    usage = vq.usage()
-    assert usage["used"] >= 0.9 * 256
-    flat = sh.reshape(2000, 48)
-    err = (flat - vq.codebook[vq.indices]).square().sum(1).mean()
-    assert err < 0.9 * flat.var(0).sum()  # and the codes still describe their members
+    opt = torch.optim.Adam([sh], lr=0.05)
+
+    def check_means() -> None:
+        flat = sh.detach().reshape(2000, 48)
+        for k in torch.unique(vq.indices)[:20].tolist():
+            assert torch.allclose(vq.codebook[k], flat[vq.indices == k].mean(0), atol=1e-5)
+
+    for step in range(60):
+        if step and step % 20 == 0:
+            vq.pending = "assign"
+        loss = (vq(sh) - target).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        vq(sh)  # the codes as the next step renders them
+        check_means()
+    assert vq.usage()["used"] >= 0.9 * 256
+    first = (torch.randn(2000, 16, 3, generator=torch.Generator().manual_seed(3)) - target).square().mean()
+    assert loss.item() < first.item()  # the quantised model learned
 
 
 def test_quantizer_follows_a_changed_gaussian_set_and_small_sets() -> None:

@@ -95,27 +95,32 @@ class FourDGSCCTrained:
         return self.quantized_model().render(camera, t)
 
     def quality_stages(self) -> list[tuple[str, Callable[[Camera, float], torch.Tensor]]]:
-        """The trained model before each lossy step after training, in coding order
-        (``Model.quality_stages``): SH vector-quantised with unrounded codes (float canonical
-        attributes), + codes on their ``codebook_qstep`` grid (the model training renders), +
-        canonical attributes at 16 / 8 bit (what the bitstream holds). Not a stage: the continuous
-        per-Gaussian SH (under straight-through VQ they drift from their code without changing the
-        render, so they are not a model training learned; jumpingjacks: 29 dB) and unrounded HexPlane
-        features (training renders them rounded). Without VQ (w/o CG) there are no stages."""
-        if self.model.vq is None:
+        """The trained model before each lossy step after training (``Model.quality_stages``):
+        SH vector-quantised with unrounded codes, then codes on their ``codebook_qstep`` grid (the
+        model training renders); float canonical attributes in both. The step after them is
+        ``finalize`` (canonical attributes at 16 / 8 bit, network weights in their storage dtype):
+        the decoded bitstream, which the record measures. Not stages: the continuous per-Gaussian
+        SH (under straight-through VQ they drift from their code without changing the render, so
+        they are not a model training learned; jumpingjacks: 29 dB) and unrounded HexPlane features
+        (training renders them rounded). Without VQ (w/o CG) there are no stages; if training ended
+        before VQ started, the one stage is the continuous model."""
+        vq = self.model.vq
+        if vq is None:
             return []
-        return [("VQ, codes unrounded", lambda c, t: self._render_unrounded_codes(c, t)),
-                ("+ codes on the grid (as trained)", lambda c, t: self.model.render(c, t)),
-                ("+ canonical 16/8 bit (bitstream)", self.render)]
+        if not vq.active:
+            return [("continuous SH (VQ never started)", self.model.render)]
+        return [("VQ, codes unrounded", self._render_unrounded_codes),
+                ("+ codes on the grid (as trained)", self.model.render)]
 
     @torch.no_grad()
     def _render_unrounded_codes(self, camera: Camera, t: float) -> torch.Tensor:
         vq = self.model.vq
+        before = vq.round_codes
         try:
             vq.round_codes = False
             return self.model.render(camera, t)
         finally:
-            vq.round_codes = True
+            vq.round_codes = before
 
     def num_primitives(self) -> int:
         return self.model.num_primitives()
