@@ -278,7 +278,15 @@ def read_records(results_dir: str | Path) -> list[Record]:
     root = Path(results_dir)
     if not root.is_dir():
         raise RecordError(root, "results directory does not exist")
-    return [read_record(p) for p in record_files(root)]
+    records, where = [], {}
+    for p in record_files(root):
+        r = read_record(p)
+        if r.key in where:  # e.g. a variant's record kept under an older folder name ("m:v" -> "m_v")
+            raise RecordError(p, f"a second record of job {'/'.join(r.key)} (the other: {where[r.key]}); "
+                                 f"keep one, the runner writes {record_path(root, r.dataset, r.scene, r.method, r.rate)}")
+        where[r.key] = p
+        records.append(r)
+    return records
 
 
 # -- DataFrames ------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import pytest
 
 import evalkit.codec.container as container
 from evalkit.results import (METRIC_NAMES, RECORD_COLUMNS, Record, RecordError, bitstream_path, collect_env,
-                             git_commit, git_dirty, load_components, load_per_frame, load_records, read_record,
+                             git_commit, git_dirty, load_components, load_per_frame, load_records, read_record, read_records,
                              record_path, write_record)
 
 
@@ -168,6 +168,19 @@ def test_load_records_reports_the_bad_file(tmp_path: Path) -> None:
     bad.write_text("{}")
     with pytest.raises(RecordError, match=r"low\.json: missing required key"):
         load_records(tmp_path)
+
+
+def test_two_records_of_one_job_are_an_error_naming_both(tmp_path: Path) -> None:
+    """A variant record left under its old folder name ("m:v", now "m_v") would be read twice."""
+    rec = full_record(method="4dgs-cc:wo-nv")
+    new = record_path(tmp_path, "dnerf", "lego", "4dgs-cc:wo-nv", "high")
+    assert new.parent.name == "4dgs-cc_wo-nv"
+    write_record(rec, new)
+    assert len(read_records(tmp_path)) == 1
+    write_record(rec, tmp_path / "dnerf" / "lego" / "4dgs-cc:wo-nv" / "high.json")
+    with pytest.raises(RecordError, match=r"second record of job 4dgs-cc:wo-nv/dnerf/lego/high") as err:
+        read_records(tmp_path)
+    assert "4dgs-cc_wo-nv" in str(err.value) and "4dgs-cc:wo-nv" in str(err.value)
 
 
 def test_collect_env_and_git_commit(tmp_path: Path) -> None:
