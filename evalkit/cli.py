@@ -153,9 +153,7 @@ def check(
 def methods() -> None:
     """List registered methods and their rate points."""
     from evalkit.methods.registry import method_names
-    from evalkit.specs import SpecError, load_method_spec
-
-    from evalkit.specs import method_variants
+    from evalkit.specs import SpecError, load_method_spec, method_variants
 
     t = Table("method", "paper", "rate points", "variants (--method NAME:VARIANT)")
     broken = []

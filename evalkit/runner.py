@@ -309,34 +309,30 @@ def _stage_metrics(trained, scene: Scene, record: Record, device: torch.device, 
     return time.perf_counter() - t0
 
 
-def _render_test(render, scene: Scene, load_gt: bool = True) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    frames = scene.test
-    if not frames:
+def _ground_truth(scene: Scene) -> list[torch.Tensor]:
+    if not scene.test:
         raise RuntimeError(f"{scene.path}: the scene has no test frames")
-    preds, gts = [], []
-    with torch.no_grad():
-        for f in frames:
-            preds.append(render(f.camera, f.time).float().cpu())
-            if load_gt:
-                gts.append(torch.from_numpy(f.load()))
-    return preds, gts
+    return [torch.from_numpy(f.load()) for f in scene.test]
 
 
-def _evaluate_stages(stages, scene: Scene, device: torch.device) -> dict[str, dict[str, float]]:
+@torch.no_grad()
+def _renders(render, scene: Scene) -> list[torch.Tensor]:
+    return [render(f.camera, f.time).float().cpu() for f in scene.test]
+
+
+def _evaluate_stages(stages, scene: Scene, device: torch.device) -> dict[str, dict[str, float | None]]:
     """PSNR / SSIM of each intermediate model (``Model.quality_stages``) on the test views."""
     from evalkit.metrics.evaluate import evaluate_images
 
     out: dict[str, dict[str, float | None]] = {}
-    gts = None
+    gts = _ground_truth(scene)
     for label, render in stages:
         if str(label) in out:
             raise ValueError(f"quality_stages: duplicate stage label {label!r}")
-        preds, loaded = _render_test(render, scene, load_gt=gts is None)
-        gts = loaded if gts is None else gts
-        ev = evaluate_images(preds, gts, [f.image_name for f in scene.test], device=device, lpips_nets=())
+        ev = evaluate_images(_renders(render, scene), gts, [f.image_name for f in scene.test], device=device,
+                             lpips_nets=())
         out[str(label)] = {k: (v if v is not None and math.isfinite(v) else None)  # JSON has no inf
                            for k, v in ((k, ev.means[k]) for k in ("psnr", "ssim"))}
-        del preds
     return out
 
 
@@ -345,7 +341,8 @@ def _evaluate(model, scene: Scene, record: Record, device: torch.device, opts: R
     from evalkit.metrics.fps import measure_fps
 
     frames = scene.test
-    preds, gts = _render_test(model.render, scene)
+    gts = _ground_truth(scene)
+    preds = _renders(model.render, scene)
     ev = evaluate_images(preds, gts, [f.image_name for f in frames], device=device)
     missing = {_RECORD_NAME.get(k, k): v for k, v in ev.missing.items()}
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from evalkit.results import path_component as _safe  # report files named as record folders
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -49,10 +51,6 @@ def _paper_points(paper: Any, methods: list[str]) -> "pd.DataFrame":
     return pd.DataFrame(rows, columns=["method", "rate", "size_mb", "psnr"]).astype({"size_mb": float, "psnr": float})
 
 
-def _safe(name: str) -> str:
-    from evalkit.results import path_component
-
-    return path_component(name)
 
 
 def build_report(results_dir: str | Path, out_dir: str | Path, anchor: str | None = None,

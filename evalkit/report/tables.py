@@ -380,7 +380,6 @@ def summary_table(df: pd.DataFrame, dataset: str, spec: dict[str, Any] | None, a
     return t
 
 
-# -- BD tables -------------------------------------------------------------------------
 def coding_steps_table(records: Iterable[Any], dataset: str, label: str) -> Table | None:
     """Test quality of each method's intermediate models (``Record.stage_metrics``) and, as the
     last row, of the decoded bitstream (the record's metrics), one row per (scene, method, rate,
@@ -405,6 +404,7 @@ def coding_steps_table(records: Iterable[Any], dataset: str, label: str) -> Tabl
     return t
 
 
+# -- BD tables -------------------------------------------------------------------------
 def bd_scene_table(per_scene: pd.DataFrame, title: str) -> Table:
     t = Table(title, [Column("scene", "Scene"), Column("method", "Method"), Column("anchor", "Anchor"),
                       Column("bd_rate", "BD-rate (%) ↓", "{:+.2f}"), Column("bd_psnr", "BD-PSNR (dB) ↑", "{:+.3f}"),
