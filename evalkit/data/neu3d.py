@@ -15,12 +15,12 @@ point: it is the exact image centre (``cx = W / 2`` with pixel centres at +0.5).
 * ``cam00`` (first in sorted order) is the test camera, all others train.
 * Initial points: ``points3D_downsample2.ply``, else random points in the training frusta.
 
-Frames are decoded once with PyAV into a per-video uint8 ``.npy`` (F, H, W, 3),
-``<cache root>/neu3d/<scene>-<hash>/<camNN>-<W>x<H>-<key>.npy``, memory-mapped for fast
-random access with bounded memory (3 * W * H * F bytes of disk per camera: 90 MB for a
-600x336x150 video, about 1.2 GB for a 1352x1014x300 Neu3D one). The cache root is
-``cache_dir`` if given, else ``$EVALKIT_CACHE``, else ``~/.cache/evalkit``. A cache file is
-keyed by the video's resolved path, byte size, mtime and decode size, so a changed video is
+Frames are decoded once (PyAV, else OpenCV: ``evalkit.data.video``) into a per-video uint8
+``.npy`` (F, H, W, 3), ``<cache root>/neu3d/<scene>-<hash>/<camNN>-<W>x<H>-<key>.npy``,
+memory-mapped for fast random access with bounded memory (3 * W * H * F bytes of disk per camera:
+90 MB for a 600x336x150 video, about 1.2 GB for a 1352x1014x300 Neu3D one). The cache root is
+``cache_dir`` if given, else ``$EVALKIT_CACHE``, else ``~/.cache/evalkit``. A cache file is keyed
+by the video's resolved path, byte size, mtime, decode size and decoding backend, so a changed video is
 decoded again (and the stale file removed).
 """
 from __future__ import annotations
@@ -42,6 +42,7 @@ from evalkit.data.common import BLACK, parse_background, random_points_in_frusta
 from evalkit.data.images import resize_uint8
 from evalkit.data.ply import read_ply
 from evalkit.data.scene import Camera, DatasetError, Frame, Scene
+from evalkit.data.video import VideoInfo, backend_name, iter_frames, probe_video
 
 AUTO_DOWNSCALE_ABOVE = 1600  # px, longer video side above which the default scale is 0.5
 
@@ -57,32 +58,6 @@ def default_cache_root() -> Path:
 
 def _sha(text: str, n: int) -> str:
     return hashlib.sha1(text.encode("utf-8")).hexdigest()[:n]
-
-
-@dataclass
-class VideoInfo:
-    path: Path
-    width: int
-    height: int
-    frames: int
-
-
-def probe_video(path: Path) -> VideoInfo:
-    """Size and frame count from the container (packets are counted if it gives none)."""
-    import av  # imported here so the other formats load without PyAV installed
-    try:
-        with av.open(str(path)) as c:
-            if not c.streams.video:
-                raise DatasetError(path, "file has no video stream")
-            s = c.streams.video[0]
-            n = int(s.frames or 0)
-            if n <= 0:
-                n = sum(1 for p in c.demux(s) if p.size)
-            return VideoInfo(path, int(s.codec_context.width), int(s.codec_context.height), n)
-    except DatasetError:
-        raise
-    except (av.error.FFmpegError, OSError, ValueError) as exc:
-        raise DatasetError(path, f"not a readable video ({exc})") from None
 
 
 @dataclass
@@ -127,7 +102,6 @@ class DecodedVideo:
         return arr[index].astype(np.float32) / 255.0
 
     def _decode(self, progress: Progress | None, task) -> None:
-        import av
         W, H = self.out_size
         n = self.info.frames
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -135,26 +109,22 @@ class DecodedVideo:
         got = 0
         try:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, H, W, 3))
-            with av.open(str(self.info.path)) as c:
-                s = c.streams.video[0]
-                s.thread_type = "AUTO"
-                for fr in c.decode(s):
-                    if got >= n:
-                        raise DatasetError(self.info.path, f"decodes to more frames than the {n} "
-                                                           "its container reports")
-                    img = fr.to_ndarray(format="rgb24")
-                    if (img.shape[1], img.shape[0]) != (W, H):
-                        img = resize_uint8(img, (W, H))
-                    out[got] = img
-                    got += 1
-                    if progress is not None:
-                        progress.advance(task)
+            for img in iter_frames(self.info.path):
+                if got >= n:
+                    raise DatasetError(self.info.path, f"decodes to more frames than the {n} "
+                                                       "its container reports")
+                if (img.shape[1], img.shape[0]) != (W, H):
+                    img = resize_uint8(img, (W, H))
+                out[got] = img
+                got += 1
+                if progress is not None:
+                    progress.advance(task)
             if got != n:
                 raise DatasetError(self.info.path, f"decodes to {got} frames, expected {n}")
             out.flush()
             del out
             os.replace(tmp, self.cache_file)
-        except (av.error.FFmpegError, OSError) as exc:
+        except OSError as exc:
             raise DatasetError(self.info.path, f"video decoding failed after {got} frames ({exc})") from None
         finally:
             if tmp.exists():
@@ -231,6 +201,7 @@ def load_neu3d(path: Path | str, *, resolution_scale: float | None = None,
         raise DatasetError(pb_path, f"has {pb.shape[0]} rows but the folder has {len(videos)} "
                                     f"cam*.mp4 videos")
 
+    backend = backend_name(videos[0])
     infos = [probe_video(v) for v in videos]
     counts = [i.frames for i in infos]
     common = max(set(counts), key=counts.count)
@@ -274,7 +245,7 @@ def load_neu3d(path: Path | str, *, resolution_scale: float | None = None,
                       [0.0, focal * Ho / H, Ho / 2.0],
                       [0.0, 0.0, 1.0]])
         st = info.path.stat()
-        key = _sha(f"{info.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{Wo}x{Ho}", 16)
+        key = _sha(f"{info.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{Wo}x{Ho}|{backend}", 16)
         dv = DecodedVideo(info=info, out_size=(Wo, Ho),
                           cache_file=scene_dir / f"{info.path.stem}-{Wo}x{Ho}-{key}.npy")
         decoded.append(dv)

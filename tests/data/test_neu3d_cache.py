@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from evalkit.data import load_scene
+from evalkit.data import DatasetError, load_scene
 from evalkit.data.neu3d import DecodedVideo, default_cache_root, prefetch_neu3d
 
 
@@ -94,3 +94,47 @@ def test_downscaled_decode(neu3d_copy, tmp_path):
     box = img_full.reshape(32, 2, 48, 2, 3).mean(axis=(1, 3))
     assert np.abs(img_half - box).mean() < 0.02  # a proper resize, not a crop or a shift
     assert len(list((tmp_path / "c").rglob("*.npy"))) == 6  # 5 at half size + cam00 at full size
+
+
+# ---------------------------------------------------------------- decoding backends
+def test_opencv_backend_decodes_the_same_frames_into_its_own_cache(neu3d_copy, tmp_path, monkeypatch):
+    pytest.importorskip("cv2", reason="opencv-python-headless is in the test extra")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("EVALKIT_VIDEO_BACKEND", "av")
+    load_scene(neu3d_copy, cache_dir=cache, progress=False)
+    av_files = {p.name for p in cache.rglob("*.npy")}
+    monkeypatch.setenv("EVALKIT_VIDEO_BACKEND", "opencv")
+    by_cv = load_scene(neu3d_copy, cache_dir=cache, progress=False)
+    # the backend is part of the cache key (their YUV->RGB rounding differs): decoded again,
+    # the other backend's files replaced
+    cv_files = {p.name for p in cache.rglob("*.npy")}
+    assert len(cv_files) == 5 and not cv_files & av_files
+    assert len(by_cv.frames) == 5 * 12
+    direct = _decode_direct(neu3d_copy / "cam01.mp4").astype(np.float32) / 255
+    cv_frames = np.stack([f.load() for f in by_cv.frames if f.camera_id == "cam01"])
+    diff = np.abs(cv_frames - direct)
+    assert diff.mean() < 1.5 / 255 and diff.max() < 12 / 255, (diff.mean() * 255, diff.max() * 255)
+    # frames are in order: frame t matches the direct decode of frame t better than of t + 1
+    assert np.abs(cv_frames[5] - direct[5]).mean() < np.abs(cv_frames[5] - direct[6]).mean()
+
+
+def test_opencv_backend_names_an_unreadable_video(neu3d_copy, tmp_path, monkeypatch):
+    pytest.importorskip("cv2", reason="opencv-python-headless is in the test extra")
+    monkeypatch.setenv("EVALKIT_VIDEO_BACKEND", "opencv")
+    bad = neu3d_copy / "cam04.mp4"
+    bad.write_bytes(b"\x00" * 1000)
+    with pytest.raises(DatasetError, match="not a readable video") as info:
+        load_scene(neu3d_copy, cache_dir=tmp_path / "c", progress=False)
+    assert info.value.path == bad
+
+
+def test_backend_choice_errors_are_clear(neu3d_copy, tmp_path, monkeypatch):
+    from evalkit.data import video
+    monkeypatch.setenv("EVALKIT_VIDEO_BACKEND", "ffmpeg")
+    with pytest.raises(DatasetError, match="must be one of av, opencv"):
+        load_scene(neu3d_copy, cache_dir=tmp_path / "c", progress=False)
+    monkeypatch.delenv("EVALKIT_VIDEO_BACKEND")
+    monkeypatch.setattr(video, "_importable", lambda name: False)
+    with pytest.raises(DatasetError, match="needs PyAV .* or OpenCV") as info:
+        load_scene(neu3d_copy, cache_dir=tmp_path / "c", progress=False)
+    assert info.value.path == neu3d_copy / "cam00.mp4"
