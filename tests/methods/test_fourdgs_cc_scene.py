@@ -185,3 +185,17 @@ def test_ablation_variants_run_and_cost_more_bytes(tiny_scene, trained) -> None:
         sizes[name] = bits.sizes()["total"]
     for name in ("w/o CG", "w/o NV", "w/o NVCC", "w/o SP"):
         assert sizes["full"] < sizes[name], (name, sizes)
+
+
+def test_vq_started_during_densification_follows_the_changing_gaussian_set(tiny_scene, trained) -> None:
+    """vq_start before densification stops: every densify / prune step changes the Gaussian set and
+    the clustering is redone, so at the end every Gaussian has an index, the member counts match
+    and the codebook has not collapsed."""
+    method, _, _, cache = trained
+    early = method.train(tiny_scene, RatePoint("high", {"lambda_e": 1e-5}), _ctx(cache, vq_start=6))
+    vq, n = early.model.vq, early.model.num_primitives()
+    assert early.stats["vq"]["start"] == 6 < TINY_4DGS["densify_until_iter"]
+    assert early.stats["fine"]["gaussians"] == n
+    assert vq.indices.shape == (n,) and int(vq.counts.sum()) == n
+    assert torch.equal(vq.counts, torch.bincount(vq.indices, minlength=vq.size).float())
+    assert early.stats["vq"]["used"] >= 0.5 * early.stats["vq"]["codes"]
