@@ -250,3 +250,36 @@ def test_ablations_are_spec_variants_of_the_method() -> None:
         assert getattr(cc, key) == value
     with pytest.raises(SpecError, match="4dgs-cc.toml.*unknown variant 'wo-xyz'.*wo-cg"):
         load_method_spec("4dgs-cc:wo-xyz")
+
+
+@pytest.mark.parametrize("moves_codes", [False, True])
+def test_vqcc_rate_trains_vqcc_and_moves_codes_only_when_asked(moves_codes: bool) -> None:
+    """Default: the VQCC rate trains the VQCC networks and leaves the SH (hence the render) alone,
+    VQCC being lossless coding of the codebook; ``vqcc_rate_moves_codes`` lets it reach the SH."""
+    from evalkit.methods.fourdgs.deformation import DeformationConfig, DeformationField
+    from evalkit.methods.fourdgs.hexplane import HexPlaneConfig
+    from evalkit.methods.fourdgs.model import FourDGSModel
+    from evalkit.methods.fourdgs_cc.config import CCConfig
+    from evalkit.methods.fourdgs_cc.model import FourDGSCCModel
+
+    torch.manual_seed(0)
+    hp = HexPlaneConfig(feature_dim=4, resolution=[8, 8, 8, 4], multires=[1])
+    deform = DeformationField(DeformationConfig(hexplane=hp, depth=0, width=8), torch.tensor([[-1.0] * 3, [1.0] * 3]))
+    n = 200
+    g = torch.nn.ParameterDict({k: torch.nn.Parameter(v) for k, v in dict(
+        means=torch.randn(n, 3), scales=torch.full((n, 3), -3.0), quats=torch.randn(n, 4), opacities=torch.zeros(n),
+        sh0=torch.rand(n, 1, 3), shN=0.1 * torch.randn(n, 15, 3)).items()})
+    cc = CCConfig(codebook_size=16, vqcc_hidden=8, vqcc_latent=4, nvcc_hidden=8, compress_hexplane=False,
+                  cuda_graphs=False, vqcc_rate_moves_codes=moves_codes)
+    model = FourDGSCCModel(FourDGSModel(g, deform, 3, torch.zeros(3)), cc)
+    model.vq.pending = "init"
+    model.canonical_sh()
+    bits, count = model.rate_terms("noise")["vqcc"]
+    bits.backward()
+    sh_grad = [model.gaussians[k].grad for k in ("sh0", "shN")]
+    trained = {n for n, p in model.vqcc.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert {"h_a.0.weight", "h_s.2.weight", "prior.matrices.0"} <= trained  # hyper-analysis, -synthesis, prior
+    if moves_codes:
+        assert all(gr is not None and gr.abs().sum() > 0 for gr in sh_grad)
+    else:
+        assert all(gr is None or not gr.any() for gr in sh_grad)

@@ -36,6 +36,9 @@ class CCConfig:
     vqcc: bool = True  # False: "w/o VQCC" ablation (quantised codebook stored with fixed-length codes)
     vqcc_hidden: int = 64
     vqcc_latent: int = 16
+    # True: the VQCC rate's gradient reaches the codes (through the member means) and so the SH;
+    # False (default): the rate trains the VQCC networks only and VQCC stays lossless for the render
+    vqcc_rate_moves_codes: bool = False
 
     # HexPlane (Sec. 3.4)
     compress_hexplane: bool = True  # False: "w/o NV" ablation (float32 planes, as 4DGS)

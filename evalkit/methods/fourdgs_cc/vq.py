@@ -15,9 +15,13 @@ adopts:
 * Every ``vq_assign_interval`` steps (Compact3D: 100) during the first ``vq_assign_fraction`` of the
   VQ phase the clustering is refined by ``kmeans_iters`` Lloyd iterations from the current codes
   (Compact3D's ``cluster_assign``); then the assignment is frozen.
-* 4DGS-CC minimises the codebook's VQCC rate (Eq. 2), so its gradient must reach the codes:
-  ``code_vectors`` computes the member means differentiably (Compact3D detaches them), so the rate
-  gradient reaches the members' continuous SH through their mean (choice; the paper is silent).
+* The VQCC rate of Eq. (2) is computed on the codes (the member means). By default it trains the
+  VQCC networks only: the paper calls VQCC lossless coding of the quantised codebook, and Compact3D
+  detaches its member means. ``vqcc_rate_moves_codes`` lets its gradient reach the members'
+  continuous SH through their mean (``code_vectors`` is differentiable) instead; measured on D-NeRF
+  jumpingjacks (high, H200, full protocol) it pulls the codes together (1728 distinct on the grid
+  against 8191 without the rate) for 34.66 dB against 35.13 dB (our 4dgs: 35.23 dB), saving
+  ~200 KB of codebook bytes.
   The codes are quantised (step ``codebook_qstep``, straight-through) when rendered, so the
   rendered colours are the decoded ones.
 
