@@ -19,8 +19,10 @@ Pipeline (paper Fig. 1):
 * SH colours (``vq``): Compact3D [38]-style k-means VQ of the full 48-d SH vector (DC + rest: the
   paper has one codebook and one index per Gaussian), from the end of densification; codes are the
   means of their members' continuous SH (straight-through to the members), the clustering refined
-  every 100 steps for two thirds of the VQ phase; k-means++ seeds (choice); the VQCC rate reaches
-  the members through the means (choice); codes quantised with step ``codebook_qstep``. Indices:
+  every 100 steps for two thirds of the VQ phase; k-means++ seeds (choice); the VQCC rate trains
+  the VQCC networks and not the codes (choice: VQCC is lossless coding of the codebook;
+  ``vqcc_rate_moves_codes`` lets it reach the members through the means, see ``vq``); codes
+  quantised with step ``codebook_qstep``. Indices:
   unused codes dropped, Gaussians sorted by code, run lengths entropy coded (Compact3D's sort +
   run-length scheme).
 * VQCC (``vqcc``): per code vector a hyper-latent z = h_a(y) coded with a factorized prior, y
