@@ -29,6 +29,7 @@ METRIC_NAMES: tuple[str, ...] = ("psnr", "ssim", "dssim", "ms_ssim", "lpips_alex
 TIMING_NAMES: tuple[str, ...] = ("train_s", "encode_s", "decode_s", "eval_s", "stages_s")
 STATUSES: tuple[str, ...] = ("ok", "failed")
 MB = 1_000_000  # evalkit's MB is 10^6 bytes everywhere
+CONTENDED = "contended"  # the word a record note uses for times taken on a shared machine
 
 
 class RecordError(ValueError):
@@ -115,6 +116,15 @@ class Record:
     @property
     def total_bytes(self) -> int | None:
         return None if self.size is None else self.size.get("total_bytes")
+
+    @property
+    def timings_contended(self) -> bool:
+        """Its times / FPS were taken on a shared GPU or host: the runner's own samples
+        (``env.contention``, see ``evalkit.metrics.contention``) or a note that says so (records annotated by
+        hand before the runner sampled)."""
+        if ((self.env or {}).get("contention") or {}).get("contended"):
+            return True
+        return any(CONTENDED in n for n in self.notes)
 
 
 def _json_default(obj: Any) -> Any:
@@ -293,7 +303,7 @@ def read_records(results_dir: str | Path) -> list[Record]:
 RECORD_COLUMNS: tuple[str, ...] = (
     "method", "dataset", "scene", "rate", "status", "quick", *METRIC_NAMES,
     "size_bytes", "size_mb", "num_primitives", "fps", "ms_per_frame", "gpu_name",
-    *TIMING_NAMES, "iterations", "seed", "error")
+    *TIMING_NAMES, "timings_contended", "iterations", "seed", "error")
 
 
 def _nan(v: Any) -> float:
@@ -321,6 +331,7 @@ def records_to_frame(records: list[Record]) -> pd.DataFrame:
             "fps": _nan(fps.get("fps")), "ms_per_frame": _nan(fps.get("ms_per_frame")),
             "gpu_name": fps.get("gpu_name"),
             **{t: _nan(r.timings.get(t)) for t in TIMING_NAMES},
+            "timings_contended": r.timings_contended,
             "iterations": r.iterations, "seed": r.seed, "error": r.error,
         })
     return pd.DataFrame(rows, columns=list(RECORD_COLUMNS))
@@ -416,7 +427,7 @@ def collect_env() -> dict[str, Any]:
 
 
 __all__ = [
-    "MB", "METRIC_NAMES", "RECORD_COLUMNS", "Record", "RecordError", "SCHEMA_VERSION",
+    "CONTENDED", "MB", "METRIC_NAMES", "RECORD_COLUMNS", "Record", "RecordError", "SCHEMA_VERSION",
     "bitstream_path", "collect_env", "components_frame", "git_commit", "git_dirty", "load_components",
     "load_per_frame", "load_records", "per_frame_frame", "read_record", "read_records",
     "path_component", "record_files", "record_path", "records_to_frame", "write_record",

@@ -27,6 +27,7 @@ from evalkit.codec.container import Bitstream
 from evalkit.data.scene import Scene
 from evalkit.methods.base import Budget, RatePoint, TrainContext
 from evalkit.methods.registry import UnknownMethod, get_method
+from evalkit.metrics.contention import ContentionWatch
 from evalkit.results import Record, bitstream_path, collect_env, read_record, record_path, write_record
 from evalkit.specs import DatasetSpec, SpecError, load_dataset_spec, load_method_spec
 
@@ -203,6 +204,8 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict) -
     if opts.iterations is not None:
         record.notes.append(f"--iterations {opts.iterations}: not the protocol's training schedule")
 
+    watch = ContentionWatch(device)
+    watch.sample("start")
     with _job_log(rec_path.with_suffix(".log")) as log:
         log(f"job {job.label} on {device}")
         try:
@@ -224,12 +227,14 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict) -
             record.iterations = int(getattr(trained, "iterations", 0) or (iterations or 0))
             record.reused = getattr(trained, "reused", None)
             log(f"trained in {train_s:.1f} s, {trained.num_primitives()} primitives")
+            watch.sample("trained")
             reporter.phase("encoding")
             t0 = _sync_time(device)
             bits = trained.encode()
             encode_s = _sync_time(device) - t0
             nbytes = bits.write(bits_path)
             del bits
+            watch.sample("encoded")
             stages_s = _stage_metrics(trained, scene, record, device, reporter, log)
             del trained
             _free(device)
@@ -239,6 +244,7 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict) -
             on_disk = Bitstream.read(bits_path)
             decoded = method.decode(on_disk, device, source=str(bits_path))
             decode_s = _sync_time(device) - t0
+            watch.sample("decoded")
             sizes = on_disk.sizes()
             if sizes["total"] != nbytes or bits_path.stat().st_size != nbytes:
                 raise RuntimeError(f"{bits_path}: size accounting mismatch ({sizes['total']} vs {nbytes} bytes)")
@@ -247,6 +253,7 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict) -
             t0 = time.perf_counter()
             _evaluate(decoded, scene, record, device, opts)
             eval_s = time.perf_counter() - t0
+            watch.sample("evaluated")
             record.size = {"total_bytes": nbytes, "components": {k: v for k, v in sizes.items() if k != "total"}}
             record.bitstream = str(bits_path.relative_to(opts.out))
             record.num_primitives = int(decoded.num_primitives())
@@ -261,6 +268,10 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict) -
             log("FAILED\n" + traceback.format_exc())
         finally:
             _free(device)
+        record.env["contention"] = watch.summary()
+        for note in watch.notes():
+            record.notes.append(note)
+            log(f"note: {note}")
     try:
         write_record(record, rec_path)
     except Exception as exc:  # e.g. a value JSON cannot store: record the failure, keep the sweep going

@@ -438,3 +438,24 @@ def test_scene_outside_the_spec_runs_with_a_note(toy_bench: ToyBench, synth_scen
     assert any("'extra' is not in datasets/toy.toml" in n for n in result.notes)
     rec = toy_bench.record("extra", "low")
     assert any("'extra' is not in datasets/toy.toml" in n for n in rec.notes)
+
+
+def test_a_shared_gpu_is_flagged_in_the_record(toy_bench: ToyBench, monkeypatch) -> None:
+    """The runner samples the GPU at each phase; other processes on it make a note and the
+    record's times count as contended (the report then leaves out its FPS)."""
+    from evalkit.metrics import contention
+    counts = iter([0, 0, 2, 2, 1] + [0] * 100)
+    monkeypatch.setattr(contention, "gpu_compute_processes", lambda device: next(counts))
+    run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts(), scenes=["alpha"], rates=["low"])
+    rec = toy_bench.record("alpha", "low")
+    c = rec.env["contention"]
+    assert [s["phase"] for s in c["samples"]] == ["start", "trained", "encoded", "decoded", "evaluated"]
+    assert c["gpu_other_processes_max"] == 2 and c["contended"] and rec.timings_contended
+    assert any("encoded: 2, decoded: 2, evaluated: 1" in n for n in rec.notes)
+    log = record_path(toy_bench.out, "toy", "alpha", "toy", "low").with_suffix(".log").read_text()
+    assert "note: the GPU was shared" in log
+    # alone: no note, not contended
+    counts = iter([0] * 100)
+    run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts(force=True), scenes=["alpha"], rates=["low"])
+    rec = toy_bench.record("alpha", "low")
+    assert not rec.timings_contended and rec.env["contention"]["gpu_other_processes_max"] == 0

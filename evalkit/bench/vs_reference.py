@@ -34,6 +34,10 @@ def compare(results: Path, method: str) -> Table:
         ref = spec.scene_reference.get(rec.scene, {}).get(method, {}).get("default")
         if not ref:
             continue
+        if rec.timings_contended:  # times from a shared GPU / host say nothing about the method
+            table.add_row(rec.scene, (rec.fps or {}).get("gpu_name") or "CPU", "", "", "", "", "", "",
+                          "timings contended (record notes): not compared")
+            continue
         train = rec.timings.get("train_s")
         ms = rec.fps["ms_per_frame"] if rec.fps else None
         psnr = rec.metrics.get("psnr")

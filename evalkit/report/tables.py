@@ -296,9 +296,11 @@ def scene_table(df: pd.DataFrame, dataset: str, scene: str, spec: dict[str, Any]
     t = Table(f"{dataset_label(spec, dataset)} / {scene}", cols)
     for (m, r), entry in zip(keys, entries):
         row = sub[(sub["method"] == m) & (sub["rate"] == r)].iloc[0]
-        t.add([m, r, *[row[k] for k in metrics], row["fps"], row["size_mb"], row["size_bytes"],
-               row["num_primitives"], *[paper_value(entry, k) for k, _ in pcols]], quick=bool(row["quick"]))
+        t.add([m, r, *[row[k] for k in metrics], None if row["timings_contended"] else row["fps"], row["size_mb"],
+               row["size_bytes"], row["num_primitives"], *[paper_value(entry, k) for k, _ in pcols]],
+              quick=bool(row["quick"]))
     t.footnotes.append("Size: bytes of the bitstream file the decoder reads; MB = 10^6 bytes.")
+    _contended_footnote(t, sub)
     _paper_sources(t, paper, keys)
 
     # The public reference code of a method, measured on our GPU: extra rows, marked as such.
@@ -317,6 +319,12 @@ def scene_table(df: pd.DataFrame, dataset: str, scene: str, spec: dict[str, Any]
         t.footnotes.append("(reference code): the method's public code measured by us, not by evalkit: "
                            + "; ".join(sorted(ref_sources)) + ".")
     return t
+
+
+def _contended_footnote(t: Table, rows: pd.DataFrame) -> None:
+    if rows["timings_contended"].astype(bool).any():
+        t.footnotes.append("FPS left out (—) where the record's times were taken on a shared GPU or host "
+                           "(see its notes): not a measurement of the method.")
 
 
 def _paper_sources(t: Table, paper: Any, keys: list[tuple[str, str]]) -> None:
@@ -357,7 +365,8 @@ def summary_table(df: pd.DataFrame, dataset: str, spec: dict[str, Any] | None, a
         n = g["scene"].nunique()
         partial |= 0 < n < len(all_scenes)
         # skipna=False: a metric missing in any scene makes the mean missing, not a subset mean.
-        means = {k: (g[k].mean(skipna=False) if n else None) for k in [*metrics, "fps", "size_bytes"]}
+        means = {k: (g[k].mean(skipna=False) if n else None) for k in [*metrics, "size_bytes"]}
+        means["fps"] = g["fps"].where(~g["timings_contended"].astype(bool)).mean(skipna=False) if n else None
         ratio = None
         if n and not anc.empty and set(g["scene"]) <= set(anc.index):
             ratio = anc.loc[list(g["scene"])].mean() / means["size_bytes"]
@@ -367,6 +376,7 @@ def summary_table(df: pd.DataFrame, dataset: str, spec: dict[str, Any] | None, a
               quick=bool(g["quick"].any()))
     t.footnotes.append("Means over scenes of per-scene values; a metric missing in any scene leaves the mean "
                        "missing. Size: bitstream bytes, MB = 10^6 bytes.")
+    _contended_footnote(t, sub)
     if anchor_rate is not None:
         t.footnotes.append(f"Ratio = mean size of {anchor} ({anchor_rate}) / mean size of the row, over the "
                            f"row's scenes.")

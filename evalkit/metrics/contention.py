@@ -1,0 +1,89 @@
+"""Was the machine shared while a job was timed? Timings and FPS from a shared GPU (or an
+oversubscribed host) are not measurements of the method, so the runner samples at each phase
+boundary of a job and the record says so.
+
+* GPU: the compute processes NVML lists on the job's GPU (found by UUID, so
+  ``CUDA_VISIBLE_DEVICES`` remapping does not matter). Inside a container NVML reports host PIDs,
+  which ours does not match, so the count is used: a process holding a CUDA context is one of
+  them, the rest are others. Without NVML (``nvidia-ml-py`` not installed) the GPU is "unknown".
+* Host (GPU jobs): the 1-minute load average against the CPU count (Linux / macOS); a GPU job
+  itself keeps about one core busy.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from evalkit.results import CONTENDED
+
+
+def gpu_compute_processes(device: torch.device) -> int | None:
+    """Compute processes on ``device``'s GPU (ours included), or None when NVML cannot say."""
+    if device.type != "cuda":
+        return None
+    try:
+        import pynvml
+        uuid = torch.cuda.get_device_properties(device).uuid
+        pynvml.nvmlInit()
+        try:
+            handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
+            return len(pynvml.nvmlDeviceGetComputeRunningProcesses(handle))
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:  # no NVML library, no permission, an old driver: unknown, not zero
+        return None
+
+
+def host_load() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
+@dataclass
+class ContentionWatch:
+    """Samples taken at a job's phase boundaries; ``summary`` goes into ``record.env``."""
+
+    device: torch.device
+    count_gpu: Callable[[torch.device], int | None] | None = None  # None: gpu_compute_processes
+    load: Callable[[], float | None] | None = None  # None: host_load
+    cpus: int = field(default_factory=lambda: os.cpu_count() or 1)
+    samples: list[tuple[str, int | None, float | None]] = field(default_factory=list)
+
+    def sample(self, phase: str) -> None:
+        n = (self.count_gpu or gpu_compute_processes)(self.device)
+        if n is not None:
+            ours = 1 if self.device.type == "cuda" and torch.cuda.is_initialized() else 0
+            n = max(0, n - ours)
+        self.samples.append((phase, n, (self.load or host_load)()))
+
+    def summary(self) -> dict:
+        others = [n for _, n, _ in self.samples if n is not None]
+        loads = [x for _, _, x in self.samples if x is not None]
+        return {"contended": self.contended, "gpu_other_processes_max": max(others) if others else None,
+                "host_load1_max": round(max(loads), 2) if loads else None, "cpus": self.cpus,
+                "samples": [{"phase": p, "gpu_other_processes": n, "host_load1": x} for p, n, x in self.samples]}
+
+    def notes(self) -> list[str]:
+        """What a reader of the record's times must know (empty when nothing was seen)."""
+        out = []
+        shared = [(p, n) for p, n, _ in self.samples if n]
+        if shared:
+            where = ", ".join(f"{p}: {n}" for p, n in shared)
+            out.append(f"the GPU was shared: other compute processes on it ({where}); train, encode, "
+                       f"decode and FPS times are {CONTENDED}, not measurements of the method")
+        # A CPU job loads every core itself (and CPU times are labelled not comparable anyway)
+        busy = [(p, x) for p, _, x in self.samples if x is not None and x > self.cpus]
+        if busy and self.device.type == "cuda":
+            where = ", ".join(f"{p}: {x:.1f}" for p, x in busy)
+            out.append(f"the host was oversubscribed: 1-minute load above its {self.cpus} CPUs ({where}); "
+                       f"times may be {CONTENDED}")
+        return out
+
+    @property
+    def contended(self) -> bool:
+        return bool(self.notes())

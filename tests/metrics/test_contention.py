@@ -1,0 +1,87 @@
+"""Contention sampling: a job timed on a shared GPU (or an oversubscribed host, for GPU jobs) is
+flagged in its record, and the report / speed benchmark do not present its times as measured."""
+from __future__ import annotations
+
+import torch
+
+from evalkit.metrics import contention
+from evalkit.metrics.contention import ContentionWatch
+from evalkit.report.tables import scene_table, summary_table
+from evalkit.results import Record, records_to_frame
+
+CUDA = torch.device("cuda")  # only a label here: the counters are fakes, nothing touches a GPU
+
+
+def _watch(device, gpu_counts, loads, cpus=16) -> ContentionWatch:
+    g, l = iter(gpu_counts), iter(loads)
+    w = ContentionWatch(device, count_gpu=lambda d: next(g), load=lambda: next(l), cpus=cpus)
+    for phase in ("start", "trained", "evaluated"):
+        w.sample(phase)
+    return w
+
+
+def test_alone_on_the_gpu_gives_no_note() -> None:
+    w = _watch(CUDA, [0, 0, 0], [1.0, 1.2, 0.9])
+    assert w.notes() == [] and not w.contended
+    s = w.summary()
+    assert s["contended"] is False and s["gpu_other_processes_max"] == 0 and s["host_load1_max"] == 1.2
+    assert [x["phase"] for x in s["samples"]] == ["start", "trained", "evaluated"]
+
+
+def test_other_processes_on_the_gpu_are_named_per_phase() -> None:
+    w = _watch(CUDA, [0, 1, 2], [1.0, 1.0, 1.0])
+    (note,) = w.notes()
+    assert "GPU was shared" in note and "trained: 1, evaluated: 2" in note and "contended" in note
+    assert w.summary()["gpu_other_processes_max"] == 2 and w.contended
+
+
+def test_oversubscribed_host_counts_for_gpu_jobs_only() -> None:
+    gpu = _watch(CUDA, [0, 0, 0], [3.0, 40.5, 20.0], cpus=16)
+    (note,) = gpu.notes()
+    assert "oversubscribed" in note and "above its 16 CPUs (trained: 40.5, evaluated: 20.0)" in note
+    cpu = _watch(torch.device("cpu"), [None, None, None], [3.0, 40.5, 20.0], cpus=16)
+    assert cpu.notes() == []  # a CPU job loads every core itself
+
+
+def test_unknown_gpu_state_is_not_zero() -> None:
+    s = _watch(CUDA, [None, None, None], [None, None, None]).summary()
+    assert s["gpu_other_processes_max"] is None and s["host_load1_max"] is None and s["contended"] is False
+
+
+def test_our_own_cuda_context_is_not_counted(monkeypatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    w = _watch(CUDA, [1, 2, 1], [0.0, 0.0, 0.0])  # NVML lists us too (by a host PID we cannot match)
+    assert [n for _, n, _ in w.samples] == [0, 1, 0]
+
+
+def test_no_nvml_means_unknown(monkeypatch) -> None:
+    import builtins
+    real = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__",
+                        lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name)) if name == "pynvml" else real(name, *a, **k))
+    assert contention.gpu_compute_processes(CUDA) is None
+    assert contention.gpu_compute_processes(torch.device("cpu")) is None
+
+
+def _record(scene: str, fps: float, **kw) -> Record:
+    return Record("m", "dnerf", scene, "high", status="ok", metrics={"psnr": 30.0},
+                  size={"total_bytes": 1_000_000, "components": {}}, num_primitives=10,
+                  fps={"fps": fps, "ms_per_frame": 1000 / fps, "gpu_name": "G"}, **kw)
+
+
+def test_report_leaves_out_contended_fps() -> None:
+    alone = _record("a", 500.0, env={"contention": {"contended": False}})
+    shared = _record("b", 900.0, env={"contention": {"contended": True}})
+    by_hand = _record("c", 800.0, notes=["8 jobs at once: times are contended"])
+    assert not alone.timings_contended and shared.timings_contended and by_hand.timings_contended
+    df = records_to_frame([alone, shared, by_hand])
+    spec = {"name": "D-NeRF", "scenes": ["a", "b", "c"]}
+    fps_col = lambda t: [row[t.columns.index(next(c for c in t.columns if c.key == "fps"))] for row in t.rows]
+    assert fps_col(scene_table(df, "dnerf", "a", spec)) == [500.0]
+    tb = scene_table(df, "dnerf", "b", spec)
+    assert fps_col(tb) == [None] and any("shared GPU" in f for f in tb.footnotes)
+    only_alone = summary_table(df[df["scene"] == "a"], "dnerf", spec, None)
+    assert fps_col(only_alone) == [500.0] and not any("shared GPU" in f for f in only_alone.footnotes)
+    mixed = summary_table(df, "dnerf", spec, None)
+    (fps,) = fps_col(mixed)
+    assert fps != fps  # NaN: no mean over partly contended times
