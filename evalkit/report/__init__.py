@@ -68,7 +68,8 @@ def build_report(results_dir: str | Path, out_dir: str | Path, anchor: str | Non
     from evalkit.report.index import DatasetSection, render_index
     from evalkit.report.plots import bit_allocation_plot, rd_plot
     from evalkit.report.tables import (bd_scene_table, bd_summary_table, coding_steps_table, dataset_label, method_order,
-                                       scene_paper, scene_table, summary_table, survey_csv, table_metrics)
+                                       scene_paper, scene_table, spec_scenes, summary_table, survey_csv,
+                                       table_metrics)
     from evalkit.results import components_frame, read_records, records_to_frame
 
     results_dir, out_dir = Path(results_dir), Path(out_dir)
@@ -144,11 +145,12 @@ def build_report(results_dir: str | Path, out_dir: str | Path, anchor: str | Non
         if not ok.empty:
             mean_pts = ok.groupby(["method", "rate"], as_index=False).agg(
                 size_bytes=("size_bytes", "mean"), psnr=("psnr", lambda s: s.mean(skipna=False)),
-                quick=("quick", "any"))
+                quick=("quick", "any"), scenes=("scene", "nunique"))
+            n_all = len(spec_scenes(spec) or sorted(dall["scene"].unique()))
             section.rd_plots = {"mean": rd_plot(mean_pts, ddir / "plots" / "rd_mean",
                                                 f"{label}: mean over scenes",
                                                 paper=_paper_points(spec.get("paper"), methods),
-                                                method_order=methods), **section.rd_plots}
+                                                method_order=methods, total_scenes=n_all), **section.rd_plots}
         dc = comps[comps["dataset"] == dataset]
         if not dc.empty:
             n_scenes = ok.groupby(["method", "rate"])["scene"].nunique()

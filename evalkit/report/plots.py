@@ -15,6 +15,7 @@ matplotlib.use("Agg")  # headless; must precede any pyplot import elsewhere in t
 import pandas as pd  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter  # noqa: E402
 
 from evalkit.results import MB  # noqa: E402
 
@@ -33,9 +34,34 @@ def _save(fig: Figure, stem: Path) -> list[Path]:
     return out
 
 
+def curve_label(method: str, quick: bool, scenes: Sequence[int] = (), total: int | None = None) -> str:
+    """Legend text: the method, "(quick)", and for dataset means the scenes its points cover when
+    that is not every scene (means over different scene sets are not comparable)."""
+    label = f"{method}{' (quick)' if quick else ''}"
+    if total and scenes and min(scenes) < total:
+        lo, hi = min(scenes), max(scenes)
+        label += f" ({lo}/{total} scenes)" if lo == hi else f" ({lo}-{hi}/{total} scenes)"
+    return label
+
+
+def one_two_five_ticks(lo: float, hi: float) -> list[float]:
+    """Log-axis ticks inside [lo, hi] whose labels never overlap: decades over a wide range, else
+    1-2-5 per decade, or finer steps when the range is too narrow to hold two of those."""
+    import math
+    decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    for mantissas in ((1,), (1, 2, 5), range(1, 10), [m / 10 for m in range(10, 100)]):
+        inside = [round(m * 10.0 ** k, 12) for k in decades for m in mantissas if lo <= m * 10.0 ** k <= hi]
+        if len(inside) >= (4 if mantissas == (1,) else 2):  # decades alone once they are enough
+            return inside
+    return [float(f"{lo:.3g}"), float(f"{hi:.3g}")]
+
+
 def rd_plot(points: pd.DataFrame, stem: Path, title: str,
-            paper: pd.DataFrame | None = None, method_order: Sequence[str] | None = None) -> list[Path]:
-    """PSNR vs size. ``points``: columns method, rate, size_bytes, psnr, quick (one row per point).
+            paper: pd.DataFrame | None = None, method_order: Sequence[str] | None = None,
+            total_scenes: int | None = None) -> list[Path]:
+    """PSNR vs size. ``points``: columns method, rate, size_bytes, psnr, quick (one row per point)
+    and, for dataset means, ``scenes`` (how many scenes each mean covers; with ``total_scenes``
+    the legend says when a curve covers fewer).
 
     ``paper`` (optional): method, rate, size_mb, psnr from the papers, drawn as hollow markers.
     """
@@ -49,8 +75,10 @@ def rd_plot(points: pd.DataFrame, stem: Path, title: str,
         g = pts[pts["method"] == m].sort_values("size_bytes")
         if g.empty:
             continue
-        quick = " (quick)" if "quick" in g and bool(g["quick"].any()) else ""
-        ax.plot(g["size_bytes"] / MB, g["psnr"], "-o", color=colors[m], label=f"{m}{quick}", ms=5)
+        quick = "quick" in g and bool(g["quick"].any())
+        scenes = [int(n) for n in g["scenes"]] if "scenes" in g else []
+        ax.plot(g["size_bytes"] / MB, g["psnr"], "-o", color=colors[m], label=curve_label(m, quick, scenes, total_scenes),
+                ms=5)
         for _, r in g.iterrows():
             ax.annotate(str(r["rate"]), (r["size_bytes"] / MB, r["psnr"]), textcoords="offset points",
                         xytext=(4, 4), fontsize=7, color=colors[m])
@@ -60,6 +88,11 @@ def rd_plot(points: pd.DataFrame, stem: Path, title: str,
             g = g.sort_values("size_mb")
             ax.plot(g["size_mb"], g["psnr"], "--s", mfc="none", color=colors[m], label=f"{m} (paper)", ms=6)
     ax.set_xscale("log")
+    lo, hi = ax.get_xlim()
+    ax.xaxis.set_major_locator(FixedLocator(one_two_five_ticks(lo, hi)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlim(lo, hi)
     ax.set_xlabel("Size (MB = 10^6 bytes, log scale)")
     ax.set_ylabel("PSNR (dB)")
     ax.set_title(title)

@@ -194,3 +194,19 @@ def test_coding_steps_table_lists_each_step_with_its_psnr_change(tmp_path: Path)
     assert [r[6] for r in rows] == ["—", "-0.250", "-0.250"]
     assert "Quality by coding step" in index.read_text()
     assert read_records(tmp_path)  # the records still load
+
+
+def test_mean_curves_say_which_scenes_they_cover() -> None:
+    from evalkit.report.plots import curve_label
+    assert curve_label("4dgs", False, [8, 8], 8) == "4dgs"  # every scene: nothing to say
+    assert curve_label("4dgs-cc", False, [2, 2, 2], 8) == "4dgs-cc (2/8 scenes)"
+    assert curve_label("4dgs-cc", True, [1, 2], 8) == "4dgs-cc (quick) (1-2/8 scenes)"
+    assert curve_label("adc-gs", False) == "adc-gs"  # a per-scene plot
+
+
+def test_log_axis_ticks_are_one_two_five() -> None:
+    from evalkit.report.plots import one_two_five_ticks
+    assert one_two_five_ticks(0.6, 25.0) == [1, 2, 5, 10, 20]
+    assert one_two_five_ticks(1.05, 1.9) == pytest.approx([1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9])  # narrow: finer
+    assert one_two_five_ticks(0.9, 3.5) == [1, 2]
+    assert one_two_five_ticks(0.001, 50000) == [0.001, 0.01, 0.1, 1, 10, 100, 1000, 10000]
