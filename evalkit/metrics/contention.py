@@ -26,14 +26,18 @@ def gpu_compute_processes(device: torch.device) -> int | None:
         return None
     try:
         import pynvml
-        uuid = torch.cuda.get_device_properties(device).uuid
+        props = torch.cuda.get_device_properties(device)
         pynvml.nvmlInit()
         try:
-            handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{uuid}")
+            try:
+                handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{props.uuid}")
+            except pynvml.NVMLError:  # e.g. a MIG slice: find the board by its PCI address
+                handle = pynvml.nvmlDeviceGetHandleByPciBusId(
+                    f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0")
             return len(pynvml.nvmlDeviceGetComputeRunningProcesses(handle))
         finally:
             pynvml.nvmlShutdown()
-    except Exception:  # no NVML library, no permission, an old driver: unknown, not zero
+    except Exception:  # no NVML library, no GPU, no permission, an old driver: unknown, not zero
         return None
 
 

@@ -85,3 +85,40 @@ def test_report_leaves_out_contended_fps() -> None:
     mixed = summary_table(df, "dnerf", spec, None)
     (fps,) = fps_col(mixed)
     assert fps != fps  # NaN: no mean over partly contended times
+
+
+def test_nvml_lookup_by_uuid_then_pci_address(monkeypatch) -> None:
+    """The job's GPU is found in NVML by its UUID (CUDA_VISIBLE_DEVICES does not matter), else by
+    its PCI address; the count is NVML's compute-process list."""
+    import sys
+    import types
+
+    class NVMLError(Exception):
+        pass
+
+    asked = []
+    fake = types.SimpleNamespace(
+        NVMLError=NVMLError, nvmlInit=lambda: None, nvmlShutdown=lambda: None,
+        nvmlDeviceGetComputeRunningProcesses=lambda h: [object()] * {"by-uuid": 3, "by-pci": 2}[h])
+
+    def by_uuid(u):
+        asked.append(u)
+        if not uuid_known:
+            raise NVMLError("not found")
+        return "by-uuid"
+
+    def by_pci(bus):
+        asked.append(bus)
+        return "by-pci"
+
+    fake.nvmlDeviceGetHandleByUUID, fake.nvmlDeviceGetHandleByPciBusId = by_uuid, by_pci
+    props = types.SimpleNamespace(uuid="5f3c0c1e-aaaa-bbbb-cccc-0123456789ab", pci_domain_id=0,
+                                  pci_bus_id=0x65, pci_device_id=0)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda d: props)
+    uuid_known = True
+    assert contention.gpu_compute_processes(CUDA) == 3
+    assert asked == ["GPU-5f3c0c1e-aaaa-bbbb-cccc-0123456789ab"]
+    uuid_known, asked[:] = False, []
+    assert contention.gpu_compute_processes(CUDA) == 2
+    assert asked[1] == "00000000:65:00.0"
