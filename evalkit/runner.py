@@ -222,7 +222,8 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict) -
 
             reporter.phase("training")
             t0 = time.perf_counter()
-            trained = method.train(scene, job.rate, ctx)
+            with watch.during("training"):
+                trained = method.train(scene, job.rate, ctx)
             train_s = time.perf_counter() - t0
             record.iterations = int(getattr(trained, "iterations", 0) or (iterations or 0))
             record.reused = getattr(trained, "reused", None)

@@ -1,6 +1,6 @@
 """Was the machine shared while a job was timed? Timings and FPS from a shared GPU (or an
 oversubscribed host) are not measurements of the method, so the runner samples at each phase
-boundary of a job and the record says so.
+boundary of a job and every ``every`` seconds during training (``during``), and the record says so.
 
 * GPU: the compute processes NVML lists on the job's GPU (found by UUID, so
   ``CUDA_VISIBLE_DEVICES`` remapping does not matter). Inside a container NVML reports host PIDs,
@@ -12,8 +12,10 @@ boundary of a job and the record says so.
 from __future__ import annotations
 
 import os
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -50,7 +52,8 @@ def host_load() -> float | None:
 
 @dataclass
 class ContentionWatch:
-    """Samples taken at a job's phase boundaries; ``summary`` goes into ``record.env``."""
+    """Samples taken at a job's phase boundaries and during training; ``summary`` goes into
+    ``record.env``."""
 
     device: torch.device
     count_gpu: Callable[[torch.device], int | None] | None = None  # None: gpu_compute_processes
@@ -58,12 +61,38 @@ class ContentionWatch:
     cpus: int = field(default_factory=lambda: os.cpu_count() or 1)
     samples: list[tuple[str, int | None, float | None]] = field(default_factory=list)
 
-    def sample(self, phase: str) -> None:
+    def _read(self) -> tuple[int | None, float | None]:
         n = (self.count_gpu or gpu_compute_processes)(self.device)
         if n is not None:
             ours = 1 if self.device.type == "cuda" and torch.cuda.is_initialized() else 0
             n = max(0, n - ours)
-        self.samples.append((phase, n, (self.load or host_load)()))
+        return n, (self.load or host_load)()
+
+    def sample(self, phase: str) -> None:
+        self.samples.append((phase, *self._read()))
+
+    @contextmanager
+    def during(self, phase: str, every: float = 10.0) -> Iterator[None]:
+        """Sample every ``every`` seconds in a background thread while the block runs (a long
+        phase: another job may come and go between its boundaries); one entry with the maxima."""
+        stop, seen = threading.Event(), []
+
+        def loop() -> None:
+            while not stop.wait(every):
+                seen.append(self._read())
+
+        thread = threading.Thread(target=loop, name="evalkit-contention", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(timeout=every + 5.0)
+            if seen:
+                ns = [n for n, _ in seen if n is not None]
+                xs = [x for _, x in seen if x is not None]
+                self.samples.append((f"{phase} (max of {len(seen)})", max(ns) if ns else None,
+                                     max(xs) if xs else None))
 
     def summary(self) -> dict:
         others = [n for _, n, _ in self.samples if n is not None]

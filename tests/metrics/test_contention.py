@@ -122,3 +122,18 @@ def test_nvml_lookup_by_uuid_then_pci_address(monkeypatch) -> None:
     uuid_known, asked[:] = False, []
     assert contention.gpu_compute_processes(CUDA) == 2
     assert asked[1] == "00000000:65:00.0"
+
+
+def test_a_process_that_comes_and_goes_during_training_is_seen() -> None:
+    """Boundaries alone would miss it: the background sampler keeps the maximum of the phase."""
+    import time
+    counts = iter([0] + [0, 3, 0] + [0] * 1000)  # start, then the sampler: a job appears once
+    w = ContentionWatch(CUDA, count_gpu=lambda d: next(counts), load=lambda: 1.0, cpus=16)
+    w.sample("start")
+    with w.during("training", every=0.01):
+        time.sleep(0.3)
+    w.sample("trained")
+    phases = [p for p, _, _ in w.samples]
+    assert phases[0] == "start" and phases[1].startswith("training (max of ") and phases[2] == "trained"
+    assert w.samples[1][1] == 3 and w.samples[2][1] == 0
+    assert w.contended and "training (max of" in w.notes()[0]
