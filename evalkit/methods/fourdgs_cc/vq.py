@@ -20,9 +20,10 @@ adopts:
   detaches its member means. ``vqcc_rate_moves_codes`` lets its gradient reach the members'
   continuous SH through their mean (``code_vectors`` is differentiable) instead; measured on D-NeRF
   jumpingjacks (high, H200, full protocol) it pulls the codes together (1728 distinct on the grid
-  against 8191 without the rate) for 34.66 dB against 35.13 dB (our 4dgs: 35.23 dB), saving
-  ~200 KB of codebook bytes.
-  The codes are quantised (step ``codebook_qstep``, straight-through) when rendered, so the
+  against 8191 without the rate) for 34.66 dB against 35.13 dB (our 4dgs: 35.23 dB); its crowded
+  codebook then costs 35 KB under VQCC (y, z, networks) against 250 KB stored raw without VQCC.
+  What VQCC costs on the default's spread codebook has not been measured at that scale yet.
+* The codes are quantised (step ``codebook_qstep``, straight-through) when rendered, so the
   rendered colours are the decoded ones.
 
 An earlier version learned the codebook as a free parameter beside the continuous SH: the
