@@ -142,11 +142,11 @@ def build_report(results_dir: str | Path, out_dir: str | Path, anchor: str | Non
                                                                method_order=methods)
 
         # -- dataset means -------------------------------------------------------------
+        n_all = len(spec_scenes(spec) or sorted(dall["scene"].unique()))  # curves / bars say when they cover fewer
         if not ok.empty:
             mean_pts = ok.groupby(["method", "rate"], as_index=False).agg(
                 size_bytes=("size_bytes", "mean"), psnr=("psnr", lambda s: s.mean(skipna=False)),
                 quick=("quick", "any"), scenes=("scene", "nunique"))
-            n_all = len(spec_scenes(spec) or sorted(dall["scene"].unique()))
             section.rd_plots = {"mean": rd_plot(mean_pts, ddir / "plots" / "rd_mean",
                                                 f"{label}: mean over scenes",
                                                 paper=_paper_points(spec.get("paper"), methods),
@@ -159,7 +159,8 @@ def build_report(results_dir: str | Path, out_dir: str | Path, anchor: str | Non
             mean_c["bytes"] = mean_c["bytes"] / [n_scenes[(m, r)] for m, r in zip(mean_c["method"], mean_c["rate"])]
             section.bit_plots = {"mean": bit_allocation_plot(mean_c, ddir / "plots" / "bits_mean",
                                                              f"{label}: mean bytes per component over scenes",
-                                                             method_order=methods), **section.bit_plots}
+                                                             method_order=methods, scenes=n_scenes.to_dict(),
+                                                             total_scenes=n_all), **section.bit_plots}
         sections.append(section)
 
     index = out_dir / "index.md"

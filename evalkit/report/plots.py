@@ -104,11 +104,13 @@ def rd_plot(points: pd.DataFrame, stem: Path, title: str,
 
 
 def bit_allocation_plot(components: pd.DataFrame, stem: Path, title: str,
-                        method_order: Sequence[str] | None = None) -> list[Path]:
+                        method_order: Sequence[str] | None = None,
+                        scenes: dict[tuple[str, str], int] | None = None, total_scenes: int | None = None) -> list[Path]:
     """Stacked bars of bytes per bitstream component, one bar per (method, rate point).
 
     ``components``: columns method, rate, component, bytes (already averaged if needed).
-    Left panel: MB; right panel: share of the total in percent.
+    Left panel: MB; right panel: share of the total in percent. For dataset means, ``scenes``
+    (per (method, rate)) and ``total_scenes`` label a bar that covers fewer scenes than all.
     """
     piv = components.pivot_table(index=["method", "rate"], columns="component", values="bytes",
                                  aggfunc="sum", fill_value=0)
@@ -122,8 +124,11 @@ def bit_allocation_plot(components: pd.DataFrame, stem: Path, title: str,
     piv = piv.loc[order] if order else piv
     comps = list(piv.sum(axis=0).sort_values(ascending=False).index)
     piv = piv[comps]
-    labels = [f"{m}\n{r}" for m, r in piv.index]
-    fig = Figure(figsize=(max(8.0, 2.0 + 1.3 * len(labels)), 4.5))
+    n_of = scenes or {}
+    labels = [f"{m} {r}" + (f" ({n_of[(m, r)]}/{total_scenes} scenes)"
+                             if total_scenes and n_of.get((m, r), total_scenes) < total_scenes else "")
+              for m, r in piv.index]
+    fig = Figure(figsize=(max(8.0, 2.0 + 1.3 * len(labels)), 5.2))
     ax_abs, ax_rel = fig.subplots(1, 2)
     totals = piv.sum(axis=1).to_numpy(dtype=float)
     bottom_abs = [0.0] * len(piv)
@@ -138,13 +143,13 @@ def bit_allocation_plot(components: pd.DataFrame, stem: Path, title: str,
         bottom_abs = [b + v / MB for b, v in zip(bottom_abs, vals)]
         bottom_rel = [b + s for b, s in zip(bottom_rel, share)]
     for ax in (ax_abs, ax_rel):
-        ax.set_xticks(x, labels, fontsize=7)
+        ax.set_xticks(x, labels, fontsize=7, rotation=35, ha="right", rotation_mode="anchor")
         ax.grid(True, axis="y", alpha=0.3)
     ax_abs.set_ylabel("Size (MB = 10^6 bytes)")
     ax_rel.set_ylabel("Share of bitstream (%)")
     ax_rel.set_ylim(0, 100)
     fig.suptitle(title)
     width = fig.get_figwidth()
-    fig.subplots_adjust(left=0.7 / width, right=1.0 - 1.6 / width, bottom=0.16, top=0.88, wspace=0.25)
+    fig.subplots_adjust(left=0.7 / width, right=1.0 - 1.6 / width, bottom=0.27, top=0.9, wspace=0.25)
     fig.legend(*ax_abs.get_legend_handles_labels(), fontsize=7, loc="center right")
     return _save(fig, stem)
