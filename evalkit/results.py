@@ -29,7 +29,6 @@ METRIC_NAMES: tuple[str, ...] = ("psnr", "ssim", "dssim", "ms_ssim", "lpips_alex
 TIMING_NAMES: tuple[str, ...] = ("train_s", "encode_s", "decode_s", "eval_s", "stages_s")
 STATUSES: tuple[str, ...] = ("ok", "failed")
 MB = 1_000_000  # evalkit's MB is 10^6 bytes everywhere
-CONTENDED = "contended"  # the word a record note uses for times taken on a shared machine
 
 
 class RecordError(ValueError):
@@ -119,12 +118,10 @@ class Record:
 
     @property
     def timings_contended(self) -> bool:
-        """Its times / FPS were taken on a shared GPU or host: the runner's own samples
-        (``env.contention``, see ``evalkit.metrics.contention``) or a note that says so (records annotated by
-        hand before the runner sampled)."""
-        if ((self.env or {}).get("contention") or {}).get("contended"):
-            return True
-        return any(CONTENDED in n for n in self.notes)
+        """Its times / FPS were taken on a shared GPU or host (``env.contention.contended``: the
+        runner's samples, ``evalkit.metrics.contention``, or an annotation of a record made before
+        the runner sampled)."""
+        return bool(((self.env or {}).get("contention") or {}).get("contended"))
 
 
 def _json_default(obj: Any) -> Any:
@@ -427,7 +424,7 @@ def collect_env() -> dict[str, Any]:
 
 
 __all__ = [
-    "CONTENDED", "MB", "METRIC_NAMES", "RECORD_COLUMNS", "Record", "RecordError", "SCHEMA_VERSION",
+    "MB", "METRIC_NAMES", "RECORD_COLUMNS", "Record", "RecordError", "SCHEMA_VERSION",
     "bitstream_path", "collect_env", "components_frame", "git_commit", "git_dirty", "load_components",
     "load_per_frame", "load_records", "per_frame_frame", "read_record", "read_records",
     "path_component", "record_files", "record_path", "records_to_frame", "write_record",

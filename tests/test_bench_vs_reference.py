@@ -25,7 +25,7 @@ def test_contended_records_are_not_compared(tmp_path):
     from evalkit.results import read_record, write_record
     src = REPO / "results" / "reference" / "h200" / "dnerf" / "lego" / "4dgs" / "default.json"
     rec = read_record(src)
-    rec.notes.append("two jobs on one GPU: times are contended")
+    rec.env["contention"] = {"contended": True, "annotated": "two jobs on one GPU"}
     dst = tmp_path / "dnerf" / "lego" / "4dgs" / "default.json"
     dst.parent.mkdir(parents=True)
     write_record(rec, dst)

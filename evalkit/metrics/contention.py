@@ -19,8 +19,6 @@ from typing import Callable, Iterator
 
 import torch
 
-from evalkit.results import CONTENDED
-
 
 def gpu_compute_processes(device: torch.device) -> int | None:
     """Compute processes on ``device``'s GPU (ours included), or None when NVML cannot say."""
@@ -108,13 +106,13 @@ class ContentionWatch:
         if shared:
             where = ", ".join(f"{p}: {n}" for p, n in shared)
             out.append(f"the GPU was shared: other compute processes on it ({where}); train, encode, "
-                       f"decode and FPS times are {CONTENDED}, not measurements of the method")
+                       "decode and FPS times are contended, not measurements of the method")
         # A CPU job loads every core itself (and CPU times are labelled not comparable anyway)
         busy = [(p, x) for p, _, x in self.samples if x is not None and x > self.cpus]
         if busy and self.device.type == "cuda":
             where = ", ".join(f"{p}: {x:.1f}" for p, x in busy)
             out.append(f"the host was oversubscribed: 1-minute load above its {self.cpus} CPUs ({where}); "
-                       f"times may be {CONTENDED}")
+                       "times may be contended")
         return out
 
     @property

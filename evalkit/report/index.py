@@ -84,7 +84,7 @@ def render_index(out_dir: Path, results_dir: Path, records: list[Record], sectio
           "- **Quick runs** (reduced iterations/resolution) are marked † and are not comparable with paper numbers.",
           "- **FPS** (rendering from the decoded model) measured on: "
           + ("; ".join(_fps_sources(records)) or "no FPS measurements") + "."
-          + (f" Left out (—) for {n_shared} record(s) timed on a shared GPU or host (their notes say how)."
+          + (f" Left out (—) for {n_shared} record(s) timed on a shared GPU or host (`env.contention` and notes say how)."
              if (n_shared := sum(r.status == "ok" and r.timings_contended for r in records)) else ""), ""]
     missing = _missing_reasons(records)
     if missing:

@@ -54,15 +54,6 @@ def test_our_own_cuda_context_is_not_counted(monkeypatch) -> None:
     assert [n for _, n, _ in w.samples] == [0, 1, 0]
 
 
-def test_no_nvml_means_unknown(monkeypatch) -> None:
-    import builtins
-    real = builtins.__import__
-    monkeypatch.setattr(builtins, "__import__",
-                        lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name)) if name == "pynvml" else real(name, *a, **k))
-    assert contention.gpu_compute_processes(CUDA) is None
-    assert contention.gpu_compute_processes(torch.device("cpu")) is None
-
-
 def _record(scene: str, fps: float, **kw) -> Record:
     return Record("m", "dnerf", scene, "high", status="ok", metrics={"psnr": 30.0},
                   size={"total_bytes": 1_000_000, "components": {}}, num_primitives=10,
@@ -72,7 +63,9 @@ def _record(scene: str, fps: float, **kw) -> Record:
 def test_report_leaves_out_contended_fps() -> None:
     alone = _record("a", 500.0, env={"contention": {"contended": False}})
     shared = _record("b", 900.0, env={"contention": {"contended": True}})
-    by_hand = _record("c", 800.0, notes=["8 jobs at once: times are contended"])
+    by_hand = _record("c", 800.0, env={"contention": {"contended": True, "annotated": "8 jobs at once"}},
+                      notes=["8 jobs at once: times are contended"])
+    assert not _record("d", 1.0, notes=["the word contended in a note decides nothing"]).timings_contended
     assert not alone.timings_contended and shared.timings_contended and by_hand.timings_contended
     df = records_to_frame([alone, shared, by_hand])
     spec = {"name": "D-NeRF", "scenes": ["a", "b", "c"]}
@@ -122,6 +115,10 @@ def test_nvml_lookup_by_uuid_then_pci_address(monkeypatch) -> None:
     uuid_known, asked[:] = False, []
     assert contention.gpu_compute_processes(CUDA) == 2
     assert asked[1] == "00000000:65:00.0"
+    # NVML present but unusable (no driver library): unknown, not zero; a CPU device never asks
+    fake.nvmlInit = lambda: (_ for _ in ()).throw(NVMLError("library not found"))
+    assert contention.gpu_compute_processes(CUDA) is None
+    assert contention.gpu_compute_processes(torch.device("cpu")) is None
 
 
 def test_a_process_that_comes_and_goes_during_training_is_seen() -> None:
