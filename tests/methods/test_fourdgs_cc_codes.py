@@ -283,3 +283,9 @@ def test_vqcc_rate_trains_vqcc_and_moves_codes_only_when_asked(moves_codes: bool
         assert all(gr is not None and gr.abs().sum() > 0 for gr in sh_grad)
     else:
         assert all(gr is None or not gr.any() for gr in sh_grad)
+    # either way the rate is that of the codes the render used: the members' means
+    flat = FourDGSModel.canonical_sh(model).reshape(n, -1).detach()
+    with torch.no_grad():
+        expect = model.vqcc.bits(model.vq.code_vectors(flat), "ste")[0]
+        got = model.rate_terms("ste")["vqcc"][0]
+    torch.testing.assert_close(got, expect)

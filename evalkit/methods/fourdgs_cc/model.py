@@ -72,13 +72,13 @@ class FourDGSCCModel(FourDGSModel):
             self.nvcc.initialise(_levels(planes, len(self.nvcc.hp.multires)))
         codebook = None
         if self.vqcc is not None and self.vq is not None and self.vq.active:
-            # the codes as the render uses them (member means; this step's render has run: same
-            # set). Detached by default: the rate trains VQCC alone. With vqcc_rate_moves_codes its
-            # gradient reaches the members' continuous SH and pulls codes together (D-NeRF
-            # jumpingjacks, high: 34.66 dB against 35.13 dB without the VQCC rate; vq.py).
-            codebook = self.vq.code_vectors(super().canonical_sh().reshape(self.num_primitives(), -1))
-            if not self.cc.vqcc_rate_moves_codes:
-                codebook = codebook.detach()
+            # The codes as this step's render used them (member means). By default the rate trains
+            # VQCC alone: the render stored those means in ``vq.codebook``. With
+            # vqcc_rate_moves_codes they are recomputed differentiably, so the rate's gradient
+            # reaches the members' continuous SH and pulls codes together (D-NeRF jumpingjacks,
+            # high: 34.66 dB against 35.13 dB without the VQCC rate; vq.py).
+            codebook = (self.vq.code_vectors(super().canonical_sh().reshape(self.num_primitives(), -1))
+                        if self.cc.vqcc_rate_moves_codes else self.vq.codebook[:self.vq.n_codes])
             if not self.vqcc.initialised:
                 self.vqcc.initialise(codebook.detach())
         tensors = tuple(planes) + ((codebook,) if codebook is not None else ())
