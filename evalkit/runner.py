@@ -236,7 +236,8 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict) -
             nbytes = bits.write(bits_path)
             del bits
             watch.sample("encoded")
-            stages_s = _stage_metrics(trained, scene, record, device, reporter, log)
+            gts = _ground_truth(scene)  # loaded once for the coding steps and the evaluation
+            stages_s = _stage_metrics(trained, scene, gts, record, device, reporter, log)
             del trained
             _free(device)
 
@@ -252,7 +253,7 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict) -
 
             reporter.phase("evaluating")
             t0 = time.perf_counter()
-            _evaluate(decoded, scene, record, device, opts)
+            _evaluate(decoded, scene, gts, record, device, opts)
             eval_s = time.perf_counter() - t0
             watch.sample("evaluated")
             record.size = {"total_bytes": nbytes, "components": {k: v for k, v in sizes.items() if k != "total"}}
@@ -299,7 +300,8 @@ _EVAL_NAME = {"dssim": "d_ssim"}  # record key -> evaluate_images key
 _RECORD_NAME = {v: k for k, v in _EVAL_NAME.items()}
 
 
-def _stage_metrics(trained, scene: Scene, record: Record, device: torch.device, reporter, log) -> float | None:
+def _stage_metrics(trained, scene: Scene, gts: list[torch.Tensor], record: Record, device: torch.device,
+                   reporter, log) -> float | None:
     """Evaluate ``trained.quality_stages()`` (if any) into ``record.stage_metrics``; returns the
     seconds it took. Runs after encoding (``encode_s`` stays the encoder's time alone). A failure
     here is a diagnostic lost, not a failed job: it is logged and noted."""
@@ -309,7 +311,7 @@ def _stage_metrics(trained, scene: Scene, record: Record, device: torch.device, 
     reporter.phase("evaluating the coding steps")
     t0 = time.perf_counter()
     try:
-        record.stage_metrics = _evaluate_stages(stages(), scene, device)
+        record.stage_metrics = _evaluate_stages(stages(), scene, gts, device)
     except Exception as exc:
         record.stage_metrics = {}
         record.notes.append(f"quality by coding step not measured: {type(exc).__name__}: {exc}")
@@ -332,12 +334,12 @@ def _renders(render, scene: Scene) -> list[torch.Tensor]:
     return [render(f.camera, f.time).float().cpu() for f in scene.test]
 
 
-def _evaluate_stages(stages, scene: Scene, device: torch.device) -> dict[str, dict[str, float | None]]:
+def _evaluate_stages(stages, scene: Scene, gts: list[torch.Tensor],
+                     device: torch.device) -> dict[str, dict[str, float | None]]:
     """PSNR / SSIM of each intermediate model (``Model.quality_stages``) on the test views."""
     from evalkit.metrics.evaluate import evaluate_images
 
     out: dict[str, dict[str, float | None]] = {}
-    gts = _ground_truth(scene)
     for label, render in stages:
         if str(label) in out:
             raise ValueError(f"quality_stages: duplicate stage label {label!r}")
@@ -348,12 +350,12 @@ def _evaluate_stages(stages, scene: Scene, device: torch.device) -> dict[str, di
     return out
 
 
-def _evaluate(model, scene: Scene, record: Record, device: torch.device, opts: RunOptions) -> None:
+def _evaluate(model, scene: Scene, gts: list[torch.Tensor], record: Record, device: torch.device,
+              opts: RunOptions) -> None:
     from evalkit.metrics.evaluate import evaluate_images
     from evalkit.metrics.fps import measure_fps
 
     frames = scene.test
-    gts = _ground_truth(scene)
     preds = _renders(model.render, scene)
     ev = evaluate_images(preds, gts, [f.image_name for f in frames], device=device)
     missing = {_RECORD_NAME.get(k, k): v for k, v in ev.missing.items()}
