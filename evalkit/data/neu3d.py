@@ -67,6 +67,7 @@ class DecodedVideo:
     info: VideoInfo
     out_size: tuple[int, int]  # (width, height) stored in the cache
     cache_file: Path
+    backend: str  # the decoder the cache key names (decoding may happen long after loading)
     _frames: np.ndarray | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -109,7 +110,7 @@ class DecodedVideo:
         got = 0
         try:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, H, W, 3))
-            for img in iter_frames(self.info.path):
+            for img in iter_frames(self.info.path, self.backend):
                 if got >= n:
                     raise DatasetError(self.info.path, f"decodes to more frames than the {n} "
                                                        "its container reports")
@@ -202,7 +203,7 @@ def load_neu3d(path: Path | str, *, resolution_scale: float | None = None,
                                     f"cam*.mp4 videos")
 
     backend = backend_name(videos[0])
-    infos = [probe_video(v) for v in videos]
+    infos = [probe_video(v, backend) for v in videos]
     counts = [i.frames for i in infos]
     common = max(set(counts), key=counts.count)
     for i in infos:
@@ -247,7 +248,7 @@ def load_neu3d(path: Path | str, *, resolution_scale: float | None = None,
         st = info.path.stat()
         key = _sha(f"{info.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{Wo}x{Ho}|{backend}", 16)
         dv = DecodedVideo(info=info, out_size=(Wo, Ho),
-                          cache_file=scene_dir / f"{info.path.stem}-{Wo}x{Ho}-{key}.npy")
+                          cache_file=scene_dir / f"{info.path.stem}-{Wo}x{Ho}-{key}.npy", backend=backend)
         decoded.append(dv)
         cam = Camera(K=K, w2c=w2c, width=Wo, height=Ho)
         split = "test" if row == 0 else "train"

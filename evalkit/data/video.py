@@ -52,17 +52,19 @@ def backend_name(path: Path | None = None) -> str:
                               "(pip install opencv-python-headless); neither is installed")
 
 
-def probe_video(path: Path) -> VideoInfo:
-    """Size and frame count. PyAV: from the container (packets counted if it gives none);
-    OpenCV: frames counted by grabbing them all (its frame-count property is an estimate)."""
-    if backend_name(path) == "av":
+def probe_video(path: Path, backend: str | None = None) -> VideoInfo:
+    """Size and frame count (``backend``: None = ``backend_name``). PyAV: from the container
+    (packets counted if it gives none); OpenCV: frames counted by grabbing them all (its
+    frame-count property is an estimate)."""
+    if (backend or backend_name(path)) == "av":
         return _probe_av(path)
     return _probe_cv2(path)
 
 
-def iter_frames(path: Path) -> Iterator[np.ndarray]:
-    """Decoded frames as (H, W, 3) uint8 RGB, in order. Errors are ``DatasetError`` naming ``path``."""
-    if backend_name(path) == "av":
+def iter_frames(path: Path, backend: str | None = None) -> Iterator[np.ndarray]:
+    """Decoded frames as (H, W, 3) uint8 RGB, in order (``backend``: None = ``backend_name``).
+    Errors are ``DatasetError`` naming ``path``."""
+    if (backend or backend_name(path)) == "av":
         yield from _frames_av(path)
     else:
         yield from _frames_cv2(path)

@@ -138,3 +138,18 @@ def test_backend_choice_errors_are_clear(neu3d_copy, tmp_path, monkeypatch):
     with pytest.raises(DatasetError, match="needs PyAV .* or OpenCV") as info:
         load_scene(neu3d_copy, cache_dir=tmp_path / "c", progress=False)
     assert info.value.path == neu3d_copy / "cam00.mp4"
+
+
+def test_lazy_decoding_uses_the_backend_its_cache_key_names(neu3d_copy, tmp_path, monkeypatch):
+    """Frames decoded long after loading (prefetch=False) come from the backend chosen at load
+    time, the one named in the cache key, even if the environment changed since."""
+    pytest.importorskip("cv2", reason="opencv-python-headless is in the test extra")
+    from evalkit.data import neu3d, video
+    used = []
+    real = video.iter_frames
+    monkeypatch.setattr(neu3d, "iter_frames", lambda path, backend=None: (used.append(backend), real(path, backend))[1])
+    monkeypatch.setenv("EVALKIT_VIDEO_BACKEND", "av")
+    scene = load_scene(neu3d_copy, cache_dir=tmp_path / "c", progress=False, prefetch=False)
+    monkeypatch.setenv("EVALKIT_VIDEO_BACKEND", "opencv")
+    scene.frames[0].load()
+    assert used == ["av"]
