@@ -51,8 +51,6 @@ def _paper_points(paper: Any, methods: list[str]) -> "pd.DataFrame":
     return pd.DataFrame(rows, columns=["method", "rate", "size_mb", "psnr"]).astype({"size_mb": float, "psnr": float})
 
 
-
-
 def build_report(results_dir: str | Path, out_dir: str | Path, anchor: str | None = None,
                  dataset_specs: dict[str, dict[str, Any]] | None = None, bd_anchor: str | None = None) -> Path:
     """Write all tables, plots and index.md for the records under ``results_dir``; returns index.md.
@@ -143,17 +141,18 @@ def build_report(results_dir: str | Path, out_dir: str | Path, anchor: str | Non
 
         # -- dataset means -------------------------------------------------------------
         n_all = len(spec_scenes(spec) or sorted(dall["scene"].unique()))  # curves / bars say when they cover fewer
+        n_scenes = ok.groupby(["method", "rate"])["scene"].nunique()
         if not ok.empty:
             mean_pts = ok.groupby(["method", "rate"], as_index=False).agg(
                 size_bytes=("size_bytes", "mean"), psnr=("psnr", lambda s: s.mean(skipna=False)),
-                quick=("quick", "any"), scenes=("scene", "nunique"))
+                quick=("quick", "any"))
+            mean_pts["scenes"] = [n_scenes[(m, r)] for m, r in zip(mean_pts["method"], mean_pts["rate"])]
             section.rd_plots = {"mean": rd_plot(mean_pts, ddir / "plots" / "rd_mean",
                                                 f"{label}: mean over scenes",
                                                 paper=_paper_points(spec.get("paper"), methods),
                                                 method_order=methods, total_scenes=n_all), **section.rd_plots}
         dc = comps[comps["dataset"] == dataset]
         if not dc.empty:
-            n_scenes = ok.groupby(["method", "rate"])["scene"].nunique()
             mean_c = dc.groupby(["method", "rate", "component"], as_index=False)["bytes"].sum()
             # Divide by the scene count, so a component absent in a scene counts as 0 bytes there.
             mean_c["bytes"] = mean_c["bytes"] / [n_scenes[(m, r)] for m, r in zip(mean_c["method"], mean_c["rate"])]

@@ -5,6 +5,7 @@ state, no display needed). MB = 10^6 bytes.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -47,7 +48,6 @@ def curve_label(method: str, quick: bool, scenes: Sequence[int] = (), total: int
 def one_two_five_ticks(lo: float, hi: float) -> list[float]:
     """Log-axis ticks inside [lo, hi] whose labels never overlap: decades over a wide range, else
     1-2-5 per decade, or finer steps when the range is too narrow to hold two of those."""
-    import math
     decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
     for mantissas in ((1,), (1, 2, 5), range(1, 10), [m / 10 for m in range(10, 100)]):
         inside = [round(m * 10.0 ** k, 12) for k in decades for m in mantissas if lo <= m * 10.0 ** k <= hi]
