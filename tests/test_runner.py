@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -459,3 +460,26 @@ def test_a_shared_gpu_is_flagged_in_the_record(toy_bench: ToyBench, monkeypatch)
     run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts(force=True), scenes=["alpha"], rates=["low"])
     rec = toy_bench.record("alpha", "low")
     assert not rec.timings_contended and rec.env["contention"]["gpu_other_processes_max"] == 0
+
+
+def test_one_time_coder_setup_is_not_timed_as_encoding(toy_bench: ToyBench, monkeypatch) -> None:
+    """A method's ``prepare_coding`` (e.g. compiling torchac on first use) runs before the encode
+    timer starts; its time is recorded apart, and a method without it records no setup time."""
+    calls: list[str] = []
+
+    def prepare(self) -> None:
+        calls.append("prepare")
+        time.sleep(0.4)
+
+    encode = ToyModel.encode
+    monkeypatch.setattr(ToyMethod, "prepare_coding", prepare, raising=False)
+    monkeypatch.setattr(ToyModel, "encode", lambda self: (calls.append("encode"), encode(self))[1])
+    run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts(), scenes=["alpha"], rates=["low"])
+    t = toy_bench.record("alpha", "low").timings
+    assert calls == ["prepare", "encode"]
+    assert t["coding_setup_s"] >= 0.4 and t["encode_s"] < 0.4
+    log = record_path(toy_bench.out, "toy", "alpha", "toy", "low").with_suffix(".log").read_text()
+    assert "coder ready in " in log and " s (one-time setup, not part of the encode time)" in log
+    monkeypatch.delattr(ToyMethod, "prepare_coding")
+    run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts(force=True), scenes=["alpha"], rates=["low"])
+    assert "coding_setup_s" not in toy_bench.record("alpha", "low").timings

@@ -84,6 +84,12 @@ def _torchac():
     return _backend
 
 
+def ensure_backend() -> None:
+    """Build / load the arithmetic coder now (seconds to minutes on first use on a machine), so a
+    caller timing encoding or decoding does not time the compiler (see ``Method.prepare_coding``)."""
+    _torchac()
+
+
 def pmf_to_counts(pmf: np.ndarray, lengths: np.ndarray, total: int = TOTAL) -> np.ndarray:
     """Integer counts per row: each of the first ``lengths[t]`` entries >= 1, row sums == total.
 

@@ -63,3 +63,7 @@ class Method(Protocol):
 
     def decode(self, bits: Bitstream, device: torch.device, source: str = "<bitstream>") -> Model: ...
     # ``source`` names the file in error messages (BitstreamError).
+
+    # Optional: ``prepare_coding() -> None``: one-time setup the coder needs that is not encoding
+    # (e.g. building a compiled arithmetic coder on first use). The runner calls it before it
+    # starts the encode timer and records its time apart (``timings["coding_setup_s"]``).

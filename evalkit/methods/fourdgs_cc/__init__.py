@@ -52,6 +52,7 @@ from typing import Callable
 import torch
 
 from evalkit.codec.container import Bitstream
+from evalkit.codec import arith
 from evalkit.data.scene import Camera, Scene
 from evalkit.methods.base import RatePoint, TrainContext
 from evalkit.methods.fourdgs.export import export_ply
@@ -189,6 +190,10 @@ class FourDGSCC:
         note = ({"coarse_stage": "shared between rate points of this scene (trained by an earlier one)"}
                 if reused else None)
         return FourDGSCCTrained(model, fcfg, cc, stats, reused=note)
+
+    def prepare_coding(self) -> None:
+        """Build torchac (a C++ extension compiled at first import, ~15 s) before the encode timer."""
+        arith.ensure_backend()
 
     def decode(self, bits: Bitstream, device: torch.device, source: str | Path = "<bitstream>") -> FourDGSCCDecoded:
         coded, _, _ = codec.decode(bits, source)
