@@ -8,9 +8,10 @@ boundary of a job and every ``every`` seconds during training (``during``), and 
   them, the rest are others. Without NVML (``nvidia-ml-py`` not installed) the GPU is "unknown".
 * Host (GPU jobs): the 1-minute load average against the CPU count (Linux / macOS); a GPU job
   itself keeps about one core busy. Busy means more than half the CPUs: torch's CPU work (entropy
-  coding, decoding) starts one thread per core by default, so it already slows when other work
-  holds half of them (measured: a 4DGS-CC decode took 21 s at load 44 of 64 CPUs, about 1 s
-  with the host quieter). The torch thread count is recorded too.
+  coding, decoding) uses one thread per core by default and slows badly once other work holds
+  many of them (measured: a 4DGS-CC decode with 64 torch threads took 21 s at load 44 of 64 CPUs;
+  jobs limited to 8 threads decoded in about 1 s at a similar load). The torch thread count is
+  recorded too.
 """
 from __future__ import annotations
 
