@@ -67,7 +67,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path, anchor: str | Non
     from evalkit.report.plots import bit_allocation_plot, rd_plot
     from evalkit.report.tables import (bd_scene_table, bd_summary_table, coding_steps_table, dataset_label, method_order,
                                        scene_paper, scene_table, spec_scenes, summary_table, survey_csv,
-                                       table_metrics)
+                                       table_metrics, timings_table)
     from evalkit.results import components_frame, read_records, records_to_frame
 
     results_dir, out_dir = Path(results_dir), Path(out_dir)
@@ -95,6 +95,9 @@ def build_report(results_dir: str | Path, out_dir: str | Path, anchor: str | Non
         steps = coding_steps_table(records, dataset, label)
         if steps is not None:
             section.coding_steps, section.coding_steps_files = steps, steps.write(ddir / "coding_steps")
+        times = timings_table(records, dataset, label)
+        if times is not None:
+            section.timings, section.timings_files = times, times.write(ddir / "times")
 
         # -- BD ----------------------------------------------------------------------
         counts = rate_point_counts(ok)

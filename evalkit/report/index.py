@@ -29,6 +29,8 @@ class DatasetSection:
     survey_files: list[Path] = field(default_factory=list)
     coding_steps: Table | None = None
     coding_steps_files: list[Path] = field(default_factory=list)
+    timings: Table | None = None
+    timings_files: list[Path] = field(default_factory=list)
 
 
 def _links(paths: list[Path], base: Path) -> str:
@@ -100,6 +102,8 @@ def render_index(out_dir: Path, results_dir: Path, records: list[Record], sectio
         if s.coding_steps is not None:
             L += ["### Quality by coding step", "", s.coding_steps.markdown(heading=False),
                   f"Files: {_links(s.coding_steps_files, out_dir)}", ""]
+        if s.timings is not None:
+            L += ["### Times", "", s.timings.markdown(heading=False), f"Files: {_links(s.timings_files, out_dir)}", ""]
         L += ["### Per-scene tables", ""]
         L += [f"- {scene}: {_links(files, out_dir)}" for scene, files in s.scene_files.items()] + [""]
         L += ["### Plots", ""]

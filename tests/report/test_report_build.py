@@ -210,3 +210,29 @@ def test_log_axis_ticks_are_one_two_five() -> None:
     assert one_two_five_ticks(1.05, 1.9) == pytest.approx([1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9])  # narrow: finer
     assert one_two_five_ticks(0.9, 3.5) == [1, 2]
     assert one_two_five_ticks(0.001, 50000) == [0.001, 0.01, 0.1, 1, 10, 100, 1000, 10000]
+
+
+def test_times_table_leaves_out_contended_times(tmp_path: Path) -> None:
+    """Train / encode / decode / FPS per job; a job timed on a shared GPU shows — for all four
+    (as FPS does everywhere) while its quality stays in the other tables; the CSV keeps the flag."""
+    from report_fixtures import make_record
+    from evalkit.results import record_path, write_record
+
+    alone = make_record("4dgs-cc", "dnerf", "lego", "high", 1_000_000, 30.0,
+                        env={"contention": {"contended": False}})
+    alone.timings = {"train_s": 412.34, "encode_s": 1.61, "decode_s": 0.93, "coding_setup_s": 14.2}
+    shared = make_record("4dgs-cc", "dnerf", "lego", "low", 800_000, 29.5,
+                         env={"contention": {"contended": True, "annotated": "two jobs on one GPU"}})
+    for r in (alone, shared):
+        write_record(r, record_path(tmp_path, r.dataset, r.scene, r.method, r.rate))
+    index = build_report(tmp_path, tmp_path / "out")
+    md = (tmp_path / "out" / "dnerf" / "times.md").read_text()
+    (high,) = _rows(md, "| lego | 4dgs-cc | high")
+    (low,) = _rows(md, "| lego | 4dgs-cc | low")
+    assert high[3:] == ["412.3", "1.61", "0.93", "200.0", "NVIDIA H100"]
+    assert low[3:7] == ["—"] * 4 and "not a measurement of the method" in md
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "dnerf" / "times.csv").read_text())))
+    by_rate = {r["rate"]: r for r in rows}
+    assert by_rate["high"]["coding_setup_s"] == "14.2" and by_rate["high"]["contended"] == "False"
+    assert by_rate["low"]["train_s"] == "n/a" and by_rate["low"]["contended"] == "True"
+    assert "### Times" in index.read_text()
