@@ -46,12 +46,13 @@ def run(
     device: Optional[str] = typer.Option(None, "--device", help="torch device, e.g. cuda:0 or cpu (default: cuda if available)."),
     seed: int = typer.Option(0, "--seed"),
     force: bool = typer.Option(False, "--force", help="Rerun jobs whose record already exists."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: one per core); lower it when several jobs share a host."),
 ) -> None:
     """Train, encode, decode, render and measure every (scene, rate point) job; write one record per job."""
     from evalkit.runner import Reporter, RunError, RunOptions, run as run_sweep
 
     opts = RunOptions(out=out, iterations=iterations, quick=quick, resolution_scale=resolution_scale,
-                      device=device, seed=seed, force=force)
+                      device=device, seed=seed, force=force, threads=threads)
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                   console=console, transient=False) as progress:

@@ -483,3 +483,19 @@ def test_one_time_coder_setup_is_not_timed_as_encoding(toy_bench: ToyBench, monk
     monkeypatch.delattr(ToyMethod, "prepare_coding")
     run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts(force=True), scenes=["alpha"], rates=["low"])
     assert "coding_setup_s" not in toy_bench.record("alpha", "low").timings
+
+
+def test_threads_option_applies_to_the_jobs_and_is_restored(toy_bench: ToyBench, monkeypatch) -> None:
+    """--threads sets torch's CPU threads for the sweep (recorded in env.contention) and puts the
+    caller's setting back; a non-positive count is refused before any job runs."""
+    seen: list[int] = []
+    train = ToyMethod.train
+    monkeypatch.setattr(ToyMethod, "train", lambda self, *a: (seen.append(torch.get_num_threads()), train(self, *a))[1])
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2
+    run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts(threads=want), scenes=["alpha"], rates=["low"])
+    assert seen == [want] and torch.get_num_threads() == before
+    assert toy_bench.record("alpha", "low").env["contention"]["torch_threads"] == want
+    with pytest.raises(RunError, match="--threads 0"):
+        run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts(threads=0, force=True))
+    assert seen == [want]
