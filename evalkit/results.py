@@ -26,7 +26,7 @@ from evalkit.codec.container import atomic_write_bytes
 
 SCHEMA_VERSION = 1
 METRIC_NAMES: tuple[str, ...] = ("psnr", "ssim", "dssim", "ms_ssim", "lpips_alex", "lpips_vgg")
-TIMING_NAMES: tuple[str, ...] = ("train_s", "encode_s", "decode_s", "eval_s", "stages_s")
+TIMING_NAMES: tuple[str, ...] = ("train_s", "encode_s", "decode_s", "eval_s", "stages_s", "coding_setup_s")
 STATUSES: tuple[str, ...] = ("ok", "failed")
 MB = 1_000_000  # evalkit's MB is 10^6 bytes everywhere
 

@@ -73,7 +73,7 @@ class RunOptions:
     fps_warmup: int = 5
     fps_repeats: int = 3
     # torch CPU threads for the sweep (None: torch's default, one per core). Lower it when several
-    # jobs share a host: a 4DGS-CC decode with 64 threads took 21 s beside other jobs, ~1 s with 8.
+    # jobs share a host, so their CPU phases (entropy coding) do not compete for every core.
     threads: int | None = None
 
 

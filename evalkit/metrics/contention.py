@@ -7,11 +7,13 @@ boundary of a job and every ``every`` seconds during training (``during``), and 
   which ours does not match, so the count is used: a process holding a CUDA context is one of
   them, the rest are others. Without NVML (``nvidia-ml-py`` not installed) the GPU is "unknown".
 * Host (GPU jobs): the 1-minute load average against the CPU count (Linux / macOS); a GPU job
-  itself keeps about one core busy. Busy means more than half the CPUs: torch's CPU work (entropy
-  coding, decoding) uses one thread per core by default and slows badly once other work holds
-  many of them (measured: a 4DGS-CC decode with 64 torch threads took 21 s at load 44 of 64 CPUs;
-  jobs limited to 8 threads decoded in about 1 s at a similar load). The torch thread count is
-  recorded too.
+  itself keeps about one core busy. Busy means more than half the CPUs, a judgement rather than a
+  calibrated limit: torch's CPU work (entropy coding, decoding) uses one thread per core by
+  default, so it competes with anything else on the host. (Seen once: a 4DGS-CC decode with 64
+  torch threads took 21 s with the load at 28-44 of 64 CPUs around it; jobs with 8 threads decoded
+  in 0.9-3.3 s at loads of 3-26. One observation, other causes not ruled out.) The load average
+  includes the job's own CPU work, so a long CPU phase of its own can flag it; the torch thread
+  count is recorded with the samples.
 """
 from __future__ import annotations
 

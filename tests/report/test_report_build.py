@@ -229,10 +229,10 @@ def test_times_table_leaves_out_contended_times(tmp_path: Path) -> None:
     md = (tmp_path / "out" / "dnerf" / "times.md").read_text()
     (high,) = _rows(md, "| lego | 4dgs-cc | high")
     (low,) = _rows(md, "| lego | 4dgs-cc | low")
-    assert high[3:] == ["412.3", "1.61", "0.93", "200.0", "NVIDIA H100"]
-    assert low[3:7] == ["—"] * 4 and "not a measurement of the method" in md
+    assert high[3:] == ["412.3", "1.61", "0.93", "200.0", "NVIDIA H100", "no"]
+    assert low[3:7] == ["—"] * 4 and low[-1] == "yes" and "not a measurement of the method" in md
     rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "dnerf" / "times.csv").read_text())))
     by_rate = {r["rate"]: r for r in rows}
-    assert by_rate["high"]["coding_setup_s"] == "14.2" and by_rate["high"]["contended"] == "False"
-    assert by_rate["low"]["train_s"] == "n/a" and by_rate["low"]["contended"] == "True"
+    assert by_rate["high"]["coding_setup_s"] == "14.2" and by_rate["high"]["shared"] == "no"
+    assert by_rate["low"]["train_s"] == "n/a" and by_rate["low"]["shared"] == "yes"
     assert "### Times" in index.read_text()
