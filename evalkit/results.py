@@ -61,6 +61,9 @@ class Record:
     resolution: list[int] | None = None  # [W, H] of the evaluated test views
     resolution_scale: float = 1.0
     seed: int = 0
+    # How the training schedule was chosen: "protocol", "quick", "--iterations N" or "--quick
+    # --iterations N" (None in records made before it was stored). A resumed sweep compares it.
+    schedule: str | None = None
     metrics: dict[str, float | None] = field(default_factory=lambda: {m: None for m in METRIC_NAMES})
     metrics_missing: dict[str, str] = field(default_factory=dict)
     per_frame: list[dict[str, Any]] = field(default_factory=list)
@@ -181,6 +184,7 @@ def _validate(data: Any, src: str | Path) -> None:
     want("quick", isinstance(g("quick"), bool), "a bool")
     want("iterations", _is_int(g("iterations")), "an int")
     want("seed", _is_int(g("seed")), "an int")
+    want("schedule", g("schedule") is None or isinstance(g("schedule"), str), "a string or null")
     want("resolution_scale", _is_num(g("resolution_scale")), "a number")
     want("resolution", g("resolution") is None or (
         isinstance(g("resolution"), list) and len(g("resolution")) == 2

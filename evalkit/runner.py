@@ -12,6 +12,7 @@ The runner knows no method's internals: it talks to methods through the registry
 from __future__ import annotations
 
 import gc
+import json
 import math
 import os
 import time
@@ -162,6 +163,59 @@ def _job_log(path: Path) -> Iterator[Callable[[str], None]]:
         yield log
 
 
+def schedule_label(opts: RunOptions) -> str:
+    """How the training schedule is chosen, as records store it (``Record.schedule``)."""
+    if opts.iterations is not None:
+        return ("--quick " if opts.quick else "") + f"--iterations {opts.iterations}"
+    return "quick" if opts.quick else "protocol"
+
+
+def _plain(x):
+    """JSON-normalised (tuples -> lists, keys sorted) for comparing a spec with a stored record."""
+    return json.loads(json.dumps(x, sort_keys=True, default=str))
+
+
+def settings_changed(old: Record, job: Job, opts: RunOptions) -> list[str]:
+    """What differs between an existing record and the job as this sweep would run it: seed,
+    schedule, image scale, rate-point parameters, method configuration. Empty when it matches."""
+    dspec, mspec = load_dataset_spec(job.dataset), load_method_spec(job.method)
+    out = []
+    if old.seed != opts.seed:
+        out.append(f"seed {old.seed} (this run: {opts.seed})")
+    if old.schedule is not None and old.schedule != schedule_label(opts):
+        out.append(f"schedule {old.schedule} (this run: {schedule_label(opts)})")
+    elif old.schedule is None and old.quick != (opts.quick or opts.iterations is not None):
+        out.append(f"{'a shortened' if old.quick else 'the protocol'} schedule (this run: {schedule_label(opts)})")
+    scale = scene_scale(dspec, opts) or 1.0
+    if not math.isclose(old.resolution_scale, scale, rel_tol=1e-9):
+        out.append(f"image scale {old.resolution_scale:g} (this run: {scale:g})")
+    for what, have, want in (("rate point", old.rate_params, dict(job.rate.params)),
+                             ("config", old.config, mspec.config(job.dataset, job.scene))):
+        have, want = _plain(have), _plain(want)
+        keys = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+        if keys:
+            shown = ", ".join(f"{k} {have.get(k, '(unset)')!r:.40} -> {want.get(k, '(unset)')!r:.40}" for k in keys[:4])
+            out.append(f"{what}: {shown}" + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else ""))
+    return out
+
+
+def _stale_records(jobs: list[Job], opts: RunOptions) -> list[str]:
+    """Existing ok records a resumed sweep would skip although they were made with other
+    settings; one line each naming the file and what differs."""
+    out = []
+    for job in jobs:
+        path = record_path(opts.out, job.dataset, job.scene, job.method, job.rate.name)
+        try:
+            old = read_record(path) if path.is_file() else None
+        except Exception:  # an unreadable record is redone anyway
+            old = None
+        if old is not None and old.status == "ok":
+            diff = settings_changed(old, job, opts)
+            if diff:
+                out.append(f"{path}: " + "; ".join(diff))
+    return out
+
+
 def scene_scale(dspec: DatasetSpec, opts: RunOptions) -> float | None:
     """Image scale for the loader: the dataset's protocol scale times --resolution-scale and the
     quick schedule's scale. None leaves the format's default to the loader."""
@@ -197,6 +251,7 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict) -
     budget = Budget(iterations=iterations, resolution_scale=opts.resolution_scale or 1.0, quick=opts.quick, seed=opts.seed)
     record = Record(method=job.method, dataset=job.dataset, scene=job.scene, rate=job.rate.name,
                     rate_params=dict(job.rate.params), config=config, seed=opts.seed, env=collect_env(),
+                    schedule=schedule_label(opts),
                     # Anything but the protocol schedule is flagged: tables mark it, the gate
                     # never compares it with a full run.
                     quick=opts.quick or opts.iterations is not None)
@@ -428,6 +483,11 @@ def run(method: str | list[str], dataset: str, *, scenes: list[str] | None = Non
             notes += [x for x in n if x not in notes]
     except (SpecError, UnknownMethod) as exc:  # a spec without a registry entry, or the reverse
         raise RunError(str(exc)) from None
+    if not opts.force:
+        stale = _stale_records(jobs, opts)
+        if stale:  # skipping them would report other settings as this run; rerunning would lose them
+            raise RunError(f"{len(stale)} existing record(s) in {opts.out} were made with other settings:\n  "
+                           + "\n  ".join(stale) + "\nPass --force to replace them, or --out another folder.")
     order = {scene: i for i, scene in enumerate(dict.fromkeys(job.scene for job in jobs))}
     jobs.sort(key=lambda job: order[job.scene])  # stable: methods and rates keep their order
     result = SweepResult(notes=notes)

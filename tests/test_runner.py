@@ -499,3 +499,53 @@ def test_threads_option_applies_to_the_jobs_and_is_restored(toy_bench: ToyBench,
     with pytest.raises(RunError, match="--threads 0"):
         run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts(threads=0, force=True))
     assert seen == [want]
+
+
+def test_a_record_made_with_other_settings_is_not_skipped_silently(toy_bench: ToyBench) -> None:
+    """Resuming skips a job whose record exists only when the record was made with this sweep's
+    settings; otherwise nothing runs and the error names each file and what differs (a skip
+    would present other settings as this run, a rerun would lose the record)."""
+    opts = toy_bench.opts()
+    run("toy", "toy", data_root=toy_bench.data_root, opts=opts, scenes=["alpha"], rates=["low"])
+    rec = toy_bench.record("alpha", "low")
+    assert rec.schedule == "protocol" and rec.seed == 0
+    path = record_path(toy_bench.out, "toy", "alpha", "toy", "low")
+    STATE.train_calls.clear()
+
+    with pytest.raises(RunError) as err:
+        run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts(seed=1, iterations=50),
+            scenes=["alpha"], rates=["low"])
+    msg = str(err.value)
+    assert f"{path}: seed 0 (this run: 1); schedule protocol (this run: --iterations 50)" in msg
+    assert "--force" in msg and STATE.train_calls == []
+    assert toy_bench.record("alpha", "low").created == rec.created  # untouched
+
+    # An edited rate point or method config is a change too; an unchanged one is skipped.
+    toml = toy_bench.specs / "methods" / "toy.toml"
+    toml.write_text(toml.read_text().replace("knob = 3", "knob = 4"))
+    with pytest.raises(RunError, match=r"config: knob 3 -> 4"):
+        run("toy", "toy", data_root=toy_bench.data_root, opts=opts, scenes=["alpha"], rates=["low"])
+    toml.write_text(toml.read_text().replace("knob = 4", "knob = 3").replace("pad_bytes = 10", "pad_bytes = 11"))
+    with pytest.raises(RunError, match=r"rate point: pad_bytes 10 -> 11"):
+        run("toy", "toy", data_root=toy_bench.data_root, opts=opts, scenes=["alpha"], rates=["low"])
+    toml.write_text(toml.read_text().replace("pad_bytes = 11", "pad_bytes = 10"))
+    result = run("toy", "toy", data_root=toy_bench.data_root, opts=opts, scenes=["alpha"], rates=["low"])
+    assert [o.status for o in result.outcomes] == ["skipped"] and STATE.train_calls == []
+
+    # --force replaces it.
+    run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts(seed=1, force=True), scenes=["alpha"], rates=["low"])
+    assert toy_bench.record("alpha", "low").seed == 1 and STATE.train_calls == [("alpha", "low")]
+
+
+def test_records_without_a_stored_schedule_compare_the_quick_flag(toy_bench: ToyBench) -> None:
+    """Records made before ``schedule`` was stored (None) are compared by their quick flag."""
+    run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts(quick=True), scenes=["alpha"], rates=["low"])
+    path = record_path(toy_bench.out, "toy", "alpha", "toy", "low")
+    data = json.loads(path.read_text())
+    assert data["schedule"] == "quick"
+    data["schedule"] = None
+    path.write_text(json.dumps(data))
+    with pytest.raises(RunError, match=r"a shortened schedule \(this run: protocol\)"):
+        run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts(), scenes=["alpha"], rates=["low"])
+    result = run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts(quick=True), scenes=["alpha"], rates=["low"])
+    assert [o.status for o in result.outcomes] == ["skipped"]
