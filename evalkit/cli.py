@@ -75,7 +75,9 @@ def run(
                 progress.console.print(
                     f"[green]done[/] {outcome.job.label}: PSNR {_fmt(rec.metrics.get('psnr'), '.2f')} dB, "
                     f"SSIM {_fmt(rec.metrics.get('ssim'), '.4f')}, {rec.size['total_bytes'] / 1e6:.3f} MB, "
-                    f"{rec.fps['fps']:.0f} FPS ({rec.fps['label']}), {rec.num_primitives} primitives")
+                    f"{rec.fps['fps']:.0f} FPS ({rec.fps['label']}), {rec.num_primitives} primitives"
+                    + (" [yellow](times contended: shared GPU or busy host, see the record's notes)[/]"
+                       if rec.timings_contended else ""))
 
         def phase(msg):
             progress.update(it_task, description=msg, visible=True)

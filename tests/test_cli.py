@@ -198,3 +198,19 @@ def test_methods_lists_the_repository_specs(monkeypatch: pytest.MonkeyPatch) -> 
     assert res.exit_code == 0, res.output
     for name in method_names():
         assert name in res.output and ", ".join(load_method_spec(name).rates) in res.output
+
+
+def test_run_says_when_a_jobs_times_are_contended(toy_bench: ToyBench, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job timed beside other processes says so on the console, not only in its record."""
+    from evalkit.metrics import contention
+
+    shared = [True]
+    monkeypatch.setattr(contention.ContentionWatch, "contended", property(lambda self: shared[0]))
+    monkeypatch.setattr(contention.ContentionWatch, "notes",
+                        lambda self: ["the GPU was shared (test)"] if shared[0] else [])
+    res = run_toy(toy_bench, "--scene", "alpha", "--rate", "low")
+    assert res.exit_code == 0, res.output
+    assert "done toy / toy / alpha / low: PSNR" in res.output and "(times contended: shared GPU or busy host" in res.output
+    shared[0] = False
+    res = run_toy(toy_bench, "--scene", "beta", "--rate", "low")
+    assert "done toy / toy / beta / low" in res.output and "times contended" not in res.output
