@@ -199,21 +199,14 @@ def settings_changed(old: Record, job: Job, opts: RunOptions) -> list[str]:
     return out
 
 
-def _stale_records(jobs: list[Job], opts: RunOptions) -> list[str]:
-    """Existing ok records a resumed sweep would skip although they were made with other
-    settings; one line each naming the file and what differs."""
-    out = []
-    for job in jobs:
-        path = record_path(opts.out, job.dataset, job.scene, job.method, job.rate.name)
-        try:
-            old = read_record(path) if path.is_file() else None
-        except Exception:  # an unreadable record is redone anyway
-            old = None
-        if old is not None and old.status == "ok":
-            diff = settings_changed(old, job, opts)
-            if diff:
-                out.append(f"{path}: " + "; ".join(diff))
-    return out
+def _existing_ok(job: Job, opts: RunOptions) -> Record | None:
+    """The job's ``ok`` record already in ``opts.out``, if any (an unreadable one is redone)."""
+    path = record_path(opts.out, job.dataset, job.scene, job.method, job.rate.name)
+    try:
+        old = read_record(path) if path.is_file() else None
+    except Exception:
+        return None
+    return old if old is not None and old.status == "ok" else None
 
 
 def scene_scale(dspec: DatasetSpec, opts: RunOptions) -> float | None:
@@ -232,15 +225,13 @@ def _load_scene(job: Job, dspec: DatasetSpec, opts: RunOptions) -> Scene:
                       background=dspec.background, cache_dir=default_cache_dir() / "frames")
 
 
-def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict) -> JobOutcome:
+def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict,
+            existing: Record | None = None) -> JobOutcome:
+    """Run one job, or skip it when ``existing`` (its ok record, made with these settings: ``run``
+    checks) still has its bitstream."""
     rec_path = record_path(opts.out, job.dataset, job.scene, job.method, job.rate.name)
-    if not opts.force and rec_path.is_file():
-        try:
-            old = read_record(rec_path)
-            if old.status == "ok" and (old.bitstream is None or (opts.out / old.bitstream).is_file()):
-                return JobOutcome(job, "skipped", old)
-        except Exception:  # an unreadable record is redone
-            pass
+    if existing is not None and (existing.bitstream is None or (opts.out / existing.bitstream).is_file()):
+        return JobOutcome(job, "skipped", existing)
     bits_path = bitstream_path(opts.out, job.dataset, job.scene, job.method, job.rate.name)
     dspec = load_dataset_spec(job.dataset)
     mspec = load_method_spec(job.method)
@@ -483,11 +474,14 @@ def run(method: str | list[str], dataset: str, *, scenes: list[str] | None = Non
             notes += [x for x in n if x not in notes]
     except (SpecError, UnknownMethod) as exc:  # a spec without a registry entry, or the reverse
         raise RunError(str(exc)) from None
-    if not opts.force:
-        stale = _stale_records(jobs, opts)
-        if stale:  # skipping them would report other settings as this run; rerunning would lose them
-            raise RunError(f"{len(stale)} existing record(s) in {opts.out} were made with other settings:\n  "
-                           + "\n  ".join(stale) + "\nPass --force to replace them, or --out another folder.")
+    # Existing ok records, read once: skipped when made with this sweep's settings; otherwise
+    # skipping would report other settings as this run and rerunning would lose them.
+    existing = {} if opts.force else {job.label: old for job in jobs if (old := _existing_ok(job, opts))}
+    stale = [f"{record_path(opts.out, j.dataset, j.scene, j.method, j.rate.name)}: " + "; ".join(diff)
+             for j in jobs if j.label in existing and (diff := settings_changed(existing[j.label], j, opts))]
+    if stale:
+        raise RunError(f"{len(stale)} existing record(s) in {opts.out} were made with other settings:\n  "
+                       + "\n  ".join(stale) + "\nPass --force to replace them, or --out another folder.")
     order = {scene: i for i, scene in enumerate(dict.fromkeys(job.scene for job in jobs))}
     jobs.sort(key=lambda job: order[job.scene])  # stable: methods and rates keep their order
     result = SweepResult(notes=notes)
@@ -498,7 +492,7 @@ def run(method: str | list[str], dataset: str, *, scenes: list[str] | None = Non
     try:
         for i, job in enumerate(jobs):
             reporter.job_started(job, i, len(jobs))
-            outcome = run_job(job, opts, reporter, scene_cache)
+            outcome = run_job(job, opts, reporter, scene_cache, existing.get(job.label))
             result.outcomes.append(outcome)
             reporter.job_finished(outcome)
     finally:  # library callers keep their own setting
