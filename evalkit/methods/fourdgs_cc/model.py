@@ -76,7 +76,7 @@ class FourDGSCCModel(FourDGSModel):
             # VQCC alone: the render stored those means in ``vq.codebook``. With
             # vqcc_rate_moves_codes they are recomputed differentiably, so the rate's gradient
             # reaches the members' continuous SH and pulls codes together (D-NeRF jumpingjacks,
-            # high: 34.66 dB against 35.13 dB without the VQCC rate; vq.py).
+            # high: 34.66 dB against 35.24 dB with the default; vq.py).
             codebook = (self.vq.code_vectors(super().canonical_sh().reshape(self.num_primitives(), -1))
                         if self.cc.vqcc_rate_moves_codes else self.vq.codebook[:self.vq.n_codes])
             if not self.vqcc.initialised:
