@@ -2,7 +2,8 @@
 
 Choices, each as the reference does unless noted:
 * Each stage restarts its iteration counter, learning-rate schedules and densification schedule.
-* Loss: L1 (+ lambda_dssim * D-SSIM when set) + HexPlane regularisers in the fine stage.
+* Loss: L1 (+ lambda_dssim * D-SSIM when set) + HexPlane regularisers in the fine stage (on
+  CUDA replayed from one graph per step, ``plane_regulariser``).
 * Densification uses gsplat's ``DefaultStrategy`` (clone/split on the view-space gradient of the
   rendered, i.e. deformed, Gaussians). gsplat also prunes at every refinement; the reference's
   ``densify`` only clones and splits and it prunes every ``pruning_interval`` steps, and then only
@@ -20,8 +21,10 @@ Choices, each as the reference does unless noted:
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +37,7 @@ from evalkit.data.scene import Frame, Scene
 from evalkit.methods.fourdgs.config import FourDGSConfig
 from evalkit.methods.fourdgs.deformation import DeformationField
 from evalkit.methods.fourdgs.model import FourDGSModel, init_gaussians
+from evalkit.methods.fourdgs.plane_regulariser import PlaneRegulariser
 from evalkit.metrics.image import ssim
 
 
@@ -51,7 +55,11 @@ class ImageBank:
         on_device = device.type == "cuda" and len(frames) * h * w * 3 <= max_device_bytes
         self.device = device
         store = device if on_device else torch.device("cpu")
-        self.images = [torch.from_numpy(np.round(f.load() * 255.0).astype(np.uint8)).to(store) for f in frames]
+        # Decoding the images (PNG, video frames) is most of the set-up time: spread it over
+        # threads (the decoders release the GIL); the order of the frames is kept.
+        with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
+            arrays = pool.map(lambda f: np.round(f.load() * 255.0).astype(np.uint8), frames)
+            self.images = [torch.from_numpy(a).to(store) for a in arrays]
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -191,6 +199,8 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
         fine = stage == "fine"
         opts = _optimizers(model, cfg, extent)
         dopt = _deformation_optimizer(deform, cfg, extent) if fine else None
+        regulariser = PlaneRegulariser(deform.grid, cfg.plane_tv_weight, cfg.time_smoothness_weight,
+                                       cfg.l1_time_planes) if fine else None
         gsplat_prunes = cfg.prune_at_refine
         strategy = DefaultStrategy(
             prune_opa=cfg.prune_opacity if gsplat_prunes else 0.0, grow_grad2d=cfg.densify_grad_threshold,
@@ -217,7 +227,8 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
                                                       step, cfg.position_lr_max_steps)
             sh_degree = min(global_step // 1000, cfg.sh_degree)
 
-            infos, loss, l1_sum, mse_sum = [], 0.0, 0.0, 0.0
+            report = step % 50 == 0 or step == iters  # one host sync per 50 steps
+            infos, loss, mse_sum = [], 0.0, 0.0
             for _ in range(cfg.batch_size):
                 if not order:
                     order = list(range(len(bank)))
@@ -232,11 +243,10 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
                 if cfg.lambda_dssim > 0:
                     view_loss = view_loss + cfg.lambda_dssim * (1.0 - ssim(out.image, gt))
                 loss = loss + view_loss / cfg.batch_size
-                l1_sum = l1_sum + l1.detach()
-                mse_sum = mse_sum + (out.image.detach() - gt).square().mean()
-            if fine:
-                loss = loss + deform.grid.regulariser(cfg.plane_tv_weight, cfg.time_smoothness_weight,
-                                                      cfg.l1_time_planes)
+                if report:
+                    mse_sum = mse_sum + (out.image.detach() - gt).square().mean()
+            if regulariser is not None:
+                loss = loss + regulariser()
             if extra_loss is not None:
                 loss = loss + extra_loss(model, stage, step)
             loss.backward()
@@ -260,7 +270,7 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
                 extra_optimizer.step()
                 extra_optimizer.zero_grad(set_to_none=True)
 
-            if step % 50 == 0 or step == iters:  # one host sync per 50 steps
+            if report:
                 lv = float(loss.detach())
                 pv = float(-10.0 * torch.log10(mse_sum / cfg.batch_size))
                 ema_loss = lv if ema_loss is None else 0.6 * ema_loss + 0.4 * lv

@@ -1,0 +1,123 @@
+"""The cost of one real 4DGS fine-stage step at a late-training Gaussian count.
+
+    python -m evalkit.bench.fourdgs_step SCENE_DIR [--dataset dnerf] [--coarse 3000]
+        [--grow-to 95000] [--steps 300] [--variants torch/eager,torch/graph,triton/graph] [--profile]
+
+A real coarse stage (``--coarse`` iterations of the trainer) gives Gaussians on the scene's
+surfaces; ``--grow-to`` then splits random Gaussians (two children at 1/1.6 the scale, as
+densification does) until the count is reached, so a step costs what it costs late in training
+(lego ends near 95k). Each variant then runs ``--steps`` fine steps of the trainer itself
+(``train(stages=("fine",))``, refinement off so the count stays fixed) after a warm-up, from a copy
+of the same model; a variant is HexPlane backend / regulariser (CUDA graph or eager). Printed: wall-clock ms per step (unsynchronised, as in training) and, with
+``--profile``, the GPU time per step summed over kernels and the busiest operators: when the GPU
+time is well below the wall time the loop is bound by host-side launch overhead.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import time
+from dataclasses import replace
+
+import torch
+import torch.nn as nn
+
+from evalkit.data.detect import load_scene
+from evalkit.methods.fourdgs.config import FourDGSConfig
+from evalkit.methods.fourdgs.hexplane import HexPlane
+from evalkit.methods.fourdgs.model import FourDGSModel
+from evalkit.methods.fourdgs.plane_regulariser import PlaneRegulariser
+from evalkit.methods.fourdgs.trainer import ImageBank, train
+from evalkit.specs import load_dataset_spec, load_method_spec
+
+
+@torch.no_grad()
+def grow(model: FourDGSModel, target: int, seed: int = 0) -> None:
+    """Split random Gaussians (each into two, offset by a sample of itself, scales / 1.6) until
+    ``target`` Gaussians exist."""
+    g = model.gaussians
+    gen = torch.Generator(device=g["means"].device).manual_seed(seed)
+    while model.num_primitives() < target:
+        n = model.num_primitives()
+        k = min(n, target - n)
+        idx = torch.randperm(n, generator=gen, device=g["means"].device)[:k]
+        scales = torch.exp(g["scales"][idx])
+        offset = torch.randn(k, 3, generator=gen, device=scales.device) * scales
+        new = {name: g[name][idx].clone() for name in g.keys()}
+        new["means"] = new["means"] + offset
+        new["scales"] = new["scales"] - math.log(1.6)
+        for name in list(g.keys()):
+            data = g[name].data.clone()
+            if name == "scales":
+                data[idx] -= math.log(1.6)
+            g[name] = nn.Parameter(torch.cat([data, new[name]], 0))
+
+
+def step_time(model: FourDGSModel, scene, cfg: FourDGSConfig, device: torch.device, steps: int,
+              bank: ImageBank, profile: bool) -> dict[str, float]:
+    fixed = replace(cfg, iterations=steps, densify_from_iter=10**9, densify_until_iter=0,
+                    opacity_reset_interval=10**9)
+    warm = copy.deepcopy(model)
+    train(scene, replace(fixed, iterations=min(30, steps)), device, model=warm, stages=("fine",), bank=bank)
+    del warm
+    out: dict[str, float] = {}
+    run = copy.deepcopy(model)
+    _, stats = train(scene, fixed, device, model=run, stages=("fine",), bank=bank)
+    out["wall ms/step"] = 1e3 * stats[0].seconds / steps
+    if profile and device.type == "cuda":
+        from torch.profiler import ProfilerActivity, profile as prof
+        run = copy.deepcopy(model)
+        n = min(steps, 50)
+        with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
+            train(scene, replace(fixed, iterations=n), device, model=run, stages=("fine",), bank=bank)
+        ev = p.key_averages()
+        gpu_us = sum(e.self_device_time_total for e in ev)
+        out["GPU kernel ms/step (profiled)"] = gpu_us / 1e3 / n
+        out["kernel launches/step"] = sum(e.count for e in ev if e.self_device_time_total > 0
+                                          and e.device_type.name == "CUDA") / n
+        print(ev.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=60))
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("scene", help="scene folder")
+    ap.add_argument("--dataset", default="dnerf")
+    ap.add_argument("--coarse", type=int, default=3000)
+    ap.add_argument("--grow-to", type=int, default=0)
+    ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--variants", default="auto/graph",
+                    help="comma-separated HEXPLANE_BACKEND/REGULARISER pairs, e.g. torch/eager,triton/graph")
+    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--resolution-scale", type=float, default=None)
+    a = ap.parse_args(argv)
+    device = torch.device(a.device)
+    dspec = load_dataset_spec(a.dataset)
+    from pathlib import Path
+    scene_dir = Path(a.scene)
+    cfg = FourDGSConfig.from_dict(load_method_spec("4dgs").config(a.dataset, scene_dir.name))
+    scene = load_scene(scene_dir, format=dspec.format, background=dspec.background,
+                       resolution_scale=a.resolution_scale or dspec.resolution_scale)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device: {name}; scene {scene_dir.name} {scene.resolution[0]}x{scene.resolution[1]}, "
+          f"{len(scene.train)} train views")
+    bank = ImageBank(scene.train, device)
+    t0 = time.perf_counter()
+    model, stats = train(scene, replace(cfg, coarse_iterations=a.coarse), device, stages=("coarse",), bank=bank)
+    print(f"coarse stage: {a.coarse} iterations in {stats[0].seconds:.1f} s -> {model.num_primitives()} Gaussians")
+    if a.grow_to:
+        grow(model, a.grow_to)
+        print(f"grown to {model.num_primitives()} Gaussians by splitting")
+    for variant in a.variants.split(","):
+        backend, _, reg = variant.partition("/")
+        HexPlane.backend = backend
+        PlaneRegulariser.use_graphs = reg != "eager"
+        res = step_time(model, scene, cfg, device, a.steps, bank, a.profile)
+        print(f"variant {variant}: " + ", ".join(f"{k} {v:.3f}" for k, v in res.items()), flush=True)
+    print(f"total {time.perf_counter() - t0:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
