@@ -10,6 +10,9 @@ time planes start at 1 (so an untrained field is the identity deformation's inpu
 Positions are normalised to [-1, 1] by the AABB of the initial point cloud. Time enters the
 grid as the raw t in [0, 1] (the reference implementation's convention, which uses the upper
 half of the time axis); ``full_time_range=True`` maps t to [-1, 1] instead.
+
+On CUDA (float32) the lookup runs as fused Triton kernels (``hexplane_triton``, same numbers); the
+PyTorch path below is the CPU path and the reference. ``HexPlane.backend`` forces either one.
 """
 from __future__ import annotations
 
@@ -50,6 +53,10 @@ def _stack_if_same_shape(planes: list[torch.Tensor]) -> torch.Tensor | None:
 
 
 class HexPlane(nn.Module):
+    # "auto": the fused Triton kernels for float32 CUDA tensors (PyTorch if they fail to compile),
+    # else PyTorch; "torch" / "triton" force one (benchmarks; "triton" raises instead of falling back).
+    backend: str = "auto"
+
     def __init__(self, cfg: HexPlaneConfig, aabb: torch.Tensor) -> None:
         super().__init__()
         self.cfg = cfg
@@ -94,17 +101,38 @@ class HexPlane(nn.Module):
         if self.cfg.full_time_range:
             t = t * 2.0 - 1.0
         coords = torch.cat([p, t[:, None]], dim=1)  # (N, 4)
-        feats = []
-        for planes in self.sampled_planes():
-            feats.append(self._product(planes, coords))
-        return torch.cat(feats, dim=1)
+        scales = self.sampled_planes()
+        if self._fused(coords, scales):
+            from evalkit.methods.fourdgs import hexplane_triton
+            try:
+                return hexplane_triton.sample(coords, scales, fallback=self.backend == "auto")
+            except Exception as exc:  # noqa: BLE001 - compile/launch failure: same numbers from PyTorch
+                if self.backend == "triton":
+                    raise
+                hexplane_triton.disable(exc)
+        return torch.cat([self._product(planes, coords, self._space_pairs, self._time_pairs)
+                          for planes in scales], dim=1)
 
-    def _product(self, planes: list[torch.Tensor], coords: torch.Tensor) -> torch.Tensor:
-        """Product over the six planes of one scale of the bilinearly sampled features, (N, C)."""
+    def _fused(self, coords: torch.Tensor, scales: list[list[torch.Tensor]]) -> bool:
+        if self.backend not in ("auto", "torch", "triton"):
+            raise ValueError(f"HexPlane.backend must be 'auto', 'torch' or 'triton', not {self.backend!r}")
+        if self.backend != "auto":
+            return self.backend == "triton"
+        f32 = [coords] + [p for planes in scales for p in planes]
+        if not all(x.is_cuda and x.dtype == torch.float32 for x in f32):
+            return False
+        from evalkit.methods.fourdgs import hexplane_triton
+        return hexplane_triton.available() and hexplane_triton.failed is None
+
+    @staticmethod
+    def _product(planes: list[torch.Tensor], coords: torch.Tensor, space_pairs: torch.Tensor,
+                 time_pairs: torch.Tensor) -> torch.Tensor:
+        """Product over the six planes of one scale of the bilinearly sampled features, (N, C).
+        ``space_pairs`` / ``time_pairs``: the (3, 2) coordinate pairs of the two groups."""
         out = None
         # Planes of one kind usually share a shape within a scale, so they go through one
         # grid_sample call as a batch of three (2 calls per scale instead of 6).
-        for group, idx in ((SPACE_PLANES, self._space_pairs), (TIME_PLANES, self._time_pairs)):
+        for group, idx in ((SPACE_PLANES, space_pairs), (TIME_PLANES, time_pairs)):
             xy = coords[:, idx].permute(1, 0, 2)  # (3, N, 2)
             grid = _stack_if_same_shape([planes[i] for i in group])  # (3, C, H, W) or None
             if grid is not None:
