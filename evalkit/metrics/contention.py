@@ -17,6 +17,7 @@ boundary of a job and every ``every`` seconds during training (``during``), and 
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from contextlib import contextmanager
@@ -26,20 +27,28 @@ from typing import Callable, Iterator
 import torch
 
 
+@functools.lru_cache(maxsize=None)
+def _gpu_identity(device: torch.device) -> tuple[str, str]:
+    """(UUID, PCI bus id) of a CUDA device, read once: the sampling thread then makes no CUDA
+    runtime call (one during another thread's CUDA-graph capture can make that capture fail)."""
+    props = torch.cuda.get_device_properties(device)
+    return (f"GPU-{props.uuid}",
+            f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0")
+
+
 def gpu_compute_processes(device: torch.device) -> int | None:
     """Compute processes on ``device``'s GPU (ours included), or None when NVML cannot say."""
     if device.type != "cuda":
         return None
     try:
         import pynvml
-        props = torch.cuda.get_device_properties(device)
+        uuid, pci = _gpu_identity(device)
         pynvml.nvmlInit()
         try:
             try:
-                handle = pynvml.nvmlDeviceGetHandleByUUID(f"GPU-{props.uuid}")
+                handle = pynvml.nvmlDeviceGetHandleByUUID(uuid)
             except pynvml.NVMLError:  # e.g. a MIG slice: find the board by its PCI address
-                handle = pynvml.nvmlDeviceGetHandleByPciBusId(
-                    f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0")
+                handle = pynvml.nvmlDeviceGetHandleByPciBusId(pci)
             return len(pynvml.nvmlDeviceGetComputeRunningProcesses(handle))
         finally:
             pynvml.nvmlShutdown()
@@ -80,6 +89,11 @@ class ContentionWatch:
         """Sample every ``every`` seconds in a background thread while the block runs (a long
         phase: another job may come and go between its boundaries); one entry with the maxima."""
         stop, seen = threading.Event(), []
+        if self.device.type == "cuda" and self.count_gpu is None:
+            try:  # in this thread: the sampling thread must make no CUDA call (see _gpu_identity)
+                _gpu_identity(self.device)
+            except Exception:  # noqa: BLE001 - the thread's read then reports "unknown"
+                pass
 
         def loop() -> None:
             while not stop.wait(every):

@@ -56,3 +56,26 @@ def test_graph_replay_matches_eager_and_follows_parameter_updates() -> None:
     other = _grid("cuda")  # other planes (another model): captured again, not stale
     reg.grid = other
     _check(other, reg, scale=1.0)
+
+
+@pytest.mark.gpu
+def test_a_failed_capture_falls_back_and_leaves_random_draws_working(monkeypatch) -> None:
+    """A capture that fails (here: a synchronisation inside it) must not poison the process: the
+    value comes eagerly, and the CUDA generator and current stream are usable afterwards."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    hp = _grid("cuda")
+    reg = PlaneRegulariser(hp, *WEIGHTS)
+    eager = reg._eager
+
+    def sync_in_capture(planes):
+        if torch.cuda.is_current_stream_capturing():
+            torch.cuda.synchronize()  # not permitted while capturing
+        return eager(planes)
+
+    monkeypatch.setattr(reg, "_eager", sync_in_capture)
+    stream = torch.cuda.current_stream()
+    _check(hp, reg, scale=1.0)
+    assert reg.failed is not None
+    assert torch.cuda.current_stream() == stream
+    torch.randn(1000, device="cuda").sum().item()  # raised "Offset increment outside graph capture" before

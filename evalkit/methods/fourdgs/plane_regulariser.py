@@ -28,6 +28,23 @@ class _Attach(torch.autograd.Function):
         return (None, None, *grads)
 
 
+def _recover(stream: torch.cuda.Stream) -> None:
+    """State a failed capture leaves behind (torch 2.11): ``torch.cuda.graph`` raises before
+    restoring the current stream, and the default CUDA generator stays in capture mode, so every
+    later random draw (densification's splits) would raise "Offset increment outside graph capture
+    encountered unexpectedly". Restore the stream; one trivial capture run to its end clears
+    the generator's flag."""
+    torch.cuda.set_stream(stream)
+    try:
+        torch.cuda.synchronize(stream.device)
+    except RuntimeError:
+        pass
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+        torch.zeros(1, device=stream.device).add_(1.0)
+    torch.cuda.set_stream(stream)
+
+
 class PlaneRegulariser:
     """``reg()`` = ``grid.regulariser(plane_tv, time_smoothness, l1_time)`` with the same
     gradients, computed in one CUDA-graph replay on CUDA (``graphs=False``: eagerly)."""
@@ -52,15 +69,22 @@ class PlaneRegulariser:
 
     def _capture(self, planes: list[torch.Tensor]) -> None:
         dev = planes[0].device
+        main = torch.cuda.current_stream(dev)
         side = torch.cuda.Stream(dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
+        side.wait_stream(main)
         with torch.cuda.stream(side):
             for _ in range(2):  # warm-up outside the graph (allocator, lazy initialisation)
                 self._eager(planes)
-        torch.cuda.current_stream(dev).wait_stream(side)
+        main.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = self._eager(planes)
+        try:
+            # thread_local: CUDA calls of other threads (e.g. the runner's contention sampler)
+            # neither fail nor invalidate this capture
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                out = self._eager(planes)
+        except BaseException:
+            _recover(main)
+            raise
         self._graph, self._out = graph, out
 
     def values(self) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:

@@ -281,6 +281,8 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
                 psnr_note = f", train PSNR ~{ema_psnr:.2f}" if ema_psnr is not None else ""
                 log(f"{stage} stage: step {step}/{iters}, {time.perf_counter() - t0:.1f} s, "
                     f"{model.num_primitives()} Gaussians{psnr_note}")
+        if regulariser is not None and regulariser.failed:
+            log(f"HexPlane regularisers ran eagerly (CUDA-graph capture failed: {regulariser.failed})")
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         st = StageStats(stage, iters, time.perf_counter() - t0, model.num_primitives())
