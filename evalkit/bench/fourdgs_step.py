@@ -1,14 +1,15 @@
 """The cost of one real 4DGS fine-stage step at a late-training Gaussian count.
 
     python -m evalkit.bench.fourdgs_step SCENE_DIR [--dataset dnerf] [--coarse 3000]
-        [--grow-to 95000] [--steps 300] [--variants torch/eager,torch/graph,triton/graph] [--profile]
+        [--grow-to 95000] [--steps 300] [--variants torch/torch,triton/torch,triton/triton] [--profile]
 
 A real coarse stage (``--coarse`` iterations of the trainer) gives Gaussians on the scene's
 surfaces; ``--grow-to`` then splits random Gaussians (two children at 1/1.6 the scale, as
 densification does) until the count is reached, so a step costs what it costs late in training
 (lego ends near 95k). Each variant then runs ``--steps`` fine steps of the trainer itself
 (``train(stages=("fine",))``, refinement off so the count stays fixed) after a warm-up, from a copy
-of the same model; a variant is HexPlane backend / regulariser (CUDA graph or eager). Printed: wall-clock ms per step (unsynchronised, as in training) and, with
+of the same model; a variant names the HexPlane lookup and regulariser backends (torch or
+triton). Printed: wall-clock ms per step (unsynchronised, as in training) and, with
 ``--profile``, the GPU time per step summed over kernels and the busiest operators: when the GPU
 time is well below the wall time the loop is bound by host-side launch overhead.
 """
@@ -87,8 +88,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--coarse", type=int, default=3000)
     ap.add_argument("--grow-to", type=int, default=0)
     ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--variants", default="auto/graph",
-                    help="comma-separated HEXPLANE_BACKEND/REGULARISER pairs, e.g. torch/eager,triton/graph")
+    ap.add_argument("--variants", default="auto/auto",
+                    help="comma-separated LOOKUP/REGULARISER backend pairs, e.g. torch/torch,triton/triton")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--resolution-scale", type=float, default=None)
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     for variant in a.variants.split(","):
         backend, _, reg = variant.partition("/")
         HexPlane.backend = backend
-        PlaneRegulariser.use_graphs = reg != "eager"
+        PlaneRegulariser.backend = reg or "auto"
         res = step_time(model, scene, cfg, device, a.steps, bank, a.profile)
         print(f"variant {variant}: " + ", ".join(f"{k} {v:.3f}" for k, v in res.items()), flush=True)
     print(f"total {time.perf_counter() - t0:.1f} s")

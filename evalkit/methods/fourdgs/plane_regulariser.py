@@ -1,17 +1,61 @@
-"""The HexPlane regularisers of a training step at the cost of one CUDA-graph replay.
+"""The HexPlane regularisers of a training step in one fused Triton kernel on CUDA.
 
-``HexPlane.regulariser`` is ~45 small kernels forward and ~70 backward, every fine step, on
-planes whose shapes never change. ``PlaneRegulariser`` computes the value and its gradient with
-respect to the planes once per step (on CUDA by replaying a graph captured from the eager
-computation, elsewhere eagerly) and hands them to autograd through a function whose backward
-scales the stored gradients: the loss value and every plane gradient are those of the eager
-expression (a test compares them).
+``HexPlane.regulariser`` is ~45 small kernels forward and ~70 backward every fine step, and a
+4DGS step is bound by launch overhead, not arithmetic. Its terms are sums of squares and absolute
+values, so the gradient is known in closed form: ``PlaneRegulariser`` computes the value and the
+gradient with respect to every plane in one kernel (plus a copy packing the planes) and hands
+them to autograd through a function whose backward scales the stored gradient. Off CUDA, or
+without Triton, it differentiates ``HexPlane.regulariser`` eagerly. Tests compare the value and
+every plane gradient with autograd of the eager expression (Triton's CPU interpreter, and CUDA).
+
+Per plane (C, H, W), with second differences along the height axis
+d2[c, h, w] = p[h + 2] - 2 p[h + 1] + p[h] (h = 0 .. H - 3):
+smoothness = mean(d2^2), so d smoothness / d p[h] = 2 / M (d2[h] - 2 d2[h - 1] + d2[h - 2]) with
+M = C (H - 2) W and out-of-range d2 terms left out; l1 = mean |1 - p|, gradient sign(p - 1) / numel.
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 
-from evalkit.methods.fourdgs.hexplane import HexPlane
+from evalkit.methods.fourdgs.hexplane import SPACE_PLANES, HexPlane
+
+try:  # Triton ships with CUDA builds of PyTorch on Linux; absent elsewhere
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the platform
+    triton = None
+
+
+if triton is not None:
+    @triton.jit
+    def _regulariser_kernel(buf, grad, meta, coef, out, BLOCK: tl.constexpr):
+        """Program (block, plane k): the gradient of its elements and their share of the value."""
+        k = tl.program_id(1)
+        pos = tl.load(meta + 4 * k).to(tl.int64)
+        H = tl.load(meta + 4 * k + 1)
+        W = tl.load(meta + 4 * k + 2)
+        numel = tl.load(meta + 4 * k + 3)
+        sm = tl.load(coef + 2 * k)  # smoothness weight / M
+        l1 = tl.load(coef + 2 * k + 1)  # l1 weight / numel
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        m = i < numel
+        h = (i % (H * W)) // W
+        p = buf + pos + i
+        p0 = tl.load(p, mask=m, other=0.0)
+        up1 = tl.load(p + W, mask=m & (h + 1 < H), other=0.0)
+        up2 = tl.load(p + 2 * W, mask=m & (h + 2 < H), other=0.0)
+        dn1 = tl.load(p - W, mask=m & (h >= 1), other=0.0)
+        dn2 = tl.load(p - 2 * W, mask=m & (h >= 2), other=0.0)
+        d2_h = tl.where(h <= H - 3, up2 - 2.0 * up1 + p0, 0.0)  # the second difference starting at h
+        d2_h1 = tl.where((h >= 1) & (h <= H - 2), up1 - 2.0 * p0 + dn1, 0.0)  # ... at h - 1
+        d2_h2 = tl.where((h >= 2) & (h <= H - 1), p0 - 2.0 * dn1 + dn2, 0.0)  # ... at h - 2
+        sign = tl.where(p0 > 1.0, 1.0, tl.where(p0 < 1.0, -1.0, 0.0))
+        g = 2.0 * sm * (d2_h - 2.0 * d2_h1 + d2_h2) + l1 * sign
+        tl.store(grad + pos + i, g, mask=m)
+        val = tl.where(m, sm * d2_h * d2_h + l1 * tl.abs(1.0 - p0), 0.0)
+        tl.atomic_add(out, tl.sum(val, axis=0), sem="relaxed")
 
 
 class _Attach(torch.autograd.Function):
@@ -24,42 +68,25 @@ class _Attach(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        grads = torch._foreach_mul(list(ctx.grads), grad_out)  # new tensors: the graph's buffers are reused
-        return (None, None, *grads)
-
-
-def _recover(stream: torch.cuda.Stream) -> None:
-    """State a failed capture leaves behind (torch 2.11): ``torch.cuda.graph`` raises before
-    restoring the current stream, and the default CUDA generator stays in capture mode, so every
-    later random draw (densification's splits) would raise "Offset increment outside graph capture
-    encountered unexpectedly". Restore the stream; one trivial capture run to its end clears
-    the generator's flag."""
-    torch.cuda.set_stream(stream)
-    try:
-        torch.cuda.synchronize(stream.device)
-    except RuntimeError:
-        pass
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-        torch.zeros(1, device=stream.device).add_(1.0)
-    torch.cuda.set_stream(stream)
+        return (None, None, *torch._foreach_mul(list(ctx.grads), grad_out))
 
 
 class PlaneRegulariser:
-    """``reg()`` = ``grid.regulariser(plane_tv, time_smoothness, l1_time)`` with the same
-    gradients, computed in one CUDA-graph replay on CUDA (``graphs=False``: eagerly)."""
+    """``reg()`` = ``grid.regulariser(plane_tv, time_smoothness, l1_time)``, with the same value
+    and plane gradients, from the fused kernel on CUDA (``backend``: "auto", "triton", "torch")."""
 
-    use_graphs = True  # the default for new instances (a benchmark switches it off to compare)
+    backend = "auto"  # the default for new instances (a benchmark switches it to compare)
+    BLOCK = 1024
 
     def __init__(self, grid: HexPlane, plane_tv: float, time_smoothness: float, l1_time: float,
-                 graphs: bool | None = None) -> None:
+                 backend: str | None = None) -> None:
         self.grid = grid
         self.weights = (plane_tv, time_smoothness, l1_time)
-        self.graphs = PlaneRegulariser.use_graphs if graphs is None else graphs
+        self.backend = backend or PlaneRegulariser.backend
+        if self.backend not in ("auto", "triton", "torch"):
+            raise ValueError(f"PlaneRegulariser backend must be 'auto', 'triton' or 'torch', not {self.backend!r}")
         self.failed: str | None = None
-        self._graph: torch.cuda.CUDAGraph | None = None
-        self._key: tuple | None = None
-        self._out: tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None = None
+        self._tables: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def _eager(self, planes: list[torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         with torch.enable_grad():
@@ -67,45 +94,60 @@ class PlaneRegulariser:
             grads = torch.autograd.grad(value, planes)
         return value.detach(), tuple(grads)
 
-    def _capture(self, planes: list[torch.Tensor]) -> None:
-        dev = planes[0].device
-        main = torch.cuda.current_stream(dev)
-        side = torch.cuda.Stream(dev)
-        side.wait_stream(main)
-        with torch.cuda.stream(side):
-            for _ in range(2):  # warm-up outside the graph (allocator, lazy initialisation)
-                self._eager(planes)
-        main.wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        try:
-            # thread_local: CUDA calls of other threads (e.g. the runner's contention sampler)
-            # neither fail nor invalidate this capture
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                out = self._eager(planes)
-        except BaseException:
-            _recover(main)
-            raise
-        self._graph, self._out = graph, out
+    def _tables_for(self, planes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(int32 [P, 4] offset / H / W / numel, float32 [P, 2] coefficients), built once per
+        shape set (a host-to-device copy, not one per step)."""
+        key = (planes[0].device, tuple(p.shape for p in planes))
+        hit = self._tables.get(key)
+        if hit is None:
+            plane_tv, time_smoothness, l1_time = self.weights
+            rows, coefs, pos = [], [], 0
+            for k, p in enumerate(planes):
+                C, H, W = p.shape[-3:]
+                if H < 3:
+                    raise ValueError(f"plane {k} has {H} rows; the smoothness needs 3")
+                space = k % 6 in SPACE_PLANES
+                rows.append((pos, H, W, p.numel()))
+                coefs.append(((plane_tv if space else time_smoothness) / (C * (H - 2) * W),
+                              0.0 if space else l1_time / p.numel()))
+                pos += p.numel()
+            if pos >= 2 ** 31:
+                raise ValueError("HexPlane too large for int32 indexing")
+            dev = planes[0].device
+            hit = self._tables[key] = (torch.tensor(rows, dtype=torch.int32, device=dev),
+                                       torch.tensor(coefs, dtype=torch.float32, device=dev))
+        return hit
+
+    def _fused(self, planes: list[torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        meta, coef = self._tables_for(planes)
+        buf = torch.cat([p.detach().reshape(-1) for p in planes])
+        grad = torch.empty_like(buf)
+        out = torch.zeros(1, device=buf.device, dtype=torch.float32)
+        width = max(p.numel() for p in planes)
+        _regulariser_kernel[(triton.cdiv(width, self.BLOCK), len(planes))](buf, grad, meta, coef, out,
+                                                                          BLOCK=self.BLOCK)
+        grads = tuple(g.view(p.shape) for g, p in zip(grad.split([p.numel() for p in planes]), planes))
+        return out[0], grads
+
+    def _use_fused(self, planes: list[torch.Tensor]) -> bool:
+        if self.backend != "auto":
+            return self.backend == "triton"
+        return (triton is not None and self.failed is None and len(planes) % 6 == 0
+                and all(p.is_cuda and p.dtype == torch.float32 for p in planes))
 
     def values(self) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """(value, gradients w.r.t. ``grid.planes()``), both detached; on CUDA the gradients are
-        the graph's buffers, valid until the next call."""
+        """(value, gradients with respect to ``grid.planes()``), both detached."""
         planes = self.grid.planes()
-        usable = (self.graphs and self.failed is None and planes[0].is_cuda
-                  and all(p.requires_grad for p in planes) and not torch.cuda.is_current_stream_capturing())
-        if not usable:
-            return self._eager(planes)
-        key = tuple((p.data_ptr(), tuple(p.shape)) for p in planes)
-        if key != self._key:  # new planes (another model): capture again
-            self._graph, self._key = None, None
+        if self._use_fused(planes):
             try:
-                self._capture(planes)
-            except Exception as exc:  # noqa: BLE001 - any capture failure: stay correct, run eagerly
+                return self._fused(planes)
+            except Exception as exc:  # noqa: BLE001 - compile / launch failure: same numbers eagerly
+                if self.backend == "triton":
+                    raise
                 self.failed = f"{type(exc).__name__}: {exc}"
-                return self._eager(planes)
-            self._key = key
-        self._graph.replay()
-        return self._out
+                warnings.warn(f"fused HexPlane regulariser failed ({self.failed}); differentiating it eagerly",
+                              RuntimeWarning)
+        return self._eager(planes)
 
     def __call__(self) -> torch.Tensor:
         value, grads = self.values()

@@ -3,7 +3,7 @@
 Choices, each as the reference does unless noted:
 * Each stage restarts its iteration counter, learning-rate schedules and densification schedule.
 * Loss: L1 (+ lambda_dssim * D-SSIM when set) + HexPlane regularisers in the fine stage (on
-  CUDA replayed from one graph per step, ``plane_regulariser``).
+  CUDA value and gradient from one fused kernel, ``plane_regulariser``).
 * Densification uses gsplat's ``DefaultStrategy`` (clone/split on the view-space gradient of the
   rendered, i.e. deformed, Gaussians). gsplat also prunes at every refinement; the reference's
   ``densify`` only clones and splits and it prunes every ``pruning_interval`` steps, and then only
@@ -282,7 +282,7 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
                 log(f"{stage} stage: step {step}/{iters}, {time.perf_counter() - t0:.1f} s, "
                     f"{model.num_primitives()} Gaussians{psnr_note}")
         if regulariser is not None and regulariser.failed:
-            log(f"HexPlane regularisers ran eagerly (CUDA-graph capture failed: {regulariser.failed})")
+            log(f"HexPlane regularisers ran eagerly (fused kernel failed: {regulariser.failed})")
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         st = StageStats(stage, iters, time.perf_counter() - t0, model.num_primitives())
