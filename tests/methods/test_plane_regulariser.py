@@ -37,7 +37,8 @@ def _check(hp: HexPlane, reg: PlaneRegulariser, scale: float) -> None:
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-9)
 
 
-def test_value_and_gradients_match_autograd_on_cpu() -> None:
+def test_value_and_scaled_gradients_reach_autograd_on_cpu() -> None:
+    """The eager path through ``_Attach`` (the kernel itself: interpreter and CUDA tests below)."""
     hp = _grid("cpu")
     _check(hp, PlaneRegulariser(hp, *WEIGHTS), scale=2.5)  # a loss weight reaches the gradients
 

@@ -22,6 +22,8 @@ import warnings
 import torch
 from torch.autograd.function import once_differentiable
 
+from evalkit.methods.fourdgs.kernel_device import kernel_device
+
 try:  # Triton ships with CUDA builds of PyTorch on Linux; absent elsewhere
     import triton
     import triton.language as tl
@@ -222,7 +224,8 @@ class HexPlaneSample(torch.autograd.Function):
         N = coords.shape[0]
         out = torch.empty(N, S * C, device=coords.device, dtype=torch.float32)
         CP, BN = _blocks(C)
-        _forward_kernel[(triton.cdiv(N, BN), S)](coords, buf, meta, out, N, S, C=C, CP=CP, BN=BN)
+        with kernel_device(coords):
+            _forward_kernel[(triton.cdiv(N, BN), S)](coords, buf, meta, out, N, S, C=C, CP=CP, BN=BN)
         ctx.save_for_backward(coords, buf, meta, *planes)
         ctx.fallback = fallback
         return out
@@ -249,11 +252,14 @@ def _backward(coords: torch.Tensor, buf: torch.Tensor, meta: torch.Tensor, plane
     CP, BN = _blocks(C)
     gbuf = torch.zeros_like(buf)
     gcoords = torch.empty_like(coords)
-    _backward_kernel[(triton.cdiv(N, BN),)](coords, buf, meta, gout, gbuf, gcoords, N, S=S, C=C, CP=CP, BN=BN)
+    with kernel_device(coords):
+        _backward_kernel[(triton.cdiv(N, BN),)](coords, buf, meta, gout, gbuf, gcoords, N, S=S, C=C, CP=CP,
+                                                BN=BN)
     flat = torch.empty_like(buf).view(-1)  # the planes' gradients back to back, each (C, H, W)
     BLOCK = 1024
     grid = (triton.cdiv(max(p.numel() for p in planes), BLOCK), len(planes))  # grid axis 1 is limited to 65535
-    _unpack_kernel[grid](gbuf, meta, flat, C=C, BLOCK=BLOCK)
+    with kernel_device(coords):
+        _unpack_kernel[grid](gbuf, meta, flat, C=C, BLOCK=BLOCK)
     return [gcoords] + [g.view(p.shape) for g, p in zip(flat.split([p.numel() for p in planes]), planes)]
 
 

@@ -18,8 +18,10 @@ from __future__ import annotations
 import warnings
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from evalkit.methods.fourdgs.hexplane import SPACE_PLANES, HexPlane
+from evalkit.methods.fourdgs.kernel_device import kernel_device
 
 try:  # Triton ships with CUDA builds of PyTorch on Linux; absent elsewhere
     import triton
@@ -67,8 +69,10 @@ class _Attach(torch.autograd.Function):
         return value.clone()
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):
-        return (None, None, *torch._foreach_mul(list(ctx.grads), grad_out))
+        grads, ctx.grads = ctx.grads, None  # the buffer need not outlive this step's backward
+        return (None, None, *torch._foreach_mul(list(grads), grad_out))
 
 
 class PlaneRegulariser:
@@ -124,16 +128,18 @@ class PlaneRegulariser:
         grad = torch.empty_like(buf)
         out = torch.zeros(1, device=buf.device, dtype=torch.float32)
         width = max(p.numel() for p in planes)
-        _regulariser_kernel[(triton.cdiv(width, self.BLOCK), len(planes))](buf, grad, meta, coef, out,
-                                                                          BLOCK=self.BLOCK)
+        with kernel_device(buf):
+            _regulariser_kernel[(triton.cdiv(width, self.BLOCK), len(planes))](buf, grad, meta, coef, out,
+                                                                              BLOCK=self.BLOCK)
         grads = tuple(g.view(p.shape) for g, p in zip(grad.split([p.numel() for p in planes]), planes))
         return out[0], grads
 
     def _use_fused(self, planes: list[torch.Tensor]) -> bool:
         if self.backend != "auto":
             return self.backend == "triton"
+        # fewer than 3 rows: no second difference (eager gives NaN, as HexPlane.regulariser)
         return (triton is not None and self.failed is None and len(planes) % 6 == 0
-                and all(p.is_cuda and p.dtype == torch.float32 for p in planes))
+                and all(p.is_cuda and p.dtype == torch.float32 and p.shape[-2] >= 3 for p in planes))
 
     def values(self) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """(value, gradients with respect to ``grid.planes()``), both detached."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from evalkit.methods.fourdgs.kernel_device import kernel_device
+
 try:  # Triton ships with CUDA builds of PyTorch on Linux; absent elsewhere
     import triton
     import triton.language as tl
@@ -93,7 +95,8 @@ def forward(h0, kq, bias, v) -> tuple[torch.Tensor, torch.Tensor]:
     T1, N, K, C, KP, CP, BN = _meta(kq)
     H = torch.empty(T1, N, C, device=kq.device, dtype=torch.float32)
     P = torch.empty(T1, N, K, device=kq.device, dtype=torch.float32)
-    _forward_kernel[(triton.cdiv(N, BN),)](h0, kq, bias, v, H, P, T1, N, K=K, C=C, KP=KP, CP=CP, BN=BN)
+    with kernel_device(h0):
+        _forward_kernel[(triton.cdiv(N, BN),)](h0, kq, bias, v, H, P, T1, N, K=K, C=C, KP=KP, CP=CP, BN=BN)
     return H, P
 
 
@@ -105,6 +108,7 @@ def backward(gH, h0, H, P, kq, v) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
     dh0 = torch.empty(N, C, device=kq.device, dtype=torch.float32)
     dkq, dv = torch.empty_like(kq), torch.empty_like(v)
     dbias = torch.empty(N, K, device=kq.device, dtype=torch.float32)
-    _backward_kernel[(triton.cdiv(N, BN),)](gH, Hprev, P, kq, v, dh0, dkq, dbias, dv, T1, N,
-                                             K=K, C=C, KP=KP, CP=CP, BN=BN)
+    with kernel_device(kq):
+        _backward_kernel[(triton.cdiv(N, BN),)](gH, Hprev, P, kq, v, dh0, dkq, dbias, dv, T1, N,
+                                                 K=K, C=C, KP=KP, CP=CP, BN=BN)
     return dh0, dkq, dbias, dv
