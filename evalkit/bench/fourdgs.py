@@ -21,6 +21,7 @@ from gsplat.strategy import DefaultStrategy
 
 from evalkit.codec.container import Bitstream
 from evalkit.data.detect import load_scene
+from evalkit.data.scene import Scene
 from evalkit.methods.fourdgs import codec
 from evalkit.methods.fourdgs.config import FourDGSConfig
 from evalkit.methods.fourdgs.trainer import ImageBank, _deformation_optimizer, _optimizers, build_model
@@ -110,6 +111,20 @@ def render_breakdown(bits_path: Path, scene, device: torch.device, repeats: int 
             "gaussians": float(model.num_primitives())}
 
 
+def load_bench_scene(scene_dir: Path, dataset: str, device: torch.device,
+                     resolution_scale: float | None = None) -> tuple[Scene, FourDGSConfig]:
+    """The scene as the dataset spec loads it and 4DGS's protocol configuration for it; prints
+    the device and scene size (shared by the 4DGS benchmarks)."""
+    dspec = load_dataset_spec(dataset)
+    cfg = FourDGSConfig.from_dict(load_method_spec("4dgs").config(dataset, scene_dir.name))
+    scene = load_scene(scene_dir, format=dspec.format, background=dspec.background,
+                       resolution_scale=resolution_scale or dspec.resolution_scale)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"device: {name}; scene {scene_dir.name} {scene.resolution[0]}x{scene.resolution[1]}, "
+          f"{len(scene.train)} train views")
+    return scene, cfg
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("scene", type=Path)
@@ -120,13 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--resolution-scale", type=float, default=None)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
-    dspec = load_dataset_spec(args.dataset)
-    cfg = FourDGSConfig.from_dict(load_method_spec("4dgs").config(args.dataset, args.scene.name))
-    scene = load_scene(args.scene, format=dspec.format, background=dspec.background,
-                       resolution_scale=args.resolution_scale or dspec.resolution_scale)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device: {name}; scene {args.scene.name} {scene.resolution[0]}x{scene.resolution[1]}, "
-          f"{len(scene.train)} train views")
+    scene, cfg = load_bench_scene(args.scene, args.dataset, device, args.resolution_scale)
     for k, v in train_breakdown(scene, cfg, device, args.steps).items():
         print(f"  train {k:28s} {v:9.3f}" + ("" if "once" in k or "gaussians" in k else " ms/step"))
     if args.bitstream:

@@ -20,17 +20,17 @@ import copy
 import math
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from evalkit.data.detect import load_scene
+from evalkit.bench.fourdgs import load_bench_scene
 from evalkit.methods.fourdgs.config import FourDGSConfig
 from evalkit.methods.fourdgs.hexplane import HexPlane
 from evalkit.methods.fourdgs.model import FourDGSModel
 from evalkit.methods.fourdgs.plane_regulariser import PlaneRegulariser
 from evalkit.methods.fourdgs.trainer import ImageBank, train
-from evalkit.specs import load_dataset_spec, load_method_spec
 
 
 @torch.no_grad()
@@ -83,7 +83,7 @@ def step_time(model: FourDGSModel, scene, cfg: FourDGSConfig, device: torch.devi
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("scene", help="scene folder")
+    ap.add_argument("scene", type=Path, help="scene folder")
     ap.add_argument("--dataset", default="dnerf")
     ap.add_argument("--coarse", type=int, default=3000)
     ap.add_argument("--grow-to", type=int, default=0)
@@ -95,15 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--resolution-scale", type=float, default=None)
     a = ap.parse_args(argv)
     device = torch.device(a.device)
-    dspec = load_dataset_spec(a.dataset)
-    from pathlib import Path
-    scene_dir = Path(a.scene)
-    cfg = FourDGSConfig.from_dict(load_method_spec("4dgs").config(a.dataset, scene_dir.name))
-    scene = load_scene(scene_dir, format=dspec.format, background=dspec.background,
-                       resolution_scale=a.resolution_scale or dspec.resolution_scale)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device: {name}; scene {scene_dir.name} {scene.resolution[0]}x{scene.resolution[1]}, "
-          f"{len(scene.train)} train views")
+    scene, cfg = load_bench_scene(a.scene, a.dataset, device, a.resolution_scale)
     bank = ImageBank(scene.train, device)
     t0 = time.perf_counter()
     model, stats = train(scene, replace(cfg, coarse_iterations=a.coarse), device, stages=("coarse",), bank=bank)

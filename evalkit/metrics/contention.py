@@ -29,8 +29,9 @@ import torch
 
 @functools.lru_cache(maxsize=None)
 def _gpu_identity(device: torch.device) -> tuple[str, str]:
-    """(UUID, PCI bus id) of a CUDA device, read once: the sampling thread then makes no CUDA
-    runtime call (one during another thread's CUDA-graph capture can make that capture fail)."""
+    """(UUID, PCI bus id) of a CUDA device, read once (by the job's first sample, in the runner's
+    thread): the sampling thread of ``during`` then makes no CUDA call while training may be
+    capturing CUDA graphs (4DGS-CC's rate terms)."""
     props = torch.cuda.get_device_properties(device)
     return (f"GPU-{props.uuid}",
             f"{props.pci_domain_id:08x}:{props.pci_bus_id:02x}:{props.pci_device_id:02x}.0")
@@ -89,11 +90,6 @@ class ContentionWatch:
         """Sample every ``every`` seconds in a background thread while the block runs (a long
         phase: another job may come and go between its boundaries); one entry with the maxima."""
         stop, seen = threading.Event(), []
-        if self.device.type == "cuda" and self.count_gpu is None:
-            try:  # in this thread: the sampling thread must make no CUDA call (see _gpu_identity)
-                _gpu_identity(self.device)
-            except Exception:  # noqa: BLE001 - the thread's read then reports "unknown"
-                pass
 
         def loop() -> None:
             while not stop.wait(every):

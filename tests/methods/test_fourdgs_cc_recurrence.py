@@ -8,6 +8,7 @@ import torch
 from evalkit.methods.fourdgs.hexplane import HexPlaneConfig
 from evalkit.methods.fourdgs_cc.nvcc import NVCC
 from evalkit.methods.fourdgs_cc.recurrence import recurrence, reference_recurrence
+from tests.methods.triton_interpreter import run_in_interpreter
 
 
 def _inputs(T1=7, N=11, K=5, C=4, dtype=torch.float64, device="cpu", seed=0):
@@ -54,15 +55,7 @@ def test_training_priors_equal_the_coding_path() -> None:
 
 def test_triton_kernels_match_the_pytorch_loop_in_the_interpreter() -> None:
     """The CUDA path's Triton kernels, run by Triton's CPU interpreter, against autograd."""
-    pytest.importorskip("triton")
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-    script = Path(__file__).with_name("_triton_recurrence_check.py")
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "triton recurrence agrees" in run_in_interpreter("_triton_recurrence_check.py")
 
 
 @pytest.mark.gpu

@@ -2,17 +2,14 @@
 interpreter, on CUDA at a realistic size, and the backend selection / fallback of ``HexPlane``."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 
 from evalkit.methods.fourdgs import hexplane_triton
 from evalkit.methods.fourdgs.hexplane import HexPlane, HexPlaneConfig
+from tests.methods.triton_interpreter import run_in_interpreter
 
 
 def _grid(cls=HexPlane, device="cpu", C=4, res=(6, 5, 4, 7), multires=(1, 2), seed=0) -> HexPlane:
@@ -42,14 +39,7 @@ def _run(grid: HexPlane, backend: str, xyz: torch.Tensor, t) -> tuple[torch.Tens
 
 def test_triton_kernels_match_the_pytorch_path_in_the_interpreter() -> None:
     """The CUDA path's Triton kernels, run by Triton's CPU interpreter, against PyTorch."""
-    pytest.importorskip("triton")
-    script = Path(__file__).with_name("_triton_hexplane_check.py")
-    root = str(Path(__file__).resolve().parents[2])  # importable also where evalkit is not installed
-    env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "triton hexplane agrees" in proc.stdout
+    assert "triton hexplane agrees" in run_in_interpreter("_triton_hexplane_check.py")
 
 
 def test_auto_backend_uses_pytorch_on_cpu_and_rejects_unknown_backends() -> None:

@@ -2,16 +2,12 @@
 eagerly (CPU), from the fused kernel in Triton's CPU interpreter, and on CUDA."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from evalkit.methods.fourdgs.hexplane import HexPlane, HexPlaneConfig
 from evalkit.methods.fourdgs.plane_regulariser import PlaneRegulariser
+from tests.methods.triton_interpreter import run_in_interpreter
 
 WEIGHTS = (1e-2, 3e-2, 5e-2)
 
@@ -49,13 +45,7 @@ def test_unknown_backend_is_refused() -> None:
 
 
 def test_fused_kernel_matches_autograd_in_the_interpreter() -> None:
-    pytest.importorskip("triton")
-    script = Path(__file__).with_name("_triton_regulariser_check.py")
-    root = str(Path(__file__).resolve().parents[2])
-    env = {**os.environ, "TRITON_INTERPRET": "1",
-           "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
-    proc = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "regulariser agrees" in run_in_interpreter("_triton_regulariser_check.py")
 
 
 @pytest.mark.gpu

@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from evalkit.methods.fourdgs import hexplane_triton
+
 PLANE_PAIRS: list[tuple[int, int]] = list(itertools.combinations(range(4), 2))
 SPACE_PLANES = [i for i, p in enumerate(PLANE_PAIRS) if 3 not in p]  # xy, xz, yz -> 0, 1, 3
 TIME_PLANES = [i for i, p in enumerate(PLANE_PAIRS) if 3 in p]  # xt, yt, zt -> 2, 4, 5
@@ -103,7 +105,6 @@ class HexPlane(nn.Module):
         coords = torch.cat([p, t[:, None]], dim=1)  # (N, 4)
         scales = self.sampled_planes()
         if self._fused(coords, scales):
-            from evalkit.methods.fourdgs import hexplane_triton
             try:
                 return hexplane_triton.sample(coords, scales, fallback=self.backend == "auto")
             except Exception as exc:  # noqa: BLE001 - compile/launch failure: same numbers from PyTorch
@@ -121,7 +122,6 @@ class HexPlane(nn.Module):
         f32 = [coords] + [p for planes in scales for p in planes]
         if not all(x.is_cuda and x.dtype == torch.float32 for x in f32):
             return False
-        from evalkit.methods.fourdgs import hexplane_triton
         return hexplane_triton.available() and hexplane_triton.failed is None
 
     @staticmethod

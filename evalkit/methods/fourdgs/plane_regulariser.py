@@ -141,9 +141,9 @@ class PlaneRegulariser:
         return (triton is not None and self.failed is None and len(planes) % 6 == 0
                 and all(p.is_cuda and p.dtype == torch.float32 and p.shape[-2] >= 3 for p in planes))
 
-    def values(self) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """(value, gradients with respect to ``grid.planes()``), both detached."""
-        planes = self.grid.planes()
+    def values(self, planes: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """(value, gradients with respect to ``planes`` = ``grid.planes()``), both detached."""
+        planes = self.grid.planes() if planes is None else planes
         if self._use_fused(planes):
             try:
                 return self._fused(planes)
@@ -156,5 +156,6 @@ class PlaneRegulariser:
         return self._eager(planes)
 
     def __call__(self) -> torch.Tensor:
-        value, grads = self.values()
-        return _Attach.apply(value, grads, *self.grid.planes())
+        planes = self.grid.planes()
+        value, grads = self.values(planes)
+        return _Attach.apply(value, grads, *planes)
