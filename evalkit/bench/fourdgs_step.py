@@ -1,7 +1,7 @@
 """The cost of one real 4DGS fine-stage step at a late-training Gaussian count.
 
     python -m evalkit.bench.fourdgs_step SCENE_DIR [--dataset dnerf] [--coarse 3000]
-        [--grow-to 95000] [--steps 300] [--variants torch/torch,triton/torch,triton/triton] [--profile]
+        [--grow-to 95000] [--steps 300] [--variants torch/torch,triton/torch,triton/triton] [--profile] [--host-profile]
 
 A real coarse stage (``--coarse`` iterations of the trainer) gives Gaussians on the scene's
 surfaces; ``--grow-to`` then splits random Gaussians (two children at 1/1.6 the scale, as
@@ -12,6 +12,7 @@ of the same model; a variant names the HexPlane lookup and regulariser backends 
 triton). Printed: wall-clock ms per step (unsynchronised, as in training) and, with
 ``--profile``, the GPU time per step summed over kernels and the busiest operators: when the GPU
 time is well below the wall time the loop is bound by host-side launch overhead.
+``--host-profile`` adds a cProfile of 100 steps: which Python functions the host time goes to.
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ def grow(model: FourDGSModel, target: int, seed: int = 0) -> None:
 
 
 def step_time(model: FourDGSModel, scene, cfg: FourDGSConfig, device: torch.device, steps: int,
-              bank: ImageBank, profile: bool) -> dict[str, float]:
+              bank: ImageBank, profile: bool, host_profile: bool = False) -> dict[str, float]:
     fixed = replace(cfg, iterations=steps, densify_from_iter=10**9, densify_until_iter=0,
                     opacity_reset_interval=10**9)
     warm = copy.deepcopy(model)
@@ -78,6 +79,17 @@ def step_time(model: FourDGSModel, scene, cfg: FourDGSConfig, device: torch.devi
         out["kernel launches/step"] = sum(e.count for e in ev if e.self_device_time_total > 0
                                           and e.device_type.name == "CUDA") / n
         print(ev.table(sort_by="self_device_time_total", row_limit=25, max_name_column_width=60))
+    if host_profile:
+        import cProfile
+        import pstats
+        run = copy.deepcopy(model)
+        n = min(steps, 100)
+        with cProfile.Profile() as cp:
+            train(scene, replace(fixed, iterations=n), device, model=run, stages=("fine",), bank=bank)
+        print(f"host time by function over {n} steps (cProfile; its own overhead inflates Python-heavy rows):")
+        st = pstats.Stats(cp)
+        st.sort_stats("tottime").print_stats(30)
+        st.sort_stats("cumulative").print_stats(45)
     return out
 
 
@@ -91,6 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--variants", default="auto/auto",
                     help="comma-separated LOOKUP/REGULARISER backend pairs, e.g. torch/torch,triton/triton")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--host-profile", action="store_true", help="cProfile 100 steps: where the host time goes")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--resolution-scale", type=float, default=None)
     a = ap.parse_args(argv)
@@ -107,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
         backend, _, reg = variant.partition("/")
         HexPlane.backend = backend
         PlaneRegulariser.backend = reg or "auto"
-        res = step_time(model, scene, cfg, device, a.steps, bank, a.profile)
+        res = step_time(model, scene, cfg, device, a.steps, bank, a.profile, a.host_profile)
         print(f"variant {variant}: " + ", ".join(f"{k} {v:.3f}" for k, v in res.items()), flush=True)
     print(f"total {time.perf_counter() - t0:.1f} s")
 

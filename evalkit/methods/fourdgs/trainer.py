@@ -34,6 +34,7 @@ from gsplat.strategy import DefaultStrategy
 from gsplat.strategy.ops import remove, reset_opa
 
 from evalkit.data.scene import Frame, Scene
+from evalkit.methods.fourdgs.adam_steps import AdamSteps
 from evalkit.methods.fourdgs.config import FourDGSConfig
 from evalkit.methods.fourdgs.deformation import DeformationField
 from evalkit.methods.fourdgs.model import FourDGSModel, init_gaussians
@@ -212,6 +213,8 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
             refine_scale2d_stop_iter=0 if gsplat_prunes else 1,
             absgrad=False, verbose=False)
         strategy.check_sanity(model.gaussians, opts)
+        # all of them in a few fused kernel calls (a step is bound by host work; ``adam_steps``)
+        optimizers = AdamSteps([*opts.values(), dopt, extra_optimizer])
         state = strategy.initialize_state(scene_scale=extent)
         order: list[int] = []
         ema_loss, ema_psnr = None, None
@@ -260,15 +263,8 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
                     prune_as_reference(model, opts, state, cfg, step, extent, infos[-1])
                 if step < cfg.densify_until_iter and step % cfg.opacity_reset_interval == 0:
                     reset_opa(model.gaussians, opts, state, value=cfg.prune_opacity * 2.0)
-            for o in opts.values():
-                o.step()
-                o.zero_grad(set_to_none=True)
-            if dopt is not None:
-                dopt.step()
-                dopt.zero_grad(set_to_none=True)
-            if extra_optimizer is not None:
-                extra_optimizer.step()
-                extra_optimizer.zero_grad(set_to_none=True)
+            optimizers.step()
+            optimizers.zero_grad()
 
             if report:
                 lv = float(loss.detach())
