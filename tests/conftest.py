@@ -2,6 +2,7 @@
 
 * ``shared_data``: the real test data folder (``$EVALKIT_SHARED_DATA``, else ``shared/data``
   beside the repository checkout), or a skip with the reason.
+* Tests marked ``gpu`` are skipped where CUDA is missing (``pytest_runtest_setup``).
 * ``synth_scene_dir(format, **kwargs)``: a small synthetic scene generated once per session
   (``evalkit.data.synth.generate``) and cached by its arguments. Treat it as read-only; copy
   it (``shutil.copytree``) before modifying files.
@@ -30,6 +31,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def shared_data_root() -> Path:
     return Path(os.environ.get("EVALKIT_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked ``gpu`` skip themselves on machines without CUDA (CI's CPU runner)."""
+    if item.get_closest_marker("gpu") is not None and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
 
 
 @pytest.fixture(scope="session")

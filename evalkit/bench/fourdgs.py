@@ -23,7 +23,9 @@ from evalkit.codec.container import Bitstream
 from evalkit.data.detect import load_scene
 from evalkit.data.scene import Scene
 from evalkit.methods.fourdgs import codec
+from evalkit.methods.fourdgs.adam_steps import AdamSteps
 from evalkit.methods.fourdgs.config import FourDGSConfig
+from evalkit.methods.fourdgs.plane_regulariser import PlaneRegulariser
 from evalkit.methods.fourdgs.trainer import ImageBank, _deformation_optimizer, _optimizers, build_model
 from evalkit.render import rasterize
 from evalkit.specs import load_dataset_spec, load_method_spec
@@ -45,6 +47,9 @@ def train_breakdown(scene, cfg: FourDGSConfig, device: torch.device, steps: int)
     extent = scene.camera_extent()
     opts = _optimizers(model, cfg, extent)
     dopt = _deformation_optimizer(model.deformation, cfg, extent)
+    optimizers = AdamSteps([*opts.values(), dopt])  # as the trainer steps them
+    regulariser = PlaneRegulariser(model.deformation.grid, cfg.plane_tv_weight, cfg.time_smoothness_weight,
+                                   cfg.l1_time_planes)
     strategy = DefaultStrategy(refine_start_iter=50, refine_stop_iter=10**9, refine_every=100, verbose=False)
     state = strategy.initialize_state(scene_scale=extent)
     acc: dict[str, float] = defaultdict(float)
@@ -63,8 +68,7 @@ def train_breakdown(scene, cfg: FourDGSConfig, device: torch.device, steps: int)
         strategy.step_pre_backward(model.gaussians, opts, state, step, out.info)
         t2 = _sync(device)
         acc["rasterise fwd"] += t2 - t1
-        loss = (out.image - gt).abs().mean() + model.deformation.grid.regulariser(
-            cfg.plane_tv_weight, cfg.time_smoothness_weight, cfg.l1_time_planes)
+        loss = (out.image - gt).abs().mean() + regulariser()
         t3 = _sync(device)
         acc["loss + regularisers"] += t3 - t2
         loss.backward()
@@ -74,9 +78,8 @@ def train_breakdown(scene, cfg: FourDGSConfig, device: torch.device, steps: int)
             strategy.step_post_backward(model.gaussians, opts, state, step, out.info, packed=False)
         t5 = _sync(device)
         acc["densification"] += t5 - t4
-        for o in [*opts.values(), dopt]:
-            o.step()
-            o.zero_grad(set_to_none=True)
+        optimizers.step()
+        optimizers.zero_grad()
         acc["optimiser"] += _sync(device) - t5
     out = {k: 1000.0 * v / steps for k, v in acc.items()}
     out["image upload (once, s)"] = load_s

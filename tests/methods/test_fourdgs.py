@@ -153,7 +153,6 @@ def test_regulariser_matches_per_plane_reference_formula():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_graphed_render_equals_eager_render_on_gpu(trained, tiny_scene, tmp_path):
     _, model, cfg, _ = trained
     path = tmp_path / "m.evk"

@@ -60,8 +60,6 @@ def test_triton_kernels_match_the_pytorch_loop_in_the_interpreter() -> None:
 
 @pytest.mark.gpu
 def test_triton_recurrence_on_cuda_matches_autograd() -> None:
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
     from evalkit.methods.fourdgs_cc.recurrence import _TRITON
     # Contractive weights, as in NVCC (random O(1) keys make a 99-step recurrence chaotic: float32
     # and float64 then differ by 1e-3 whatever the implementation).
@@ -82,8 +80,6 @@ def test_triton_recurrence_on_cuda_matches_autograd() -> None:
 @pytest.mark.gpu
 def test_graphed_rate_terms_equal_eager_rate_terms() -> None:
     """The CUDA-graph replay of the rate terms gives the eager bits and gradients, call after call."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
     from evalkit.methods.fourdgs.deformation import DeformationConfig, DeformationField
     from evalkit.methods.fourdgs.model import FourDGSModel
     from evalkit.methods.fourdgs_cc.config import CCConfig

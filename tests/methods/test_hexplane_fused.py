@@ -94,8 +94,6 @@ def test_triton_hexplane_on_cuda_matches_pytorch(quantised: bool) -> None:
     """Realistic size (N=50k, C=32, res [64, 64, 64, 25], multires [1, 2]): features and the
     gradients of positions and of every plane, "triton" against "torch"; the quantised subclass
     samples non-leaf planes."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
     from evalkit.methods.fourdgs_cc.model import QuantizedHexPlane
     grid = _grid(QuantizedHexPlane if quantised else HexPlane, "cuda", C=32, res=(64, 64, 64, 25))
     grid.step = 1 / 64 if quantised else 0.0
@@ -113,8 +111,6 @@ def test_triton_hexplane_on_cuda_matches_pytorch(quantised: bool) -> None:
 @pytest.mark.gpu
 def test_triton_hexplane_replays_from_a_cuda_graph() -> None:
     """As ``FourDGSModel.freeze_for_rendering`` uses it: no host sync, no host-to-device copy."""
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
     grid = _grid(device="cuda", C=16)
     xyz = _points(grid, 1000).detach()
     t = torch.zeros((), device="cuda")

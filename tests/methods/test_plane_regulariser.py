@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from evalkit.methods.fourdgs.hexplane import HexPlane, HexPlaneConfig
-from evalkit.methods.fourdgs.plane_regulariser import PlaneRegulariser
+from evalkit.methods.fourdgs.plane_regulariser import PlaneRegulariser, _Attach
 from tests.methods.triton_interpreter import run_in_interpreter
 
 WEIGHTS = (1e-2, 3e-2, 5e-2)
@@ -33,10 +33,18 @@ def _check(hp: HexPlane, reg: PlaneRegulariser, scale: float) -> None:
         torch.testing.assert_close(p.grad, g, rtol=1e-4, atol=1e-9)
 
 
-def test_value_and_scaled_gradients_reach_autograd_on_cpu() -> None:
-    """The eager path through ``_Attach`` (the kernel itself: interpreter and CUDA tests below)."""
+def test_precomputed_gradients_reach_autograd_scaled_by_the_loss_weight() -> None:
+    """``_Attach`` (how the kernel's gradients enter ``loss.backward``), fed the eager gradients
+    from ``values``; the kernel itself: interpreter and CUDA tests below."""
     hp = _grid("cpu")
-    _check(hp, PlaneRegulariser(hp, *WEIGHTS), scale=2.5)  # a loss weight reaches the gradients
+    reg = PlaneRegulariser(hp, *WEIGHTS, backend="torch")
+    value = hp.regulariser(*WEIGHTS)
+    want = torch.autograd.grad(2.5 * value, hp.planes())
+    got = _Attach.apply(*reg.values(), *hp.planes())
+    (2.5 * got).backward()
+    torch.testing.assert_close(got.detach(), value.detach())
+    for p, g in zip(hp.planes(), want):
+        torch.testing.assert_close(p.grad, g)
 
 
 def test_unknown_backend_is_refused() -> None:
@@ -50,8 +58,6 @@ def test_fused_kernel_matches_autograd_in_the_interpreter() -> None:
 
 @pytest.mark.gpu
 def test_fused_kernel_on_cuda_matches_autograd_at_the_dnerf_size() -> None:
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA")
     hp = _grid("cuda", C=32, res=(64, 64, 64, 25))
     reg = PlaneRegulariser(hp, *WEIGHTS, backend="triton")
     _check(hp, reg, scale=1.0)

@@ -112,8 +112,6 @@ def test_bad_inputs_raise():
 
 @pytest.mark.gpu
 def test_cuda_evaluation_matches_cpu(no_lpips_weights):
-    if not torch.cuda.is_available():
-        pytest.skip("CUDA not available")
     preds, gts = frames(3, 170, 180)
     cpu = evaluate_images(preds, gts, ["a", "b", "c"], device="cpu", lpips_nets=())
     gpu = evaluate_images(preds, gts, ["a", "b", "c"], device="cuda", lpips_nets=())

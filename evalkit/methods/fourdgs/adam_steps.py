@@ -36,8 +36,9 @@ def _batchable(opt: torch.optim.Optimizer) -> bool:
 class AdamSteps:
     def __init__(self, optimizers: Iterable[torch.optim.Optimizer]) -> None:
         self.optimizers = [o for o in optimizers if o is not None]
-        self._batched = [o for o in self.optimizers if _batchable(o)]
-        self._others = [o for o in self.optimizers if not _batchable(o)]
+        batchable = [_batchable(o) for o in self.optimizers]
+        self._batched = [o for o, b in zip(self.optimizers, batchable) if b]
+        self._others = [o for o, b in zip(self.optimizers, batchable) if not b]
 
     @torch.no_grad()
     def step(self) -> None:

@@ -5,7 +5,7 @@
 values, so the gradient is known in closed form: ``PlaneRegulariser`` computes the value and the
 gradient with respect to every plane in one kernel (plus a copy packing the planes) and hands
 them to autograd through a function whose backward scales the stored gradient. Off CUDA, or
-without Triton, it differentiates ``HexPlane.regulariser`` eagerly. Tests compare the value and
+without Triton, it returns ``HexPlane.regulariser`` itself. Tests compare the value and
 every plane gradient with autograd of the eager expression (Triton's CPU interpreter, and CUDA).
 
 Per plane (C, H, W), with second differences along the height axis
@@ -141,21 +141,28 @@ class PlaneRegulariser:
         return (triton is not None and self.failed is None and len(planes) % 6 == 0
                 and all(p.is_cuda and p.dtype == torch.float32 and p.shape[-2] >= 3 for p in planes))
 
+    def _try_fused(self, planes: list[torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]] | None:
+        """The fused kernel's (value, gradients), or None where it does not apply or has failed."""
+        if not self._use_fused(planes):
+            return None
+        try:
+            return self._fused(planes)
+        except Exception as exc:  # noqa: BLE001 - compile / launch failure: same numbers eagerly
+            if self.backend == "triton":
+                raise
+            self.failed = f"{type(exc).__name__}: {exc}"
+            warnings.warn(f"fused HexPlane regulariser failed ({self.failed}); differentiating it eagerly",
+                          RuntimeWarning)
+            return None
+
     def values(self, planes: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         """(value, gradients with respect to ``planes`` = ``grid.planes()``), both detached."""
         planes = self.grid.planes() if planes is None else planes
-        if self._use_fused(planes):
-            try:
-                return self._fused(planes)
-            except Exception as exc:  # noqa: BLE001 - compile / launch failure: same numbers eagerly
-                if self.backend == "triton":
-                    raise
-                self.failed = f"{type(exc).__name__}: {exc}"
-                warnings.warn(f"fused HexPlane regulariser failed ({self.failed}); differentiating it eagerly",
-                              RuntimeWarning)
-        return self._eager(planes)
+        return self._try_fused(planes) or self._eager(planes)
 
     def __call__(self) -> torch.Tensor:
         planes = self.grid.planes()
-        value, grads = self.values(planes)
-        return _Attach.apply(value, grads, *planes)
+        fused = self._try_fused(planes)
+        if fused is None:  # the eager expression, differentiated by the loss's own backward
+            return self.grid.regulariser(*self.weights)
+        return _Attach.apply(*fused, *planes)

@@ -20,7 +20,7 @@ adopts:
   detaches its member means. ``vqcc_rate_moves_codes`` lets its gradient reach the members'
   continuous SH through their mean (``code_vectors`` is differentiable) instead; measured on D-NeRF
   jumpingjacks (high, H200, full protocol) it pulls the codes together (1728 distinct on the grid
-  against 8191 without the rate) for 34.66 dB against 35.13 dB (our 4dgs: 35.23 dB); its crowded
+  against 8191 without the rate) for 34.66 dB against 35.13 dB (our 4dgs then: 35.23 dB); its crowded
   codebook then costs 35 KB under VQCC (y, z, networks) against 250 KB stored raw without VQCC.
   With the default (same scene, rate and GPU): 35.24 dB, the spread codebook coded in 171 KB
   (y 108 KB, z 39 KB, networks 24 KB; results/reference/h200).
