@@ -21,7 +21,7 @@ from gsplat.strategy import DefaultStrategy
 
 from evalkit.codec.container import Bitstream
 from evalkit.data.detect import load_scene
-from evalkit.data.scene import Scene
+from evalkit.data.scene import DatasetError, Scene
 from evalkit.methods.fourdgs import codec
 from evalkit.methods.fourdgs.adam_steps import AdamSteps
 from evalkit.methods.fourdgs.config import FourDGSConfig
@@ -120,8 +120,11 @@ def load_bench_scene(scene_dir: Path, dataset: str, device: torch.device,
     the device and scene size (shared by the 4DGS benchmarks)."""
     dspec = load_dataset_spec(dataset)
     cfg = FourDGSConfig.from_dict(load_method_spec("4dgs").config(dataset, scene_dir.name))
-    scene = load_scene(scene_dir, format=dspec.format, background=dspec.background,
-                       resolution_scale=resolution_scale or dspec.resolution_scale)
+    try:
+        scene = load_scene(scene_dir, format=dspec.format, background=dspec.background,
+                           resolution_scale=resolution_scale or dspec.resolution_scale)
+    except DatasetError as e:  # a benchmark's user wants the file and the problem, not a traceback
+        raise SystemExit(f"error: {e}") from None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name}; scene {scene_dir.name} {scene.resolution[0]}x{scene.resolution[1]}, "
           f"{len(scene.train)} train views")
