@@ -37,8 +37,10 @@ def _sync(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def train_breakdown(scene, cfg: FourDGSConfig, device: torch.device, steps: int) -> dict[str, float]:
-    """Mean ms per fine-stage step for each phase (a fresh model, no coarse stage)."""
+def train_breakdown(scene, cfg: FourDGSConfig, device: torch.device, steps: int,
+                    warmup: int = 20) -> dict[str, float]:
+    """Mean ms per fine-stage step for each phase (a fresh model, no coarse stage), over ``steps``
+    steps after ``warmup`` untimed ones (the first calls compile and autotune the Triton kernels)."""
     model = build_model(scene, cfg, device)
     frames = scene.train
     t0 = _sync(device)
@@ -53,7 +55,9 @@ def train_breakdown(scene, cfg: FourDGSConfig, device: torch.device, steps: int)
     strategy = DefaultStrategy(refine_start_iter=50, refine_stop_iter=10**9, refine_every=100, verbose=False)
     state = strategy.initialize_state(scene_scale=extent)
     acc: dict[str, float] = defaultdict(float)
-    for step in range(1, steps + 1):
+    for step in range(1, warmup + steps + 1):
+        if step == warmup + 1:
+            acc.clear()
         i = random.randrange(len(frames))
         f = frames[i]
         t0 = _sync(device)
@@ -136,13 +140,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("scene", type=Path)
     ap.add_argument("--dataset", default="dnerf")
     ap.add_argument("--steps", type=int, default=300)
+    ap.add_argument("--warmup", type=int, default=20, help="untimed steps first (kernel compilation)")
     ap.add_argument("--bitstream", type=Path)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--resolution-scale", type=float, default=None)
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     scene, cfg = load_bench_scene(args.scene, args.dataset, device, args.resolution_scale)
-    for k, v in train_breakdown(scene, cfg, device, args.steps).items():
+    for k, v in train_breakdown(scene, cfg, device, args.steps, args.warmup).items():
         print(f"  train {k:28s} {v:9.3f}" + ("" if "once" in k or "gaussians" in k else " ms/step"))
     if args.bitstream:
         for k, v in render_breakdown(args.bitstream, scene, device).items():
