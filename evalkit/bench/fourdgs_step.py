@@ -18,42 +18,18 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 
-from evalkit.bench.fourdgs import load_bench_scene
+from evalkit.bench.fourdgs import grow, load_bench_scene
 from evalkit.methods.fourdgs.config import FourDGSConfig
 from evalkit.methods.fourdgs.hexplane import HexPlane
 from evalkit.methods.fourdgs.model import FourDGSModel
 from evalkit.methods.fourdgs.plane_regulariser import PlaneRegulariser
 from evalkit.methods.fourdgs.trainer import ImageBank, train
-
-
-@torch.no_grad()
-def grow(model: FourDGSModel, target: int, seed: int = 0) -> None:
-    """Split random Gaussians (each into two, offset by a sample of itself, scales / 1.6) until
-    ``target`` Gaussians exist."""
-    g = model.gaussians
-    gen = torch.Generator(device=g["means"].device).manual_seed(seed)
-    while model.num_primitives() < target:
-        n = model.num_primitives()
-        k = min(n, target - n)
-        idx = torch.randperm(n, generator=gen, device=g["means"].device)[:k]
-        scales = torch.exp(g["scales"][idx])
-        offset = torch.randn(k, 3, generator=gen, device=scales.device) * scales
-        new = {name: g[name][idx].clone() for name in g.keys()}
-        new["means"] = new["means"] + offset
-        new["scales"] = new["scales"] - math.log(1.6)
-        for name in list(g.keys()):
-            data = g[name].data.clone()
-            if name == "scales":
-                data[idx] -= math.log(1.6)
-            g[name] = nn.Parameter(torch.cat([data, new[name]], 0))
 
 
 def step_time(model: FourDGSModel, scene, cfg: FourDGSConfig, device: torch.device, steps: int,
