@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import random
+import statistics
 import time
 from collections import defaultdict
 from dataclasses import replace
@@ -66,7 +67,7 @@ def train_breakdown(scene, cfg: FourDGSConfig, device: torch.device, steps: int,
                                    cfg.l1_time_planes)
     strategy = DefaultStrategy(refine_start_iter=50, refine_stop_iter=10**9, refine_every=100, verbose=False)
     state = strategy.initialize_state(scene_scale=extent)
-    acc: dict[str, float] = defaultdict(float)
+    acc: dict[str, list[float]] = defaultdict(list)  # seconds per step, per phase
     for step in range(1, warmup + steps + 1):
         if step == warmup + 1:
             acc.clear()
@@ -75,29 +76,32 @@ def train_breakdown(scene, cfg: FourDGSConfig, device: torch.device, steps: int,
         t0 = _sync(device)
         gt = bank.get(i)
         t = _sync(device)
-        acc["data"] += t - t0
+        acc["data"].append(t - t0)
         acts = model.activated(f.time)
         t1 = _sync(device)
-        acc["deformation fwd"] += t1 - t
+        acc["deformation fwd"].append(t1 - t)
         out = rasterize(*acts, *model._camera_tensors(f.camera), f.camera.width, f.camera.height,
                         sh_degree=cfg.sh_degree, background=model.background)
         strategy.step_pre_backward(model.gaussians, opts, state, step, out.info)
         t2 = _sync(device)
-        acc["rasterise fwd"] += t2 - t1
+        acc["rasterise fwd"].append(t2 - t1)
         loss = (out.image - gt).abs().mean() + regulariser()
         t3 = _sync(device)
-        acc["loss + regularisers"] += t3 - t2
+        acc["loss + regularisers"].append(t3 - t2)
         loss.backward()
         t4 = _sync(device)
-        acc["backward"] += t4 - t3
+        acc["backward"].append(t4 - t3)
         with torch.no_grad():
             strategy.step_post_backward(model.gaussians, opts, state, step, out.info, packed=False)
         t5 = _sync(device)
-        acc["densification"] += t5 - t4
+        acc["densification"].append(t5 - t4)
         optimizers.step()
         optimizers.zero_grad()
-        acc["optimiser"] += _sync(device) - t5
-    out = {k: 1000.0 * v / steps for k, v in acc.items()}
+        acc["optimiser"].append(_sync(device) - t5)
+    # mean and median: a mean far above the median means a few slow steps (compilation, a
+    # refinement), not a steady cost
+    out = {k: 1000.0 * statistics.fmean(v) for k, v in acc.items()}
+    out.update({f"{k} (median)": 1000.0 * statistics.median(v) for k, v in acc.items()})
     if load_s is not None:
         out["image upload (once, s)"] = load_s
     out["gaussians at end"] = float(model.num_primitives())
@@ -203,8 +207,14 @@ def main(argv: list[str] | None = None) -> None:
     bank = ImageBank(scene.train, device)
     print(f"  data: training images to the device once, {_sync(device) - t0:.3f} s")
     model = prepared_model(scene, cfg, device, args.coarse, args.grow_to, bank)
-    for k, v in train_breakdown(scene, cfg, device, args.steps, args.warmup, model, bank).items():
-        print(f"  train {k:28s} {v:9.3f}" + ("" if "once" in k or "gaussians" in k else " ms/step"))
+    res = train_breakdown(scene, cfg, device, args.steps, args.warmup, model, bank)
+    for k, v in res.items():
+        if k.endswith(" (median)"):
+            continue
+        if k in ("gaussians at end", "image upload (once, s)"):
+            print(f"  train {k:28s} {v:9.3f}")
+        else:
+            print(f"  train {k:28s} {v:9.3f} ms/step mean, {res[k + ' (median)']:9.3f} median")
     if args.bitstream:
         for k, v in render_breakdown(args.bitstream, scene, device).items():
             print(f"  render {k:44s} {v:9.3f}")
