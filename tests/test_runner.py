@@ -485,6 +485,29 @@ def test_one_time_coder_setup_is_not_timed_as_encoding(toy_bench: ToyBench, monk
     assert "coding_setup_s" not in toy_bench.record("alpha", "low").timings
 
 
+def test_one_time_training_setup_is_not_timed_as_training(toy_bench: ToyBench, monkeypatch) -> None:
+    """A method's ``prepare_training`` (e.g. compiling GPU kernels on first use) gets the job's
+    rate and context and runs before the training timer starts; its time is recorded apart."""
+    calls: list[tuple] = []
+
+    def prepare(self, rate, ctx) -> None:
+        calls.append(("prepare", rate.name, ctx.scene_name))
+        time.sleep(0.4)
+
+    train = ToyMethod.train
+    monkeypatch.setattr(ToyMethod, "prepare_training", prepare, raising=False)
+    monkeypatch.setattr(ToyMethod, "train", lambda self, *a: (calls.append(("train",)), train(self, *a))[1])
+    run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts(), scenes=["alpha"], rates=["low"])
+    t = toy_bench.record("alpha", "low").timings
+    assert calls == [("prepare", "low", "alpha"), ("train",)]
+    assert t["training_setup_s"] >= 0.4 and t["train_s"] < 0.4
+    log = record_path(toy_bench.out, "toy", "alpha", "toy", "low").with_suffix(".log").read_text()
+    assert "not part of the training time" in log
+    monkeypatch.delattr(ToyMethod, "prepare_training")
+    run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts(force=True), scenes=["alpha"], rates=["low"])
+    assert "training_setup_s" not in toy_bench.record("alpha", "low").timings
+
+
 def test_threads_option_applies_to_the_jobs_and_is_restored(toy_bench: ToyBench, monkeypatch) -> None:
     """--threads sets torch's CPU threads for the sweep (recorded in env.contention) and puts the
     caller's setting back; a non-positive count is refused before any job runs."""

@@ -64,6 +64,9 @@ class Method(Protocol):
     def decode(self, bits: Bitstream, device: torch.device, source: str = "<bitstream>") -> Model: ...
     # ``source`` names the file in error messages (BitstreamError).
 
+    # Optional: ``prepare_training(rate, ctx) -> None``: one-time setup training needs that is not
+    # training (e.g. compiling GPU kernels on first use). The runner calls it before it starts the
+    # training timer and records its time apart (``timings["training_setup_s"]``).
     # Optional: ``prepare_coding() -> None``: one-time setup the coder needs that is not encoding
     # (e.g. building a compiled arithmetic coder on first use). The runner calls it before it
     # starts the encode timer and records its time apart (``timings["coding_setup_s"]``).

@@ -117,7 +117,9 @@ if triton is not None:
         dv = tl.sum(g * ((v10 - v00) * wx0[:, None] + (v11 - v01) * wx1[:, None]), axis=1) * gv
         return du, dv
 
-    @triton.jit
+    # N (and S) unspecialised: Triton would otherwise compile a second variant the first time the
+    # Gaussian count is (or is not) a multiple of 16, tens of seconds in the middle of training
+    @triton.jit(do_not_specialize=["N", "S"])
     def _forward_kernel(coords, buf, meta, out, N, S, C: tl.constexpr, CP: tl.constexpr, BN: tl.constexpr):
         n, pm, c, x, y, z, t = _points(coords, N, BN, CP)
         s = tl.program_id(1)
@@ -129,7 +131,7 @@ if triton is not None:
         ft = ft * _sample(buf, meta, k + 5, z, t, pm, c, C)
         tl.store(out + n[:, None] * (S * C) + s * C + c, f * ft, mask=pm[:, None] & (c < C))
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["N"])
     def _backward_kernel(coords, buf, meta, gout, gbuf, gcoords, N, S: tl.constexpr, C: tl.constexpr,
                          CP: tl.constexpr, BN: tl.constexpr):
         n, pm, c, x, y, z, t = _points(coords, N, BN, CP)
