@@ -423,6 +423,7 @@ def timings_table(records: Iterable[Any], dataset: str, label: str) -> Table | N
         Column("train_s", "Train (s)", "{:.1f}"), Column("encode_s", "Encode (s)", "{:.2f}"),
         Column("decode_s", "Decode (s)", "{:.2f}"), Column("fps", "FPS", "{:.1f}"),
         Column("coding_setup_s", "Coder setup (s)", "{:.2f}", csv_only=True),
+        Column("training_setup_s", "Training setup (s)", "{:.2f}", csv_only=True),
         Column("device", "Timed on"), Column("shared", "Shared GPU / busy host")])
     rows = sorted((r for r in records if r.dataset == dataset and r.status == "ok"),
                   key=lambda r: (r.scene, r.method, r.rate))
@@ -431,14 +432,15 @@ def timings_table(records: Iterable[Any], dataset: str, label: str) -> Table | N
         times = [None if busy else r.timings.get(k) for k in ("train_s", "encode_s", "decode_s")]
         fps = None if busy or not r.fps else r.fps.get("fps")
         device = (r.fps or {}).get("gpu_name") or (r.fps or {}).get("label") or (r.fps or {}).get("device")
-        t.add([r.scene, r.method, r.rate, *times, fps, None if busy else r.timings.get("coding_setup_s"),
-               device, "yes" if busy else "no"], quick=r.quick)
+        setups = [None if busy else r.timings.get(k) for k in ("coding_setup_s", "training_setup_s")]
+        t.add([r.scene, r.method, r.rate, *times, fps, *setups, device, "yes" if busy else "no"], quick=r.quick)
     if not t.rows:
         return None
     t.footnotes.append("Seconds of wall-clock time per job: train (all stages), encode (to the bitstream), decode "
                        "(from the file); FPS renders the decoded model. A one-time coder setup (e.g. compiling "
-                       "the arithmetic coder) is timed apart (CSV: coding_setup_s); records made before evalkit "
-                       "did so may include it in encode (their notes say so).")
+                       "the arithmetic coder) is timed apart (CSV: coding_setup_s), as is a one-time training setup "
+                       "(compiling GPU kernels on first use; CSV: training_setup_s); records made before evalkit "
+                       "did so may include them in encode / train (their notes say so).")
     if any(row[-1] == "yes" for row in t.rows):
         t.footnotes.append("Shared GPU / busy host: the job's times were contended (the record's notes say how), so "
                            "they are left out (—): not a measurement of the method.")

@@ -220,7 +220,8 @@ def test_times_table_leaves_out_contended_times(tmp_path: Path) -> None:
 
     alone = make_record("4dgs-cc", "dnerf", "lego", "high", 1_000_000, 30.0,
                         env={"contention": {"contended": False}})
-    alone.timings = {"train_s": 412.34, "encode_s": 1.61, "decode_s": 0.93, "coding_setup_s": 14.2}
+    alone.timings = {"train_s": 412.34, "encode_s": 1.61, "decode_s": 0.93, "coding_setup_s": 14.2,
+                     "training_setup_s": 19.7}
     shared = make_record("4dgs-cc", "dnerf", "lego", "low", 800_000, 29.5,
                          env={"contention": {"contended": True, "annotated": "two jobs on one GPU"}})
     for r in (alone, shared):
@@ -234,5 +235,6 @@ def test_times_table_leaves_out_contended_times(tmp_path: Path) -> None:
     rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "dnerf" / "times.csv").read_text())))
     by_rate = {r["rate"]: r for r in rows}
     assert by_rate["high"]["coding_setup_s"] == "14.2" and by_rate["high"]["shared"] == "no"
+    assert by_rate["high"]["training_setup_s"] == "19.7" and by_rate["low"]["training_setup_s"] == "n/a"
     assert by_rate["low"]["train_s"] == "n/a" and by_rate["low"]["shared"] == "yes"
     assert "### Times" in index.read_text()
