@@ -348,7 +348,7 @@ def _prepare_training(method, rate, ctx, reporter, log) -> float | None:
     t0 = time.perf_counter()
     prepare(rate, ctx)
     setup_s = time.perf_counter() - t0
-    log(f"training setup (kernel compilation) in {setup_s:.1f} s, not part of the training time")
+    log(f"training ready in {setup_s:.1f} s (one-time setup, not part of the training time)")
     return setup_s
 
 

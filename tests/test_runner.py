@@ -502,10 +502,20 @@ def test_one_time_training_setup_is_not_timed_as_training(toy_bench: ToyBench, m
     assert calls == [("prepare", "low", "alpha"), ("train",)]
     assert t["training_setup_s"] >= 0.4 and t["train_s"] < 0.4
     log = record_path(toy_bench.out, "toy", "alpha", "toy", "low").with_suffix(".log").read_text()
-    assert "not part of the training time" in log
+    assert "training ready in " in log and "(one-time setup, not part of the training time)" in log
     monkeypatch.delattr(ToyMethod, "prepare_training")
     run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts(force=True), scenes=["alpha"], rates=["low"])
     assert "training_setup_s" not in toy_bench.record("alpha", "low").timings
+
+
+def test_a_failing_training_setup_is_a_failed_record(toy_bench: ToyBench, monkeypatch) -> None:
+    def prepare(self, rate, ctx) -> None:
+        raise RuntimeError("kernel compiler crashed")
+
+    monkeypatch.setattr(ToyMethod, "prepare_training", prepare, raising=False)
+    run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts(), scenes=["alpha"], rates=["low"])
+    rec = toy_bench.record("alpha", "low")
+    assert rec.status == "failed" and rec.error == "RuntimeError: kernel compiler crashed"
 
 
 def test_threads_option_applies_to_the_jobs_and_is_restored(toy_bench: ToyBench, monkeypatch) -> None:

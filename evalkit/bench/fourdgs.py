@@ -48,9 +48,11 @@ def _sync(device: torch.device) -> float:
 
 def train_breakdown(scene, cfg: FourDGSConfig, device: torch.device, steps: int, warmup: int = 20,
                     model: FourDGSModel | None = None, bank: ImageBank | None = None) -> dict[str, float]:
-    """Mean ms per fine-stage step for each phase, over ``steps`` steps after ``warmup`` untimed
+    """Mean and median ms per fine-stage step for each phase, over ``steps`` steps after ``warmup`` untimed
     ones (the first calls compile and autotune the Triton kernels), from ``model`` (default: freshly
     initialised Gaussians)."""
+    if steps < 1 or warmup < 0:
+        raise ValueError(f"need steps >= 1 and warmup >= 0, got {steps} and {warmup}")
     model = model if model is not None else build_model(scene, cfg, device)
     model.train()
     frames = scene.train
@@ -201,6 +203,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--resolution-scale", type=float, default=None)
     args = ap.parse_args(argv)
+    if args.steps < 1 or args.warmup < 0 or args.coarse < 0:
+        ap.error("--steps must be >= 1, --warmup and --coarse >= 0")
     device = torch.device(args.device)
     scene, cfg = load_bench_scene(args.scene, args.dataset, device, args.resolution_scale)
     t0 = _sync(device)

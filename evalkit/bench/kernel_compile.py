@@ -36,8 +36,10 @@ def main(argv: list[str] | None = None) -> None:
     spec = load_method_spec("4dgs")
     for ds in args.datasets:
         cfg = FourDGSConfig.from_dict(spec.config(ds, ""))
-        cold = compile_kernels(cfg, device)
-        warm = compile_kernels(cfg, device)
+        cold, failed = compile_kernels(cfg, device)
+        warm, _ = compile_kernels(cfg, device)
+        for f in failed:
+            print(f"{ds}: kernel failed, PyTorch fallback: {f}")
         field = DeformationField(cfg.deformation_config(), torch.tensor([[-1.0] * 3, [1.0] * 3])).to(device)
         other = []
         for n in (40000, 40001):

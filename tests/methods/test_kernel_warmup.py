@@ -12,7 +12,16 @@ TINY = dict(feature_dim=8, resolution=[16, 16, 16, 8], multires=[1, 2], net_widt
 
 
 def test_nothing_to_compile_off_cuda():
-    assert compile_kernels(FourDGSConfig(**TINY), torch.device("cpu")) == 0.0
+    assert compile_kernels(FourDGSConfig(**TINY), torch.device("cpu")) == (0.0, [])
+
+
+def test_a_kernel_falling_back_is_logged(monkeypatch):
+    from evalkit.methods.fourdgs import kernel_warmup
+
+    monkeypatch.setattr(kernel_warmup, "compile_kernels", lambda cfg, device: (1.0, ["HexPlane lookup: boom"]))
+    lines: list[str] = []
+    kernel_warmup.prepare(FourDGSConfig(**TINY), torch.device("cuda"), lines.append)
+    assert lines == ["Triton kernel unavailable, training uses the PyTorch path: HexPlane lookup: boom"]
 
 
 @pytest.mark.gpu
@@ -24,7 +33,13 @@ def test_one_compiled_variant_for_any_point_count():
 
     device = torch.device("cuda")
     cfg = FourDGSConfig(**TINY)
-    compile_kernels(cfg, device)
+    torch.manual_seed(123)
+    expected = torch.rand(4, device=device), torch.rand(4)
+    torch.manual_seed(123)
+    seconds, failed = compile_kernels(cfg, device)
+    assert seconds > 0 and failed == []
+    # training's initialisation draws from the global generators: the warm-up must not move them
+    assert torch.equal(torch.rand(4, device=device), expected[0]) and torch.equal(torch.rand(4), expected[1])
     kernels = (ht._forward_kernel, ht._backward_kernel)
     dev = torch.cuda.current_device()
     variants = [len(k.device_caches[dev][0]) for k in kernels]

@@ -12,7 +12,7 @@ from evalkit.methods.base import RatePoint, TrainContext
 from evalkit.methods.fourdgs import codec
 from evalkit.methods.fourdgs.config import FourDGSConfig
 from evalkit.methods.fourdgs.export import export_ply
-from evalkit.methods.fourdgs.kernel_warmup import compile_kernels
+from evalkit.methods.fourdgs.kernel_warmup import prepare as prepare_kernels
 from evalkit.methods.fourdgs.model import FourDGSModel
 from evalkit.methods.fourdgs.trainer import train
 
@@ -52,7 +52,7 @@ class FourDGS:
     def prepare_training(self, rate: RatePoint, ctx: TrainContext) -> None:
         """Compile the fine stage's Triton kernels (one-time setup, timed apart by the runner)."""
         cfg = FourDGSConfig.from_dict({**ctx.config, **rate.params}, source="methods/4dgs.toml")
-        compile_kernels(cfg, ctx.device)
+        prepare_kernels(cfg, ctx.device, ctx.log)
 
     def decode(self, bits: Bitstream, device: torch.device, source: str = "<bitstream>") -> FourDGSTrained:
         model, cfg = codec.decode(bits, device, source)

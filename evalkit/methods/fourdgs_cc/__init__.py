@@ -56,7 +56,7 @@ from evalkit.codec import arith
 from evalkit.data.scene import Camera, Scene
 from evalkit.methods.base import RatePoint, TrainContext
 from evalkit.methods.fourdgs.export import export_ply
-from evalkit.methods.fourdgs.kernel_warmup import compile_kernels
+from evalkit.methods.fourdgs.kernel_warmup import prepare as prepare_kernels
 from evalkit.methods.fourdgs.model import FourDGSModel
 from evalkit.methods.fourdgs_cc import codec
 from evalkit.methods.fourdgs_cc.coded import CodedScene, finalize
@@ -196,7 +196,7 @@ class FourDGSCC:
         """Compile 4DGS's fine-stage Triton kernels (HexPlane lookup, regulariser) before the
         training timer; 4DGS-CC's own NVCC recurrence kernels still compile on first use."""
         fcfg, _ = resolve_config(ctx, rate)
-        compile_kernels(fcfg, ctx.device)
+        prepare_kernels(fcfg, ctx.device, ctx.log)
 
     def prepare_coding(self) -> None:
         """Build torchac (a C++ extension compiled at first import, ~15 s) before the encode timer."""
