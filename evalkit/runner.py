@@ -269,7 +269,8 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict,
                                log=log, cache=scene_cache[key]["shared"], dataset=job.dataset,
                                scene_name=job.scene)
 
-            train_setup_s = _prepare_training(method, job.rate, ctx, reporter, log)
+            train_setup_s = _one_time_setup(getattr(method, "prepare_training", None), (job.rate, ctx),
+                                            reporter, log, "preparing training", "training ready", "training")
             reporter.phase("training")
             t0 = time.perf_counter()
             with watch.during("training"):
@@ -279,7 +280,8 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict,
             record.reused = getattr(trained, "reused", None)
             log(f"trained in {train_s:.1f} s, {trained.num_primitives()} primitives")
             watch.sample("trained")
-            setup_s = _prepare_coding(method, reporter, log)
+            setup_s = _one_time_setup(getattr(method, "prepare_coding", None), (), reporter, log,
+                                      "preparing the coder", "coder ready", "encode")
             reporter.phase("encoding")
             t0 = _sync_time(device)
             bits = trained.encode()
@@ -337,33 +339,18 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict,
     return JobOutcome(job, record.status, record, record.error)
 
 
-def _prepare_training(method, rate, ctx, reporter, log) -> float | None:
-    """Run the method's one-time training setup (``Method.prepare_training``, e.g. compiling GPU
-    kernels on first use) outside the training timer. Returns its seconds, or None when the
-    method has no such step."""
-    prepare = getattr(method, "prepare_training", None)
-    if prepare is None:
+def _one_time_setup(hook, args: tuple, reporter, log, phase: str, ready: str, timed: str) -> float | None:
+    """Run a method's optional one-time setup ``hook(*args)`` (``prepare_training``: e.g. compiling
+    GPU kernels; ``prepare_coding``: e.g. building the arithmetic coder) outside the timer of the
+    work it prepares: a compiler running on first use is neither training nor encoding (it once put
+    37 s into a 2 s encode). Returns its seconds, or None when the method has no such hook."""
+    if hook is None:
         return None
-    reporter.phase("preparing training")
+    reporter.phase(phase)
     t0 = time.perf_counter()
-    prepare(rate, ctx)
+    hook(*args)
     setup_s = time.perf_counter() - t0
-    log(f"training ready in {setup_s:.1f} s (one-time setup, not part of the training time)")
-    return setup_s
-
-
-def _prepare_coding(method, reporter, log) -> float | None:
-    """Run the method's one-time coder setup (``Method.prepare_coding``) outside the encode timer:
-    a compiler building an extension on first use is not encoding (it once put 37 s into a 2 s
-    encode). Returns its seconds, or None when the method has no such step."""
-    prepare = getattr(method, "prepare_coding", None)
-    if prepare is None:
-        return None
-    reporter.phase("preparing the coder")
-    t0 = time.perf_counter()
-    prepare()
-    setup_s = time.perf_counter() - t0
-    log(f"coder ready in {setup_s:.1f} s (one-time setup, not part of the encode time)")
+    log(f"{ready} in {setup_s:.1f} s (one-time setup, not part of the {timed} time)")
     return setup_s
 
 

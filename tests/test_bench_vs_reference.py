@@ -8,12 +8,28 @@ from rich.console import Console
 from evalkit.bench.vs_reference import compare
 
 REPO = Path(__file__).resolve().parents[1]
+H200 = REPO / "results" / "reference" / "h200"
+
+
+def compare_text(results: Path) -> str:
+    console = Console(width=300, record=True)  # wide: no cell wraps
+    console.print(compare(results, "4dgs"))
+    return console.export_text()
+
+
+def edited_record(tmp_path: Path, scene: str, edit) -> Path:
+    """A copy of the committed D-NeRF ``scene`` record, changed by ``edit(record)``, alone in a store."""
+    from evalkit.results import read_record, write_record
+    rec = read_record(H200 / "dnerf" / scene / "4dgs" / "default.json")
+    edit(rec)
+    dst = tmp_path / "dnerf" / scene / "4dgs" / "default.json"
+    dst.parent.mkdir(parents=True)
+    write_record(rec, dst)
+    return tmp_path
 
 
 def test_compare_prints_ratios_from_committed_records():
-    console = Console(width=300, record=True)
-    console.print(compare(REPO / "results" / "reference" / "h200", "4dgs"))
-    text = console.export_text()
+    text = compare_text(H200)
     rows = {line.split()[1]: line for line in text.splitlines() if line.startswith("│")}
     # lego: 164.00 s vs 371 s (0.442) and 2.71 ms vs 1.2659 ms per frame (2.14x), 25.037 vs 25.07 dB
     assert "0.44x" in rows["lego"] and "2.14x" in rows["lego"] and "-0.03" in rows["lego"]
@@ -28,29 +44,14 @@ def test_compare_prints_ratios_from_committed_records():
 
 
 def test_paper_target_fails_beyond_tolerance(tmp_path):
-    from evalkit.results import read_record, write_record
-    src = REPO / "results" / "reference" / "h200" / "dnerf" / "mutant" / "4dgs" / "default.json"
-    rec = read_record(src)
-    rec.metrics["psnr"] = 37.59 - 0.31
-    dst = tmp_path / "dnerf" / "mutant" / "4dgs" / "default.json"
-    dst.parent.mkdir(parents=True)
-    write_record(rec, dst)
-    console = Console(width=300, record=True)
-    console.print(compare(tmp_path, "4dgs"))
-    text = console.export_text()
+    text = compare_text(edited_record(tmp_path, "mutant", lambda r: r.metrics.update(psnr=37.59 - 0.31)))
     assert "-0.31" in text and "paper ±0.3 dB MISSED" in text
 
 
 def test_contended_records_are_not_compared(tmp_path):
-    from evalkit.results import read_record, write_record
-    src = REPO / "results" / "reference" / "h200" / "dnerf" / "lego" / "4dgs" / "default.json"
-    rec = read_record(src)
-    rec.env["contention"] = {"contended": True, "annotated": "two jobs on one GPU"}
-    dst = tmp_path / "dnerf" / "lego" / "4dgs" / "default.json"
-    dst.parent.mkdir(parents=True)
-    write_record(rec, dst)
-    console = Console(width=300, record=True)
-    console.print(compare(tmp_path, "4dgs"))
-    text = console.export_text()
+    def contend(rec):
+        rec.env["contention"] = {"contended": True, "annotated": "two jobs on one GPU"}
+
+    text = compare_text(edited_record(tmp_path, "lego", contend))
     assert "lego" in text and "not compared" in text and "0.44x" not in text and "train met" not in text
     assert "paper ±0.3 dB met" in text  # quality against the paper does not depend on the timings

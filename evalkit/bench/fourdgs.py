@@ -47,18 +47,20 @@ def _sync(device: torch.device) -> float:
 
 
 def train_breakdown(scene, cfg: FourDGSConfig, device: torch.device, steps: int, warmup: int = 20,
-                    model: FourDGSModel | None = None, bank: ImageBank | None = None) -> dict[str, float]:
-    """Mean and median ms per fine-stage step for each phase, over ``steps`` steps after ``warmup`` untimed
-    ones (the first calls compile and autotune the Triton kernels), from ``model`` (default: freshly
-    initialised Gaussians)."""
+                    model: FourDGSModel | None = None, bank: ImageBank | None = None,
+                    ) -> tuple[dict[str, tuple[float, float]], dict[str, float]]:
+    """Per phase of a fine-stage step, (mean, median) ms over ``steps`` steps after ``warmup``
+    untimed ones (the first calls compile the Triton kernels), from ``model`` (default: freshly
+    initialised Gaussians); and extras (the Gaussian count at the end, the image upload when this
+    call made the bank). A mean far above its median means a few slow steps, not a steady cost."""
     if steps < 1 or warmup < 0:
         raise ValueError(f"need steps >= 1 and warmup >= 0, got {steps} and {warmup}")
     model = model if model is not None else build_model(scene, cfg, device)
     model.train()
     frames = scene.train
-    t0 = _sync(device)
     load_s = None
     if bank is None:
+        t0 = _sync(device)
         bank = ImageBank(frames, device)
         load_s = _sync(device) - t0
     extent = scene.camera_extent()
@@ -71,7 +73,7 @@ def train_breakdown(scene, cfg: FourDGSConfig, device: torch.device, steps: int,
     state = strategy.initialize_state(scene_scale=extent)
     acc: dict[str, list[float]] = defaultdict(list)  # seconds per step, per phase
     for step in range(1, warmup + steps + 1):
-        if step == warmup + 1:
+        if step == warmup + 1:  # the warm-up's times are dropped
             acc.clear()
         i = random.randrange(len(frames))
         f = frames[i]
@@ -100,14 +102,11 @@ def train_breakdown(scene, cfg: FourDGSConfig, device: torch.device, steps: int,
         optimizers.step()
         optimizers.zero_grad()
         acc["optimiser"].append(_sync(device) - t5)
-    # mean and median: a mean far above the median means a few slow steps (compilation, a
-    # refinement), not a steady cost
-    out = {k: 1000.0 * statistics.fmean(v) for k, v in acc.items()}
-    out.update({f"{k} (median)": 1000.0 * statistics.median(v) for k, v in acc.items()})
+    phases = {k: (1000.0 * statistics.fmean(v), 1000.0 * statistics.median(v)) for k, v in acc.items()}
+    extras = {"gaussians at end": float(model.num_primitives())}
     if load_s is not None:
-        out["image upload (once, s)"] = load_s
-    out["gaussians at end"] = float(model.num_primitives())
-    return out
+        extras["image upload (once, s)"] = load_s
+    return phases, extras
 
 
 @torch.no_grad()
@@ -211,14 +210,11 @@ def main(argv: list[str] | None = None) -> None:
     bank = ImageBank(scene.train, device)
     print(f"  data: training images to the device once, {_sync(device) - t0:.3f} s")
     model = prepared_model(scene, cfg, device, args.coarse, args.grow_to, bank)
-    res = train_breakdown(scene, cfg, device, args.steps, args.warmup, model, bank)
-    for k, v in res.items():
-        if k.endswith(" (median)"):
-            continue
-        if k in ("gaussians at end", "image upload (once, s)"):
-            print(f"  train {k:28s} {v:9.3f}")
-        else:
-            print(f"  train {k:28s} {v:9.3f} ms/step mean, {res[k + ' (median)']:9.3f} median")
+    phases, extras = train_breakdown(scene, cfg, device, args.steps, args.warmup, model, bank)
+    for k, (mean, median) in phases.items():
+        print(f"  train {k:28s} {mean:9.3f} ms/step mean, {median:9.3f} median")
+    for k, v in extras.items():
+        print(f"  train {k:28s} {v:9.3f}")
     if args.bitstream:
         for k, v in render_breakdown(args.bitstream, scene, device).items():
             print(f"  render {k:44s} {v:9.3f}")

@@ -42,17 +42,21 @@ class FourDGSTrained:
 class FourDGS:
     name = "4dgs"
 
-    def train(self, scene: Scene, rate: RatePoint, ctx: TrainContext) -> FourDGSTrained:
+    @staticmethod
+    def config(rate: RatePoint, ctx: TrainContext) -> FourDGSConfig:
+        """The dataset / scene configuration with the rate point's parameters, scaled to the budget."""
         cfg = FourDGSConfig.from_dict({**ctx.config, **rate.params}, source="methods/4dgs.toml")
-        cfg = cfg.scaled_schedule(ctx.budget.iterations)
+        return cfg.scaled_schedule(ctx.budget.iterations)
+
+    def train(self, scene: Scene, rate: RatePoint, ctx: TrainContext) -> FourDGSTrained:
+        cfg = self.config(rate, ctx)
         model, stages = train(scene, cfg, ctx.device, progress=ctx.progress, log=ctx.log, seed=ctx.budget.seed)
         return FourDGSTrained(model, cfg, {s.stage: {"iterations": s.iterations, "seconds": s.seconds,
                                                      "gaussians": s.num_gaussians} for s in stages})
 
     def prepare_training(self, rate: RatePoint, ctx: TrainContext) -> None:
         """Compile the fine stage's Triton kernels (one-time setup, timed apart by the runner)."""
-        cfg = FourDGSConfig.from_dict({**ctx.config, **rate.params}, source="methods/4dgs.toml")
-        prepare_kernels(cfg, ctx.device, ctx.log)
+        prepare_kernels(self.config(rate, ctx), ctx.device, ctx.log)
 
     def decode(self, bits: Bitstream, device: torch.device, source: str = "<bitstream>") -> FourDGSTrained:
         model, cfg = codec.decode(bits, device, source)
