@@ -88,14 +88,20 @@ def _close(a: torch.Tensor, b: torch.Tensor, rel: float) -> bool:
     return bool((a - b).abs().max() <= rel * b.abs().max() + 1e-6)
 
 
+# (C, resolution, multires) of the D-NeRF and the HyperNeRF configurations (methods/4dgs.toml)
+REAL_SHAPES = [(32, (64, 64, 64, 25), (1, 2)), (16, (64, 64, 64, 150), (1, 2, 4))]
+
+
 @pytest.mark.gpu
+@pytest.mark.parametrize("shape", REAL_SHAPES, ids=["dnerf", "hypernerf"])
 @pytest.mark.parametrize("quantised", [False, True])
-def test_triton_hexplane_on_cuda_matches_pytorch(quantised: bool) -> None:
-    """Realistic size (N=50k, C=32, res [64, 64, 64, 25], multires [1, 2]): features and the
+def test_triton_hexplane_on_cuda_matches_pytorch(quantised: bool, shape) -> None:
+    """Realistic sizes (N=50k, the D-NeRF and HyperNeRF plane shapes): features and the
     gradients of positions and of every plane, "triton" against "torch"; the quantised subclass
     samples non-leaf planes."""
     from evalkit.methods.fourdgs_cc.model import QuantizedHexPlane
-    grid = _grid(QuantizedHexPlane if quantised else HexPlane, "cuda", C=32, res=(64, 64, 64, 25))
+    C, res, multires = shape
+    grid = _grid(QuantizedHexPlane if quantised else HexPlane, "cuda", C=C, res=res, multires=multires)
     grid.step = 1 / 64 if quantised else 0.0
     assert grid._fused(torch.zeros(1, 4, device="cuda"), grid.sampled_planes())
     xyz = _points(grid, 50_000)

@@ -12,9 +12,9 @@ from tests.methods.triton_interpreter import run_in_interpreter
 WEIGHTS = (1e-2, 3e-2, 5e-2)
 
 
-def _grid(device: str, C: int = 3, res=(6, 7, 5, 4)) -> HexPlane:
+def _grid(device: str, C: int = 3, res=(6, 7, 5, 4), multires=(1, 2)) -> HexPlane:
     torch.manual_seed(0)
-    hp = HexPlane(HexPlaneConfig(feature_dim=C, resolution=list(res), multires=[1, 2]),
+    hp = HexPlane(HexPlaneConfig(feature_dim=C, resolution=list(res), multires=list(multires)),
                   torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])).to(device)
     for p in hp.planes():
         p.data.normal_(1.0, 0.3)  # away from the smooth start, so every term has a gradient
@@ -57,8 +57,10 @@ def test_fused_kernel_matches_autograd_in_the_interpreter() -> None:
 
 
 @pytest.mark.gpu
-def test_fused_kernel_on_cuda_matches_autograd_at_the_dnerf_size() -> None:
-    hp = _grid("cuda", C=32, res=(64, 64, 64, 25))
+@pytest.mark.parametrize("C, res, multires", [(32, (64, 64, 64, 25), (1, 2)), (16, (64, 64, 64, 150), (1, 2, 4))],
+                         ids=["dnerf", "hypernerf"])
+def test_fused_kernel_on_cuda_matches_autograd_at_real_sizes(C, res, multires) -> None:
+    hp = _grid("cuda", C=C, res=res, multires=multires)
     reg = PlaneRegulariser(hp, *WEIGHTS, backend="triton")
     _check(hp, reg, scale=1.0)
     with torch.no_grad():  # an optimiser step updates the planes in place: the next call sees it
