@@ -285,6 +285,24 @@ def record_files(results_dir: str | Path) -> list[Path]:
     return sorted(p for p in root.glob("*/*/*/*.json") if not p.name.startswith("."))
 
 
+def nested_stores(results_dir: str | Path, limit: int = 50) -> list[Path]:
+    """Folders below ``results_dir`` that hold records in the store layout (e.g. one per seed), for
+    saying where the records are when ``results_dir`` itself has none. At most ``limit``."""
+    root = Path(results_dir)
+    found: set[Path] = set()
+    for p in root.rglob("*.json"):
+        if len(p.relative_to(root).parts) <= 4 or p.name.startswith(".") or p.parents[3] in found:
+            continue
+        try:
+            read_record(p)
+        except (RecordError, OSError):  # another kind of JSON (a dataset's, a spec's)
+            continue
+        found.add(p.parents[3])
+        if len(found) >= limit:
+            break
+    return sorted(found)
+
+
 def read_records(results_dir: str | Path) -> list[Record]:
     root = Path(results_dir)
     if not root.is_dir():

@@ -123,6 +123,20 @@ def test_report_missing_results_folder(tmp_path: Path) -> None:
     assert res.exit_code == 2 and f"{tmp_path / 'nothing'}: no such results folder" in res.output
 
 
+def test_report_of_a_folder_of_run_folders_names_them(toy_bench: ToyBench, tmp_path: Path) -> None:
+    """``results/seeds`` holding seed1/, seed2/ (each a store) is not itself a store: say where the
+    records are instead of writing an empty report."""
+    import shutil
+    assert run_toy(toy_bench, "--scene", "alpha", "--rate", "low").exit_code == 0
+    runs = tmp_path / "seeds"
+    for seed in (1, 2):
+        shutil.copytree(toy_bench.out, runs / f"seed{seed}")
+    res = invoke("report", runs, "--out", tmp_path / "report")
+    listed = f"these folders below it have records: {runs / 'seed1'}, {runs / 'seed2'}"
+    assert res.exit_code == 2 and listed in " ".join(res.output.split())  # however the console wrapped it
+    assert not (tmp_path / "report").exists()
+
+
 def test_corrupt_record_is_named_by_report_and_check(toy_bench: ToyBench, tmp_path: Path) -> None:
     assert run_toy(toy_bench, "--scene", "alpha", "--rate", "low").exit_code == 0
     ref = tmp_path / "reference.json"

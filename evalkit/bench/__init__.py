@@ -7,5 +7,6 @@
 * ``fourdgs_cc``: 4DGS-CC's rate terms and steps.
 * ``kernel_compile``: the one-time compilation of 4DGS's Triton kernels, per configuration.
 * ``vs_reference``: measured records against the reference code's run and the paper, with the targets.
+* ``seed_spread``: run-to-run spread of the same jobs over several results folders (one per seed).
 * ``entropy``: entropy-coder throughput and efficiency on data drawn from the models.
 """
