@@ -279,28 +279,44 @@ def read_record(path: str | Path) -> Record:
     return Record.from_dict(data, source=path)
 
 
+def json_plain(x: Any) -> Any:
+    """JSON-normalised (tuples -> lists, keys sorted): compares a spec's or a record's settings as stored."""
+    return json.loads(json.dumps(x, sort_keys=True, default=str))
+
+
 def record_files(results_dir: str | Path) -> list[Path]:
     """Record JSONs in the store layout (dataset/scene/method/rate.json), skipping temp files."""
     root = Path(results_dir)
     return sorted(p for p in root.glob("*/*/*/*.json") if not p.name.startswith("."))
 
 
-def nested_stores(results_dir: str | Path, limit: int = 50) -> list[Path]:
-    """Folders below ``results_dir`` that hold records in the store layout (e.g. one per seed), for
-    saying where the records are when ``results_dir`` itself has none. At most ``limit``."""
+def nested_stores(results_dir: str | Path, limit: int = 20) -> tuple[list[Path], bool]:
+    """Folders one or two levels below ``results_dir`` that hold records in the store layout (e.g.
+    ``seed1/`` or ``h200/seed1/``), to say where the records are when ``results_dir`` has none.
+    Returns (at most ``limit`` folders, whether there were more). It looks no deeper, so pointing
+    it at a data folder or a repository stays cheap."""
     root = Path(results_dir)
     found: set[Path] = set()
-    for p in root.rglob("*.json"):
-        if len(p.relative_to(root).parts) <= 4 or p.name.startswith(".") or p.parents[3] in found:
-            continue
-        try:
-            read_record(p)
-        except (RecordError, OSError):  # another kind of JSON (a dataset's, a spec's)
-            continue
-        found.add(p.parents[3])
-        if len(found) >= limit:
-            break
-    return sorted(found)
+    for pattern in ("*/*/*/*/*.json", "*/*/*/*/*/*.json"):
+        for p in sorted(root.glob(pattern)):
+            if p.name.startswith(".") or p.parents[3] in found:
+                continue
+            try:
+                read_record(p)
+            except (RecordError, OSError):  # another kind of JSON (a dataset's camera, a spec)
+                continue
+            found.add(p.parents[3])
+            if len(found) > limit:
+                return sorted(found)[:limit], True
+    return sorted(found), False
+
+
+def nested_stores_hint(results_dir: str | Path) -> str:
+    """'; these folders below it have records: a, b' (', ...' when there are more), or ''."""
+    stores, more = nested_stores(results_dir)
+    if not stores:
+        return ""
+    return "; these folders below it have records: " + ", ".join(map(str, stores)) + (", ..." if more else "")
 
 
 def read_records(results_dir: str | Path) -> list[Record]:

@@ -12,7 +12,6 @@ The runner knows no method's internals: it talks to methods through the registry
 from __future__ import annotations
 
 import gc
-import json
 import math
 import os
 import time
@@ -29,7 +28,8 @@ from evalkit.data.scene import Scene
 from evalkit.methods.base import Budget, RatePoint, TrainContext
 from evalkit.methods.registry import UnknownMethod, get_method
 from evalkit.metrics.contention import ContentionWatch
-from evalkit.results import Record, bitstream_path, collect_env, read_record, record_path, write_record
+from evalkit.results import (Record, bitstream_path, collect_env, json_plain, read_record, record_path,
+                             write_record)
 from evalkit.specs import DatasetSpec, SpecError, load_dataset_spec, load_method_spec
 
 
@@ -170,11 +170,6 @@ def schedule_label(opts: RunOptions) -> str:
     return "quick" if opts.quick else "protocol"
 
 
-def _plain(x):
-    """JSON-normalised (tuples -> lists, keys sorted) for comparing a spec with a stored record."""
-    return json.loads(json.dumps(x, sort_keys=True, default=str))
-
-
 def settings_changed(old: Record, job: Job, opts: RunOptions) -> list[str]:
     """What differs between an existing record and the job as this sweep would run it: seed,
     schedule, image scale, rate-point parameters, method configuration. Empty when it matches."""
@@ -191,7 +186,7 @@ def settings_changed(old: Record, job: Job, opts: RunOptions) -> list[str]:
         out.append(f"image scale {old.resolution_scale:g} (this run: {scale:g})")
     for what, have, want in (("rate point", old.rate_params, dict(job.rate.params)),
                              ("config", old.config, mspec.config(job.dataset, job.scene))):
-        have, want = _plain(have), _plain(want)
+        have, want = json_plain(have), json_plain(want)
         keys = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
         if keys:
             shown = ", ".join(f"{k} {have.get(k, '(unset)')!r:.40} -> {want.get(k, '(unset)')!r:.40}" for k in keys[:4])

@@ -5,81 +5,107 @@
 Groups the ``ok`` records of every folder by job (dataset, scene, method, rate) and prints, per job,
 the number of runs, their seeds, and PSNR mean, sample standard deviation, minimum and maximum, with
 the mean SSIM, size and primitive count. A difference between two single runs that is smaller than
-this spread says nothing about the methods. Two records of one job with the same seed are refused:
-the same run counted twice would understate the spread.
+this spread says nothing about the methods. Runs of one job must share its settings (schedule,
+image scale, configuration, rate point; a mismatch is refused, naming the folders); the code
+version is not checked (records made on a copy of the tree can name a stale commit), so say in the
+folders' records which code ran. A folder given twice is refused: its runs would count twice.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from evalkit.results import Record, RecordError, nested_stores, read_records, record_files
+from evalkit.results import Record, RecordError, json_plain, nested_stores_hint, read_records, record_files
+
+
+# What makes two records runs of the same experiment, besides the job key (as ``runner.settings_changed``).
+SETTINGS = ("quick", "schedule", "iterations", "resolution_scale", "config", "rate_params")
+
+
+def _settings_diff(a: Record, b: Record) -> list[str]:
+    return [name for name in SETTINGS if json_plain(getattr(a, name)) != json_plain(getattr(b, name))]
 
 
 def gather(folders: list[Path], method: str | None = None) -> dict[tuple[str, ...], list[tuple[Path, Record]]]:
-    """job key -> [(folder, record)] over ``folders``, ok records only (of ``method`` when given)."""
+    """job key -> [(folder, record)] over ``folders``, ok records only (of ``method`` when given).
+    Raises ``RecordError`` for a folder given twice and for runs of one job with other settings."""
     jobs: dict[tuple[str, ...], list[tuple[Path, Record]]] = {}
+    seen: dict[Path, Path] = {}
     for folder in folders:
         if not folder.is_dir():
             raise RecordError(folder, "no such results folder")
+        if folder.resolve() in seen:
+            raise RecordError(folder, f"given twice (also as {seen[folder.resolve()]}): its runs would count twice")
+        seen[folder.resolve()] = folder
         if not record_files(folder):
-            inner = nested_stores(folder)
-            hint = f"; these folders below it have records: {', '.join(map(str, inner))}" if inner else ""
-            raise RecordError(folder, f"no records in the store layout (<dataset>/<scene>/<method>/<rate>.json){hint}")
+            raise RecordError(folder, "no records in the store layout (<dataset>/<scene>/<method>/<rate>.json)"
+                                      + nested_stores_hint(folder))
         for rec in read_records(folder):
             if rec.status != "ok" or (method and rec.method != method):
                 continue
             runs = jobs.setdefault(rec.key, [])
-            for other_folder, other in runs:
-                if other.seed == rec.seed:
-                    raise RecordError(folder, f"job {'/'.join(rec.key)} has seed {rec.seed} here and in "
-                                              f"{other_folder}: the same run twice")
+            if runs and (diff := _settings_diff(runs[0][1], rec)):
+                raise RecordError(folder, f"job {'/'.join(rec.key)} ran here with other settings than in "
+                                          f"{runs[0][0]} ({', '.join(diff)} differ): not runs of one experiment")
             runs.append((folder, rec))
     return jobs
 
 
-def _mean(values: list[float | None]) -> float:
-    known = [v for v in values if v is not None]
-    return statistics.fmean(known) if len(known) == len(values) and known else float("nan")
+def _seeds(recs: list[Record]) -> str:
+    """'0,1,2'; a seed run more than once as '0x2' (repeats: the same seed on other machines)."""
+    counts = Counter(r.seed for r in recs)
+    return ",".join(f"{s}x{n}" if n > 1 else str(s) for s, n in sorted(counts.items()))
+
+
+def _stats(values: list[float | None]) -> tuple[float, float, float, float]:
+    """(mean, sample std, min, max); all NaN when any run lacks the value (never a partial mean),
+    std NaN for a single run."""
+    if not values or any(v is None for v in values):
+        return (math.nan,) * 4
+    std = statistics.stdev(values) if len(values) > 1 else math.nan
+    return statistics.fmean(values), std, min(values), max(values)
 
 
 def spread(folders: list[Path], method: str | None = None) -> pd.DataFrame:
-    """One row per job: runs, seeds, PSNR mean / sample std (NaN for one run) / min / max, means of
-    SSIM, size (bytes) and primitives."""
+    """One row per job: runs, seeds, PSNR mean / sample std / min / max, means of SSIM, size (bytes)
+    and primitives. A value missing in any run leaves that value's statistics NaN."""
     rows = []
     jobs = gather(folders, method)
     for key in sorted(jobs, key=lambda k: (jobs[k][0][1].dataset, jobs[k][0][1].scene, k)):
-        runs = jobs[key]
-        recs = [r for _, r in runs]
-        psnr = [r.metrics.get("psnr") for r in recs]
-        known = [p for p in psnr if p is not None]
+        recs = [r for _, r in jobs[key]]
         first = recs[0]
+        mean, std, lo, hi = _stats([r.metrics.get("psnr") for r in recs])
         rows.append({
-            "dataset": first.dataset, "scene": first.scene, "method": first.method, "rate": first.rate, "runs": len(recs),
-            "seeds": ",".join(str(r.seed) for r in sorted(recs, key=lambda r: r.seed)),
-            "psnr_mean": _mean(psnr), "psnr_std": statistics.stdev(known) if len(known) > 1 else float("nan"),
-            "psnr_min": min(known, default=float("nan")), "psnr_max": max(known, default=float("nan")),
-            "ssim_mean": _mean([r.metrics.get("ssim") for r in recs]),
-            "size_bytes_mean": _mean([(r.size or {}).get("total_bytes") for r in recs]),
-            "primitives_mean": _mean([r.num_primitives for r in recs]),
+            "dataset": first.dataset, "scene": first.scene, "method": first.method, "rate": first.rate,
+            "runs": len(recs), "seeds": _seeds(recs),
+            "psnr_mean": mean, "psnr_std": std, "psnr_min": lo, "psnr_max": hi,
+            "ssim_mean": _stats([r.metrics.get("ssim") for r in recs])[0],
+            "size_bytes_mean": _stats([(r.size or {}).get("total_bytes") for r in recs])[0],
+            "primitives_mean": _stats([r.num_primitives for r in recs])[0],
         })
     return pd.DataFrame(rows)
 
 
-def _table(df: pd.DataFrame) -> Table:
-    table = Table("dataset", "scene", "method", "rate", "runs", "seeds", "PSNR mean", "PSNR std", "PSNR min-max",
-                  "SSIM mean", "size mean (MB)", "primitives mean", title="run-to-run spread")
+def _fmt(v: float, spec: str, scale: float = 1.0) -> str:
+    return "—" if pd.isna(v) else format(v / scale, spec)
+
+
+def table(df: pd.DataFrame) -> Table:
+    out = Table("dataset", "scene", "method", "rate", "runs", "seeds", "PSNR mean", "PSNR std", "PSNR min-max",
+                "SSIM mean", "size mean (MB)", "primitives mean", title="run-to-run spread")
     for r in df.itertuples():
-        std = "—" if pd.isna(r.psnr_std) else f"{r.psnr_std:.2f}"
-        table.add_row(r.dataset, r.scene, r.method, r.rate, str(r.runs), r.seeds, f"{r.psnr_mean:.2f}", std,
-                      f"{r.psnr_min:.2f}-{r.psnr_max:.2f}", f"{r.ssim_mean:.4f}",
-                      f"{r.size_bytes_mean / 1e6:.2f}", f"{r.primitives_mean:,.0f}")
-    return table
+        span = "—" if pd.isna(r.psnr_min) else f"{r.psnr_min:.2f}-{r.psnr_max:.2f}"
+        out.add_row(r.dataset, r.scene, r.method, r.rate, str(r.runs), r.seeds, _fmt(r.psnr_mean, ".2f"),
+                    _fmt(r.psnr_std, ".2f"), span, _fmt(r.ssim_mean, ".4f"), _fmt(r.size_bytes_mean, ".2f", 1e6),
+                    _fmt(r.primitives_mean, ",.0f"))
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"error: {exc}") from None
     if df.empty:
         raise SystemExit("error: no ok records" + (f" of method {args.method}" if args.method else ""))
-    Console().print(_table(df))
+    # wide enough that piped output keeps whole cells (rich falls back to 80 columns)
+    Console(width=max(160, Console().width)).print(table(df))
 
 
 if __name__ == "__main__":

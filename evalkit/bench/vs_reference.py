@@ -58,18 +58,19 @@ def compare(results: Path, method: str) -> Table:
                           ", ".join(["timings contended (record notes): not compared", *paper_verdict]))
             continue
         train = rec.timings.get("train_s")
-        setup = rec.timings.get("training_setup_s")
+        setup = rec.timings.get("training_setup_s")  # one-time compile: shown beside, not in the target
         ms = rec.fps["ms_per_frame"] if rec.fps else None
         t_ratio = train / ref["train_s"] if train else None
         f_ratio = ref["ms_per_frame"] / ms if ms else None
         d_psnr = psnr - ref["psnr"] if psnr is not None else None
+        ratio_cell = f"{t_ratio:.2f}x" + (f" ({(train + setup) / ref['train_s']:.2f}x with setup)" if setup else "")
         fast = t_ratio is not None and t_ratio <= TRAIN_TARGET
         ok = (fast and d_psnr is not None and d_psnr >= 0, f_ratio is not None and f_ratio >= FPS_TARGET)
         # say which half of the training target failed: time, or PSNR at that time
         why = "" if ok[0] else " (time met, PSNR below)" if fast else " (time)"
         table.add_row(rec.scene, gpu,
                       f"{train:.1f} ({ref['train_s']})",
-                      f"{t_ratio:.2f}x" + (f" ({(train + setup) / ref['train_s']:.2f}x with setup)" if setup else ""), f"{ms:.2f} ({ref['ms_per_frame']})",
+                      ratio_cell, f"{ms:.2f} ({ref['ms_per_frame']})",
                       f"{f_ratio:.2f}x", f"{psnr:.2f} ({ref['psnr']})", f"{d_psnr:+.2f}", *paper_cells,
                       ", ".join([f"train {'met' if ok[0] else 'MISSED' + why}",
                                  f"render {'met' if ok[1] else 'MISSED'}", *paper_verdict]))

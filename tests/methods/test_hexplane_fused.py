@@ -9,6 +9,7 @@ import torch
 
 from evalkit.methods.fourdgs import hexplane_triton
 from evalkit.methods.fourdgs.hexplane import HexPlane, HexPlaneConfig
+from tests.methods.real_shapes import Shape, hexplane_shapes
 from tests.methods.triton_interpreter import run_in_interpreter
 
 
@@ -88,14 +89,13 @@ def _close(a: torch.Tensor, b: torch.Tensor, rel: float) -> bool:
     return bool((a - b).abs().max() <= rel * b.abs().max() + 1e-6)
 
 
-# (C, resolution, multires) of the D-NeRF and the HyperNeRF configurations (methods/4dgs.toml)
-REAL_SHAPES = [(32, (64, 64, 64, 25), (1, 2)), (16, (64, 64, 64, 150), (1, 2, 4))]
+REAL_SHAPES = hexplane_shapes()
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("shape", REAL_SHAPES, ids=["dnerf", "hypernerf"])
+@pytest.mark.parametrize("shape", list(REAL_SHAPES.values()), ids=list(REAL_SHAPES))
 @pytest.mark.parametrize("quantised", [False, True])
-def test_triton_hexplane_on_cuda_matches_pytorch(quantised: bool, shape) -> None:
+def test_triton_hexplane_on_cuda_matches_pytorch(quantised: bool, shape: Shape) -> None:
     """Realistic sizes (N=50k, the D-NeRF and HyperNeRF plane shapes): features and the
     gradients of positions and of every plane, "triton" against "torch"; the quantised subclass
     samples non-leaf planes."""

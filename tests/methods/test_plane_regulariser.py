@@ -7,6 +7,7 @@ import torch
 
 from evalkit.methods.fourdgs.hexplane import HexPlane, HexPlaneConfig
 from evalkit.methods.fourdgs.plane_regulariser import PlaneRegulariser, _Attach
+from tests.methods.real_shapes import Shape, hexplane_shapes
 from tests.methods.triton_interpreter import run_in_interpreter
 
 WEIGHTS = (1e-2, 3e-2, 5e-2)
@@ -56,10 +57,13 @@ def test_fused_kernel_matches_autograd_in_the_interpreter() -> None:
     assert "regulariser agrees" in run_in_interpreter("_triton_regulariser_check.py")
 
 
+REAL_SHAPES = hexplane_shapes()
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("C, res, multires", [(32, (64, 64, 64, 25), (1, 2)), (16, (64, 64, 64, 150), (1, 2, 4))],
-                         ids=["dnerf", "hypernerf"])
-def test_fused_kernel_on_cuda_matches_autograd_at_real_sizes(C, res, multires) -> None:
+@pytest.mark.parametrize("shape", list(REAL_SHAPES.values()), ids=list(REAL_SHAPES))
+def test_fused_kernel_on_cuda_matches_autograd_at_real_sizes(shape: Shape) -> None:
+    C, res, multires = shape
     hp = _grid("cuda", C=C, res=res, multires=multires)
     reg = PlaneRegulariser(hp, *WEIGHTS, backend="triton")
     _check(hp, reg, scale=1.0)
