@@ -113,14 +113,11 @@ def report(
 ) -> None:
     """Tables (md/tex/csv), BD-rate, RD and bit-allocation plots, and an index.md."""
     from evalkit.report import build_report
-    from evalkit.results import RecordError, nested_stores_hint, record_files
+    from evalkit.results import RecordError
     from evalkit.specs import SpecError, all_report_specs
 
     if not results.is_dir():
         _fail(f"{results}: no such results folder")
-    if not record_files(results) and (hint := nested_stores_hint(results)):  # e.g. a folder of seed folders
-        _fail(f"{results}: no records in the store layout (<dataset>/<scene>/<method>/<rate>.json){hint}. Report "
-              f"one of them, or compare them with `python -m evalkit.bench.seed_spread FOLDER...`")
     try:
         index = build_report(results, out, anchor=anchor, dataset_specs=all_report_specs())
     except (RecordError, SpecError) as exc:  # a corrupt record or spec: name the file, no traceback

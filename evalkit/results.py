@@ -290,12 +290,11 @@ def record_files(results_dir: str | Path) -> list[Path]:
     return sorted(p for p in root.glob("*/*/*/*.json") if not p.name.startswith("."))
 
 
-def nested_stores(results_dir: str | Path, limit: int = 20) -> tuple[list[Path], bool]:
-    """Folders one or two levels below ``results_dir`` that hold records in the store layout (e.g.
-    ``seed1/`` or ``h200/seed1/``), to say where the records are when ``results_dir`` has none.
-    Returns (at most ``limit`` folders, whether there were more). It looks no deeper, so pointing
-    it at a data folder or a repository stays cheap."""
-    root = Path(results_dir)
+def _nested_stores_hint(root: Path, limit: int = 20) -> str:
+    """For a folder without records: '; these folders below it have records: a, b' naming the
+    folders one or two levels down that hold stores (e.g. ``seed1/`` or ``h200/seed1/``), at most
+    ``limit`` (then ', ...'); '' when there are none. It looks no deeper, so pointing a command at a
+    data folder or a repository stays cheap."""
     found: set[Path] = set()
     for pattern in ("*/*/*/*/*.json", "*/*/*/*/*/*.json"):
         for p in sorted(root.glob(pattern)):
@@ -307,24 +306,23 @@ def nested_stores(results_dir: str | Path, limit: int = 20) -> tuple[list[Path],
                 continue
             found.add(p.parents[3])
             if len(found) > limit:
-                return sorted(found)[:limit], True
-    return sorted(found), False
-
-
-def nested_stores_hint(results_dir: str | Path) -> str:
-    """'; these folders below it have records: a, b' (', ...' when there are more), or ''."""
-    stores, more = nested_stores(results_dir)
-    if not stores:
+                break
+    if not found:
         return ""
-    return "; these folders below it have records: " + ", ".join(map(str, stores)) + (", ..." if more else "")
+    shown = sorted(found)[:limit]
+    return "; these folders below it have records: " + ", ".join(map(str, shown)) + (", ..." if len(found) > limit else "")
 
 
 def read_records(results_dir: str | Path) -> list[Record]:
     root = Path(results_dir)
     if not root.is_dir():
         raise RecordError(root, "results directory does not exist")
+    files = record_files(root)
+    if not files and (hint := _nested_stores_hint(root)):  # e.g. a folder of seed folders: not an empty store
+        raise RecordError(root, "no records in the store layout (<dataset>/<scene>/<method>/<rate>.json)" + hint
+                          + " (give one of them; `python -m evalkit.bench.seed_spread` compares several)")
     records, where = [], {}
-    for p in record_files(root):
+    for p in files:
         r = read_record(p)
         if r.key in where:  # e.g. a variant's record kept under an older folder name ("m:v" -> "m_v")
             raise RecordError(p, f"a second record of job {'/'.join(r.key)} (the other: {where[r.key]}); "

@@ -207,3 +207,18 @@ def test_collect_env_and_git_commit(tmp_path: Path) -> None:
     (tmp_path / "evalkit" / "new.py").write_text("c")  # so does a new, not yet added module
     assert git_dirty(tmp_path) is True
     assert os.path.isdir(tmp_path / ".git")
+
+
+def test_a_folder_of_stores_names_them_and_an_empty_one_reads_as_empty(tmp_path: Path) -> None:
+    """``runs/seed1``, ``runs/h200/seed2`` hold records; ``runs`` itself is not an empty store. A
+    non-record JSON at the same depth (a dataset's camera file) is not taken for one."""
+    assert read_records(tmp_path) == []
+    runs = tmp_path / "runs"
+    for store in (runs / "seed1", runs / "h200" / "seed2"):
+        write_record(full_record(), record_path(store, "dnerf", "lego", "4dgs-cc", "high"))
+    camera = runs / "data" / "hypernerf" / "scene" / "camera" / "c0.json"
+    camera.parent.mkdir(parents=True)
+    camera.write_text('{"focal_length": 100}')
+    with pytest.raises(RecordError) as exc:
+        read_records(runs)
+    assert f"these folders below it have records: {runs / 'h200' / 'seed2'}, {runs / 'seed1'} (give one" in str(exc.value)

@@ -22,7 +22,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from evalkit.results import Record, RecordError, json_plain, nested_stores_hint, read_records, record_files
+from evalkit.results import Record, RecordError, json_plain, read_records
 
 
 # What makes two records runs of the same experiment, besides the job key (as ``runner.settings_changed``).
@@ -39,15 +39,13 @@ def gather(folders: list[Path], method: str | None = None) -> dict[tuple[str, ..
     jobs: dict[tuple[str, ...], list[tuple[Path, Record]]] = {}
     seen: dict[Path, Path] = {}
     for folder in folders:
-        if not folder.is_dir():
-            raise RecordError(folder, "no such results folder")
         if folder.resolve() in seen:
             raise RecordError(folder, f"given twice (also as {seen[folder.resolve()]}): its runs would count twice")
         seen[folder.resolve()] = folder
-        if not record_files(folder):
-            raise RecordError(folder, "no records in the store layout (<dataset>/<scene>/<method>/<rate>.json)"
-                                      + nested_stores_hint(folder))
-        for rec in read_records(folder):
+        records = read_records(folder)  # names a missing folder, a corrupt record, seed folders below
+        if not records:
+            raise RecordError(folder, "no records in the store layout (<dataset>/<scene>/<method>/<rate>.json)")
+        for rec in records:
             if rec.status != "ok" or (method and rec.method != method):
                 continue
             runs = jobs.setdefault(rec.key, [])
