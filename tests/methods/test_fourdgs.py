@@ -223,7 +223,35 @@ def test_sync_free_statistics_equal_gsplats():
         radii = torch.randint(0, 4, (1, n, 2), generator=g).to(torch.int32)
         info = {"width": 64, "height": 48, "n_cameras": 1, "radii": radii, "gaussian_ids": None,
                 "means2d": means2d}
-        accumulate_stats(strategy, params, ours, info)
+        accumulate_stats(strategy, params, ours, [info])
         strategy._update_state(params, theirs, info, packed=False)
     for k in ("grad2d", "count", "radii"):
         assert torch.allclose(ours[k], theirs[k], atol=1e-6), k
+
+
+def test_batch_statistics_sum_the_views_gradients_first():
+    """With several views a step, the reference adds the norm of the views' summed view-space
+    gradient (in NDC units) once, and counts a Gaussian once if any view sees it."""
+    from gsplat.strategy import DefaultStrategy
+    from evalkit.methods.fourdgs.trainer import accumulate_stats
+    n, w, h = 5, 64, 48
+    strategy = DefaultStrategy(refine_scale2d_stop_iter=1)
+    state = strategy.initialize_state(1.0)
+    # pixel-space gradients of two views; Gaussian 3 only in view 0, Gaussian 4 in neither
+    g0 = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0], [0.5, 0.0], [0.0, 0.0]])
+    g1 = torch.tensor([[1.0, 0.0], [0.0, -2.0], [-1.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
+    vis0 = torch.tensor([1, 1, 1, 1, 0])
+    vis1 = torch.tensor([1, 1, 1, 0, 0])
+    infos = []
+    for g, vis in ((g0, vis0), (g1, vis1)):
+        means2d = torch.zeros(1, n, 2, requires_grad=True)
+        means2d.grad = g[None].clone()
+        radii = (vis[None, :, None] * torch.tensor([3, 2])).to(torch.int32)
+        infos.append({"width": w, "height": h, "n_cameras": 1, "radii": radii, "means2d": means2d})
+    accumulate_stats(strategy, {"means": torch.zeros(n, 3)}, state, infos)
+    ndc = torch.tensor([w / 2.0, h / 2.0])
+    expected = torch.linalg.norm((g0 + g1) * ndc, dim=-1) * torch.tensor([1.0, 1, 1, 1, 0])
+    assert torch.allclose(state["grad2d"], expected)
+    assert expected[1] == 0.0  # opposite gradients cancel (a per-view sum would give 2 x 48)
+    assert torch.equal(state["count"], torch.tensor([1.0, 1, 1, 1, 0]))
+    assert torch.allclose(state["radii"], torch.tensor([3.0, 3, 3, 3, 0]) / w)

@@ -15,8 +15,8 @@ Choices, each as the reference does unless noted:
 * Learning rates of positions, deformation MLP and grid decay log-linearly and are scaled by the
   scene extent (the reference's ``spatial_lr_scale``).
 * SH degree grows by one every 1000 iterations (counted over both stages).
-* Batches of several views: each view is rendered at its own time; the densification statistics
-  of every view are accumulated.
+* Batches of several views: each view is rendered at its own time; for densification the views'
+  view-space gradients are summed before their norm is taken, once per step (``accumulate_stats``).
 """
 from __future__ import annotations
 
@@ -85,25 +85,39 @@ def _deformation_optimizer(deform: DeformationField, cfg: FourDGSConfig, extent:
 
 
 @torch.no_grad()
-def accumulate_stats(strategy: DefaultStrategy, params, state: dict, info: dict) -> None:
-    """gsplat ``DefaultStrategy._update_state`` (unpacked) without its boolean indexing, which
-    synchronises with the GPU on every step; same sums (a test compares the two)."""
-    grads = info["means2d"].absgrad if strategy.absgrad else info["means2d"].grad
-    sx, sy = info["width"] / 2.0 * info["n_cameras"], info["height"] / 2.0 * info["n_cameras"]  # host floats:
-    # a tensor built from them would be a host-to-device copy every step
+def accumulate_stats(strategy: DefaultStrategy, params, state: dict, infos: list[dict]) -> None:
+    """Densification statistics of one step, as the reference keeps them for a batch of views:
+    the view-space gradients of the batch's views are summed first and the norm of that sum is
+    added once, counting a Gaussian once if any view sees it (train.py sums
+    ``viewspace_point_tensor.grad`` over the views before ``add_densification_stats``). Adding each
+    view's norm instead would shrink the statistic about sqrt(batch)-fold (each view's gradient is
+    1/batch of the mean loss's) and densify far less on the batched datasets (HyperNeRF, Neu3D).
+    For one view this is gsplat's ``DefaultStrategy._update_state`` (unpacked) without its boolean
+    indexing, which synchronises with the GPU on every step; a test compares the two."""
     n = len(params["means"])
-    sel = (info["radii"] > 0).all(dim=-1)  # (C, N) visible
+    gx = gy = seen = None
+    for info in infos:
+        grads = info["means2d"].absgrad if strategy.absgrad else info["means2d"].grad
+        # host floats: a tensor built from them would be a host-to-device copy every step
+        sx, sy = info["width"] / 2.0 * info["n_cameras"], info["height"] / 2.0 * info["n_cameras"]
+        sel = (info["radii"] > 0).all(dim=-1)  # (C, N) visible
+        vx, vy = (grads[..., 0] * sx * sel).sum(0), (grads[..., 1] * sy * sel).sum(0)
+        vis = sel.any(0)
+        gx, gy = (vx, vy) if gx is None else (gx + vx, gy + vy)
+        seen = vis if seen is None else seen | vis
+        if strategy.refine_scale2d_stop_iter > 0:
+            if state["radii"] is None:
+                state["radii"] = torch.zeros(n, device=grads.device)
+            r = (info["radii"].max(dim=-1).values * sel).max(dim=0).values / float(max(info["width"], info["height"]))
+            torch.maximum(state["radii"], r, out=state["radii"])
+    if gx is None:
+        return
     if state["grad2d"] is None:
-        state["grad2d"] = torch.zeros(n, device=grads.device)
+        state["grad2d"] = torch.zeros(n, device=gx.device)
     if state["count"] is None:
-        state["count"] = torch.zeros(n, device=grads.device)
-    state["grad2d"] += (torch.hypot(grads[..., 0] * sx, grads[..., 1] * sy) * sel).sum(0)
-    state["count"] += sel.sum(0)
-    if strategy.refine_scale2d_stop_iter > 0:
-        if state["radii"] is None:
-            state["radii"] = torch.zeros(n, device=grads.device)
-        r = (info["radii"].max(dim=-1).values * sel).max(dim=0).values / float(max(info["width"], info["height"]))
-        torch.maximum(state["radii"], r, out=state["radii"])
+        state["count"] = torch.zeros(n, device=gx.device)
+    state["grad2d"] += torch.hypot(gx, gy) * seen
+    state["count"] += seen
 
 
 @torch.no_grad()
@@ -256,8 +270,7 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
 
             with torch.no_grad():
                 if step < cfg.densify_until_iter:
-                    for info in infos:  # every view's densification statistics
-                        accumulate_stats(strategy, model.gaussians, state, info)
+                    accumulate_stats(strategy, model.gaussians, state, infos)
                     refine(strategy, model.gaussians, opts, state, step)
                 if not gsplat_prunes and reference_prunes_at(cfg, step, model.num_primitives()):
                     prune_as_reference(model, opts, state, cfg, step, extent, infos[-1])
