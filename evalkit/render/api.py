@@ -18,16 +18,17 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from evalkit.render.gsplat_backend import GsplatUnavailable, gsplat_status, rasterize_gsplat
-from evalkit.render.output import RenderOutput
+from evalkit.render.gsplat_backend import (GsplatUnavailable, gsplat_status, rasterize_gsplat,
+                                          rasterize_views_gsplat)
+from evalkit.render.output import RenderOutput, ViewsOutput
 from evalkit.render.sh import num_sh_bases
 from evalkit.render.torch_reference import rasterize_torch
 
 if TYPE_CHECKING:  # evalkit.data pulls in file-format deps that rendering does not need
     from evalkit.data.scene import Camera
 
-__all__ = ["RenderOutput", "rasterize", "available_backends", "select_backend",
-           "camera_tensors", "GsplatUnavailable"]
+__all__ = ["RenderOutput", "ViewsOutput", "rasterize", "rasterize_views", "available_backends",
+           "select_backend", "camera_tensors", "GsplatUnavailable"]
 
 Backend = Literal["auto", "gsplat", "torch"]
 log = logging.getLogger(__name__)
@@ -149,3 +150,35 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
     chosen = select_backend(backend, means.device, means.dtype)
     fn = rasterize_gsplat if chosen == "gsplat" else rasterize_torch
     return fn(means, quats, scales, opacities, colors, viewmat, K, int(width), int(height), **kwargs)
+
+
+def rasterize_views(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
+                    viewmats: Tensor, Ks: Tensor, width: int, height: int, *,
+                    sh_degree: int | None = None, background: Tensor | None = None,
+                    near: float = 0.01, far: float = 1e10, backend: Backend = "auto") -> ViewsOutput:
+    """Render B views of one size, view b from its own Gaussians (a dynamic scene deformed to
+    view b's time): ``means`` (B, N, 3), ``quats`` (B, N, 4), ``scales`` (B, N, 3),
+    ``opacities`` (B, N), ``colors`` (B, N, D) or (B, N, K, 3) SH, ``viewmats`` (B, 4, 4) and
+    ``Ks`` (B, 3, 3) on the Gaussians' device (checked once by the caller, as ``rasterize``'s
+    CUDA K). Each view is what ``rasterize`` gives for it; gsplat renders all of them in one call."""
+    _check(means.dim() == 3 and means.shape[-1] == 3, f"means must be (B, N, 3), got {tuple(means.shape)}")
+    b, n = means.shape[:2]
+    for name, t, tail in (("quats", quats, (4,)), ("scales", scales, (3,)), ("opacities", opacities, ()),
+                          ("viewmats", viewmats, None), ("Ks", Ks, None)):
+        _check(isinstance(t, Tensor) and t.device == means.device and t.dtype == means.dtype,
+               f"{name} must be a {means.dtype} tensor on {means.device}")
+        if tail is not None:
+            _check(tuple(t.shape) == (b, n, *tail), f"{name} must be {(b, n, *tail)}, got {tuple(t.shape)}")
+    _check(tuple(viewmats.shape) == (b, 4, 4), f"viewmats must be ({b}, 4, 4), got {tuple(viewmats.shape)}")
+    _check(tuple(Ks.shape) == (b, 3, 3), f"Ks must be ({b}, 3, 3), got {tuple(Ks.shape)}")
+    _check(colors.shape[:2] == (b, n), f"colors must start with ({b}, {n}), got {tuple(colors.shape)}")
+    chosen = select_backend(backend, means.device, means.dtype)
+    if chosen == "gsplat":
+        return rasterize_views_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, int(width),
+                                      int(height), sh_degree=sh_degree, background=background,
+                                      near=near, far=far)
+    outs = [rasterize_torch(means[i], quats[i], scales[i], opacities[i], colors[i], viewmats[i], Ks[i],
+                            int(width), int(height), sh_degree=sh_degree, background=background,
+                            near=near, far=far) for i in range(b)]
+    return ViewsOutput(images=torch.stack([o.image for o in outs]), alphas=torch.stack([o.alpha for o in outs]),
+                       infos=[o.info for o in outs], backend="torch")

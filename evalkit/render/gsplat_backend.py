@@ -11,7 +11,7 @@ import functools
 import torch
 from torch import Tensor
 
-from evalkit.render.output import RenderOutput
+from evalkit.render.output import RenderOutput, ViewsOutput
 
 
 class GsplatUnavailable(RuntimeError):
@@ -68,3 +68,27 @@ def rasterize_gsplat(means: Tensor, quats: Tensor, scales: Tensor, opacities: Te
     if meta["means2d"].requires_grad:
         meta["means2d"].retain_grad()
     return RenderOutput(image=render[0], alpha=alpha[0], info=meta, backend="gsplat")
+
+
+def rasterize_views_gsplat(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor,
+                           colors: Tensor, viewmats: Tensor, Ks: Tensor, width: int, height: int, *,
+                           sh_degree: int | None = None, background: Tensor | None = None,
+                           near: float = 0.01, far: float = 1e10) -> ViewsOutput:
+    """B views, each of its own Gaussians (leading axis B), in one gsplat call (its batch
+    dimensions): one projection / sort / rasterisation launch sequence instead of B."""
+    ok, reason = gsplat_status()
+    if not ok:
+        raise GsplatUnavailable(f"gsplat backend unavailable: {reason}")
+    if means.dtype != torch.float32:
+        raise ValueError(f"gsplat backend needs float32 tensors, got {means.dtype}")
+    from gsplat import rasterization
+
+    b = means.shape[0]
+    render, alpha, meta = rasterization(
+        means, quats, scales, opacities, colors, viewmats[:, None], Ks[:, None], width, height,
+        near_plane=near, far_plane=far, sh_degree=sh_degree, packed=False,
+        backgrounds=None if background is None else background.expand(b, 1, background.shape[-1]),
+        rasterize_mode="classic")
+    if meta["means2d"].requires_grad:
+        meta["means2d"].retain_grad()
+    return ViewsOutput(images=render[:, 0], alphas=alpha[:, 0], infos=[meta], backend="gsplat")

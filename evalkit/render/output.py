@@ -25,3 +25,18 @@ class RenderOutput:
     alpha: Tensor  # (H, W, 1), 1 - final transmittance
     info: dict[str, Any]
     backend: str  # "gsplat" | "torch"
+
+
+@dataclass
+class ViewsOutput:
+    """Several views of one scene rendered at once (``rasterize_views``).
+
+    ``infos``: gsplat-style info dicts covering all views between them. gsplat renders the batch
+    in one call and gives one dict whose tensors have a leading view axis (``means2d``
+    (B, 1, N, 2), ``radii`` (B, 1, N, 2)); the torch reference renders view by view and gives
+    one dict per view. Consumers flatten the leading axes (the densification statistics do)."""
+
+    images: Tensor  # (B, H, W, 3)
+    alphas: Tensor  # (B, H, W, 1)
+    infos: list[dict[str, Any]]
+    backend: str

@@ -255,3 +255,42 @@ def test_batch_statistics_sum_the_views_gradients_first():
     assert expected[1] == 0.0  # opposite gradients cancel (a per-view sum would give 2 x 48)
     assert torch.equal(state["count"], torch.tensor([1.0, 1, 1, 1, 0]))
     assert torch.allclose(state["radii"], torch.tensor([3.0, 3, 3, 3, 0]) / w)
+
+
+def _step_views(model, scene, picks, *, batched: bool, device: torch.device):
+    """Loss, gradients and densification statistics of one training step over ``picks``."""
+    from gsplat.strategy import DefaultStrategy
+    from evalkit.methods.fourdgs.trainer import ImageBank, accumulate_stats, views_loss
+    frames = scene.train
+    bank = ImageBank(frames, device)
+    times = torch.tensor([f.time for f in frames], device=device)
+    model.zero_grad(set_to_none=True)
+    loss, mse_sum, infos = views_loss(model, frames, bank, picks, times, FourDGSConfig(**TINY), True, 3, True,
+                                      batched=batched)
+    loss.backward()
+    strategy = DefaultStrategy(refine_scale2d_stop_iter=1)
+    state = strategy.initialize_state(1.0)
+    accumulate_stats(strategy, model.gaussians, state, infos)
+    grads = {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+    return float(loss.detach()), float(mse_sum), grads, state
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_batched_views_step_equals_view_by_view(trained, tiny_scene, device):
+    """Rendering a step's views in one call (deformation of B x N points, the rasteriser's batch
+    axis) gives the loss, the gradients of every parameter and the densification statistics of
+    rendering them one by one."""
+    import copy
+    _, model, _, _ = trained
+    model = copy.deepcopy(model).to(device)
+    picks = [0, 5, 9]  # three times
+    assert len({tiny_scene.train[i].time for i in picks}) == 3
+    one = _step_views(model, tiny_scene, picks, batched=False, device=torch.device(device))
+    many = _step_views(model, tiny_scene, picks, batched=True, device=torch.device(device))
+    assert many[0] == pytest.approx(one[0], rel=1e-5) and many[1] == pytest.approx(one[1], rel=1e-5)
+    assert one[2].keys() == many[2].keys() and "deformation.grid.grids.0.2" in one[2]
+    for k in one[2]:
+        torch.testing.assert_close(many[2][k], one[2][k], rtol=1e-4, atol=1e-7, msg=k)
+    for k in ("grad2d", "count", "radii"):
+        torch.testing.assert_close(many[3][k], one[3][k], rtol=1e-4, atol=1e-7, msg=k)
+    assert one[3]["count"].max() == 1.0  # a Gaussian counts once a step, however many views see it

@@ -11,7 +11,7 @@ from scipy.spatial import cKDTree
 from evalkit.data.scene import Camera, PointCloud
 from evalkit.methods.fourdgs.deformation import DeformationConfig, DeformationField
 from evalkit.render import RenderOutput, rasterize
-from evalkit.render.api import check_intrinsics
+from evalkit.render.api import ViewsOutput, check_intrinsics, rasterize_views
 
 C0 = 0.28209479177387814  # SH band-0 constant
 
@@ -145,6 +145,37 @@ class FourDGSModel(nn.Module):
         return rasterize(means, quats, scales, opacities, sh, viewmat, K, camera.width, camera.height,
                          sh_degree=self.sh_degree if sh_degree is None else sh_degree,
                          background=self.background, **kwargs)
+
+    def deformed_views(self, times: torch.Tensor, deform: bool = True):
+        """``deformed`` at B times at once: (B, N, ...) tensors. One deformation-field call on
+        B x N points (per-point times) instead of B calls."""
+        g = self.gaussians
+        sh = self.canonical_sh()
+        b = times.shape[0]
+        attrs = (g["means"], g["quats"], g["scales"], g["opacities"], sh)
+        if not deform:
+            return tuple(a.expand(b, *a.shape).contiguous() for a in attrs)
+        n = attrs[0].shape[0]
+        rep = [a.repeat(b, *([1] * (a.dim() - 1))) for a in attrs]
+        t = times.to(rep[0].dtype)[:, None].expand(b, n).reshape(-1)
+        d = self.deformation(rep[0], rep[2], rep[1], rep[3], rep[4], t)
+        out = (d.means, d.quats, d.log_scales, d.opacity_logits, d.sh)
+        return tuple(x.reshape(b, n, *x.shape[1:]) for x in out)
+
+    def rasterize_views(self, cameras: list[Camera], times: torch.Tensor, *, deform: bool = True,
+                        sh_degree: int | None = None) -> ViewsOutput:
+        """Views of one size at their own times (``times`` (B,) on the model's device), rendered
+        together: the same images as ``rasterize`` view by view, in fewer kernel launches."""
+        sizes = {(c.width, c.height) for c in cameras}
+        if len(sizes) != 1:
+            raise ValueError(f"rasterize_views needs views of one size, got {sorted(sizes)}")
+        means, quats, log_scales, opa_logits, sh = self.deformed_views(times, deform)
+        mats = [self._camera_tensors(c) for c in cameras]
+        viewmats, Ks = torch.stack([m[0] for m in mats]), torch.stack([m[1] for m in mats])
+        return rasterize_views(means, quats, torch.exp(log_scales), torch.sigmoid(opa_logits), sh, viewmats, Ks,
+                               cameras[0].width, cameras[0].height,
+                               sh_degree=self.sh_degree if sh_degree is None else sh_degree,
+                               background=self.background)
 
     @torch.no_grad()
     def render(self, camera: Camera, t: float) -> torch.Tensor:

@@ -100,7 +100,9 @@ def accumulate_stats(strategy: DefaultStrategy, params, state: dict, infos: list
         grads = info["means2d"].absgrad if strategy.absgrad else info["means2d"].grad
         # host floats: a tensor built from them would be a host-to-device copy every step
         sx, sy = info["width"] / 2.0 * info["n_cameras"], info["height"] / 2.0 * info["n_cameras"]
-        sel = (info["radii"] > 0).all(dim=-1)  # (C, N) visible
+        # leading axes (views of a batched call, cameras) flattened: (V, N, 2)
+        grads, radii = grads.reshape(-1, n, 2), info["radii"].reshape(-1, n, 2)
+        sel = (radii > 0).all(dim=-1)  # (V, N) visible
         vx, vy = (grads[..., 0] * sx * sel).sum(0), (grads[..., 1] * sy * sel).sum(0)
         vis = sel.any(0)
         gx, gy = (vx, vy) if gx is None else (gx + vx, gy + vy)
@@ -108,7 +110,7 @@ def accumulate_stats(strategy: DefaultStrategy, params, state: dict, infos: list
         if strategy.refine_scale2d_stop_iter > 0:
             if state["radii"] is None:
                 state["radii"] = torch.zeros(n, device=grads.device)
-            r = (info["radii"].max(dim=-1).values * sel).max(dim=0).values / float(max(info["width"], info["height"]))
+            r = (radii.max(dim=-1).values * sel).max(dim=0).values / float(max(info["width"], info["height"]))
             torch.maximum(state["radii"], r, out=state["radii"])
     if gx is None:
         return
@@ -158,6 +160,32 @@ def prune_as_reference(model: FourDGSModel, opts: dict, state: dict, cfg: FourDG
     return n
 
 
+def views_loss(model: FourDGSModel, frames: list[Frame], bank: ImageBank, picks: list[int], times: torch.Tensor,
+               cfg: FourDGSConfig, fine: bool, sh_degree: int, report: bool, *, batched: bool):
+    """``(loss, sum of the views' MSE or 0, infos)`` of one step's views: the mean over the views
+    of L1 (+ lambda_dssim D-SSIM), the reference's loss of a batch. ``batched`` renders them in
+    one call (``FourDGSModel.rasterize_views``); otherwise one view at a time."""
+    n = len(picks)
+    if batched:
+        out = model.rasterize_views([frames[i].camera for i in picks], torch.stack([times[i] for i in picks]),
+                                    deform=fine, sh_degree=sh_degree)
+        images, infos = out.images, out.infos
+    else:
+        outs = [model.rasterize(frames[i].camera, frames[i].time, deform=fine, sh_degree=sh_degree) for i in picks]
+        images, infos = [o.image for o in outs], [o.info for o in outs]
+    gts = [bank.get(i) for i in picks]
+    if batched:
+        gt = torch.stack(gts)
+        loss = (images - gt).abs().mean()  # equal-sized views: the mean of the views' L1
+        mse_sum = (images.detach() - gt).square().mean() * n if report else 0.0
+    else:
+        loss = sum((im - g).abs().mean() for im, g in zip(images, gts)) / n
+        mse_sum = sum((im.detach() - g).square().mean() for im, g in zip(images, gts)) if report else 0.0
+    if cfg.lambda_dssim > 0:
+        loss = loss + cfg.lambda_dssim * sum(1.0 - ssim(images[k], gts[k]) for k in range(n)) / n
+    return loss, mse_sum, infos
+
+
 @dataclass
 class StageStats:
     stage: str
@@ -197,6 +225,7 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
     if not frames:
         raise ValueError(f"{scene.path}: the scene has no training frames")
     bank = bank or ImageBank(frames, device)
+    times = torch.tensor([f.time for f in frames], dtype=torch.float32, device=device)
     extent = scene.camera_extent()
     model = model if model is not None else build_model(scene, cfg, device)
     deform = model.deformation
@@ -232,6 +261,8 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
         state = strategy.initialize_state(scene_scale=extent)
         order: list[int] = []
         ema_loss, ema_psnr = None, None
+        # a batch of views in one deformation and one rasteriser call (same views, same loss)
+        batched = cfg.batch_size > 1 and len({(f.camera.width, f.camera.height) for f in frames}) == 1
         for step in range(1, iters + 1):
             global_step += 1
             for g in opts["means"].param_groups:
@@ -245,23 +276,14 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
             sh_degree = min(global_step // 1000, cfg.sh_degree)
 
             report = step % 50 == 0 or step == iters  # one host sync per 50 steps
-            infos, loss, mse_sum = [], 0.0, 0.0
+            picks = []
             for _ in range(cfg.batch_size):
                 if not order:
                     order = list(range(len(bank)))
                     random.shuffle(order)
-                i = order.pop()
-                out = model.rasterize(frames[i].camera, frames[i].time, deform=fine, sh_degree=sh_degree)
-                strategy.step_pre_backward(model.gaussians, opts, state, step, out.info)
-                infos.append(out.info)
-                gt = bank.get(i)
-                l1 = (out.image - gt).abs().mean()
-                view_loss = l1
-                if cfg.lambda_dssim > 0:
-                    view_loss = view_loss + cfg.lambda_dssim * (1.0 - ssim(out.image, gt))
-                loss = loss + view_loss / cfg.batch_size
-                if report:
-                    mse_sum = mse_sum + (out.image.detach() - gt).square().mean()
+                picks.append(order.pop())
+            loss, mse_sum, infos = views_loss(model, frames, bank, picks, times, cfg, fine, sh_degree,
+                                              report, batched=batched)
             if regulariser is not None:
                 loss = loss + regulariser()
             if extra_loss is not None:
