@@ -159,8 +159,9 @@ def rasterize_views(means: Tensor, quats: Tensor, scales: Tensor, opacities: Ten
     """Render B views of one size, view b from its own Gaussians (a dynamic scene deformed to
     view b's time): ``means`` (B, N, 3), ``quats`` (B, N, 4), ``scales`` (B, N, 3),
     ``opacities`` (B, N), ``colors`` (B, N, D) or (B, N, K, 3) SH, ``viewmats`` (B, 4, 4) and
-    ``Ks`` (B, 3, 3) on the Gaussians' device (checked once by the caller, as ``rasterize``'s
-    CUDA K). Each view is what ``rasterize`` gives for it; gsplat renders all of them in one call."""
+    ``Ks`` (B, 3, 3) on the Gaussians' device (CUDA ``Ks`` are not read back to be checked, as in
+    ``rasterize``). Each view is what ``rasterize`` gives for it; gsplat renders all of them in one
+    call. No ``absgrad`` / ``packed`` / antialiased modes here (the trainer needs none)."""
     _check(means.dim() == 3 and means.shape[-1] == 3, f"means must be (B, N, 3), got {tuple(means.shape)}")
     b, n = means.shape[:2]
     for name, t, tail in (("quats", quats, (4,)), ("scales", scales, (3,)), ("opacities", opacities, ()),
@@ -171,7 +172,25 @@ def rasterize_views(means: Tensor, quats: Tensor, scales: Tensor, opacities: Ten
             _check(tuple(t.shape) == (b, n, *tail), f"{name} must be {(b, n, *tail)}, got {tuple(t.shape)}")
     _check(tuple(viewmats.shape) == (b, 4, 4), f"viewmats must be ({b}, 4, 4), got {tuple(viewmats.shape)}")
     _check(tuple(Ks.shape) == (b, 3, 3), f"Ks must be ({b}, 3, 3), got {tuple(Ks.shape)}")
-    _check(colors.shape[:2] == (b, n), f"colors must start with ({b}, {n}), got {tuple(colors.shape)}")
+    _check(isinstance(colors, Tensor) and colors.device == means.device and colors.dtype == means.dtype,
+           f"colors must be a {means.dtype} tensor on {means.device}")
+    if sh_degree is None:
+        _check(colors.dim() == 3 and colors.shape[:2] == (b, n), f"colors must be ({b}, {n}, D), got {tuple(colors.shape)}")
+    else:
+        k = num_sh_bases(sh_degree)
+        _check(colors.dim() == 4 and colors.shape[:2] == (b, n) and colors.shape[2] >= k and colors.shape[3] == 3,
+               f"colors must be ({b}, {n}, K>={k}, 3) SH coefficients for sh_degree={sh_degree}, "
+               f"got {tuple(colors.shape)}")
+    _check(int(width) == width and int(height) == height and width > 0 and height > 0,
+           f"width/height must be positive integers, got {width}x{height}")
+    _check(0 < near < far, f"need 0 < near < far, got near={near}, far={far}")
+    if not Ks.is_cuda:  # host values only (see ``rasterize``)
+        for k_view in Ks:
+            check_intrinsics(k_view)
+    if background is not None:
+        background = torch.as_tensor(background, dtype=means.dtype, device=means.device)
+        _check(background.shape == (colors.shape[-1],),
+               f"background must be ({colors.shape[-1]},), got {tuple(background.shape)}")
     chosen = select_backend(backend, means.device, means.dtype)
     if chosen == "gsplat":
         return rasterize_views_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, int(width),

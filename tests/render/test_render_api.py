@@ -77,3 +77,45 @@ def test_camera_tensors_roundtrip():
     out_cam = rasterize(**_args(viewmat=vm.float(), K=kk.float()))
     out_np = rasterize(**_args())
     assert torch.equal(out_cam.image, out_np.image)
+
+
+def _views_args(**over):
+    """Two views, each of its own 4 Gaussians (as a deformed scene at two times)."""
+    from evalkit.render.synthetic import random_gaussians as rg
+    g0, g1 = rg(4, seed=0), rg(4, seed=1)
+    view2 = VIEW.copy()
+    view2[0, 3] = 0.3
+    a = dict(means=torch.stack([g0.means, g1.means]), quats=torch.stack([g0.quats, g1.quats]),
+             scales=torch.stack([g0.scales, g1.scales]), opacities=torch.stack([g0.opacities, g1.opacities]),
+             colors=torch.stack([g0.colors, g1.colors]),
+             viewmats=torch.tensor(np.stack([VIEW, view2]), dtype=torch.float32),
+             Ks=torch.tensor(np.stack([K, K]), dtype=torch.float32), width=16, height=16,
+             background=torch.tensor([1.0, 0.5, 0.0]))
+    a.update(over)
+    return a
+
+
+def test_rasterize_views_gives_each_views_rasterize():
+    from evalkit.render.api import rasterize_views
+    a = _views_args()
+    out = rasterize_views(**a, backend="torch")
+    assert out.images.shape == (2, 16, 16, 3) and out.alphas.shape == (2, 16, 16, 1)
+    for b in range(2):
+        one = rasterize(a["means"][b], a["quats"][b], a["scales"][b], a["opacities"][b], a["colors"][b],
+                        a["viewmats"][b], a["Ks"][b], 16, 16, background=a["background"], backend="torch")
+        assert torch.equal(out.images[b], one.image)
+    assert not torch.equal(out.images[0], out.images[1])
+
+
+@pytest.mark.parametrize("over, match", [
+    (dict(Ks=torch.eye(3)[None].repeat(3, 1, 1)), r"Ks must be \(2, 3, 3\)"),
+    (dict(opacities=torch.rand(2, 5)), r"opacities must be \(2, 4\)"),
+    (dict(colors=torch.rand(2, 4, 16, 3)), r"colors must be \(2, 4, D\)"),
+    (dict(Ks=torch.tensor([[[20.0, 0.5, 8.0], [0, 20.0, 8.0], [0, 0, 1.0]]] * 2)), "no skew"),
+    (dict(background=torch.ones(4)), r"background must be \(3,\)"),
+    (dict(height=0), "positive integers"),
+])
+def test_rasterize_views_bad_inputs_raise_clear_errors(over, match):
+    from evalkit.render.api import rasterize_views
+    with pytest.raises(ValueError, match=match):
+        rasterize_views(**_views_args(**over), backend="torch")

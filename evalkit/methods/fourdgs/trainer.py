@@ -90,8 +90,9 @@ def accumulate_stats(strategy: DefaultStrategy, params, state: dict, infos: list
     the view-space gradients of the batch's views are summed first and the norm of that sum is
     added once, counting a Gaussian once if any view sees it (train.py sums
     ``viewspace_point_tensor.grad`` over the views before ``add_densification_stats``). Adding each
-    view's norm instead would shrink the statistic about sqrt(batch)-fold (each view's gradient is
-    1/batch of the mean loss's) and densify far less on the batched datasets (HyperNeRF, Neu3D).
+    view's norm and counting each view instead gives a per-count statistic sqrt(B) (uncorrelated
+    view gradients) to B (aligned ones) times smaller, and densifies far less on the batched
+    datasets (HyperNeRF, Neu3D). ``strategy.absgrad`` needs ``absgrad`` renders (the trainer's are not).
     For one view this is gsplat's ``DefaultStrategy._update_state`` (unpacked) without its boolean
     indexing, which synchronises with the GPU on every step; a test compares the two."""
     n = len(params["means"])
