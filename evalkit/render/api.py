@@ -88,6 +88,57 @@ def _check(cond: bool, problem: str) -> None:
         raise ValueError(f"rasterize: {problem}")
 
 
+def _shape(*parts) -> str:
+    return "(" + ", ".join(str(p) for p in parts) + ("," if len(parts) == 1 else "") + ")"
+
+
+def _checked(means, quats, scales, opacities, colors, viewmat, K, width, height, sh_degree, background,
+             near, far, *, views: bool) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The checks of ``rasterize`` (``views=False``: one view) and ``rasterize_views`` (a leading
+    view axis B on every input). Returns ``(viewmat, K, background)`` as tensors like ``means``."""
+    for name, t in (("means", means), ("quats", quats), ("scales", scales),
+                    ("opacities", opacities), ("colors", colors)):
+        _check(isinstance(t, Tensor), f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        _check(t.is_floating_point(), f"{name} must be floating point, got {t.dtype}")
+        _check(t.device == means.device, f"{name} is on {t.device} but means is on {means.device}")
+        _check(t.dtype == means.dtype, f"{name} has dtype {t.dtype} but means has {means.dtype}")
+    lead = ("B",) if views else ()
+    ok = means.dim() == len(lead) + 2 and means.shape[-1] == 3
+    _check(ok, f"means must be {_shape(*lead, 'N', 3)}, got {tuple(means.shape)}")
+    lead = tuple(means.shape[:-2])
+    n = means.shape[-2]
+    _check(quats.shape == (*lead, n, 4), f"quats must be {_shape(*lead, n, 4)}, got {tuple(quats.shape)}")
+    _check(scales.shape == (*lead, n, 3), f"scales must be {_shape(*lead, n, 3)}, got {tuple(scales.shape)}")
+    _check(opacities.shape == (*lead, n), f"opacities must be {_shape(*lead, n)}, got {tuple(opacities.shape)}")
+    head = colors.shape[:len(lead) + 1]
+    if sh_degree is None:
+        _check(colors.dim() == len(lead) + 2 and head == (*lead, n),
+               f"colors must be {_shape(*lead, n, 'D')} without sh_degree, got {tuple(colors.shape)}")
+    else:
+        k = num_sh_bases(sh_degree)
+        _check(colors.dim() == len(lead) + 3 and head == (*lead, n) and colors.shape[-2] >= k
+               and colors.shape[-1] == 3,
+               f"colors must be {_shape(*lead, n, f'K>={k}', 3)} SH coefficients for sh_degree={sh_degree}, "
+               f"got {tuple(colors.shape)}")
+    _check(int(width) == width and int(height) == height and width > 0 and height > 0,
+           f"width/height must be positive integers, got {width}x{height}")
+    _check(0 < near < far, f"need 0 < near < far, got near={near}, far={far}")
+    viewmat = torch.as_tensor(viewmat, dtype=means.dtype, device=means.device)
+    if not (isinstance(K, Tensor) and K.is_cuda):
+        # Checked on the host only: reading a CUDA tensor's values would stall the GPU queue on
+        # every render (callers that keep K on the GPU, like the 4DGS models, check it once).
+        for k_view in (K if views and np.ndim(K) == 3 else [K]):
+            check_intrinsics(k_view)
+    K = torch.as_tensor(K, dtype=means.dtype, device=means.device)
+    _check(viewmat.shape == (*lead, 4, 4), f"viewmat must be {_shape(*lead, 4, 4)}, got {tuple(viewmat.shape)}")
+    _check(K.shape == (*lead, 3, 3), f"K must be {_shape(*lead, 3, 3)}, got {tuple(K.shape)}")
+    d = colors.shape[-1]
+    if background is not None:
+        background = torch.as_tensor(background, dtype=means.dtype, device=means.device)
+        _check(background.shape == (d,), f"background must be ({d},), got {tuple(background.shape)}")
+    return viewmat, K, background
+
+
 def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, colors: Tensor,
               viewmat: Tensor | np.ndarray, K: Tensor | np.ndarray, width: int, height: int, *,
               sh_degree: int | None = None, background: Tensor | np.ndarray | None = None,
@@ -109,42 +160,8 @@ def rasterize(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor, c
     Returns:
         RenderOutput with image (H, W, D), alpha (H, W, 1), gsplat-compatible info.
     """
-    for name, t in (("means", means), ("quats", quats), ("scales", scales),
-                    ("opacities", opacities), ("colors", colors)):
-        _check(isinstance(t, Tensor), f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        _check(t.is_floating_point(), f"{name} must be floating point, got {t.dtype}")
-        _check(t.device == means.device, f"{name} is on {t.device} but means is on {means.device}")
-        _check(t.dtype == means.dtype, f"{name} has dtype {t.dtype} but means has {means.dtype}")
-    n = means.shape[0] if means.dim() == 2 else -1
-    _check(means.dim() == 2 and means.shape[1] == 3, f"means must be (N, 3), got {tuple(means.shape)}")
-    _check(quats.shape == (n, 4), f"quats must be ({n}, 4), got {tuple(quats.shape)}")
-    _check(scales.shape == (n, 3), f"scales must be ({n}, 3), got {tuple(scales.shape)}")
-    _check(opacities.shape == (n,), f"opacities must be ({n},), got {tuple(opacities.shape)}")
-    if sh_degree is None:
-        _check(colors.dim() == 2 and colors.shape[0] == n,
-               f"colors must be ({n}, D) without sh_degree, got {tuple(colors.shape)}")
-    else:
-        k = num_sh_bases(sh_degree)
-        _check(colors.dim() == 3 and colors.shape[0] == n and colors.shape[1] >= k
-               and colors.shape[2] == 3,
-               f"colors must be ({n}, K>={k}, 3) SH coefficients for sh_degree={sh_degree}, "
-               f"got {tuple(colors.shape)}")
-    _check(int(width) == width and int(height) == height and width > 0 and height > 0,
-           f"width/height must be positive integers, got {width}x{height}")
-    _check(0 < near < far, f"need 0 < near < far, got near={near}, far={far}")
-    if not (isinstance(K, Tensor) and K.is_cuda):
-        # Checked on the host only: reading a CUDA tensor's values would stall the GPU queue on
-        # every render (callers that keep K on the GPU, like the 4DGS models, check it once).
-        check_intrinsics(K)
-    viewmat = torch.as_tensor(viewmat, dtype=means.dtype, device=means.device)
-    K = torch.as_tensor(K, dtype=means.dtype, device=means.device)
-    _check(viewmat.shape == (4, 4), f"viewmat must be (4, 4), got {tuple(viewmat.shape)}")
-    _check(K.shape == (3, 3), f"K must be (3, 3), got {tuple(K.shape)}")
-    d = colors.shape[-1]
-    if background is not None:
-        background = torch.as_tensor(background, dtype=means.dtype, device=means.device)
-        _check(background.shape == (d,), f"background must be ({d},), got {tuple(background.shape)}")
-
+    viewmat, K, background = _checked(means, quats, scales, opacities, colors, viewmat, K, width, height,
+                                      sh_degree, background, near, far, views=False)
     kwargs = dict(sh_degree=sh_degree, background=background, near=near, far=far,
                   absgrad=absgrad, packed=packed, antialiased=antialiased)
     chosen = select_backend(backend, means.device, means.dtype)
@@ -162,35 +179,9 @@ def rasterize_views(means: Tensor, quats: Tensor, scales: Tensor, opacities: Ten
     ``Ks`` (B, 3, 3) on the Gaussians' device (CUDA ``Ks`` are not read back to be checked, as in
     ``rasterize``). Each view is what ``rasterize`` gives for it; gsplat renders all of them in one
     call. No ``absgrad`` / ``packed`` / antialiased modes here (the trainer needs none)."""
-    _check(means.dim() == 3 and means.shape[-1] == 3, f"means must be (B, N, 3), got {tuple(means.shape)}")
-    b, n = means.shape[:2]
-    for name, t, tail in (("quats", quats, (4,)), ("scales", scales, (3,)), ("opacities", opacities, ()),
-                          ("viewmats", viewmats, None), ("Ks", Ks, None)):
-        _check(isinstance(t, Tensor) and t.device == means.device and t.dtype == means.dtype,
-               f"{name} must be a {means.dtype} tensor on {means.device}")
-        if tail is not None:
-            _check(tuple(t.shape) == (b, n, *tail), f"{name} must be {(b, n, *tail)}, got {tuple(t.shape)}")
-    _check(tuple(viewmats.shape) == (b, 4, 4), f"viewmats must be ({b}, 4, 4), got {tuple(viewmats.shape)}")
-    _check(tuple(Ks.shape) == (b, 3, 3), f"Ks must be ({b}, 3, 3), got {tuple(Ks.shape)}")
-    _check(isinstance(colors, Tensor) and colors.device == means.device and colors.dtype == means.dtype,
-           f"colors must be a {means.dtype} tensor on {means.device}")
-    if sh_degree is None:
-        _check(colors.dim() == 3 and colors.shape[:2] == (b, n), f"colors must be ({b}, {n}, D), got {tuple(colors.shape)}")
-    else:
-        k = num_sh_bases(sh_degree)
-        _check(colors.dim() == 4 and colors.shape[:2] == (b, n) and colors.shape[2] >= k and colors.shape[3] == 3,
-               f"colors must be ({b}, {n}, K>={k}, 3) SH coefficients for sh_degree={sh_degree}, "
-               f"got {tuple(colors.shape)}")
-    _check(int(width) == width and int(height) == height and width > 0 and height > 0,
-           f"width/height must be positive integers, got {width}x{height}")
-    _check(0 < near < far, f"need 0 < near < far, got near={near}, far={far}")
-    if not Ks.is_cuda:  # host values only (see ``rasterize``)
-        for k_view in Ks:
-            check_intrinsics(k_view)
-    if background is not None:
-        background = torch.as_tensor(background, dtype=means.dtype, device=means.device)
-        _check(background.shape == (colors.shape[-1],),
-               f"background must be ({colors.shape[-1]},), got {tuple(background.shape)}")
+    viewmats, Ks, background = _checked(means, quats, scales, opacities, colors, viewmats, Ks, width, height,
+                                        sh_degree, background, near, far, views=True)
+    b = means.shape[0]
     chosen = select_backend(backend, means.device, means.dtype)
     if chosen == "gsplat":
         return rasterize_views_gsplat(means, quats, scales, opacities, colors, viewmats, Ks, int(width),

@@ -108,7 +108,7 @@ def test_rasterize_views_gives_each_views_rasterize():
 
 
 @pytest.mark.parametrize("over, match", [
-    (dict(Ks=torch.eye(3)[None].repeat(3, 1, 1)), r"Ks must be \(2, 3, 3\)"),
+    (dict(Ks=torch.eye(3)[None].repeat(3, 1, 1)), r"K must be \(2, 3, 3\)"),
     (dict(opacities=torch.rand(2, 5)), r"opacities must be \(2, 4\)"),
     (dict(colors=torch.rand(2, 4, 16, 3)), r"colors must be \(2, 4, D\)"),
     (dict(Ks=torch.tensor([[[20.0, 0.5, 8.0], [0, 20.0, 8.0], [0, 0, 1.0]]] * 2)), "no skew"),

@@ -167,19 +167,16 @@ def views_loss(model: FourDGSModel, frames: list[Frame], bank: ImageBank, picks:
     of L1 (+ lambda_dssim D-SSIM), the reference's loss of a batch. ``batched`` renders them in
     one call (``FourDGSModel.rasterize_views``); otherwise one view at a time."""
     n = len(picks)
+    gts = [bank.get(i) for i in picks]
     if batched:
         out = model.rasterize_views([frames[i].camera for i in picks], torch.stack([times[i] for i in picks]),
                                     deform=fine, sh_degree=sh_degree)
-        images, infos = out.images, out.infos
-    else:
-        outs = [model.rasterize(frames[i].camera, frames[i].time, deform=fine, sh_degree=sh_degree) for i in picks]
-        images, infos = [o.image for o in outs], [o.info for o in outs]
-    gts = [bank.get(i) for i in picks]
-    if batched:
-        gt = torch.stack(gts)
+        images, infos, gt = out.images, out.infos, torch.stack(gts)
         loss = (images - gt).abs().mean()  # equal-sized views: the mean of the views' L1
         mse_sum = (images.detach() - gt).square().mean() * n if report else 0.0
     else:
+        outs = [model.rasterize(frames[i].camera, frames[i].time, deform=fine, sh_degree=sh_degree) for i in picks]
+        images, infos = [o.image for o in outs], [o.info for o in outs]
         loss = sum((im - g).abs().mean() for im, g in zip(images, gts)) / n
         mse_sum = sum((im.detach() - g).square().mean() for im, g in zip(images, gts)) if report else 0.0
     if cfg.lambda_dssim > 0:
@@ -227,6 +224,8 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
         raise ValueError(f"{scene.path}: the scene has no training frames")
     bank = bank or ImageBank(frames, device)
     times = torch.tensor([f.time for f in frames], dtype=torch.float32, device=device)
+    # a batch of views in one deformation and one rasteriser call (same views, same loss)
+    batched = cfg.batch_size > 1 and len({(f.camera.width, f.camera.height) for f in frames}) == 1
     extent = scene.camera_extent()
     model = model if model is not None else build_model(scene, cfg, device)
     deform = model.deformation
@@ -262,8 +261,6 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
         state = strategy.initialize_state(scene_scale=extent)
         order: list[int] = []
         ema_loss, ema_psnr = None, None
-        # a batch of views in one deformation and one rasteriser call (same views, same loss)
-        batched = cfg.batch_size > 1 and len({(f.camera.width, f.camera.height) for f in frames}) == 1
         for step in range(1, iters + 1):
             global_step += 1
             for g in opts["means"].param_groups:
