@@ -2,7 +2,7 @@
 
     python -m evalkit.bench.kernel_compile [--datasets dnerf hypernerf neu3d] [--keep-cache]
 
-Runs ``kernel_warmup.compile_kernels`` (what the runner does before the training timer) for each
+Runs ``kernel_warmup.compile_kernels`` (what 4DGS's background compile child runs) for each
 dataset's 4DGS configuration in a fresh, empty Triton cache (unless ``--keep-cache``), then once
 more in the same process, and then a lookup at another point count (a multiple of 16 and not):
 with the count unspecialised that costs no compilation. Prints seconds.

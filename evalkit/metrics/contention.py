@@ -5,7 +5,8 @@ boundary of a job and every ``every`` seconds during training (``during``), and 
 * GPU: the compute processes NVML lists on the job's GPU (found by UUID, so
   ``CUDA_VISIBLE_DEVICES`` remapping does not matter). Inside a container NVML reports host PIDs,
   which ours does not match, so the count is used: a process holding a CUDA context is one of
-  them, the rest are others. Without NVML (``nvidia-ml-py`` not installed) the GPU is "unknown".
+  them, the rest are others, less the job's own helper processes (``register_helper``: e.g. a
+  child compiling kernels while training runs). Without NVML (``nvidia-ml-py`` not installed) the GPU is "unknown".
 * Host (GPU jobs): the 1-minute load average against the CPU count (Linux / macOS); a GPU job
   itself keeps about one core busy. Busy means more than half the CPUs, a judgement rather than a
   calibrated limit: torch's CPU work (entropy coding, decoding) uses one thread per core by
@@ -25,6 +26,22 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import torch
+
+
+_HELPERS: set = set()  # the job's own child processes that may hold a CUDA context
+
+
+def register_helper(proc) -> None:
+    """Count ``proc`` (a ``subprocess.Popen``) as the job's own, not as another job, while it runs."""
+    _HELPERS.add(proc)
+
+
+def unregister_helper(proc) -> None:
+    _HELPERS.discard(proc)
+
+
+def running_helpers() -> int:
+    return sum(1 for p in list(_HELPERS) if p.poll() is None)
 
 
 @functools.lru_cache(maxsize=None)
@@ -79,7 +96,8 @@ class ContentionWatch:
         n = (self.count_gpu or gpu_compute_processes)(self.device)
         if n is not None:
             ours = 1 if self.device.type == "cuda" and torch.cuda.is_initialized() else 0
-            n = max(0, n - ours)
+            # a helper that has not created its context yet hides another process for a moment
+            n = max(0, n - ours - running_helpers())
         return n, (self.load or host_load)()
 
     def sample(self, phase: str) -> None:

@@ -1,12 +1,17 @@
-"""Kernel compilation before the training timer (``kernel_warmup``) and the unspecialised point
-count of the HexPlane kernels."""
+"""Kernel compilation before the fine stage (``kernel_warmup``: in a child process while the coarse
+stage trains) and the unspecialised point count of the HexPlane kernels."""
 from __future__ import annotations
+
+import json
+import sys
+import time
 
 import pytest
 import torch
 
 from evalkit.methods.fourdgs.config import FourDGSConfig
-from evalkit.methods.fourdgs.kernel_warmup import compile_kernels
+from evalkit.methods.fourdgs.kernel_warmup import BackgroundCompile, compile_kernels, main
+from evalkit.metrics.contention import ContentionWatch
 
 TINY = dict(feature_dim=8, resolution=[16, 16, 16, 8], multires=[1, 2], net_width=32)
 
@@ -20,8 +25,82 @@ def test_a_kernel_falling_back_is_logged(monkeypatch):
 
     monkeypatch.setattr(kernel_warmup, "compile_kernels", lambda cfg, device: (1.0, ["HexPlane lookup: boom"]))
     lines: list[str] = []
-    kernel_warmup.prepare(FourDGSConfig(**TINY), torch.device("cuda"), lines.append)
+    kernel_warmup.BackgroundCompile(FourDGSConfig(**TINY), torch.device("cpu")).finish(lines.append)
     assert lines == ["Triton kernel unavailable, training uses the PyTorch path: HexPlane lookup: boom"]
+
+
+def _child(code: str, timeout: float = 60.0) -> BackgroundCompile:
+    """A ``BackgroundCompile`` whose child runs ``code`` (no GPU needed to test the plumbing)."""
+    bc = BackgroundCompile(FourDGSConfig(**TINY), torch.device("cpu"), timeout=timeout)
+    bc._start([sys.executable, "-c", code])
+    return bc
+
+
+def test_a_failing_child_is_logged_with_its_error_and_the_kernels_compile_here(monkeypatch):
+    from evalkit.methods.fourdgs import kernel_warmup
+
+    here: list[str] = []
+    monkeypatch.setattr(kernel_warmup, "compile_kernels", lambda cfg, device: (here.append("compiled"), (0.0, []))[1])
+    bc = _child("import sys; sys.stderr.write('ptxas exploded'); sys.exit(3)")
+    lines: list[str] = []
+    bc.finish(lines.append)
+    assert lines == ["background kernel compile exited with 3: ptxas exploded; compiling in this process"]
+    assert here == ["compiled"] and bc.proc is None
+
+
+def test_a_hanging_child_is_killed_at_the_timeout():
+    bc = _child("import time; time.sleep(60)", timeout=0.5)
+    proc = bc.proc
+    lines: list[str] = []
+    t0 = time.perf_counter()
+    bc.finish(lines.append)
+    assert time.perf_counter() - t0 < 30
+    assert proc.poll() is not None and bc.proc is None
+    assert lines == ["background kernel compile timed out: no output; compiling in this process"]
+
+
+def test_a_successful_child_is_waited_for_and_its_report_logged():
+    bc = _child("import time; time.sleep(0.3); print('compiled in 0.3 s')")
+    lines: list[str] = []
+    assert bc.finish(lines.append) >= 0.2 and lines == ["background kernel compile: compiled in 0.3 s"]
+
+
+def test_a_running_child_is_not_counted_as_another_job_on_the_gpu(monkeypatch):
+    """The contention watch subtracts the job's own helpers (they hold a CUDA context on a GPU
+    job) while they run; a finished helper no longer hides another process."""
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)  # this process: no context
+    bc = _child("import time; time.sleep(60)")
+    try:
+        watch = ContentionWatch(torch.device("cuda"), count_gpu=lambda d: 1, load=lambda: 0.0)
+        watch.sample("child running")
+        bc.close()
+        watch.sample("child gone")
+        assert [n for _, n, _ in watch.samples] == [0, 1]
+    finally:
+        bc.close()
+
+
+def test_method_train_stops_the_child_when_training_fails(monkeypatch):
+    """A job that fails in training leaves no compiler process behind."""
+    from evalkit.methods import fourdgs
+    from evalkit.methods.base import Budget, RatePoint, TrainContext
+
+    method = fourdgs.FourDGS()
+    method._kernels = bc = _child("import time; time.sleep(60)")
+    proc = bc.proc
+
+    def boom(*a, **k):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(fourdgs, "train", boom)
+    ctx = TrainContext(device=torch.device("cpu"), budget=Budget(), config={})
+    with pytest.raises(RuntimeError, match="out of memory"):
+        method.train(None, RatePoint("default"), ctx)
+    assert proc.poll() is not None and method._kernels is None
+
+
+def test_the_child_entry_point_compiles_nothing_off_cuda():
+    assert main([json.dumps(FourDGSConfig(**TINY).to_dict()), "cpu"]) == 0
 
 
 @pytest.mark.gpu
@@ -50,3 +129,18 @@ def test_one_compiled_variant_for_any_point_count():
         field.grid(xyz, 0.3).sum().backward()
     torch.cuda.synchronize()
     assert [len(k.device_caches[dev][0]) for k in kernels] == variants
+
+
+@pytest.mark.gpu
+def test_the_background_child_fills_the_triton_cache(tmp_path, monkeypatch):
+    """The child compiles the configuration's kernels into Triton's on-disk cache (where this
+    process then finds them), with no error logged."""
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    bc = BackgroundCompile(FourDGSConfig(**TINY), torch.device("cuda"))
+    assert bc.proc is not None
+    bc.proc.wait(timeout=600)
+    assert bc.proc.returncode == 0, bc._tail(bc._stderr)
+    assert list(tmp_path.rglob("*.cubin"))
+    lines: list[str] = []
+    bc.finish(lines.append)
+    assert len(lines) == 1 and lines[0].startswith("background kernel compile: compiled in ")

@@ -12,7 +12,7 @@ from evalkit.methods.base import RatePoint, TrainContext
 from evalkit.methods.fourdgs import codec
 from evalkit.methods.fourdgs.config import FourDGSConfig
 from evalkit.methods.fourdgs.export import export_ply
-from evalkit.methods.fourdgs.kernel_warmup import prepare as prepare_kernels
+from evalkit.methods.fourdgs.kernel_warmup import BackgroundCompile, finish_background, warm_rasteriser
 from evalkit.methods.fourdgs.model import FourDGSModel
 from evalkit.methods.fourdgs.trainer import train
 
@@ -48,15 +48,34 @@ class FourDGS:
         cfg = FourDGSConfig.from_dict({**ctx.config, **rate.params}, source="methods/4dgs.toml")
         return cfg.scaled_schedule(ctx.budget.iterations)
 
+    _kernels: BackgroundCompile | None = None
+
     def train(self, scene: Scene, rate: RatePoint, ctx: TrainContext) -> FourDGSTrained:
         cfg = self.config(rate, ctx)
-        model, stages = train(scene, cfg, ctx.device, progress=ctx.progress, log=ctx.log, seed=ctx.budget.seed)
+        try:
+            model, stages = train(scene, cfg, ctx.device, progress=ctx.progress, log=ctx.log, seed=ctx.budget.seed,
+                                  before_fine=lambda: finish_background(self._kernels, ctx.log))
+        finally:
+            self._close_kernels()
         return FourDGSTrained(model, cfg, {s.stage: {"iterations": s.iterations, "seconds": s.seconds,
                                                      "gaussians": s.num_gaussians} for s in stages})
 
     def prepare_training(self, rate: RatePoint, ctx: TrainContext) -> None:
-        """Compile the fine stage's Triton kernels (one-time setup, timed apart by the runner)."""
-        prepare_kernels(self.config(rate, ctx), ctx.device, ctx.log)
+        """One-time setup (timed apart by the runner): start compiling the fine stage's Triton
+        kernels in a child process, which runs on while the coarse stage trains (``train`` waits
+        for it, inside the training time, before the fine stage), and load gsplat's extension."""
+        self._close_kernels()
+        self._kernels = BackgroundCompile(self.config(rate, ctx), ctx.device)
+        try:
+            warm_rasteriser(ctx.device)
+        except BaseException:
+            self._close_kernels()
+            raise
+
+    def _close_kernels(self) -> None:
+        kernels, self._kernels = self._kernels, None
+        if kernels is not None:
+            kernels.close()
 
     def decode(self, bits: Bitstream, device: torch.device, source: str = "<bitstream>") -> FourDGSTrained:
         model, cfg = codec.decode(bits, device, source)

@@ -1,17 +1,29 @@
-"""Compile the fine stage's Triton kernels before training is timed.
+"""Compile the fine stage's Triton kernels before the fine stage needs them.
 
 The HexPlane lookup (``hexplane_triton``) and the regulariser (``plane_regulariser``) are Triton
 kernels compiled on first use for the configuration's plane shapes. On a cold Triton cache that
 took tens of seconds on an H200 (HyperNeRF's configuration: two stalls of about 30 s inside the
 fine stage, one per specialisation of the point count, before the count was unspecialised), and it
-happens once per machine and configuration (Triton caches the binaries on disk). Like gsplat's
-extension build it is setup, not training: ``compile_kernels`` runs every kernel once on a
-throwaway deformation field of the same shapes, and the runner records its time apart
-(``timings["training_setup_s"]``).
+happens once per machine and configuration (Triton caches the binaries on disk).
+``compile_kernels`` runs every kernel once on a throwaway deformation field of the same shapes.
+
+The coarse stage (static 3DGS) needs none of these kernels, so ``BackgroundCompile`` runs
+``compile_kernels`` in a child Python process (``main``) while the coarse stage trains: the child
+fills Triton's on-disk cache; ``finish``, called before the fine stage and inside the training
+timer, waits for it and then loads the binaries in this process. A process, not a thread: the
+coarse stage is bound by host-side Python, and a compiler in the same interpreter would compete
+with it for the GIL. Any wait is training time. A child that fails or hangs costs only its time:
+``finish`` then compiles in this process.
 """
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -19,6 +31,7 @@ from evalkit.methods.fourdgs import hexplane_triton
 from evalkit.methods.fourdgs.config import FourDGSConfig
 from evalkit.methods.fourdgs.deformation import DeformationField
 from evalkit.methods.fourdgs.plane_regulariser import PlaneRegulariser
+from evalkit.metrics import contention
 
 
 def compile_kernels(cfg: FourDGSConfig, device: torch.device, points: int = 1000) -> tuple[float, list[str]]:
@@ -47,9 +60,113 @@ def compile_kernels(cfg: FourDGSConfig, device: torch.device, points: int = 1000
     return time.perf_counter() - t0, failed
 
 
-def prepare(cfg: FourDGSConfig, device: torch.device, log) -> None:
-    """``compile_kernels`` for a method's ``prepare_training``; says in the job log when a kernel
-    fell back to PyTorch."""
-    _, failed = compile_kernels(cfg, device)
+def warm_rasteriser(device: torch.device, sh_degree: int = 3) -> float:
+    """Render a few Gaussians on ``device`` forwards and backwards, so that loading gsplat's CUDA
+    extension (and its kernels' modules) happens here, once per process, and not in the first
+    training step. Returns the seconds taken; 0.0 off CUDA. Random state untouched."""
+    if device.type != "cuda":
+        return 0.0
+    from evalkit.render.api import rasterize
+
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=[device]):
+        n = 16
+        means = (torch.rand(n, 3, device=device) - 0.5).requires_grad_(True)
+        quats = torch.zeros(n, 4, device=device)
+        quats[:, 0] = 1.0
+        scales = torch.full((n, 3), 0.05, device=device)
+        sh = torch.zeros(n, (sh_degree + 1) ** 2, 3, device=device)
+        K = torch.tensor([[16.0, 0.0, 8.0], [0.0, 16.0, 8.0], [0.0, 0.0, 1.0]], device=device)
+        viewmat = torch.eye(4, device=device)
+        viewmat[2, 3] = 2.0
+        out = rasterize(means, quats, scales, torch.full((n,), 0.5, device=device), sh, viewmat, K, 16, 16,
+                        sh_degree=sh_degree, background=torch.ones(3, device=device))
+        out.image.sum().backward()
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
+
+
+class BackgroundCompile:
+    """``compile_kernels`` in a child process from construction until ``finish``. Off CUDA there
+    is nothing to compile and no child."""
+
+    def __init__(self, cfg: FourDGSConfig, device: torch.device, timeout: float = 900.0) -> None:
+        self.cfg, self.device, self.timeout = cfg, device, timeout
+        self.proc: subprocess.Popen | None = None
+        self._stderr = self._stdout = None
+        self._t0 = time.perf_counter()
+        if device.type == "cuda":
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            self._start([sys.executable, "-c", f"import sys; from {__name__} import main; sys.exit(main())",
+                         json.dumps(cfg.to_dict()), f"cuda:{index}"])
+
+    def _start(self, argv: list[str]) -> None:
+        self._stderr = tempfile.TemporaryFile()
+        env = dict(os.environ)  # the child imports this evalkit, installed or not
+        root = str(Path(__file__).resolve().parents[3])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+        self._stdout = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._stdout,
+                                     stderr=self._stderr, env=env)
+        contention.register_helper(self.proc)  # its CUDA context is ours, not another job's
+
+    def finish(self, log) -> float:
+        """Wait for the child, then run ``compile_kernels`` here (Triton's disk cache hits when the
+        child succeeded; a compile here when it did not). Returns the seconds this call took."""
+        t0 = time.perf_counter()
+        if self.proc is not None:
+            try:
+                rc = self.proc.wait(timeout=max(0.0, self.timeout - (t0 - self._t0)))
+            except subprocess.TimeoutExpired:
+                rc = None
+            if rc != 0:
+                log(f"background kernel compile {'timed out' if rc is None else f'exited with {rc}'}: "
+                    f"{self._tail(self._stderr) or 'no output'}; compiling in this process")
+            elif said := self._tail(self._stdout, 200):
+                log(f"background kernel compile: {said}")
+            self.close()
+        _, failed = compile_kernels(self.cfg, self.device)
+        for f in failed:
+            log(f"Triton kernel unavailable, training uses the PyTorch path: {f}")
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        """Stop the child if it still runs (a failed job must not leave it behind). Idempotent."""
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            contention.unregister_helper(self.proc)
+            self.proc = None
+        for f in (self._stdout, self._stderr):
+            if f is not None:
+                f.close()
+        self._stdout = self._stderr = None
+
+    @staticmethod
+    def _tail(f, chars: int = 400) -> str:
+        if f is None:
+            return ""
+        f.seek(0)
+        return f.read().decode(errors="replace").strip()[-chars:]
+
+
+def finish_background(kernels: BackgroundCompile | None, log) -> None:
+    """Before a fine stage: wait for a method's ``BackgroundCompile`` (started by its
+    ``prepare_training``) and load its kernels. None (no ``prepare_training``, e.g. a direct
+    ``train`` call): nothing to wait for, the kernels compile at their first use."""
+    if kernels is not None:
+        log(f"fine-stage kernels ready after {kernels.finish(log):.1f} s (waiting for the background compile)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The child of ``BackgroundCompile``, arguments ``CONFIG_JSON DEVICE``; returns its exit status
+    (1 when a kernel failed to compile, with the errors on stderr)."""
+    t0 = time.perf_counter()
+    args = sys.argv[1:] if argv is None else argv
+    cfg = FourDGSConfig.from_dict(json.loads(args[0]), source="background kernel compile")
+    seconds, failed = compile_kernels(cfg, torch.device(args[1]))
     for f in failed:
-        log(f"Triton kernel unavailable, training uses the PyTorch path: {f}")
+        print(f, file=sys.stderr)
+    print(f"compiled in {seconds:.1f} s in the child (after {time.perf_counter() - t0:.1f} s of start-up)")
+    return 1 if failed else 0

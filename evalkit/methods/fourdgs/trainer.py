@@ -206,13 +206,14 @@ def build_model(scene: Scene, cfg: FourDGSConfig, device: torch.device) -> FourD
 def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=None, log=None,
           seed: int = 0, model: FourDGSModel | None = None, stages: tuple[str, ...] = ("coarse", "fine"),
           extra_loss=None, extra_optimizer=None, bank: "ImageBank | None" = None,
-          ) -> tuple[FourDGSModel, list[StageStats]]:
+          before_fine=None) -> tuple[FourDGSModel, list[StageStats]]:
     """Train 4DGS on ``scene``'s train split.
 
     Hooks for methods built on 4DGS (4DGS-CC) so they need not copy this loop: ``model`` (a
     ``FourDGSModel`` or subclass to train instead of a fresh one, e.g. after a shared coarse
     stage), ``stages`` (which stages to run), ``extra_loss(model, stage, step) -> Tensor`` (added
-    to the loss, e.g. rate terms) and ``extra_optimizer`` (stepped with the others)."""
+    to the loss, e.g. rate terms), ``extra_optimizer`` (stepped with the others) and
+    ``before_fine()`` (called before the fine stage starts, e.g. to wait for its kernels)."""
     progress = progress or (lambda it, total, stats: None)
     log = log or (lambda msg: None)
     torch.manual_seed(seed)
@@ -239,6 +240,8 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
     for stage, iters in schedule:
         if iters <= 0:
             continue
+        if stage == "fine" and before_fine is not None:
+            before_fine()
         t0 = time.perf_counter()
         fine = stage == "fine"
         opts = _optimizers(model, cfg, extent)
@@ -298,6 +301,10 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
                     reset_opa(model.gaussians, opts, state, value=cfg.prune_opacity * 2.0)
             optimizers.step()
             optimizers.zero_grad()
+            if step == 1:  # one synchronisation: first-use costs (lazy loading, compiles) show here
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                log(f"{stage} stage: first step done {time.perf_counter() - t0:.2f} s after the stage began")
 
             if report:
                 lv = float(loss.detach())

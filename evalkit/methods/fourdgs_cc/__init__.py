@@ -56,7 +56,7 @@ from evalkit.codec import arith
 from evalkit.data.scene import Camera, Scene
 from evalkit.methods.base import RatePoint, TrainContext
 from evalkit.methods.fourdgs.export import export_ply
-from evalkit.methods.fourdgs.kernel_warmup import prepare as prepare_kernels
+from evalkit.methods.fourdgs.kernel_warmup import BackgroundCompile, finish_background, warm_rasteriser
 from evalkit.methods.fourdgs.model import FourDGSModel
 from evalkit.methods.fourdgs_cc import codec
 from evalkit.methods.fourdgs_cc.coded import CodedScene, finalize
@@ -178,12 +178,17 @@ def resolve_config(ctx: TrainContext, rate: RatePoint) -> tuple[FourDGSConfig, C
 
 class FourDGSCC:
     name = "4dgs-cc"
+    _kernels: BackgroundCompile | None = None
 
     def train(self, scene: Scene, rate: RatePoint, ctx: TrainContext) -> FourDGSCCTrained:
         fcfg, cc = resolve_config(ctx, rate)
         ctx.log(f"4dgs-cc rate point {rate.name}: lambda_e={cc.lambda_e}, lambda_c={cc.lambda_c}, "
                 f"codebook={cc.codebook_size}")
-        base, reused, coarse_stats = coarse_stage(scene, fcfg, ctx)
+        try:
+            base, reused, coarse_stats = coarse_stage(scene, fcfg, ctx)
+            finish_background(self._kernels, ctx.log)
+        finally:
+            self._close_kernels()
         model, stats = fine_stage(scene, fcfg, cc, base, ctx)
         stats["coarse"] = coarse_stats
         ctx.log(f"fine stage done: {model.num_primitives()} Gaussians, VQ {stats['vq']}, "
@@ -193,10 +198,22 @@ class FourDGSCC:
         return FourDGSCCTrained(model, fcfg, cc, stats, reused=note)
 
     def prepare_training(self, rate: RatePoint, ctx: TrainContext) -> None:
-        """Compile 4DGS's fine-stage Triton kernels (HexPlane lookup, regulariser) before the
-        training timer; 4DGS-CC's own NVCC recurrence kernels still compile on first use."""
+        """As 4DGS's: start compiling 4DGS's fine-stage Triton kernels (HexPlane lookup,
+        regulariser) in a child process while the coarse stage trains, and load gsplat's
+        extension. 4DGS-CC's own NVCC recurrence kernels still compile on first use."""
         fcfg, _ = resolve_config(ctx, rate)
-        prepare_kernels(fcfg, ctx.device, ctx.log)
+        self._close_kernels()
+        self._kernels = BackgroundCompile(fcfg, ctx.device)
+        try:
+            warm_rasteriser(ctx.device)
+        except BaseException:
+            self._close_kernels()
+            raise
+
+    def _close_kernels(self) -> None:
+        kernels, self._kernels = self._kernels, None
+        if kernels is not None:
+            kernels.close()
 
     def prepare_coding(self) -> None:
         """Build torchac (a C++ extension compiled at first import, ~15 s) before the encode timer."""
