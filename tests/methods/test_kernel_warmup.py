@@ -3,6 +3,7 @@ stage trains) and the unspecialised point count of the HexPlane kernels."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 
@@ -98,6 +99,21 @@ def test_method_train_stops_the_child_when_training_fails(monkeypatch):
     with pytest.raises(RuntimeError, match="out of memory"):
         method.train(None, RatePoint("default"), ctx)
     assert proc.poll() is not None and method._kernels is None
+
+
+def test_after_warm_up_the_first_optimiser_imports_nothing():
+    """torch imports torch._dynamo (seconds) at the first optimiser's add_param_group: ``warm_up``
+    (setup) pays it, so a job's first training step does not. A fresh interpreter, so nothing
+    earlier in this test session has imported it already."""
+    code = ("import sys, torch\n"
+            "from evalkit.methods.fourdgs.kernel_warmup import warm_up\n"
+            "warm_up(torch.device('cpu'))\n"
+            "before = set(sys.modules)\n"
+            "torch.optim.Adam([torch.zeros(3, requires_grad=True)], lr=0.1)\n"
+            "print(sorted(set(sys.modules) - before))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def test_the_child_entry_point_compiles_nothing_off_cuda():

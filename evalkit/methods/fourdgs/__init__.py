@@ -12,7 +12,7 @@ from evalkit.methods.base import RatePoint, TrainContext
 from evalkit.methods.fourdgs import codec
 from evalkit.methods.fourdgs.config import FourDGSConfig
 from evalkit.methods.fourdgs.export import export_ply
-from evalkit.methods.fourdgs.kernel_warmup import BackgroundCompile, finish_background, warm_rasteriser
+from evalkit.methods.fourdgs.kernel_warmup import BackgroundCompile, finish_background, warm_up
 from evalkit.methods.fourdgs.model import FourDGSModel
 from evalkit.methods.fourdgs.trainer import train
 
@@ -63,11 +63,12 @@ class FourDGS:
     def prepare_training(self, rate: RatePoint, ctx: TrainContext) -> None:
         """One-time setup (timed apart by the runner): start compiling the fine stage's Triton
         kernels in a child process, which runs on while the coarse stage trains (``train`` waits
-        for it, inside the training time, before the fine stage), and load gsplat's extension."""
+        for it, inside the training time, before the fine stage), and pay the per-process
+        first-use costs (``warm_up``)."""
         self._close_kernels()
         self._kernels = BackgroundCompile(self.config(rate, ctx), ctx.device)
         try:
-            warm_rasteriser(ctx.device)
+            warm_up(ctx.device)
         except BaseException:
             self._close_kernels()
             raise

@@ -60,15 +60,18 @@ def compile_kernels(cfg: FourDGSConfig, device: torch.device, points: int = 1000
     return time.perf_counter() - t0, failed
 
 
-def warm_rasteriser(device: torch.device, sh_degree: int = 3) -> float:
-    """Render a few Gaussians on ``device`` forwards and backwards, so that loading gsplat's CUDA
-    extension (and its kernels' modules) happens here, once per process, and not in the first
-    training step. Returns the seconds taken; 0.0 off CUDA. Random state untouched."""
+def warm_up(device: torch.device, sh_degree: int = 3) -> float:
+    """Per-process first-use costs, paid here (setup) instead of in a job's first training step:
+    torch imports ``torch._dynamo`` (with sympy and FSDP) lazily at the first optimiser's
+    ``add_param_group`` (a first coarse step took 4.0-4.7 s on the lent H200, almost all of it
+    that import by cProfile); and on CUDA, loading gsplat's extension: a few Gaussians rendered
+    forwards and backwards. Returns the seconds taken. Random state untouched."""
+    t0 = time.perf_counter()
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # its add_param_group imports torch._dynamo
     if device.type != "cuda":
-        return 0.0
+        return time.perf_counter() - t0
     from evalkit.render.api import rasterize
 
-    t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[device]):
         n = 16
         means = (torch.rand(n, 3, device=device) - 0.5).requires_grad_(True)

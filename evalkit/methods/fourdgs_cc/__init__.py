@@ -56,7 +56,7 @@ from evalkit.codec import arith
 from evalkit.data.scene import Camera, Scene
 from evalkit.methods.base import RatePoint, TrainContext
 from evalkit.methods.fourdgs.export import export_ply
-from evalkit.methods.fourdgs.kernel_warmup import BackgroundCompile, finish_background, warm_rasteriser
+from evalkit.methods.fourdgs.kernel_warmup import BackgroundCompile, finish_background, warm_up
 from evalkit.methods.fourdgs.model import FourDGSModel
 from evalkit.methods.fourdgs_cc import codec
 from evalkit.methods.fourdgs_cc.coded import CodedScene, finalize
@@ -199,13 +199,14 @@ class FourDGSCC:
 
     def prepare_training(self, rate: RatePoint, ctx: TrainContext) -> None:
         """As 4DGS's: start compiling 4DGS's fine-stage Triton kernels (HexPlane lookup,
-        regulariser) in a child process while the coarse stage trains, and load gsplat's
-        extension. 4DGS-CC's own NVCC recurrence kernels still compile on first use."""
+        regulariser) in a child process while the coarse stage trains, and pay the per-process
+        first-use costs (``warm_up``). 4DGS-CC's own NVCC recurrence kernels still compile on
+        first use."""
         fcfg, _ = resolve_config(ctx, rate)
         self._close_kernels()
         self._kernels = BackgroundCompile(fcfg, ctx.device)
         try:
-            warm_rasteriser(ctx.device)
+            warm_up(ctx.device)
         except BaseException:
             self._close_kernels()
             raise
