@@ -9,7 +9,7 @@ densification does) until the count is reached, so a step costs what it costs la
 (lego ends near 95k). Each variant then runs ``--steps`` fine steps of the trainer itself
 (``train(stages=("fine",))``, refinement off so the count stays fixed) after a warm-up, from a copy
 of the same model; a variant names the HexPlane lookup and regulariser backends (torch or
-triton), and ``/graphs`` after them replays the deformation field as CUDA graphs. Printed: wall-clock ms per step (unsynchronised, as in training) and, with
+triton). Printed: wall-clock ms per step (unsynchronised, as in training) and, with
 ``--profile``, the GPU time per step summed over kernels and the busiest operators: when the GPU
 time is well below the wall time the loop is bound by host-side launch overhead.
 ``--host-profile`` adds a cProfile of 100 steps: which Python functions the host time goes to.
@@ -33,24 +33,22 @@ from evalkit.methods.fourdgs.trainer import ImageBank, train
 
 
 def step_time(model: FourDGSModel, scene, cfg: FourDGSConfig, device: torch.device, steps: int,
-              bank: ImageBank, profile: bool, host_profile: bool = False, graphs: bool = False) -> dict[str, float]:
+              bank: ImageBank, profile: bool, host_profile: bool = False) -> dict[str, float]:
     fixed = replace(cfg, iterations=steps, densify_from_iter=10**9, densify_until_iter=0,
                     opacity_reset_interval=10**9)
     warm = copy.deepcopy(model)
-    train(scene, replace(fixed, iterations=min(30, steps)), device, model=warm, stages=("fine",), bank=bank,
-          cuda_graphs=graphs)
+    train(scene, replace(fixed, iterations=min(30, steps)), device, model=warm, stages=("fine",), bank=bank)
     del warm
     out: dict[str, float] = {}
     run = copy.deepcopy(model)
-    _, stats = train(scene, fixed, device, model=run, stages=("fine",), bank=bank, cuda_graphs=graphs)
+    _, stats = train(scene, fixed, device, model=run, stages=("fine",), bank=bank)
     out["wall ms/step"] = 1e3 * stats[0].seconds / steps
     if profile and device.type == "cuda":
         from torch.profiler import ProfilerActivity, profile as prof
         run = copy.deepcopy(model)
         n = min(steps, 50)
         with prof(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as p:
-            train(scene, replace(fixed, iterations=n), device, model=run, stages=("fine",), bank=bank,
-                  cuda_graphs=graphs)
+            train(scene, replace(fixed, iterations=n), device, model=run, stages=("fine",), bank=bank)
         ev = p.key_averages()
         gpu_us = sum(e.self_device_time_total for e in ev)
         out["GPU kernel ms/step (profiled)"] = gpu_us / 1e3 / n
@@ -63,8 +61,7 @@ def step_time(model: FourDGSModel, scene, cfg: FourDGSConfig, device: torch.devi
         run = copy.deepcopy(model)
         n = min(steps, 100)
         with cProfile.Profile() as cp:
-            train(scene, replace(fixed, iterations=n), device, model=run, stages=("fine",), bank=bank,
-                  cuda_graphs=graphs)
+            train(scene, replace(fixed, iterations=n), device, model=run, stages=("fine",), bank=bank)
         print(f"host time by function over {n} steps (cProfile; its own overhead inflates Python-heavy rows):")
         st = pstats.Stats(cp)
         st.sort_stats("tottime").print_stats(30)
@@ -80,8 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--grow-to", type=int, default=0)
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--variants", default="auto/auto",
-                    help="comma-separated LOOKUP/REGULARISER backend pairs, e.g. torch/torch,triton/triton; "
-                         "a third part /graphs replays the deformation field as CUDA graphs (as 4dgs trains)")
+                    help="comma-separated LOOKUP/REGULARISER backend pairs, e.g. torch/torch,triton/triton")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--host-profile", action="store_true", help="cProfile 100 steps: where the host time goes")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -97,11 +93,10 @@ def main(argv: list[str] | None = None) -> None:
         grow(model, a.grow_to)
         print(f"grown to {model.num_primitives()} Gaussians by splitting")
     for variant in a.variants.split(","):
-        backend, reg, *rest = variant.split("/") + ["auto"]
+        backend, _, reg = variant.partition("/")
         HexPlane.backend = backend
-        PlaneRegulariser.backend = reg
-        res = step_time(model, scene, cfg, device, a.steps, bank, a.profile, a.host_profile,
-                        graphs=rest[:1] == ["graphs"])
+        PlaneRegulariser.backend = reg or "auto"
+        res = step_time(model, scene, cfg, device, a.steps, bank, a.profile, a.host_profile)
         print(f"variant {variant}: " + ", ".join(f"{k} {v:.3f}" for k, v in res.items()), flush=True)
     print(f"total {time.perf_counter() - t0:.1f} s")
 
