@@ -54,7 +54,7 @@ class FourDGS:
         cfg = self.config(rate, ctx)
         try:
             model, stages = train(scene, cfg, ctx.device, progress=ctx.progress, log=ctx.log, seed=ctx.budget.seed,
-                                  before_fine=lambda: finish_background(self._kernels, ctx.log), cuda_graphs=True)
+                                  before_fine=lambda: finish_background(self._kernels, ctx.log))
         finally:
             self._close_kernels()
         return FourDGSTrained(model, cfg, {s.stage: {"iterations": s.iterations, "seconds": s.seconds,

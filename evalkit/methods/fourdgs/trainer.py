@@ -175,8 +175,7 @@ def views_loss(model: FourDGSModel, frames: list[Frame], bank: ImageBank, picks:
         loss = (images - gt).abs().mean()  # equal-sized views: the mean of the views' L1
         mse_sum = (images.detach() - gt).square().mean() * n if report else 0.0
     else:
-        # the time as a device tensor (a 0-d view, no copy): what a CUDA-graphed field takes
-        outs = [model.rasterize(frames[i].camera, times[i], deform=fine, sh_degree=sh_degree) for i in picks]
+        outs = [model.rasterize(frames[i].camera, frames[i].time, deform=fine, sh_degree=sh_degree) for i in picks]
         images, infos = [o.image for o in outs], [o.info for o in outs]
         loss = sum((im - g).abs().mean() for im, g in zip(images, gts)) / n
         mse_sum = sum((im.detach() - g).square().mean() for im, g in zip(images, gts)) if report else 0.0
@@ -207,16 +206,14 @@ def build_model(scene: Scene, cfg: FourDGSConfig, device: torch.device) -> FourD
 def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=None, log=None,
           seed: int = 0, model: FourDGSModel | None = None, stages: tuple[str, ...] = ("coarse", "fine"),
           extra_loss=None, extra_optimizer=None, bank: "ImageBank | None" = None,
-          before_fine=None, cuda_graphs: bool = False) -> tuple[FourDGSModel, list[StageStats]]:
+          before_fine=None) -> tuple[FourDGSModel, list[StageStats]]:
     """Train 4DGS on ``scene``'s train split.
 
     Hooks for methods built on 4DGS (4DGS-CC) so they need not copy this loop: ``model`` (a
     ``FourDGSModel`` or subclass to train instead of a fresh one, e.g. after a shared coarse
     stage), ``stages`` (which stages to run), ``extra_loss(model, stage, step) -> Tensor`` (added
     to the loss, e.g. rate terms), ``extra_optimizer`` (stepped with the others) and
-    ``before_fine()`` (called before the fine stage starts, e.g. to wait for its kernels).
-    ``cuda_graphs``: on CUDA, the fine stage replays the deformation field as CUDA graphs
-    (``DeformationField.use_cuda_graphs``)."""
+    ``before_fine()`` (called before the fine stage starts, e.g. to wait for its kernels)."""
     progress = progress or (lambda it, total, stats: None)
     log = log or (lambda msg: None)
     torch.manual_seed(seed)
@@ -247,8 +244,6 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
             before_fine()
         t0 = time.perf_counter()
         fine = stage == "fine"
-        graphs = fine and cuda_graphs and device.type == "cuda"
-        deform.use_cuda_graphs(graphs)
         opts = _optimizers(model, cfg, extent)
         dopt = _deformation_optimizer(deform, cfg, extent) if fine else None
         regulariser = PlaneRegulariser(deform.grid, cfg.plane_tv_weight, cfg.time_smoothness_weight,
@@ -322,10 +317,6 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
                 psnr_note = f", train PSNR ~{ema_psnr:.2f}" if ema_psnr is not None else ""
                 log(f"{stage} stage: step {step}/{iters}, {time.perf_counter() - t0:.1f} s, "
                     f"{model.num_primitives()} Gaussians{psnr_note}")
-        if graphs:
-            log(f"{stage} stage: deformation field replayed as CUDA graphs, {deform.graph_captures} captures "
-                "(one per point count)")
-            deform.use_cuda_graphs(False)
         if regulariser is not None and regulariser.failed:
             log(f"HexPlane regularisers ran eagerly (fused kernel failed: {regulariser.failed})")
         if device.type == "cuda":
