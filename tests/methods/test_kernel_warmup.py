@@ -116,6 +116,21 @@ def test_after_warm_up_the_first_optimiser_imports_nothing():
     assert out.stdout.strip() == "[]"
 
 
+def test_no_child_for_shapes_this_process_has_compiled(monkeypatch):
+    """A second job with the same plane shapes (4DGS-CC's next rate point, a scene with the same
+    configuration) starts no child: loading the compiled kernels here takes milliseconds, a child
+    seconds to start. Other shapes still get one."""
+    from evalkit.methods.fourdgs import kernel_warmup
+
+    started: list[list[str]] = []
+    monkeypatch.setattr(BackgroundCompile, "_start", lambda self, argv: started.append(argv))
+    monkeypatch.setattr(kernel_warmup, "_COMPILED", {kernel_warmup.shapes_key(FourDGSConfig(**TINY))})
+    bc = BackgroundCompile(FourDGSConfig(**TINY, time_smoothness_weight=0.5), torch.device("cuda:0"))
+    assert bc.proc is None and started == []  # regulariser weights are not part of the shapes
+    BackgroundCompile(FourDGSConfig(**{**TINY, "resolution": [16, 16, 16, 9]}), torch.device("cuda:0"))
+    assert len(started) == 1 and started[0][-1] == "cuda:0"
+
+
 def test_the_child_entry_point_compiles_nothing_off_cuda():
     assert main([json.dumps(FourDGSConfig(**TINY).to_dict()), "cpu"]) == 0
 
@@ -152,7 +167,10 @@ def test_one_compiled_variant_for_any_point_count():
 def test_the_background_child_fills_the_triton_cache(tmp_path, monkeypatch):
     """The child compiles the configuration's kernels into Triton's on-disk cache (where this
     process then finds them), with no error logged."""
+    from evalkit.methods.fourdgs import kernel_warmup
+
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(kernel_warmup, "_COMPILED", set())  # earlier tests compiled these shapes here
     bc = BackgroundCompile(FourDGSConfig(**TINY), torch.device("cuda"))
     assert bc.proc is not None
     bc.proc.wait(timeout=600)
