@@ -6,7 +6,8 @@ boundary of a job and every ``every`` seconds during training (``during``), and 
   ``CUDA_VISIBLE_DEVICES`` remapping does not matter). Inside a container NVML reports host PIDs,
   which ours does not match, so the count is used: a process holding a CUDA context is one of
   them, the rest are others, less the job's own helper processes (``register_helper``: e.g. a
-  child compiling kernels while training runs). Without NVML (``nvidia-ml-py`` not installed) the GPU is "unknown".
+  child compiling kernels while training runs). Without NVML (``nvidia-ml-py`` not installed) the
+  GPU is "unknown".
 * Host (GPU jobs): the 1-minute load average against the CPU count (Linux / macOS); a GPU job
   itself keeps about one core busy. Busy means more than half the CPUs, a judgement rather than a
   calibrated limit: torch's CPU work (entropy coding, decoding) uses one thread per core by

@@ -131,6 +131,25 @@ def test_no_child_for_shapes_this_process_has_compiled(monkeypatch):
     assert len(started) == 1 and started[0][-1] == "cuda:0"
 
 
+def test_a_failing_warm_up_stops_the_child(monkeypatch):
+    from evalkit.methods.fourdgs import kernel_warmup
+
+    children: list[BackgroundCompile] = []
+    real_start = BackgroundCompile._start
+
+    def start(self, argv):  # a real child that would outlive the job
+        real_start(self, [sys.executable, "-c", "import time; time.sleep(60)"])
+        children.append((self, self.proc))
+
+    monkeypatch.setattr(kernel_warmup, "_COMPILED", set())
+    monkeypatch.setattr(kernel_warmup.BackgroundCompile, "_start", start)
+    monkeypatch.setattr(kernel_warmup, "warm_up", lambda device: (_ for _ in ()).throw(RuntimeError("no GPU")))
+    with pytest.raises(RuntimeError, match="no GPU"):
+        kernel_warmup.start_background(FourDGSConfig(**TINY), torch.device("cuda:0"))
+    (bc, proc), = children
+    assert bc.proc is None and proc.poll() is not None
+
+
 def test_the_child_entry_point_compiles_nothing_off_cuda():
     assert main([json.dumps(FourDGSConfig(**TINY).to_dict()), "cpu"]) == 0
 

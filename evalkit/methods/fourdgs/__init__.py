@@ -12,7 +12,7 @@ from evalkit.methods.base import RatePoint, TrainContext
 from evalkit.methods.fourdgs import codec
 from evalkit.methods.fourdgs.config import FourDGSConfig
 from evalkit.methods.fourdgs.export import export_ply
-from evalkit.methods.fourdgs.kernel_warmup import BackgroundCompile, finish_background, warm_up
+from evalkit.methods.fourdgs.kernel_warmup import BackgroundCompile, finish_background, start_background
 from evalkit.methods.fourdgs.model import FourDGSModel
 from evalkit.methods.fourdgs.trainer import train
 
@@ -66,12 +66,7 @@ class FourDGS:
         for it, inside the training time, before the fine stage), and pay the per-process
         first-use costs (``warm_up``)."""
         self._close_kernels()
-        self._kernels = BackgroundCompile(self.config(rate, ctx), ctx.device)
-        try:
-            warm_up(ctx.device)
-        except BaseException:
-            self._close_kernels()
-            raise
+        self._kernels = start_background(self.config(rate, ctx), ctx.device)
 
     def _close_kernels(self) -> None:
         kernels, self._kernels = self._kernels, None

@@ -168,6 +168,18 @@ class BackgroundCompile:
         return f.read().decode(errors="replace").strip()[-chars:]
 
 
+def start_background(cfg: FourDGSConfig, device: torch.device) -> BackgroundCompile:
+    """A method's ``prepare_training``: start the ``BackgroundCompile`` of ``cfg``'s kernels, then
+    ``warm_up`` in this process meanwhile (the child is stopped if that fails)."""
+    kernels = BackgroundCompile(cfg, device)
+    try:
+        warm_up(device)
+    except BaseException:
+        kernels.close()
+        raise
+    return kernels
+
+
 def finish_background(kernels: BackgroundCompile | None, log) -> None:
     """Before a fine stage: wait for a method's ``BackgroundCompile`` (started by its
     ``prepare_training``) and load its kernels. None (no ``prepare_training``, e.g. a direct

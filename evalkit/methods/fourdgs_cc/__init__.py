@@ -56,7 +56,7 @@ from evalkit.codec import arith
 from evalkit.data.scene import Camera, Scene
 from evalkit.methods.base import RatePoint, TrainContext
 from evalkit.methods.fourdgs.export import export_ply
-from evalkit.methods.fourdgs.kernel_warmup import BackgroundCompile, finish_background, warm_up
+from evalkit.methods.fourdgs.kernel_warmup import BackgroundCompile, finish_background, start_background
 from evalkit.methods.fourdgs.model import FourDGSModel
 from evalkit.methods.fourdgs_cc import codec
 from evalkit.methods.fourdgs_cc.coded import CodedScene, finalize
@@ -204,12 +204,7 @@ class FourDGSCC:
         first use."""
         fcfg, _ = resolve_config(ctx, rate)
         self._close_kernels()
-        self._kernels = BackgroundCompile(fcfg, ctx.device)
-        try:
-            warm_up(ctx.device)
-        except BaseException:
-            self._close_kernels()
-            raise
+        self._kernels = start_background(fcfg, ctx.device)
 
     def _close_kernels(self) -> None:
         kernels, self._kernels = self._kernels, None
