@@ -40,12 +40,8 @@ def gsplat_status() -> tuple[bool, str]:
     return True, f"gsplat {version}"
 
 
-def rasterize_gsplat(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor,
-                     colors: Tensor, viewmat: Tensor, K: Tensor, width: int, height: int, *,
-                     sh_degree: int | None = None, background: Tensor | None = None,
-                     near: float = 0.01, far: float = 1e10, absgrad: bool = False,
-                     packed: bool = False, antialiased: bool = False) -> RenderOutput:
-    """The gsplat backend of ``evalkit.render.rasterize`` (inputs already validated)."""
+def _rasterization(means: Tensor):
+    """gsplat's ``rasterization``, once it is known to run here on ``means``' dtype."""
     ok, reason = gsplat_status()
     if not ok:
         raise GsplatUnavailable(f"gsplat backend unavailable: {reason}")
@@ -53,6 +49,17 @@ def rasterize_gsplat(means: Tensor, quats: Tensor, scales: Tensor, opacities: Te
         raise ValueError(f"gsplat backend needs float32 tensors, got {means.dtype}; "
                          "use backend='torch' for other precisions")
     from gsplat import rasterization
+
+    return rasterization
+
+
+def rasterize_gsplat(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor,
+                     colors: Tensor, viewmat: Tensor, K: Tensor, width: int, height: int, *,
+                     sh_degree: int | None = None, background: Tensor | None = None,
+                     near: float = 0.01, far: float = 1e10, absgrad: bool = False,
+                     packed: bool = False, antialiased: bool = False) -> RenderOutput:
+    """The gsplat backend of ``evalkit.render.rasterize`` (inputs already validated)."""
+    rasterization = _rasterization(means)
 
     # gsplat 1.5.3 rejects backgrounds in packed mode (rasterize_to_pixels asserts a
     # background of shape means2d.shape[:-2] + (D,) = (D,), but rasterization passes (C, D)).
@@ -76,12 +83,7 @@ def rasterize_views_gsplat(means: Tensor, quats: Tensor, scales: Tensor, opaciti
                            near: float = 0.01, far: float = 1e10) -> ViewsOutput:
     """B views, each of its own Gaussians (leading axis B), in one gsplat call (its batch
     dimensions): one projection / sort / rasterisation launch sequence instead of B."""
-    ok, reason = gsplat_status()
-    if not ok:
-        raise GsplatUnavailable(f"gsplat backend unavailable: {reason}")
-    if means.dtype != torch.float32:
-        raise ValueError(f"gsplat backend needs float32 tensors, got {means.dtype}")
-    from gsplat import rasterization
+    rasterization = _rasterization(means)
 
     b = means.shape[0]
     render, alpha, meta = rasterization(

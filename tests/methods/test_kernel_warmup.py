@@ -134,7 +134,7 @@ def test_no_child_for_shapes_this_process_has_compiled(monkeypatch):
 def test_a_failing_warm_up_stops_the_child(monkeypatch):
     from evalkit.methods.fourdgs import kernel_warmup
 
-    children: list[BackgroundCompile] = []
+    children: list[tuple] = []
     real_start = BackgroundCompile._start
 
     def start(self, argv):  # a real child that would outlive the job
@@ -144,10 +144,11 @@ def test_a_failing_warm_up_stops_the_child(monkeypatch):
     monkeypatch.setattr(kernel_warmup, "_COMPILED", set())
     monkeypatch.setattr(kernel_warmup.BackgroundCompile, "_start", start)
     monkeypatch.setattr(kernel_warmup, "warm_up", lambda device: (_ for _ in ()).throw(RuntimeError("no GPU")))
+    method = kernel_warmup.KernelsInBackground()
     with pytest.raises(RuntimeError, match="no GPU"):
-        kernel_warmup.start_background(FourDGSConfig(**TINY), torch.device("cuda:0"))
+        method.prepare_kernels(FourDGSConfig(**TINY), torch.device("cuda:0"))
     (bc, proc), = children
-    assert bc.proc is None and proc.poll() is not None
+    assert bc.proc is None and proc.poll() is not None and method._kernels is None
 
 
 def test_the_child_entry_point_compiles_nothing_off_cuda():

@@ -12,7 +12,7 @@ from evalkit.methods.base import RatePoint, TrainContext
 from evalkit.methods.fourdgs import codec
 from evalkit.methods.fourdgs.config import FourDGSConfig
 from evalkit.methods.fourdgs.export import export_ply
-from evalkit.methods.fourdgs.kernel_warmup import BackgroundCompile, finish_background, start_background
+from evalkit.methods.fourdgs.kernel_warmup import KernelsInBackground
 from evalkit.methods.fourdgs.model import FourDGSModel
 from evalkit.methods.fourdgs.trainer import train
 
@@ -39,7 +39,7 @@ class FourDGSTrained:
         return export_ply(self.model, path, t)
 
 
-class FourDGS:
+class FourDGS(KernelsInBackground):
     name = "4dgs"
 
     @staticmethod
@@ -48,15 +48,13 @@ class FourDGS:
         cfg = FourDGSConfig.from_dict({**ctx.config, **rate.params}, source="methods/4dgs.toml")
         return cfg.scaled_schedule(ctx.budget.iterations)
 
-    _kernels: BackgroundCompile | None = None
-
     def train(self, scene: Scene, rate: RatePoint, ctx: TrainContext) -> FourDGSTrained:
         cfg = self.config(rate, ctx)
         try:
             model, stages = train(scene, cfg, ctx.device, progress=ctx.progress, log=ctx.log, seed=ctx.budget.seed,
-                                  before_fine=lambda: finish_background(self._kernels, ctx.log))
+                                  before_fine=lambda: self.kernels_ready(ctx.log))
         finally:
-            self._close_kernels()
+            self.stop_kernels()
         return FourDGSTrained(model, cfg, {s.stage: {"iterations": s.iterations, "seconds": s.seconds,
                                                      "gaussians": s.num_gaussians} for s in stages})
 
@@ -65,13 +63,7 @@ class FourDGS:
         kernels in a child process, which runs on while the coarse stage trains (``train`` waits
         for it, inside the training time, before the fine stage), and pay the per-process
         first-use costs (``warm_up``)."""
-        self._close_kernels()
-        self._kernels = start_background(self.config(rate, ctx), ctx.device)
-
-    def _close_kernels(self) -> None:
-        kernels, self._kernels = self._kernels, None
-        if kernels is not None:
-            kernels.close()
+        self.prepare_kernels(self.config(rate, ctx), ctx.device)
 
     def decode(self, bits: Bitstream, device: torch.device, source: str = "<bitstream>") -> FourDGSTrained:
         model, cfg = codec.decode(bits, device, source)

@@ -71,7 +71,7 @@ def compile_kernels(cfg: FourDGSConfig, device: torch.device, points: int = 1000
     return time.perf_counter() - t0, failed
 
 
-def warm_up(device: torch.device, sh_degree: int = 3) -> float:
+def warm_up(device: torch.device) -> float:
     """Per-process first-use costs, paid here (setup) instead of in a job's first training step:
     torch imports ``torch._dynamo`` (with sympy and FSDP) lazily at the first optimiser's
     ``add_param_group`` (a first coarse step took 4.0-4.7 s on the lent H200, almost all of it
@@ -84,7 +84,7 @@ def warm_up(device: torch.device, sh_degree: int = 3) -> float:
     from evalkit.render.api import rasterize
 
     with torch.random.fork_rng(devices=[device]):
-        n = 16
+        n, sh_degree = 16, 3
         means = (torch.rand(n, 3, device=device) - 0.5).requires_grad_(True)
         quats = torch.zeros(n, 4, device=device)
         quats[:, 0] = 1.0
@@ -180,12 +180,28 @@ def start_background(cfg: FourDGSConfig, device: torch.device) -> BackgroundComp
     return kernels
 
 
-def finish_background(kernels: BackgroundCompile | None, log) -> None:
-    """Before a fine stage: wait for a method's ``BackgroundCompile`` (started by its
-    ``prepare_training``) and load its kernels. None (no ``prepare_training``, e.g. a direct
-    ``train`` call): nothing to wait for, the kernels compile at their first use."""
-    if kernels is not None:
-        log(f"fine-stage kernels ready after {kernels.finish(log):.1f} s (waiting for the background compile)")
+class KernelsInBackground:
+    """Mixin of a method built on the 4DGS trainer: ``prepare_kernels`` (from its
+    ``prepare_training``) starts ``start_background``; its training calls ``kernels_ready`` before
+    the fine stage and ``stop_kernels`` when it ends, however it ends. Without a
+    ``prepare_kernels`` (e.g. a direct ``train`` call) there is nothing to wait for: the kernels
+    compile at their first use."""
+
+    _kernels: BackgroundCompile | None = None
+
+    def prepare_kernels(self, cfg: FourDGSConfig, device: torch.device) -> None:
+        self.stop_kernels()
+        self._kernels = start_background(cfg, device)
+
+    def kernels_ready(self, log) -> None:
+        if self._kernels is not None:
+            log(f"fine-stage kernels ready after {self._kernels.finish(log):.1f} s "
+                "(waiting for the background compile)")
+
+    def stop_kernels(self) -> None:
+        kernels, self._kernels = self._kernels, None
+        if kernels is not None:
+            kernels.close()
 
 
 def main(argv: list[str] | None = None) -> int:

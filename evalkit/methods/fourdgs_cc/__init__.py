@@ -56,7 +56,7 @@ from evalkit.codec import arith
 from evalkit.data.scene import Camera, Scene
 from evalkit.methods.base import RatePoint, TrainContext
 from evalkit.methods.fourdgs.export import export_ply
-from evalkit.methods.fourdgs.kernel_warmup import BackgroundCompile, finish_background, start_background
+from evalkit.methods.fourdgs.kernel_warmup import KernelsInBackground
 from evalkit.methods.fourdgs.model import FourDGSModel
 from evalkit.methods.fourdgs_cc import codec
 from evalkit.methods.fourdgs_cc.coded import CodedScene, finalize
@@ -176,9 +176,8 @@ def resolve_config(ctx: TrainContext, rate: RatePoint) -> tuple[FourDGSConfig, C
     return fcfg.scaled_schedule(ctx.budget.iterations), cc
 
 
-class FourDGSCC:
+class FourDGSCC(KernelsInBackground):
     name = "4dgs-cc"
-    _kernels: BackgroundCompile | None = None
 
     def train(self, scene: Scene, rate: RatePoint, ctx: TrainContext) -> FourDGSCCTrained:
         fcfg, cc = resolve_config(ctx, rate)
@@ -186,9 +185,9 @@ class FourDGSCC:
                 f"codebook={cc.codebook_size}")
         try:
             base, reused, coarse_stats = coarse_stage(scene, fcfg, ctx)
-            finish_background(self._kernels, ctx.log)
+            self.kernels_ready(ctx.log)
         finally:
-            self._close_kernels()
+            self.stop_kernels()
         model, stats = fine_stage(scene, fcfg, cc, base, ctx)
         stats["coarse"] = coarse_stats
         ctx.log(f"fine stage done: {model.num_primitives()} Gaussians, VQ {stats['vq']}, "
@@ -203,13 +202,7 @@ class FourDGSCC:
         first-use costs (``warm_up``). 4DGS-CC's own NVCC recurrence kernels still compile on
         first use."""
         fcfg, _ = resolve_config(ctx, rate)
-        self._close_kernels()
-        self._kernels = start_background(fcfg, ctx.device)
-
-    def _close_kernels(self) -> None:
-        kernels, self._kernels = self._kernels, None
-        if kernels is not None:
-            kernels.close()
+        self.prepare_kernels(fcfg, ctx.device)
 
     def prepare_coding(self) -> None:
         """Build torchac (a C++ extension compiled at first import, ~15 s) before the encode timer."""
