@@ -1,7 +1,8 @@
 """The cost of one real 4DGS fine-stage step at a late-training Gaussian count.
 
     python -m evalkit.bench.fourdgs_step SCENE_DIR [--dataset dnerf] [--coarse 3000]
-        [--grow-to 95000] [--steps 300] [--variants torch/torch,triton/torch,triton/triton] [--profile] [--host-profile]
+        [--grow-to 95000] [--steps 300] [--variants torch/torch,triton/torch,triton/triton]
+        [--switches none,mlp,sh,mlp+sh] [--profile] [--host-profile]
 
 A real coarse stage (``--coarse`` iterations of the trainer) gives Gaussians on the scene's
 surfaces; ``--grow-to`` then splits random Gaussians (two children at 1/1.6 the scale, as
@@ -9,7 +10,10 @@ densification does) until the count is reached, so a step costs what it costs la
 (lego ends near 95k). Each variant then runs ``--steps`` fine steps of the trainer itself
 (``train(stages=("fine",))``, refinement off so the count stays fixed) after a warm-up, from a copy
 of the same model; a variant names the HexPlane lookup and regulariser backends (torch or
-triton). Printed: wall-clock ms per step (unsynchronised, as in training) and, with
+triton); each is run once per ``--switches`` entry, which turns on (+-joined) the host-side
+savings: ``mlp`` the deformation MLP as one autograd node (``DeformationField.fused``), ``sh``
+the gsplat backend's own SH step without a per-render sync (``gsplat_backend.OWN_SH_STEP``);
+``all`` is both (the default, as in training), ``none`` neither. Printed: wall-clock ms per step (unsynchronised, as in training) and, with
 ``--profile``, the GPU time per step summed over kernels and the busiest operators: when the GPU
 time is well below the wall time the loop is bound by host-side launch overhead.
 ``--host-profile`` adds a cProfile of 100 steps: which Python functions the host time goes to.
@@ -26,10 +30,12 @@ import torch
 
 from evalkit.bench.fourdgs import grow, load_bench_scene
 from evalkit.methods.fourdgs.config import FourDGSConfig
+from evalkit.methods.fourdgs.deformation import DeformationField
 from evalkit.methods.fourdgs.hexplane import HexPlane
 from evalkit.methods.fourdgs.model import FourDGSModel
 from evalkit.methods.fourdgs.plane_regulariser import PlaneRegulariser
 from evalkit.methods.fourdgs.trainer import ImageBank, train
+from evalkit.render import gsplat_backend
 
 
 def step_time(model: FourDGSModel, scene, cfg: FourDGSConfig, device: torch.device, steps: int,
@@ -78,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--variants", default="auto/auto",
                     help="comma-separated LOOKUP/REGULARISER backend pairs, e.g. torch/torch,triton/triton")
+    ap.add_argument("--switches", default="all", help="comma-separated: none, mlp, sh, mlp+sh, all")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--host-profile", action="store_true", help="cProfile 100 steps: where the host time goes")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -96,8 +103,15 @@ def main(argv: list[str] | None = None) -> None:
         backend, _, reg = variant.partition("/")
         HexPlane.backend = backend
         PlaneRegulariser.backend = reg or "auto"
-        res = step_time(model, scene, cfg, device, a.steps, bank, a.profile, a.host_profile)
-        print(f"variant {variant}: " + ", ".join(f"{k} {v:.3f}" for k, v in res.items()), flush=True)
+        for switch in a.switches.split(","):
+            on = {"mlp", "sh"} if switch == "all" else set(switch.split("+")) - {"none"}
+            if on - {"mlp", "sh"}:
+                ap.error(f"--switches: unknown {sorted(on - {'mlp', 'sh'})}")
+            DeformationField.fused = "mlp" in on
+            gsplat_backend.OWN_SH_STEP = "sh" in on
+            res = step_time(model, scene, cfg, device, a.steps, bank, a.profile, a.host_profile)
+            print(f"variant {variant} switches {switch}: " + ", ".join(f"{k} {v:.3f}" for k, v in res.items()),
+                  flush=True)
     print(f"total {time.perf_counter() - t0:.1f} s")
 
 

@@ -14,6 +14,11 @@ from torch import Tensor
 from evalkit.render.output import RenderOutput, ViewsOutput
 
 
+# True: SH colours from ``_sh_colors`` (no per-render device sync); False: gsplat's own step
+# (benchmarks compare the two; the images and gradients are the same, a GPU test checks).
+OWN_SH_STEP = True
+
+
 class GsplatUnavailable(RuntimeError):
     """gsplat was asked for but cannot run here (the message says why)."""
 
@@ -53,6 +58,23 @@ def _rasterization(means: Tensor):
     return rasterization
 
 
+def _sh_colors(means: Tensor, coeffs: Tensor, viewmats: Tensor, sh_degree: int) -> Tensor:
+    """gsplat's own colour step for SH coefficients (``rasterization(sh_degree=...)``), without
+    its ``torch.inverse`` of the view matrices: that launches a batched LU and reads its error
+    flag back, a device sync on every render, in a training step bound by host-side work. The
+    camera centre is ``-R^T t`` (view matrices are rigid; the PyTorch reference renderer does the
+    same). gsplat evaluates only the Gaussians inside the view; this evaluates all of them: the
+    rasteriser reads only the visible ones' colours, so images and gradients are the same.
+    ``means`` (..., N, 3), ``coeffs`` (..., N, K, 3), ``viewmats`` (..., C, 4, 4) -> (..., C, N, 3)."""
+    from gsplat import spherical_harmonics
+
+    rot, trans = viewmats[..., :3, :3], viewmats[..., :3, 3:]
+    campos = -(rot.transpose(-1, -2) @ trans)[..., 0]  # (..., C, 3)
+    dirs = means[..., None, :, :] - campos[..., None, :]  # (..., C, N, 3)
+    shs = coeffs[..., None, :, :, :].expand(dirs.shape[:-1] + coeffs.shape[-2:])
+    return torch.clamp_min(spherical_harmonics(sh_degree, dirs, shs) + 0.5, 0.0)  # as gsplat (Inria's +0.5)
+
+
 def rasterize_gsplat(means: Tensor, quats: Tensor, scales: Tensor, opacities: Tensor,
                      colors: Tensor, viewmat: Tensor, K: Tensor, width: int, height: int, *,
                      sh_degree: int | None = None, background: Tensor | None = None,
@@ -65,6 +87,8 @@ def rasterize_gsplat(means: Tensor, quats: Tensor, scales: Tensor, opacities: Te
     # background of shape means2d.shape[:-2] + (D,) = (D,), but rasterization passes (C, D)).
     # Its kernel adds T_final * background, and alpha = 1 - T_final, so add it here instead.
     bg_after = background is not None and packed
+    if sh_degree is not None and OWN_SH_STEP:
+        colors, sh_degree = _sh_colors(means, colors, viewmat[None], sh_degree), None
     render, alpha, meta = rasterization(
         means, quats, scales, opacities, colors, viewmat[None], K[None], width, height,
         near_plane=near, far_plane=far, sh_degree=sh_degree, packed=packed, absgrad=absgrad,
@@ -86,6 +110,8 @@ def rasterize_views_gsplat(means: Tensor, quats: Tensor, scales: Tensor, opaciti
     rasterization = _rasterization(means)
 
     b = means.shape[0]
+    if sh_degree is not None and OWN_SH_STEP:
+        colors, sh_degree = _sh_colors(means, colors, viewmats[:, None], sh_degree), None
     render, alpha, meta = rasterization(
         means, quats, scales, opacities, colors, viewmats[:, None], Ks[:, None], width, height,
         near_plane=near, far_plane=far, sh_degree=sh_degree, packed=False,

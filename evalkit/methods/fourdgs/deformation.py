@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from evalkit.methods.fourdgs.deformation_mlp import mlp_forward
 from evalkit.methods.fourdgs.hexplane import HexPlane, HexPlaneConfig
 
 HEAD_DIMS = {"xyz": 3, "scale": 3, "rot": 4, "opacity": 1, "sh": 48}
@@ -35,6 +36,10 @@ class Deformed:
 
 
 class DeformationField(nn.Module):
+    # True: the MLP runs as one autograd node (``deformation_mlp``: same products, less host
+    # work per step); False: through the modules (the reference for tests and benchmarks).
+    fused: bool = True
+
     def __init__(self, cfg: DeformationConfig, aabb: torch.Tensor) -> None:
         super().__init__()
         unknown = set(cfg.deform) - set(HEAD_DIMS)
@@ -62,13 +67,29 @@ class DeformationField(nn.Module):
 
     def forward(self, means: torch.Tensor, log_scales: torch.Tensor, quats: torch.Tensor,
                 opacity_logits: torch.Tensor, sh: torch.Tensor, t: float) -> Deformed:
-        h = self.feature_out(self.grid(means, t))
-        out = {name: head(h) for name, head in self.heads.items()}
+        feat = self.grid(means, t)
         n = means.shape[0]
+        if self.fused and self.heads:
+            return self._fused_forward(feat, means, log_scales, quats, opacity_logits, sh)
+        h = self.feature_out(feat)
+        out = {name: head(h) for name, head in self.heads.items()}
         return Deformed(
             means=means + out["xyz"] if "xyz" in out else means,
             log_scales=log_scales + out["scale"] if "scale" in out else log_scales,
             quats=quats + out["rot"] if "rot" in out else quats,
+            opacity_logits=opacity_logits + out["opacity"][:, 0] if "opacity" in out else opacity_logits,
+            sh=sh + out["sh"].view(n, 16, 3)[:, : sh.shape[1]] if "sh" in out else sh,
+        )
+
+    def _fused_forward(self, feat, means, log_scales, quats, opacity_logits, sh) -> Deformed:
+        linears = [m for m in self.feature_out if isinstance(m, nn.Linear)]
+        bases = {"xyz": means, "scale": log_scales, "rot": quats}  # (N, out) residuals added inside
+        heads = [(bases.get(name), (head[1].weight, head[1].bias), (head[3].weight, head[3].bias))
+                 for name, head in self.heads.items()]
+        out = dict(zip(self.heads.keys(), mlp_forward(feat, [(m.weight, m.bias) for m in linears], heads)))
+        n = means.shape[0]
+        return Deformed(
+            means=out.get("xyz", means), log_scales=out.get("scale", log_scales), quats=out.get("rot", quats),
             opacity_logits=opacity_logits + out["opacity"][:, 0] if "opacity" in out else opacity_logits,
             sh=sh + out["sh"].view(n, 16, 3)[:, : sh.shape[1]] if "sh" in out else sh,
         )
