@@ -13,7 +13,8 @@ of the same model; a variant names the HexPlane lookup and regulariser backends 
 triton); each is run once per ``--switches`` entry, which turns on (+-joined) the host-side
 savings: ``mlp`` the deformation MLP as one autograd node (``DeformationField.fused``), ``sh``
 the gsplat backend's own SH step without a per-render sync (``gsplat_backend.OWN_SH_STEP``);
-``all`` is both (the default, as in training), ``none`` neither. Printed: wall-clock ms per step (unsynchronised, as in training) and, with
+``all`` is both (the default, as in training), ``none`` neither; ``gc`` (bench only) freezes the
+objects alive before the timed steps (``gc.freeze``). Printed: wall-clock ms per step (unsynchronised, as in training) and, with
 ``--profile``, the GPU time per step summed over kernels and the busiest operators: when the GPU
 time is well below the wall time the loop is bound by host-side launch overhead.
 ``--host-profile`` adds a cProfile of 100 steps: which Python functions the host time goes to.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -39,7 +41,8 @@ from evalkit.render import gsplat_backend
 
 
 def step_time(model: FourDGSModel, scene, cfg: FourDGSConfig, device: torch.device, steps: int,
-              bank: ImageBank, profile: bool, host_profile: bool = False) -> dict[str, float]:
+              bank: ImageBank, profile: bool, host_profile: bool = False, freeze_gc: bool = False
+              ) -> dict[str, float]:
     fixed = replace(cfg, iterations=steps, densify_from_iter=10**9, densify_until_iter=0,
                     opacity_reset_interval=10**9)
     warm = copy.deepcopy(model)
@@ -47,7 +50,13 @@ def step_time(model: FourDGSModel, scene, cfg: FourDGSConfig, device: torch.devi
     del warm
     out: dict[str, float] = {}
     run = copy.deepcopy(model)
-    _, stats = train(scene, fixed, device, model=run, stages=("fine",), bank=bank)
+    if freeze_gc:  # everything alive now out of the collector's sight: cheaper full collections
+        gc.collect()
+        gc.freeze()
+    try:
+        _, stats = train(scene, fixed, device, model=run, stages=("fine",), bank=bank)
+    finally:
+        gc.unfreeze()
     out["wall ms/step"] = 1e3 * stats[0].seconds / steps
     if profile and device.type == "cuda":
         from torch.profiler import ProfilerActivity, profile as prof
@@ -104,12 +113,15 @@ def main(argv: list[str] | None = None) -> None:
         HexPlane.backend = backend
         PlaneRegulariser.backend = reg or "auto"
         for switch in a.switches.split(","):
-            on = {"mlp", "sh"} if switch == "all" else set(switch.split("+")) - {"none"}
-            if on - {"mlp", "sh"}:
-                ap.error(f"--switches: unknown {sorted(on - {'mlp', 'sh'})}")
+            on = set(switch.split("+")) - {"none"}
+            if "all" in on:
+                on = (on - {"all"}) | {"mlp", "sh"}
+            if on - {"mlp", "sh", "gc"}:
+                ap.error(f"--switches: unknown {sorted(on - {'mlp', 'sh', 'gc'})}")
             DeformationField.fused = "mlp" in on
             gsplat_backend.OWN_SH_STEP = "sh" in on
-            res = step_time(model, scene, cfg, device, a.steps, bank, a.profile, a.host_profile)
+            res = step_time(model, scene, cfg, device, a.steps, bank, a.profile, a.host_profile,
+                            freeze_gc="gc" in on)
             print(f"variant {variant} switches {switch}: " + ", ".join(f"{k} {v:.3f}" for k, v in res.items()),
                   flush=True)
     print(f"total {time.perf_counter() - t0:.1f} s")
