@@ -80,7 +80,7 @@ def test_same_images_and_gradients_as_gsplats_own_sh_step():
                                    viewmat.to(dev), K.to(dev), res, res, sh_degree=3, background=bg.to(dev)).image
         else:
             img = rasterization(x["means"], x["quats"], x["scales"], x["opacities"], x["colors"],
-                                viewmat.to(dev)[None], K.to(dev)[None], res, res, sh_degree=3,
+                                viewmat.to(dev)[None], K.to(dev)[None], res, res, sh_degree=3, packed=False,
                                 backgrounds=bg.to(dev)[None])[0][0]
         w = torch.linspace(0.5, 1.5, img.numel(), device=dev).reshape(img.shape)
         (img * w).sum().backward()
