@@ -1,6 +1,6 @@
 """Run-to-run spread: the same jobs measured in several results folders (one per seed or repeat).
 
-    python -m evalkit.bench.seed_spread results/reference/h200 results/seeds/h200x4/seed1 ... [--method 4dgs]
+    python -m evalkit.bench.seed_spread results/reference/h200 results/seeds/h200x4_b86558c/seed1 ... [--method 4dgs]
 
 Groups the ``ok`` records of every folder by job (dataset, scene, method, rate) and prints, per job,
 the number of runs, their seeds, and PSNR mean, sample standard deviation, minimum and maximum, with
