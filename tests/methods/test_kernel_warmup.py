@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from evalkit.methods.fourdgs.config import FourDGSConfig
-from evalkit.methods.fourdgs.kernel_warmup import BackgroundCompile, compile_kernels, main
+from evalkit.methods.fourdgs.kernel_warmup import PARTS, BackgroundCompile, ParallelCompile, compile_kernels, main
 from evalkit.metrics.contention import ContentionWatch
 
 TINY = dict(feature_dim=8, resolution=[16, 16, 16, 8], multires=[1, 2], net_width=32)
@@ -128,16 +128,21 @@ def test_no_child_for_shapes_this_process_has_compiled(monkeypatch):
     bc = BackgroundCompile(FourDGSConfig(**TINY, time_smoothness_weight=0.5), torch.device("cuda:0"))
     assert bc.proc is None and started == []  # regulariser weights are not part of the shapes
     BackgroundCompile(FourDGSConfig(**{**TINY, "resolution": [16, 16, 16, 9]}), torch.device("cuda:0"))
-    assert len(started) == 1 and started[0][-1] == "cuda:0"
+    assert len(started) == 1 and started[0][-2:] == ["cuda:0", "all"]
+    ParallelCompile(FourDGSConfig(**{**TINY, "resolution": [16, 16, 16, 10]}), torch.device("cuda:0"))
+    assert [argv[-1] for argv in started[1:]] == list(PARTS)  # one child per group of kernels
+    started.clear()
+    group = ParallelCompile(FourDGSConfig(**TINY), torch.device("cuda:0"))
+    assert all(c.proc is None for c in group.children) and started == []  # compiled shapes: no child
 
 
-def test_a_failing_warm_up_stops_the_child(monkeypatch):
+def test_a_failing_warm_up_stops_the_children(monkeypatch):
     from evalkit.methods.fourdgs import kernel_warmup
 
     children: list[tuple] = []
     real_start = BackgroundCompile._start
 
-    def start(self, argv):  # a real child that would outlive the job
+    def start(self, argv):  # real children that would outlive the job
         real_start(self, [sys.executable, "-c", "import time; time.sleep(60)"])
         children.append((self, self.proc))
 
@@ -147,8 +152,40 @@ def test_a_failing_warm_up_stops_the_child(monkeypatch):
     method = kernel_warmup.KernelsInBackground()
     with pytest.raises(RuntimeError, match="no GPU"):
         method.prepare_kernels(FourDGSConfig(**TINY), torch.device("cuda:0"))
-    (bc, proc), = children
-    assert bc.proc is None and proc.poll() is not None and method._kernels is None
+    assert len(children) == len(PARTS)
+    for bc, proc in children:
+        assert bc.proc is None and proc.poll() is not None
+    assert method._kernels is None
+
+
+def test_parallel_children_are_all_waited_for_then_the_kernels_load_here_once(monkeypatch):
+    """``ParallelCompile.finish`` logs each child (a failed one too) and compiles here once, after
+    the last child ended; it takes about as long as the slowest child, not the sum."""
+    from evalkit.methods.fourdgs import kernel_warmup
+
+    here: list[str] = []
+    monkeypatch.setattr(kernel_warmup, "compile_kernels",
+                        lambda cfg, device, **kw: (here.append(kw.get("part", "all")), (0.0, []))[1])
+    group = ParallelCompile(FourDGSConfig(**TINY), torch.device("cpu"))
+    assert all(c.proc is None for c in group.children)  # nothing to compile off CUDA
+    group.children = [_child(code) for code in (
+        "import time; time.sleep(1.0); print('lookup: compiled in 1.0 s')",
+        "import sys; sys.stderr.write('ptxas exploded'); sys.exit(3)",
+        "import time; time.sleep(1.0); print('regulariser: compiled in 1.0 s')")]
+    lines: list[str] = []
+    t0 = time.perf_counter()
+    group.finish(lines.append)
+    assert time.perf_counter() - t0 < 1.9  # the two 1 s children ran at the same time
+    assert here == ["all"]
+    assert lines[0].startswith("background kernel compile: lookup: compiled in 1.0 s")
+    assert lines[1] == "background kernel compile exited with 3: ptxas exploded; compiling in this process"
+    assert lines[2].startswith("background kernel compile: regulariser: compiled in 1.0 s")
+    assert all(c.proc is None for c in group.children)
+
+
+def test_an_unknown_kernel_group_is_refused():
+    with pytest.raises(ValueError, match="unknown kernel group 'forward'"):
+        compile_kernels(FourDGSConfig(**TINY), torch.device("cpu"), part="forward")
 
 
 def test_the_child_entry_point_compiles_nothing_off_cuda():
@@ -199,3 +236,24 @@ def test_the_background_child_fills_the_triton_cache(tmp_path, monkeypatch):
     lines: list[str] = []
     bc.finish(lines.append)
     assert len(lines) == 1 and lines[0].startswith("background kernel compile: compiled in ")
+
+
+@pytest.mark.gpu
+def test_each_group_compiles_on_its_own_and_together_they_are_all(tmp_path, monkeypatch):
+    """Each group of ``PARTS`` compiles in a fresh Triton cache without failing, and after the
+    three the whole set (``part="all"``) compiles nothing new: no kernel is left out of the groups."""
+    monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
+    cfg = json.dumps(FourDGSConfig(**{**TINY, "resolution": [16, 16, 16, 11]}).to_dict())
+    env = {**__import__("os").environ, "TRITON_CACHE_DIR": str(tmp_path)}
+    for part in PARTS:  # fresh processes: nothing in memory from this one
+        out = subprocess.run([sys.executable, "-c", "import sys; from evalkit.methods.fourdgs.kernel_warmup "
+                              "import main; sys.exit(main())", cfg, "cuda:0", part],
+                             capture_output=True, text=True, timeout=600, env=env)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith(f"{part}: compiled in ")
+    before = sorted(p.name for p in tmp_path.rglob("*.cubin"))
+    out = subprocess.run([sys.executable, "-c", "import sys; from evalkit.methods.fourdgs.kernel_warmup "
+                          "import main; sys.exit(main())", cfg, "cuda:0"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert out.returncode == 0, out.stderr
+    assert before and sorted(p.name for p in tmp_path.rglob("*.cubin")) == before

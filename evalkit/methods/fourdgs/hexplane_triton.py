@@ -210,6 +210,13 @@ def _blocks(C: int) -> tuple[int, int]:
     return CP, max(1, 1024 // CP)
 
 
+def _packed(planes: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernels' plane buffer, (sum of H*W, C): the transposed concatenation of the planes
+    viewed as (C, H*W); and its (P, 3) table."""
+    C = planes[0].shape[1]
+    return torch.cat([p.reshape(C, -1) for p in planes], 1).float().t().contiguous(), _meta(planes)
+
+
 class HexPlaneSample(torch.autograd.Function):
     """coords (N, 4), planes (6 per scale, scale-major, each [1, C, H, W]) -> features (N, S*C).
     With ``fallback``, a failing backward kernel warns once and PyTorch computes the gradients."""
@@ -220,9 +227,7 @@ class HexPlaneSample(torch.autograd.Function):
         if len(planes) != 6 * S or S == 0 or any(p.dim() != 4 or p.shape[:2] != (1, C) for p in planes):
             raise ValueError("expected 6 planes [1, C, H, W] per scale")
         coords = coords.contiguous().float()
-        # (sum of H*W, C): the transposed concatenation of the planes viewed as (C, H*W)
-        buf = torch.cat([p.reshape(C, -1) for p in planes], 1).float().t().contiguous()
-        meta = _meta(planes)
+        buf, meta = _packed(planes)
         N = coords.shape[0]
         out = torch.empty(N, S * C, device=coords.device, dtype=torch.float32)
         CP, BN = _blocks(C)
@@ -263,6 +268,15 @@ def _backward(coords: torch.Tensor, buf: torch.Tensor, meta: torch.Tensor, plane
     with kernel_device(coords):
         _unpack_kernel[grid](gbuf, meta, flat, C=C, BLOCK=BLOCK)
     return [gcoords] + [g.view(p.shape) for g, p in zip(flat.split([p.numel() for p in planes]), planes)]
+
+
+def run_backward_kernels(coords: torch.Tensor, scales: list[list[torch.Tensor]]) -> None:
+    """Launch the backward's kernels once (a zero gradient) without the forward: compiles them
+    on their own, in parallel with the forward's compile in another process (``kernel_warmup``)."""
+    planes = tuple(p.detach() for planes in scales for p in planes)
+    buf, meta = _packed(planes)
+    gout = torch.zeros(coords.shape[0], len(scales) * planes[0].shape[1], device=coords.device)
+    _backward(coords.detach().contiguous().float(), buf, meta, list(planes), gout)
 
 
 def _torch_features(coords: torch.Tensor, planes: list[torch.Tensor]) -> torch.Tensor:

@@ -13,7 +13,9 @@ fills Triton's on-disk cache; ``finish``, called before the fine stage and insid
 timer, waits for it and then loads the binaries in this process. A process, not a thread: the
 coarse stage is bound by host-side Python, and a compiler in the same interpreter would compete
 with it for the GIL. Any wait is training time. A child that fails or hangs costs only its time:
-``finish`` then compiles in this process.
+``finish`` then compiles in this process. ``ParallelCompile`` (what training starts) splits the
+kernels into three groups (``PARTS``: the lookup's forward, its backward, the regulariser), one
+child each, since one child compiling all of them took longer than the coarse stage.
 """
 from __future__ import annotations
 
@@ -43,30 +45,52 @@ def shapes_key(cfg: FourDGSConfig) -> str:
     return json.dumps(asdict(cfg.deformation_config()), sort_keys=True)
 
 
-def compile_kernels(cfg: FourDGSConfig, device: torch.device, points: int = 1000) -> tuple[float, list[str]]:
+# The kernels in groups that compile independently: ``ParallelCompile`` runs one child per group.
+PARTS = ("lookup", "lookup_backward", "regulariser")
+
+
+def compile_kernels(cfg: FourDGSConfig, device: torch.device, points: int = 1000,
+                    part: str = "all") -> tuple[float, list[str]]:
     """One forward and backward of a deformation field with ``cfg``'s shapes and of its
-    regularisers on ``device``. Returns the seconds taken and the kernels that failed to compile
-    (their PyTorch fallbacks then train instead: slower, same results). Nothing to compile off
-    CUDA: (0.0, []). The global random state is left as it was (training's initialisation draws
-    from it)."""
+    regularisers on ``device`` (``part="all"``), or one group of ``PARTS``: the lookup's forward,
+    its backward kernels alone, the regulariser. Returns the seconds taken and the kernels that
+    failed to compile (their PyTorch fallbacks then train instead: slower, same results). Nothing to
+    compile off CUDA: (0.0, []). The global random state is left as it was (training's
+    initialisation draws from it)."""
+    if part != "all" and part not in PARTS:
+        raise ValueError(f"unknown kernel group {part!r}; choose from all, {', '.join(PARTS)}")
     if device.type != "cuda":
         return 0.0, []
     t0 = time.perf_counter()
+    reg = None
     with torch.random.fork_rng(devices=[device]):
         field = DeformationField(cfg.deformation_config(), torch.tensor([[-1.0] * 3, [1.0] * 3])).to(device)
         means = (torch.rand(points, 3, device=device) * 2 - 1).requires_grad_(True)
-        zeros = torch.zeros(points, 3, device=device)
-        quats = torch.zeros(points, 4, device=device)
-        quats[:, 0] = 1.0
-        out = field(means, zeros, quats, torch.zeros(points, device=device),
-                    torch.zeros(points, 16, 3, device=device), 0.5)
-        reg = PlaneRegulariser(field.grid, cfg.plane_tv_weight, cfg.time_smoothness_weight, cfg.l1_time_planes)
-        loss = out.means.sum() + out.log_scales.sum() + out.quats.sum() + reg()
-        loss.backward()
+        if part in ("all", "regulariser"):
+            reg = PlaneRegulariser(field.grid, cfg.plane_tv_weight, cfg.time_smoothness_weight, cfg.l1_time_planes)
+        if part == "all":
+            zeros = torch.zeros(points, 3, device=device)
+            quats = torch.zeros(points, 4, device=device)
+            quats[:, 0] = 1.0
+            out = field(means, zeros, quats, torch.zeros(points, device=device),
+                        torch.zeros(points, 16, 3, device=device), 0.5)
+            loss = out.means.sum() + out.log_scales.sum() + out.quats.sum() + reg()
+            loss.backward()
+        elif part == "lookup":
+            with torch.no_grad():
+                field.grid(means, 0.5)
+        elif part == "lookup_backward":
+            coords = torch.cat([field.grid.normalise(means.detach()), torch.full((points, 1), 0.5, device=device)], 1)
+            try:
+                hexplane_triton.run_backward_kernels(coords, field.grid.sampled_planes())
+            except Exception as exc:  # noqa: BLE001 - reported below, as the lookup's own fallback would
+                hexplane_triton.disable(exc)
+        else:
+            reg()
         torch.cuda.synchronize(device)
     failed = [f"{name}: {err}" for name, err in (("HexPlane lookup", hexplane_triton.failed),
-                                                ("HexPlane regulariser", reg.failed)) if err]
-    if not failed:
+                                                ("HexPlane regulariser", reg.failed if reg else None)) if err]
+    if not failed and part == "all":
         _COMPILED.add(shapes_key(cfg))
     return time.perf_counter() - t0, failed
 
@@ -104,8 +128,9 @@ class BackgroundCompile:
     """``compile_kernels`` in a child process from construction until ``finish``. Off CUDA there
     is nothing to compile and no child."""
 
-    def __init__(self, cfg: FourDGSConfig, device: torch.device, timeout: float = 900.0) -> None:
-        self.cfg, self.device, self.timeout = cfg, device, timeout
+    def __init__(self, cfg: FourDGSConfig, device: torch.device, timeout: float = 900.0,
+                 part: str = "all") -> None:
+        self.cfg, self.device, self.timeout, self.part = cfg, device, timeout, part
         self.proc: subprocess.Popen | None = None
         self._stderr = self._stdout = None
         self._t0 = time.perf_counter()
@@ -114,7 +139,7 @@ class BackgroundCompile:
         if device.type == "cuda" and shapes_key(cfg) not in _COMPILED:
             index = device.index if device.index is not None else torch.cuda.current_device()
             self._start([sys.executable, "-c", f"import sys; from {__name__} import main; sys.exit(main())",
-                         json.dumps(cfg.to_dict()), f"cuda:{index}"])
+                         json.dumps(cfg.to_dict()), f"cuda:{index}", part])
 
     def _start(self, argv: list[str]) -> None:
         self._stderr = tempfile.TemporaryFile()
@@ -130,22 +155,25 @@ class BackgroundCompile:
         """Wait for the child, then run ``compile_kernels`` here (Triton's disk cache hits when the
         child succeeded; a compile here when it did not). Returns the seconds this call took."""
         t0 = time.perf_counter()
-        if self.proc is not None:
-            try:
-                rc = self.proc.wait(timeout=max(0.0, self.timeout - (t0 - self._t0)))
-            except subprocess.TimeoutExpired:
-                rc = None
-            if rc != 0:
-                log(f"background kernel compile {'timed out' if rc is None else f'exited with {rc}'}: "
-                    f"{self._tail(self._stderr) or 'no output'}; compiling in this process")
-            elif said := self._tail(self._stdout, 200):
-                log(f"background kernel compile: {said}; the child started "
-                    f"{time.perf_counter() - self._t0:.1f} s ago")
-            self.close()
-        _, failed = compile_kernels(self.cfg, self.device)
-        for f in failed:
-            log(f"Triton kernel unavailable, training uses the PyTorch path: {f}")
+        self.wait(log)
+        _load_here(self.cfg, self.device, log)
         return time.perf_counter() - t0
+
+    def wait(self, log) -> None:
+        """Wait for the child (up to the timeout, then kill it) and log how it ended."""
+        if self.proc is None:
+            return
+        try:
+            rc = self.proc.wait(timeout=max(0.0, self.timeout - (time.perf_counter() - self._t0)))
+        except subprocess.TimeoutExpired:
+            rc = None
+        if rc != 0:
+            log(f"background kernel compile {'timed out' if rc is None else f'exited with {rc}'}: "
+                f"{self._tail(self._stderr) or 'no output'}; compiling in this process")
+        elif said := self._tail(self._stdout, 200):
+            log(f"background kernel compile: {said}; the child started "
+                f"{time.perf_counter() - self._t0:.1f} s ago")
+        self.close()
 
     def close(self) -> None:
         """Stop the child if it still runs (a failed job must not leave it behind). Idempotent."""
@@ -168,10 +196,47 @@ class BackgroundCompile:
         return f.read().decode(errors="replace").strip()[-chars:]
 
 
-def start_background(cfg: FourDGSConfig, device: torch.device) -> BackgroundCompile:
-    """A method's ``prepare_training``: start the ``BackgroundCompile`` of ``cfg``'s kernels, then
-    ``warm_up`` in this process meanwhile (the child is stopped if that fails)."""
-    kernels = BackgroundCompile(cfg, device)
+def _load_here(cfg: FourDGSConfig, device: torch.device, log) -> None:
+    """``compile_kernels`` in this process after the children: cache hits, or the compile of what
+    a child did not compile; kernels that fail here fall back to PyTorch, and say so."""
+    _, failed = compile_kernels(cfg, device)
+    for f in failed:
+        log(f"Triton kernel unavailable, training uses the PyTorch path: {f}")
+
+
+class ParallelCompile:
+    """One ``BackgroundCompile`` child per group of ``PARTS``, all at once. Each group's compile
+    is single-threaded, so three children on three cores finish about when the slowest does
+    instead of after the sum (on a cold cache the whole set took 16-20 s in one child on an H200,
+    more than the 3000-step coarse stage hides). ``finish`` waits for all, then loads the kernels
+    here once. No child where ``BackgroundCompile`` would start none."""
+
+    def __init__(self, cfg: FourDGSConfig, device: torch.device, timeout: float = 900.0) -> None:
+        self.cfg, self.device = cfg, device
+        self.children: list[BackgroundCompile] = []
+        try:
+            for part in PARTS:
+                self.children.append(BackgroundCompile(cfg, device, timeout, part=part))
+        except BaseException:
+            self.close()
+            raise
+
+    def finish(self, log) -> float:
+        t0 = time.perf_counter()
+        for child in self.children:
+            child.wait(log)
+        _load_here(self.cfg, self.device, log)
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        for child in self.children:
+            child.close()
+
+
+def start_background(cfg: FourDGSConfig, device: torch.device) -> ParallelCompile:
+    """A method's ``prepare_training``: start the ``ParallelCompile`` of ``cfg``'s kernels, then
+    ``warm_up`` in this process meanwhile (the children are stopped if that fails)."""
+    kernels = ParallelCompile(cfg, device)
     try:
         warm_up(device)
     except BaseException:
@@ -187,7 +252,7 @@ class KernelsInBackground:
     ``prepare_kernels`` (e.g. a direct ``train`` call) there is nothing to wait for: the kernels
     compile at their first use."""
 
-    _kernels: BackgroundCompile | None = None
+    _kernels: ParallelCompile | None = None
 
     def prepare_kernels(self, cfg: FourDGSConfig, device: torch.device) -> None:
         self.stop_kernels()
@@ -205,13 +270,15 @@ class KernelsInBackground:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The child of ``BackgroundCompile``, arguments ``CONFIG_JSON DEVICE``; returns its exit status
-    (1 when a kernel failed to compile, with the errors on stderr)."""
+    """The child of ``BackgroundCompile``, arguments ``CONFIG_JSON DEVICE [PART]``; returns its exit
+    status (1 when a kernel failed to compile, with the errors on stderr)."""
     t0 = time.perf_counter()  # after the imports
     args = sys.argv[1:] if argv is None else argv
     cfg = FourDGSConfig.from_dict(json.loads(args[0]), source="background kernel compile")
-    seconds, failed = compile_kernels(cfg, torch.device(args[1]))
+    part = args[2] if len(args) > 2 else "all"
+    seconds, failed = compile_kernels(cfg, torch.device(args[1]), part=part)
     for f in failed:
         print(f, file=sys.stderr)
-    print(f"compiled in {seconds:.1f} s in the child ({time.perf_counter() - t0:.1f} s in its main)")
+    print(f"{part + ': ' if part != 'all' else ''}compiled in {seconds:.1f} s in the child "
+          f"({time.perf_counter() - t0:.1f} s in its main)")
     return 1 if failed else 0
