@@ -2,7 +2,7 @@
 
 The PyTorch path costs 2 to 6 ``grid_sample`` calls per scale plus stacks, products and cats, and
 more in autograd backward. Here the forward is one launch for all scales (programs over point
-blocks x scales); the backward is one launch (programs over point blocks, scales unrolled) that
+blocks x scales); the backward is one launch (programs over point blocks x scales) that
 recomputes the six samples, forms the product of the other five planes explicitly (features may
 be 0, so no division) and scatters plane gradients with ``tl.atomic_add``, then one small launch
 that puts those gradients back in the planes' (C, H, W) layout. On an H100 (C=32, res
@@ -131,47 +131,44 @@ if triton is not None:
         ft = ft * _sample(buf, meta, k + 5, z, t, pm, c, C)
         tl.store(out + n[:, None] * (S * C) + s * C + c, f * ft, mask=pm[:, None] & (c < C))
 
-    @triton.jit(do_not_specialize=["N"])
-    def _backward_kernel(coords, buf, meta, gout, gbuf, gcoords, N, S: tl.constexpr, C: tl.constexpr,
-                         CP: tl.constexpr, BN: tl.constexpr):
+    # One program per (point block, scale), as the forward: a scale's features depend on its own
+    # six planes only. Unrolling the scales in one program instead made one kernel whose compile
+    # took 15.7 s on an H200 (D-NeRF's two scales), longer than the coarse stage it hides behind.
+    @triton.jit(do_not_specialize=["N", "S"])
+    def _backward_kernel(coords, buf, meta, gout, gbuf, gpart, N, S, C: tl.constexpr, CP: tl.constexpr,
+                         BN: tl.constexpr):
         n, pm, c, x, y, z, t = _points(coords, N, BN, CP)
-        gx = tl.zeros((BN,), dtype=tl.float32)
-        gy = tl.zeros((BN,), dtype=tl.float32)
-        gz = tl.zeros((BN,), dtype=tl.float32)
-        gt = tl.zeros((BN,), dtype=tl.float32)
-        for s in tl.static_range(S):  # unrolled (S <= 4); a runtime bound breaks Triton 3.6's interpreter
-            k = 6 * s
-            g = tl.load(gout + n[:, None] * (S * C) + s * C + c, mask=pm[:, None] & (c < C), other=0.0)
-            f0 = _sample(buf, meta, k, x, y, pm, c, C)
-            f1 = _sample(buf, meta, k + 1, x, z, pm, c, C)
-            f2 = _sample(buf, meta, k + 2, x, t, pm, c, C)
-            f3 = _sample(buf, meta, k + 3, y, z, pm, c, C)
-            f4 = _sample(buf, meta, k + 4, y, t, pm, c, C)
-            f5 = _sample(buf, meta, k + 5, z, t, pm, c, C)
-            sp = g * f0 * f1 * f3  # gradient times the space product / time product
-            tp = g * f2 * f4 * f5
-            du, dv = _sample_backward(buf, gbuf, meta, k, x, y, pm, c, tp * f1 * f3, C)
-            gx += du
-            gy += dv
-            du, dv = _sample_backward(buf, gbuf, meta, k + 1, x, z, pm, c, tp * f0 * f3, C)
-            gx += du
-            gz += dv
-            du, dv = _sample_backward(buf, gbuf, meta, k + 3, y, z, pm, c, tp * f0 * f1, C)
-            gy += du
-            gz += dv
-            du, dv = _sample_backward(buf, gbuf, meta, k + 2, x, t, pm, c, sp * f4 * f5, C)
-            gx += du
-            gt += dv
-            du, dv = _sample_backward(buf, gbuf, meta, k + 4, y, t, pm, c, sp * f2 * f5, C)
-            gy += du
-            gt += dv
-            du, dv = _sample_backward(buf, gbuf, meta, k + 5, z, t, pm, c, sp * f2 * f4, C)
-            gz += du
-            gt += dv
-        tl.store(gcoords + n * 4, gx, mask=pm)
-        tl.store(gcoords + n * 4 + 1, gy, mask=pm)
-        tl.store(gcoords + n * 4 + 2, gz, mask=pm)
-        tl.store(gcoords + n * 4 + 3, gt, mask=pm)
+        s = tl.program_id(1)
+        k = 6 * s
+        g = tl.load(gout + n[:, None] * (S * C) + s * C + c, mask=pm[:, None] & (c < C), other=0.0)
+        f0 = _sample(buf, meta, k, x, y, pm, c, C)
+        f1 = _sample(buf, meta, k + 1, x, z, pm, c, C)
+        f2 = _sample(buf, meta, k + 2, x, t, pm, c, C)
+        f3 = _sample(buf, meta, k + 3, y, z, pm, c, C)
+        f4 = _sample(buf, meta, k + 4, y, t, pm, c, C)
+        f5 = _sample(buf, meta, k + 5, z, t, pm, c, C)
+        sp = g * f0 * f1 * f3  # gradient times the space product / time product
+        tp = g * f2 * f4 * f5
+        gx, gy = _sample_backward(buf, gbuf, meta, k, x, y, pm, c, tp * f1 * f3, C)
+        du, gz = _sample_backward(buf, gbuf, meta, k + 1, x, z, pm, c, tp * f0 * f3, C)
+        gx += du
+        du, dv = _sample_backward(buf, gbuf, meta, k + 3, y, z, pm, c, tp * f0 * f1, C)
+        gy += du
+        gz += dv
+        du, gt = _sample_backward(buf, gbuf, meta, k + 2, x, t, pm, c, sp * f4 * f5, C)
+        gx += du
+        du, dv = _sample_backward(buf, gbuf, meta, k + 4, y, t, pm, c, sp * f2 * f5, C)
+        gy += du
+        gt += dv
+        du, dv = _sample_backward(buf, gbuf, meta, k + 5, z, t, pm, c, sp * f2 * f4, C)
+        gz += du
+        gt += dv
+        # this scale's coordinate gradient, (S, N, 4): summed over the scales afterwards
+        out = gpart + (s * N + n) * 4
+        tl.store(out, gx, mask=pm)
+        tl.store(out + 1, gy, mask=pm)
+        tl.store(out + 2, gz, mask=pm)
+        tl.store(out + 3, gt, mask=pm)
 
     @triton.jit
     def _unpack_kernel(gbuf, meta, out, C: tl.constexpr, BLOCK: tl.constexpr):
@@ -258,10 +255,10 @@ def _backward(coords: torch.Tensor, buf: torch.Tensor, meta: torch.Tensor, plane
     N, S, C = coords.shape[0], len(planes) // 6, planes[0].shape[1]
     CP, BN = _blocks(C)
     gbuf = torch.zeros_like(buf)
-    gcoords = torch.empty_like(coords)
+    gpart = torch.empty(S, N, 4, device=coords.device, dtype=torch.float32)
     with kernel_device(coords):
-        _backward_kernel[(triton.cdiv(N, BN),)](coords, buf, meta, gout, gbuf, gcoords, N, S=S, C=C, CP=CP,
-                                                BN=BN)
+        _backward_kernel[(triton.cdiv(N, BN), S)](coords, buf, meta, gout, gbuf, gpart, N, S, C=C, CP=CP, BN=BN)
+    gcoords = gpart.sum(0) if S > 1 else gpart[0]
     flat = torch.empty_like(buf).view(-1)  # the planes' gradients back to back, each (C, H, W)
     BLOCK = 1024
     grid = (triton.cdiv(max(p.numel() for p in planes), BLOCK), len(planes))  # grid axis 1 is limited to 65535
