@@ -108,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     if a.grow_to:
         grow(model, a.grow_to)
         print(f"grown to {model.num_primitives()} Gaussians by splitting")
+    fused, own_sh = DeformationField.fused, gsplat_backend.OWN_SH_STEP  # restored at the end
     for variant in a.variants.split(","):
         backend, _, reg = variant.partition("/")
         HexPlane.backend = backend
@@ -124,6 +125,7 @@ def main(argv: list[str] | None = None) -> None:
                             freeze_gc="gc" in on)
             print(f"variant {variant} switches {switch}: " + ", ".join(f"{k} {v:.3f}" for k, v in res.items()),
                   flush=True)
+    DeformationField.fused, gsplat_backend.OWN_SH_STEP = fused, own_sh
     print(f"total {time.perf_counter() - t0:.1f} s")
 
 

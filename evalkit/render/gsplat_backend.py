@@ -64,7 +64,9 @@ def _sh_colors(means: Tensor, coeffs: Tensor, viewmats: Tensor, sh_degree: int) 
     flag back, a device sync on every render, in a training step bound by host-side work. The
     camera centre is ``-R^T t`` (view matrices are rigid; the PyTorch reference renderer does the
     same). gsplat evaluates only the Gaussians inside the view; this evaluates all of them: the
-    rasteriser reads only the visible ones' colours, so images and gradients are the same.
+    rasteriser reads only the visible ones' colours, so images and gradients are the same. (A
+    Gaussian exactly at the camera centre, culled by gsplat, would give a zero direction here and a
+    NaN direction gradient; a float match that exact is not guarded against.)
     ``means`` (..., N, 3), ``coeffs`` (..., N, K, 3), ``viewmats`` (..., C, 4, 4) -> (..., C, N, 3)."""
     from gsplat import spherical_harmonics
 

@@ -101,3 +101,18 @@ def test_no_grad_forward_needs_no_graph():
     assert a.means.grad_fn is None
     torch.testing.assert_close(a.means, b.means, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(a.quats, b.quats, rtol=1e-12, atol=1e-12)
+
+
+def test_a_frozen_mlp_gets_no_gradients_and_the_inputs_still_do():
+    """Frozen weights (``requires_grad_(False)``) receive None, as through the modules, while the
+    deformed Gaussians' gradients reach the means; an MLP without heads is refused."""
+    field = _field(1, ["xyz", "scale", "rot"])
+    for m in [field.feature_out, field.heads]:
+        m.requires_grad_(False)
+    means, scales, quats, opac, sh, t = _inputs()
+    d = field(means, scales, quats, opac, sh, t)
+    (d.means.sum() + d.quats.sum()).backward()
+    assert all(p.grad is None for p in field.mlp_parameters())
+    assert means.grad is not None and means.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="one head"):
+        mlp_forward(torch.zeros(2, 3), [(torch.zeros(4, 3), torch.zeros(4))], [])

@@ -81,15 +81,18 @@ class _DeformationMLP(torch.autograd.Function):
                 gx = _relu_backward(gx.mm(w), inp)
             elif ctx.needs_input_grad[0]:
                 gfeat = gx.mm(w)
-        return (gfeat, None, None, *trunk_grads, *head_grads)
+        # inputs that need no gradient (a frozen MLP) get None, as autograd would give them
+        need = ctx.needs_input_grad[3:]
+        grads_out = [g if n else None for g, n in zip([*trunk_grads, *head_grads], need)]
+        return (gfeat, None, None, *grads_out)
 
 
 def mlp_forward(feat: torch.Tensor, trunk: list[Linear], heads: list[tuple[torch.Tensor | None, Linear, Linear]]
                 ) -> list[torch.Tensor]:
     """``[base_k + head_k(trunk(feat))]`` (or the head's output where ``base_k`` is None), one
     autograd node. ``feat`` (N, F); a base (N, out_k)."""
-    if not trunk:
-        raise ValueError("the deformation MLP needs at least one trunk layer")
+    if not trunk or not heads:
+        raise ValueError("the deformation MLP needs at least one trunk layer and one head")
     flat: list = [t for layer in trunk for t in layer]
     for base, (w1, b1), (w2, b2) in heads:
         flat += [base, w1, b1, w2, b2]

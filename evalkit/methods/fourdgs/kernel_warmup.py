@@ -79,13 +79,13 @@ def compile_kernels(cfg: FourDGSConfig, device: torch.device, points: int = 1000
         elif part == "lookup":
             with torch.no_grad():
                 field.grid(means, 0.5)
-        elif part == "lookup_backward":
+        elif part == "lookup_backward" and hexplane_triton.available():
             coords = torch.cat([field.grid.normalise(means.detach()), torch.full((points, 1), 0.5, device=device)], 1)
             try:
                 hexplane_triton.run_backward_kernels(coords, field.grid.sampled_planes())
             except Exception as exc:  # noqa: BLE001 - reported below, as the lookup's own fallback would
                 hexplane_triton.disable(exc)
-        else:
+        elif part == "regulariser":
             reg()
         torch.cuda.synchronize(device)
     failed = [f"{name}: {err}" for name, err in (("HexPlane lookup", hexplane_triton.failed),
