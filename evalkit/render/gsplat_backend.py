@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from evalkit.render.output import RenderOutput, ViewsOutput
+from evalkit.render.sh import camera_centres
 
 
 # True: SH colours from ``_sh_colors`` (no per-render device sync); False: gsplat's own step
@@ -62,17 +63,14 @@ def _sh_colors(means: Tensor, coeffs: Tensor, viewmats: Tensor, sh_degree: int) 
     """gsplat's own colour step for SH coefficients (``rasterization(sh_degree=...)``), without
     its ``torch.inverse`` of the view matrices: that launches a batched LU and reads its error
     flag back, a device sync on every render, in a training step bound by host-side work. The
-    camera centre is ``-R^T t`` (view matrices are rigid; the PyTorch reference renderer does the
-    same). gsplat evaluates only the Gaussians inside the view; this evaluates all of them: the
+    camera centre is ``sh.camera_centres`` (-R^T t, as the PyTorch reference renderer's). gsplat evaluates only the Gaussians inside the view; this evaluates all of them: the
     rasteriser reads only the visible ones' colours, so images and gradients are the same. (A
     Gaussian exactly at the camera centre, culled by gsplat, would give a zero direction here and a
     NaN direction gradient; a float match that exact is not guarded against.)
     ``means`` (..., N, 3), ``coeffs`` (..., N, K, 3), ``viewmats`` (..., C, 4, 4) -> (..., C, N, 3)."""
     from gsplat import spherical_harmonics
 
-    rot, trans = viewmats[..., :3, :3], viewmats[..., :3, 3:]
-    campos = -(rot.transpose(-1, -2) @ trans)[..., 0]  # (..., C, 3)
-    dirs = means[..., None, :, :] - campos[..., None, :]  # (..., C, N, 3)
+    dirs = means[..., None, :, :] - camera_centres(viewmats)[..., None, :]  # (..., C, N, 3)
     shs = coeffs[..., None, :, :, :].expand(dirs.shape[:-1] + coeffs.shape[-2:])
     return torch.clamp_min(spherical_harmonics(sh_degree, dirs, shs) + 0.5, 0.0)  # as gsplat (Inria's +0.5)
 

@@ -78,6 +78,13 @@ def eval_sh(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
     return (bases.unsqueeze(-1) * coeffs[..., :n, :]).sum(dim=-2)
 
 
+def camera_centres(viewmats: Tensor) -> Tensor:
+    """World position of the camera of each rigid world-to-camera matrix, ``-R^T t``: where the
+    SH view directions start. ``viewmats`` (..., 4, 4) -> (..., 3). No matrix inverse (on CUDA
+    ``torch.inverse`` reads an error flag back from the device, a sync)."""
+    return -(viewmats[..., :3, :3].transpose(-1, -2) @ viewmats[..., :3, 3:])[..., 0]
+
+
 def sh_to_color(degree: int, dirs: Tensor, coeffs: Tensor) -> Tensor:
     """The colour 3DGS / gsplat render from SH: ``max(sh_sum + 0.5, 0)``."""
     return torch.clamp_min(eval_sh(degree, dirs, coeffs) + 0.5, 0.0)

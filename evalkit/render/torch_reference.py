@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from evalkit.render.output import RenderOutput
-from evalkit.render.sh import sh_to_color
+from evalkit.render.sh import camera_centres, sh_to_color
 
 ALPHA_THRESHOLD = 1.0 / 255.0
 MAX_ALPHA = 0.999
@@ -284,8 +284,7 @@ def rasterize_torch(means: Tensor, quats: Tensor, scales: Tensor, opacities: Ten
                              near=near, far=far, antialiased=antialiased)
     opac = opacities * proj.compensations if antialiased else opacities
     if sh_degree is not None:
-        campos = -viewmat[:3, :3].T @ viewmat[:3, 3]  # camera centre in world coordinates
-        colors = sh_to_color(sh_degree, means - campos, colors)
+        colors = sh_to_color(sh_degree, means - camera_centres(viewmat), colors)
 
     means2d, radii, depths, conics = proj.means2d, proj.radii, proj.depths, proj.conics
     gaussian_ids = None

@@ -68,28 +68,21 @@ class DeformationField(nn.Module):
     def forward(self, means: torch.Tensor, log_scales: torch.Tensor, quats: torch.Tensor,
                 opacity_logits: torch.Tensor, sh: torch.Tensor, t: float) -> Deformed:
         feat = self.grid(means, t)
-        n = means.shape[0]
-        if self.fused and self.heads:
-            return self._fused_forward(feat, means, log_scales, quats, opacity_logits, sh)
-        h = self.feature_out(feat)
-        out = {name: head(h) for name, head in self.heads.items()}
-        return Deformed(
-            means=means + out["xyz"] if "xyz" in out else means,
-            log_scales=log_scales + out["scale"] if "scale" in out else log_scales,
-            quats=quats + out["rot"] if "rot" in out else quats,
-            opacity_logits=opacity_logits + out["opacity"][:, 0] if "opacity" in out else opacity_logits,
-            sh=sh + out["sh"].view(n, 16, 3)[:, : sh.shape[1]] if "sh" in out else sh,
-        )
-
-    def _fused_forward(self, feat, means, log_scales, quats, opacity_logits, sh) -> Deformed:
-        linears = [m for m in self.feature_out if isinstance(m, nn.Linear)]
-        bases = {"xyz": means, "scale": log_scales, "rot": quats}  # (N, out) residuals added inside
-        heads = [(bases.get(name), (head[1].weight, head[1].bias), (head[3].weight, head[3].bias))
-                 for name, head in self.heads.items()]
-        out = dict(zip(self.heads.keys(), mlp_forward(feat, [(m.weight, m.bias) for m in linears], heads)))
+        bases = {"xyz": means, "scale": log_scales, "rot": quats}  # (N, out): the head's output is added
+        if self.fused and self.heads:  # xyz / scale / rot come back with their base added
+            out = self._fused_heads(feat, bases)
+        else:
+            h = self.feature_out(feat)
+            out = {name: bases[name] + head(h) if name in bases else head(h) for name, head in self.heads.items()}
         n = means.shape[0]
         return Deformed(
             means=out.get("xyz", means), log_scales=out.get("scale", log_scales), quats=out.get("rot", quats),
             opacity_logits=opacity_logits + out["opacity"][:, 0] if "opacity" in out else opacity_logits,
             sh=sh + out["sh"].view(n, 16, 3)[:, : sh.shape[1]] if "sh" in out else sh,
         )
+
+    def _fused_heads(self, feat: torch.Tensor, bases: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        trunk = [(m.weight, m.bias) for m in self.feature_out if isinstance(m, nn.Linear)]
+        heads = [(bases.get(name), (head[1].weight, head[1].bias), (head[3].weight, head[3].bias))
+                 for name, head in self.heads.items()]
+        return dict(zip(self.heads.keys(), mlp_forward(feat, trunk, heads)))

@@ -93,8 +93,8 @@ class HexPlane(nn.Module):
         lo, hi = self.aabb[0], self.aabb[1]
         return (xyz - lo) * (2.0 / (hi - lo).clamp_min(1e-8)) - 1.0
 
-    def forward(self, xyz: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        """Features (N, out_dim) for points (N, 3) at time t (scalar or (N,))."""
+    def coords(self, xyz: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """(N, 4) grid coordinates: positions normalised by the AABB, then the time coordinate."""
         n = xyz.shape[0]
         p = self.normalise(xyz)
         if not torch.is_tensor(t):
@@ -102,7 +102,11 @@ class HexPlane(nn.Module):
         t = t.to(xyz.dtype).reshape(-1).expand(n)  # a 0-d tensor (CUDA-graph input) or (N,)
         if self.cfg.full_time_range:
             t = t * 2.0 - 1.0
-        coords = torch.cat([p, t[:, None]], dim=1)  # (N, 4)
+        return torch.cat([p, t[:, None]], dim=1)
+
+    def forward(self, xyz: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """Features (N, out_dim) for points (N, 3) at time t (scalar or (N,))."""
+        coords = self.coords(xyz, t)
         scales = self.sampled_planes()
         if self._fused(coords, scales):
             try:

@@ -7,15 +7,14 @@ fine stage, one per specialisation of the point count, before the count was unsp
 happens once per machine and configuration (Triton caches the binaries on disk).
 ``compile_kernels`` runs every kernel once on a throwaway deformation field of the same shapes.
 
-The coarse stage (static 3DGS) needs none of these kernels, so ``BackgroundCompile`` runs
-``compile_kernels`` in a child Python process (``main``) while the coarse stage trains: the child
-fills Triton's on-disk cache; ``finish``, called before the fine stage and inside the training
-timer, waits for it and then loads the binaries in this process. A process, not a thread: the
-coarse stage is bound by host-side Python, and a compiler in the same interpreter would compete
-with it for the GIL. Any wait is training time. A child that fails or hangs costs only its time:
-``finish`` then compiles in this process. ``ParallelCompile`` (what training starts) splits the
-kernels into three groups (``PARTS``: the lookup's forward, its backward, the regulariser), one
-child each, since one child compiling all of them took longer than the coarse stage.
+The coarse stage (static 3DGS) needs none of these kernels, so ``ParallelCompile`` runs them in
+child Python processes (``BackgroundCompile``, entry point ``main``), one per group of ``PARTS``
+(the lookup's forward, its backward, the regulariser), while the coarse stage trains: the children
+fill Triton's on-disk cache; ``ParallelCompile.finish``, called before the fine stage and inside
+the training timer, waits for them and then loads the binaries in this process. Processes, not
+threads: the coarse stage is bound by host-side Python, and a compiler in the same interpreter
+would compete with it for the GIL. Any wait is training time. A child that fails or hangs costs
+only its time: ``finish`` then compiles what is missing in this process.
 """
 from __future__ import annotations
 
@@ -80,9 +79,8 @@ def compile_kernels(cfg: FourDGSConfig, device: torch.device, points: int = 1000
             with torch.no_grad():
                 field.grid(means, 0.5)
         elif part == "lookup_backward" and hexplane_triton.available():
-            coords = torch.cat([field.grid.normalise(means.detach()), torch.full((points, 1), 0.5, device=device)], 1)
             try:
-                hexplane_triton.run_backward_kernels(coords, field.grid.sampled_planes())
+                hexplane_triton.run_backward_kernels(field.grid.coords(means.detach(), 0.5), field.grid.sampled_planes())
             except Exception as exc:  # noqa: BLE001 - reported below, as the lookup's own fallback would
                 hexplane_triton.disable(exc)
         elif part == "regulariser":
@@ -125,8 +123,8 @@ def warm_up(device: torch.device) -> float:
 
 
 class BackgroundCompile:
-    """``compile_kernels`` in a child process from construction until ``finish``. Off CUDA there
-    is nothing to compile and no child."""
+    """``compile_kernels(part=...)`` in a child process from construction until ``wait``. Off CUDA
+    there is nothing to compile and no child."""
 
     def __init__(self, cfg: FourDGSConfig, device: torch.device, timeout: float = 900.0,
                  part: str = "all") -> None:
@@ -135,7 +133,7 @@ class BackgroundCompile:
         self._stderr = self._stdout = None
         self._t0 = time.perf_counter()
         # Compiled earlier in this process (an earlier rate point or scene with these shapes):
-        # ``finish`` loads them in milliseconds, less than a child takes to start.
+        # they load in milliseconds, less than a child takes to start.
         if device.type == "cuda" and shapes_key(cfg) not in _COMPILED:
             index = device.index if device.index is not None else torch.cuda.current_device()
             self._start([sys.executable, "-c", f"import sys; from {__name__} import main; sys.exit(main())",
@@ -150,14 +148,6 @@ class BackgroundCompile:
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._stdout,
                                      stderr=self._stderr, env=env)
         contention.register_helper(self.proc)  # its CUDA context is ours, not another job's
-
-    def finish(self, log) -> float:
-        """Wait for the child, then run ``compile_kernels`` here (Triton's disk cache hits when the
-        child succeeded; a compile here when it did not). Returns the seconds this call took."""
-        t0 = time.perf_counter()
-        self.wait(log)
-        _load_here(self.cfg, self.device, log)
-        return time.perf_counter() - t0
 
     def wait(self, log) -> None:
         """Wait for the child (up to the timeout, then kill it) and log how it ended."""
@@ -196,20 +186,14 @@ class BackgroundCompile:
         return f.read().decode(errors="replace").strip()[-chars:]
 
 
-def _load_here(cfg: FourDGSConfig, device: torch.device, log) -> None:
-    """``compile_kernels`` in this process after the children: cache hits, or the compile of what
-    a child did not compile; kernels that fail here fall back to PyTorch, and say so."""
-    _, failed = compile_kernels(cfg, device)
-    for f in failed:
-        log(f"Triton kernel unavailable, training uses the PyTorch path: {f}")
-
-
 class ParallelCompile:
     """One ``BackgroundCompile`` child per group of ``PARTS``, all at once. Each group's compile
     is single-threaded, so three children on three cores finish about when the slowest does
-    instead of after the sum (on a cold cache the whole set took 16-20 s in one child on an H200,
-    more than the 3000-step coarse stage hides). ``finish`` waits for all, then loads the kernels
-    here once. No child where ``BackgroundCompile`` would start none."""
+    instead of after the sum. (With the lookup's backward unrolling the scales, the whole set took
+    16-20 s in one child on an H200, more than the 3000-step coarse stage hides; the groups now
+    take 2-3, 6-7 and 2-3 s there; one child for the current kernels was not timed.) ``finish``
+    waits for all, then runs ``compile_kernels`` here once: Triton's disk cache hits, or the
+    compile of what a child did not compile. No child where ``BackgroundCompile`` would start none."""
 
     def __init__(self, cfg: FourDGSConfig, device: torch.device, timeout: float = 900.0) -> None:
         self.cfg, self.device = cfg, device
@@ -225,7 +209,9 @@ class ParallelCompile:
         t0 = time.perf_counter()
         for child in self.children:
             child.wait(log)
-        _load_here(self.cfg, self.device, log)
+        _, failed = compile_kernels(self.cfg, self.device)
+        for f in failed:
+            log(f"Triton kernel unavailable, training uses the PyTorch path: {f}")
         return time.perf_counter() - t0
 
     def close(self) -> None:
