@@ -80,7 +80,8 @@ def compile_kernels(cfg: FourDGSConfig, device: torch.device, points: int = 1000
                 field.grid(means, 0.5)
         elif part == "lookup_backward" and hexplane_triton.available():
             try:
-                hexplane_triton.run_backward_kernels(field.grid.coords(means.detach(), 0.5), field.grid.sampled_planes())
+                coords = field.grid.coords(means.detach(), 0.5)
+                hexplane_triton.run_backward_kernels(coords, field.grid.sampled_planes())
             except Exception as exc:  # noqa: BLE001 - reported below, as the lookup's own fallback would
                 hexplane_triton.disable(exc)
         elif part == "regulariser":
@@ -191,7 +192,7 @@ class ParallelCompile:
     is single-threaded, so three children on three cores finish about when the slowest does
     instead of after the sum. (With the lookup's backward unrolling the scales, the whole set took
     16-20 s in one child on an H200, more than the 3000-step coarse stage hides; the groups now
-    take 2-3, 6-7 and 2-3 s there; one child for the current kernels was not timed.) ``finish``
+    take 2.2-2.6, 6.2-7.0 and 1.7-2.6 s there; one child for the current kernels was not timed.) ``finish``
     waits for all, then runs ``compile_kernels`` here once: Triton's disk cache hits, or the
     compile of what a child did not compile. No child where ``BackgroundCompile`` would start none."""
 
