@@ -100,12 +100,25 @@ def test_a_folder_of_seed_folders_is_a_one_line_error_naming_them(tmp_path, caps
 
 
 def test_committed_hypernerf_runs_are_gathered():
-    """HyperNeRF basketball: the reference record (seed 0) and the seed 1 and 2 records of the same
-    code; the README quotes 17.81 dB mean, sample std 1.28, 16.42-18.92 dB."""
-    folders = [REPO / "results" / "reference" / "h200"] + [REPO / "results" / "seeds" / "h200" / f"seed{s}"
-                                                           for s in (1, 2)]
+    """HyperNeRF basketball, commit 3b86578: seed 0 (the earlier reference record, now a rerun) and
+    the seed 1 and 2 records of the same code; the README quotes 17.81 dB mean, sample std 1.28,
+    16.42-18.92 dB."""
+    folders = [REPO / "results" / "reruns" / "h200_3b86578"] + [REPO / "results" / "seeds" / "h200" / f"seed{s}"
+                                                                for s in (1, 2)]
     df = spread(folders, "4dgs").set_index(["dataset", "scene"])
     hn = df.loc[("hypernerf", "basketball")]
     assert hn.runs == 3 and hn.seeds == "0,1,2"
     assert round(hn.psnr_mean, 2) == 17.81 and round(hn.psnr_std, 2) == 1.28
     assert (round(hn.psnr_min, 2), round(hn.psnr_max, 2)) == (16.42, 18.92)
+
+
+def test_committed_neu3d_runs_are_gathered():
+    """Neu3D basketball, commit 68461e1: the reference record (seed 0) and seeds 1-3; the README
+    quotes 22.75 dB mean, sample std 3.00, 18.43-24.94 dB."""
+    folders = [REPO / "results" / "reference" / "h200"] + [REPO / "results" / "seeds" / "h200_68461e1" / f"seed{s}"
+                                                           for s in (1, 2, 3)]
+    df = spread(folders, "4dgs").set_index(["dataset", "scene"])
+    n3 = df.loc[("neu3d", "basketball")]
+    assert n3.runs == 4 and n3.seeds == "0,1,2,3"
+    assert round(n3.psnr_mean, 2) == 22.75 and round(n3.psnr_std, 2) == 3.00
+    assert (round(n3.psnr_min, 2), round(n3.psnr_max, 2)) == (18.43, 24.94)
