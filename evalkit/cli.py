@@ -202,6 +202,33 @@ def export(
         console.print(f"wrote {p}")
 
 
+@app.command()
+def views(
+    record: Path = typer.Argument(..., help="A job's record (.json) written by `evalkit run`; its .evk beside it."),
+    out: Path = typer.Option(..., "--out", "-o", help="Folder for the images (<frame>.png) and views.csv."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="The data root the job ran on (default as `evalkit run`)."),
+    every: int = typer.Option(1, "--every", help="Every k-th test frame."),
+    device: Optional[str] = typer.Option(None, "--device", help="torch device (default: cuda if available)."),
+) -> None:
+    """Decode a job's bitstream and write its test views: ground truth | render | error x4, with each
+    frame's PSNR beside the record's."""
+    from evalkit.runner import RunError, resolve_device
+    from evalkit.specs import SpecError
+    from evalkit.views import ViewsError, write_views
+
+    try:
+        dev = resolve_device(device)
+        written = write_views(record, data_root, out, every=every, device=dev)
+    except (ViewsError, SpecError, RunError) as exc:
+        _fail(str(exc))
+        return
+    table = Table("frame", "time", "PSNR (dB)", "record (dB)")
+    for v in written:
+        table.add_row(v.name, f"{v.time:.4f}", f"{v.psnr:.3f}", "—" if v.record_psnr is None else f"{v.record_psnr:.3f}")
+    console.print(table)
+    console.print(f"wrote {len(written)} images and views.csv to {out}")
+
+
 def torch_device():
     import torch
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -228,3 +228,56 @@ def test_run_says_when_a_jobs_times_are_contended(toy_bench: ToyBench, monkeypat
     shared[0] = False
     res = run_toy(toy_bench, "--scene", "beta", "--rate", "low")
     assert "done toy / toy / beta / low" in res.output and "times contended" not in res.output
+
+
+# -- views -----------------------------------------------------------------------------------
+def test_views_write_the_scored_renders(toy_bench: ToyBench, tmp_path: Path) -> None:
+    """Each panel is ground truth | render | error; PSNR recomputed from the PNG's own pixels equals
+    the PSNR the run recorded for that frame (the render panel is the image that was scored)."""
+    import numpy as np
+    from PIL import Image
+
+    assert run_toy(toy_bench, "--scene", "alpha", "--rate", "low").exit_code == 0
+    rec = record_path(toy_bench.out, "toy", "alpha", "toy", "low")
+    recorded = {f["name"]: f["psnr"] for f in json.loads(rec.read_text())["per_frame"]}
+    res = invoke("views", rec, "--out", tmp_path / "v", "--data-root", toy_bench.data_root, "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    pngs = sorted((tmp_path / "v").glob("*.png"))
+    assert [p.stem for p in pngs] == sorted(recorded)
+    for p in pngs:
+        img = np.asarray(Image.open(p)).astype(np.float64)
+        w = img.shape[1] // 3
+        gt, render, err = img[:, :w], img[:, w:2 * w], img[:, 2 * w:]
+        mse = np.mean((render - gt) ** 2) / 255.0 ** 2
+        assert -10 * np.log10(mse) == pytest.approx(recorded[p.stem], abs=1e-4)  # the record: float32
+        expect = np.clip(np.rint(np.abs(render - gt).mean(axis=2) * 4.0), 0, 255)
+        assert np.array_equal(err[..., 0], expect)
+    rows = (tmp_path / "v" / "views.csv").read_text().splitlines()
+    assert rows[0] == "frame,time,psnr,record_psnr,file" and len(rows) == len(pngs) + 1
+
+    res = invoke("views", rec, "--out", tmp_path / "v2", "--data-root", toy_bench.data_root, "--device", "cpu",
+                 "--every", "2")
+    assert len(list((tmp_path / "v2").glob("*.png"))) == (len(pngs) + 1) // 2
+
+
+def test_views_bad_input_names_the_file(toy_bench: ToyBench, tmp_path: Path) -> None:
+    assert run_toy(toy_bench, "--scene", "alpha", "--rate", "low").exit_code == 0
+    rec = record_path(toy_bench.out, "toy", "alpha", "toy", "low")
+    common = ("--out", tmp_path / "v", "--device", "cpu")
+
+    res = invoke("views", rec, *common, "--data-root", tmp_path / "nowhere")
+    assert res.exit_code == 2 and "scene folder not found" in res.output and "nowhere" in res.output
+
+    rec.with_suffix(".evk").rename(tmp_path / "moved.evk")
+    res = invoke("views", rec, *common, "--data-root", toy_bench.data_root)
+    assert res.exit_code == 2 and "bitstream is missing" in res.output and "low.evk" in res.output
+
+    toy.STATE.fail_once = {("beta", "low")}
+    run_toy(toy_bench, "--scene", "beta", "--rate", "low")
+    failed = record_path(toy_bench.out, "toy", "beta", "toy", "low")
+    res = invoke("views", failed, *common, "--data-root", toy_bench.data_root)
+    assert res.exit_code == 2 and "did not finish" in res.output
+
+    res = invoke("views", tmp_path / "none.json", *common)
+    assert res.exit_code == 2 and "none.json" in res.output
+    assert not list((tmp_path / "v").glob("*.png"))

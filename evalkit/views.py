@@ -1,0 +1,133 @@
+"""A finished job's test views as images, to see what its numbers mean.
+
+``write_views`` decodes the job's bitstream (the file beside its record, the decoder reads nothing
+else), renders the test frames as ``evalkit run`` evaluated them and writes, per frame, one PNG:
+ground truth | render | error (|render - ground truth|, mean over RGB, x4, clipped). The
+render panel is the 8-bit image that was scored; each frame's PSNR is recomputed from it and set
+beside the record's, so a render that no longer matches its record shows.
+"""
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+
+class ViewsError(RuntimeError):
+    """Bad input for ``write_views``: the message names the file and the problem."""
+
+
+ERROR_GAIN = 4.0  # errors of 1/4 of the range and more are white
+
+
+@dataclass
+class ViewImage:
+    name: str
+    time: float
+    psnr: float
+    record_psnr: float | None
+    path: Path
+
+
+def _u8(img: torch.Tensor) -> np.ndarray:
+    """(H, W, 3) float in [0, 1] -> uint8, rounded as the metrics quantise (``to_uint8_quantised``)."""
+    return np.rint(img.clamp(0.0, 1.0).numpy() * 255.0).astype(np.uint8)
+
+
+def psnr_u8(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2) / 255.0 ** 2
+    return math.inf if mse == 0 else -10.0 * math.log10(mse)
+
+
+def panel(gt: np.ndarray, render: np.ndarray) -> np.ndarray:
+    """ground truth | render | error, side by side (uint8, (H, 3W, 3))."""
+    err = np.abs(render.astype(np.float32) - gt.astype(np.float32)).mean(axis=2) * ERROR_GAIN
+    err = np.clip(np.rint(err), 0, 255).astype(np.uint8)
+    return np.concatenate([gt, render, np.repeat(err[:, :, None], 3, axis=2)], axis=1)
+
+
+def _scene_of(record, data_root: Path | None):
+    from evalkit.data.detect import load_scene
+    from evalkit.data.scene import DatasetError
+    from evalkit.runner import default_cache_dir, default_data_root, ensure_synthetic
+    from evalkit.specs import load_dataset_spec
+
+    dspec = load_dataset_spec(record.dataset)
+    if dspec.generated:  # where ``evalkit run`` puts the built-in scenes
+        data_root = data_root or default_cache_dir() / "data"
+        ensure_synthetic(dspec, data_root)
+    data_root = data_root or default_data_root()
+    scene_dir = data_root / dspec.folder / record.scene
+    if not scene_dir.is_dir():
+        raise ViewsError(f"{scene_dir}: scene folder not found (the record is of {record.dataset}/{record.scene}; "
+                         "give the --data-root it was run with)")
+    # The loader's own default where the spec sets no scale and the run added none, as the runner.
+    scale = None if dspec.resolution_scale is None and record.resolution_scale == 1.0 else record.resolution_scale
+    try:
+        scene = load_scene(scene_dir, format=dspec.format, resolution_scale=scale, background=dspec.background,
+                           cache_dir=default_cache_dir() / "frames")
+    except DatasetError as exc:
+        raise ViewsError(str(exc)) from None
+    if not scene.test:
+        raise ViewsError(f"{scene_dir}: the scene has no test frames")
+    size = [scene.test[0].camera.width, scene.test[0].camera.height]
+    if record.resolution and list(record.resolution) != size:
+        raise ViewsError(f"{scene_dir}: test views load at {size[0]}x{size[1]}, the record was evaluated at "
+                         f"{record.resolution[0]}x{record.resolution[1]}")
+    return scene
+
+
+def write_views(record_path: Path, data_root: Path | None, out: Path, *, every: int = 1,
+                device: torch.device | None = None, log: Callable[[str], None] = lambda _m: None) -> list[ViewImage]:
+    """Render every ``every``-th test frame of the job recorded at ``record_path`` into ``out``
+    (``<frame>.png`` panels and ``views.csv``); returns what was written."""
+    from evalkit.codec.container import Bitstream, BitstreamError
+    from evalkit.methods.registry import UnknownMethod, get_method
+    from evalkit.results import RecordError, read_record
+
+    if every < 1:
+        raise ViewsError(f"--every must be at least 1, not {every}")
+    try:
+        record = read_record(record_path)
+    except RecordError as exc:
+        raise ViewsError(str(exc)) from None
+    if record.status != "ok":
+        raise ViewsError(f"{record_path}: the job did not finish ({record.status}: {record.error}); nothing to render")
+    bits_path = Path(record_path).with_suffix(".evk")
+    if not bits_path.is_file():
+        raise ViewsError(f"{bits_path}: the record's bitstream is missing (records kept without their "
+                         ".evk, as under results/reference, cannot be rendered)")
+    scene = _scene_of(record, data_root)
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        bits = Bitstream.read(bits_path)
+        model = get_method(bits.header.get("method", "?")).decode(bits, device, source=str(bits_path))
+    except (BitstreamError, UnknownMethod) as exc:
+        raise ViewsError(str(exc)) from None
+
+    from PIL import Image
+
+    recorded = {f["name"]: f.get("psnr") for f in record.per_frame or []}
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[ViewImage] = []
+    with torch.no_grad():
+        for frame in scene.test[::every]:
+            render = _u8(model.render(frame.camera, frame.time).float().cpu())
+            gt = _u8(torch.from_numpy(frame.load()))
+            path = out / f"{frame.image_name.replace('/', '_')}.png"
+            Image.fromarray(panel(gt, render)).save(path)
+            view = ViewImage(frame.image_name, float(frame.time), psnr_u8(render, gt),
+                             recorded.get(frame.image_name), path)
+            written.append(view)
+            log(f"{view.name}: PSNR {view.psnr:.3f} dB (record {view.record_psnr if view.record_psnr is None else round(view.record_psnr, 3)})")
+    with open(out / "views.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["frame", "time", "psnr", "record_psnr", "file"])
+        for v in written:
+            w.writerow([v.name, v.time, v.psnr, "" if v.record_psnr is None else v.record_psnr, v.path.name])
+    return written
