@@ -195,7 +195,7 @@ def test_reference_pruning_removes_transparent_and_oversized_gaussians():
         g["opacities"][0] = torch.logit(torch.tensor(0.001))  # transparent
         g["scales"][1] = np.log(0.5)  # 0.5 > 0.1 x extent 2.0
     model = FourDGSModel(g, DeformationField(cfg.deformation_config(), torch.tensor([[-1.0] * 3, [1.0] * 3])),
-                         3, torch.zeros(3))
+                         3, torch.zeros(3), cfg.near_plane)
     opts = {k: torch.optim.Adam([{"params": [p], "lr": 1e-3, "name": k}]) for k, p in g.items()}
     state = DefaultStrategy(refine_scale2d_stop_iter=1).initialize_state(scene_scale=2.0)
     state["radii"] = torch.tensor([0.0, 0.0, 0.05, 0.0, 0.0, 0.0])  # 0.05 x 800 px = 40 px > 20
@@ -301,3 +301,49 @@ def test_batched_views_step_equals_view_by_view(trained, tiny_scene, device, lam
         torch.testing.assert_close(many[3][k], one[3][k], rtol=1e-4, atol=1e-6, msg=k)
     assert one[4] == many[4] == 3  # some Gaussians are seen by all three views ...
     assert one[3]["count"].max() == 1.0  # ... and count once a step
+
+
+def _two_gaussians(near_plane: float):
+    """A red Gaussian 0.1 in front of the camera (beside it, as a dome wall's Gaussian beside a
+    camera set in that wall) and a green one at depth 3, both on the optical axis of a 16x16 view."""
+    from evalkit.data.scene import Camera
+    from evalkit.methods.fourdgs.deformation import DeformationField
+    from evalkit.methods.fourdgs.model import FourDGSModel, init_gaussians
+    from evalkit.data.scene import PointCloud
+
+    cfg = FourDGSConfig(**TINY, near_plane=near_plane)
+    pts = PointCloud(xyz=np.array([[0.0, 0.0, 0.1], [0.0, 0.0, 3.0]], np.float32), rgb=None)
+    g = init_gaussians(pts, 3, torch.device("cpu"))
+    with torch.no_grad():
+        g["scales"].copy_(torch.log(torch.tensor([[0.05] * 3, [1.0] * 3])))
+        g["opacities"].fill_(torch.logit(torch.tensor(0.99)))
+        g["sh0"].zero_(); g["shN"].zero_()
+        c0 = 0.28209479177387814  # SH band 0: colour = c0 * dc + 0.5
+        g["sh0"][0, 0] = torch.tensor([0.5, -0.5, -0.5]) / c0
+        g["sh0"][1, 0] = torch.tensor([-0.5, 0.5, -0.5]) / c0
+    deform = DeformationField(cfg.deformation_config(), torch.tensor([[-1.0] * 3, [1.0] * 3]))
+    model = FourDGSModel(g, deform, 3, torch.zeros(3), cfg.near_plane)
+    K = np.array([[20.0, 0, 8], [0, 20.0, 8], [0, 0, 1]])
+    return model, cfg, Camera(K=K, w2c=np.eye(4), width=16, height=16)
+
+
+@pytest.mark.parametrize("near, colour", [(0.2, [0.0, 1.0, 0.0]), (0.01, [1.0, 0.0, 0.0])])
+def test_near_plane_drops_gaussians_beside_the_camera(near, colour):
+    """The 3DGS / 4DGaussians rasteriser draws no Gaussian with view depth <= 0.2: at the 0.2
+    default the near one is culled and the far one shows; at gsplat's 0.01 the near one covers
+    the view."""
+    model, _, cam = _two_gaussians(near)
+    with torch.no_grad():
+        img = model.rasterize(cam, 0.0, deform=False).image
+    assert torch.allclose(img[8, 8], torch.tensor(colour), atol=0.02)
+
+
+def test_near_plane_is_stored_and_old_bitstreams_keep_gsplats():
+    model, cfg, cam = _two_gaussians(0.2)
+    bits = codec.encode(model, cfg)
+    assert codec.decode(Bitstream.from_bytes(bits.to_bytes()), torch.device("cpu"))[0].near_plane == 0.2
+    del bits.header["config"]["near_plane"]  # as files written before the setting existed
+    old, old_cfg = codec.decode(Bitstream.from_bytes(bits.to_bytes()), torch.device("cpu"))
+    assert old.near_plane == old_cfg.near_plane == 0.01
+    with torch.no_grad():
+        assert torch.allclose(old.rasterize(cam, 0.0, deform=False).image[8, 8], torch.tensor([1.0, 0.0, 0.0]), atol=0.02)

@@ -271,7 +271,7 @@ def test_vqcc_rate_trains_vqcc_and_moves_codes_only_when_asked(moves_codes: bool
         sh0=torch.rand(n, 1, 3), shN=0.1 * torch.randn(n, 15, 3)).items()})
     cc = CCConfig(codebook_size=16, vqcc_hidden=8, vqcc_latent=4, nvcc_hidden=8, compress_hexplane=False,
                   cuda_graphs=False, vqcc_rate_moves_codes=moves_codes)
-    model = FourDGSCCModel(FourDGSModel(g, deform, 3, torch.zeros(3)), cc)
+    model = FourDGSCCModel(FourDGSModel(g, deform, 3, torch.zeros(3), 0.2), cc)
     model.vq.pending = "init"
     model.canonical_sh()
     bits, count = model.rate_terms("noise")["vqcc"]

@@ -93,7 +93,7 @@ def test_graphed_rate_terms_equal_eager_rate_terms() -> None:
     g = torch.nn.ParameterDict({k: torch.nn.Parameter(v) for k, v in dict(
         means=torch.randn(n, 3), scales=torch.full((n, 3), -3.0), quats=torch.randn(n, 4), opacities=torch.zeros(n),
         sh0=torch.rand(n, 1, 3), shN=0.1 * torch.randn(n, 15, 3)).items()})
-    base = FourDGSModel(g, deform, 3, torch.zeros(3)).to(dev)
+    base = FourDGSModel(g, deform, 3, torch.zeros(3), 0.2).to(dev)
     models = []
     for graphs in (True, False):
         cc = CCConfig(codebook_size=64, vqcc_hidden=8, vqcc_latent=4, nvcc_hidden=8, quantization="ste",

@@ -37,7 +37,7 @@ def encode(model: FourDGSModel, cfg: FourDGSConfig, method: str = "4dgs") -> Bit
 
 def decode(bits: Bitstream, device: torch.device, source: str = "<bitstream>") -> tuple[FourDGSModel, FourDGSConfig]:
     try:
-        cfg = FourDGSConfig.from_dict(bits.header["config"], source=str(source))
+        cfg = FourDGSConfig.from_stored(bits.header["config"], source=str(source))
         layout = bits.header["layout"]
         g = nn.ParameterDict({
             k: nn.Parameter(unpack_tensors(bits.component(k, source), layout[k], device)[k], requires_grad=False)
@@ -52,7 +52,7 @@ def decode(bits: Bitstream, device: torch.device, source: str = "<bitstream>") -
         sh_degree = int(bits.header["sh_degree"])
     except (KeyError, ValueError, RuntimeError) as exc:
         raise BitstreamError(source, f"not a valid 4DGS bitstream: {exc}") from None
-    model = FourDGSModel(g, deform.to(device), sh_degree, background.to(device)).to(device)
+    model = FourDGSModel(g, deform.to(device), sh_degree, background.to(device), cfg.near_plane).to(device)
     model.eval()
     model.freeze_for_rendering()
     return model, cfg

@@ -9,6 +9,9 @@ from evalkit.methods.fourdgs.deformation import DeformationConfig
 from evalkit.methods.fourdgs.hexplane import HexPlaneConfig
 
 
+NEAR_PLANE_BEFORE_SETTING = 0.01
+
+
 @dataclass
 class FourDGSConfig:
     sh_degree: int = 3
@@ -56,6 +59,11 @@ class FourDGSConfig:
     pruning_interval: int = 8000
     prune_above: int = 200000
     prune_at_refine: bool = False
+    # Rendering: Gaussians whose centre is nearer to the camera than this (view-space depth) are
+    # not drawn. 0.2 as the 3DGS / 4DGaussians rasteriser (its in-frustum test); gsplat's own
+    # default is 0.01. It matters where cameras sit in a reconstructed surface (the wall of a
+    # capture dome): that surface's Gaussians beside a camera would otherwise cover its view.
+    near_plane: float = 0.2
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], *, source: str = "config") -> "FourDGSConfig":
@@ -64,6 +72,12 @@ class FourDGSConfig:
         if unknown:
             raise ValueError(f"{source}: unknown 4DGS option(s) {unknown}")
         return cls(**{k: v for k, v in d.items() if k in known})
+
+    @classmethod
+    def from_stored(cls, d: dict[str, Any], *, source: str = "bitstream") -> "FourDGSConfig":
+        """The configuration a bitstream stores. Files written before the near plane was a setting
+        were trained and evaluated with gsplat's 0.01, and are rendered so."""
+        return cls.from_dict({"near_plane": NEAR_PLANE_BEFORE_SETTING, **d}, source=source)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

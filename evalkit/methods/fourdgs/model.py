@@ -79,11 +79,12 @@ class FourDGSModel(nn.Module):
     """Renders the scene at time t. ``deform=False`` renders the canonical (coarse-stage) set."""
 
     def __init__(self, gaussians: nn.ParameterDict, deformation: DeformationField, sh_degree: int,
-                 background: torch.Tensor) -> None:
+                 background: torch.Tensor, near_plane: float) -> None:
         super().__init__()
         self.gaussians = gaussians
         self.deformation = deformation
         self.sh_degree = sh_degree
+        self.near_plane = near_plane  # FourDGSConfig.near_plane: in training and in every render
         self.register_buffer("background", background.float().reshape(3))
         self._graphed: _GraphedActivated | None = None
         self._cameras: dict[int, tuple[Camera, torch.Tensor, torch.Tensor]] = {}
@@ -144,7 +145,7 @@ class FourDGSModel(nn.Module):
         viewmat, K = self._camera_tensors(camera)
         return rasterize(means, quats, scales, opacities, sh, viewmat, K, camera.width, camera.height,
                          sh_degree=self.sh_degree if sh_degree is None else sh_degree,
-                         background=self.background, **kwargs)
+                         background=self.background, **{"near": self.near_plane, **kwargs})
 
     def deformed_views(self, times: torch.Tensor, deform: bool = True):
         """``deformed`` at B times at once: (B, N, ...) tensors. One deformation-field call on
@@ -175,7 +176,7 @@ class FourDGSModel(nn.Module):
         return rasterize_views(means, quats, torch.exp(log_scales), torch.sigmoid(opa_logits), sh, viewmats, Ks,
                                cameras[0].width, cameras[0].height,
                                sh_degree=self.sh_degree if sh_degree is None else sh_degree,
-                               background=self.background)
+                               background=self.background, near=self.near_plane)
 
     @torch.no_grad()
     def render(self, camera: Camera, t: float) -> torch.Tensor:

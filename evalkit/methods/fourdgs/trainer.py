@@ -200,7 +200,7 @@ def build_model(scene: Scene, cfg: FourDGSConfig, device: torch.device) -> FourD
     aabb = torch.stack([xyz.min(0).values, xyz.max(0).values])
     deform = DeformationField(cfg.deformation_config(), aabb).to(device)
     background = torch.as_tensor(np.asarray(scene.background), dtype=torch.float32, device=device)
-    return FourDGSModel(gaussians, deform, cfg.sh_degree, background)
+    return FourDGSModel(gaussians, deform, cfg.sh_degree, background, cfg.near_plane)
 
 
 def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=None, log=None,

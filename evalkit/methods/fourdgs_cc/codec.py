@@ -120,7 +120,7 @@ def decode(bits: Bitstream, source: str | Path = "<bitstream>") -> tuple[CodedSc
     if h.get("format") != FORMAT:
         raise BitstreamError(source, f"unsupported {METHOD} format {h.get('format')!r} (this reads {FORMAT})")
     try:
-        fcfg = FourDGSConfig.from_dict(h["config"], source=str(source))
+        fcfg = FourDGSConfig.from_stored(h["config"], source=str(source))
         cc = CCConfig.from_dict(h["cc"])
         n = int(h["num_gaussians"])
         coded = CodedScene(fcfg=fcfg, cc=cc, sh_degree=int(h["sh_degree"]), background=list(h["background"]),

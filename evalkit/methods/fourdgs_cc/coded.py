@@ -73,7 +73,8 @@ class CodedScene:
                 state[f"grid.grids.{s}.{i}"] = p
         deform.load_state_dict(state, strict=True)
         bg = torch.tensor(self.background, dtype=torch.float32)
-        model = FourDGSModel(self.gaussians(device), deform.to(device), self.sh_degree, bg.to(device)).eval()
+        model = FourDGSModel(self.gaussians(device), deform.to(device), self.sh_degree, bg.to(device),
+                             self.fcfg.near_plane).eval()
         model.freeze_for_rendering()  # as the 4DGS decoder: CUDA-graphed deformation on GPU (same renders)
         return model
 

@@ -34,7 +34,7 @@ class FourDGSCCModel(FourDGSModel):
     extra optimiser."""
 
     def __init__(self, base: FourDGSModel, cc: CCConfig, seed: int = 0) -> None:
-        super().__init__(base.gaussians, base.deformation, base.sh_degree, base.background)
+        super().__init__(base.gaussians, base.deformation, base.sh_degree, base.background, base.near_plane)
         self.cc = cc
         grid = base.deformation.grid
         if cc.compress_hexplane:
