@@ -9,13 +9,12 @@ beside the record's, so a render that no longer matches its record shows.
 from __future__ import annotations
 
 import csv
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
-
 import numpy as np
 import torch
+
+from evalkit.metrics.image import psnr, to_uint8_quantised
 
 
 class ViewsError(RuntimeError):
@@ -35,13 +34,13 @@ class ViewImage:
 
 
 def _u8(img: torch.Tensor) -> np.ndarray:
-    """(H, W, 3) float in [0, 1] -> uint8, rounded as the metrics quantise (``to_uint8_quantised``)."""
-    return np.rint(img.clamp(0.0, 1.0).numpy() * 255.0).astype(np.uint8)
+    """(H, W, 3) float in [0, 1] -> uint8, quantised as the metrics do (``to_uint8_quantised``)."""
+    return np.rint(to_uint8_quantised(img.double()).numpy() * 255.0).astype(np.uint8)  # exact k/255 -> k
 
 
 def psnr_u8(a: np.ndarray, b: np.ndarray) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2) / 255.0 ** 2
-    return math.inf if mse == 0 else -10.0 * math.log10(mse)
+    """The metrics' PSNR of two 8-bit images (in float64)."""
+    return float(psnr(torch.from_numpy(a / 255.0), torch.from_numpy(b / 255.0)))
 
 
 def panel(gt: np.ndarray, render: np.ndarray) -> np.ndarray:
@@ -83,7 +82,7 @@ def _scene_of(record, data_root: Path | None):
 
 
 def write_views(record_path: Path, data_root: Path | None, out: Path, *, every: int = 1,
-                device: torch.device | None = None, log: Callable[[str], None] = lambda _m: None) -> list[ViewImage]:
+                device: torch.device | None = None) -> list[ViewImage]:
     """Render every ``every``-th test frame of the job recorded at ``record_path`` into ``out``
     (``<frame>.png`` panels and ``views.csv``); returns what was written."""
     from evalkit.codec.container import Bitstream, BitstreamError
@@ -124,7 +123,6 @@ def write_views(record_path: Path, data_root: Path | None, out: Path, *, every: 
             view = ViewImage(frame.image_name, float(frame.time), psnr_u8(render, gt),
                              recorded.get(frame.image_name), path)
             written.append(view)
-            log(f"{view.name}: PSNR {view.psnr:.3f} dB (record {view.record_psnr if view.record_psnr is None else round(view.record_psnr, 3)})")
     with open(out / "views.csv", "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["frame", "time", "psnr", "record_psnr", "file"])
