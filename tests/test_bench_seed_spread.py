@@ -113,12 +113,33 @@ def test_committed_hypernerf_runs_are_gathered():
 
 
 def test_committed_neu3d_runs_are_gathered():
-    """Neu3D basketball, commit 68461e1: the reference record (seed 0) and seeds 1-3; the README
-    quotes 22.75 dB mean, sample std 3.00, 18.43-24.94 dB."""
-    folders = [REPO / "results" / "reference" / "h200"] + [REPO / "results" / "seeds" / "h200_68461e1" / f"seed{s}"
-                                                           for s in (1, 2, 3)]
+    """Neu3D basketball, commit 68461e1 (near plane 0.01): seed 0 (the earlier reference record, now a
+    rerun) and seeds 1-3; the README quotes 22.75 dB mean, sample std 3.00, 18.43-24.94 dB."""
+    folders = [REPO / "results" / "reruns" / "h200_68461e1"] + [REPO / "results" / "seeds" / "h200_68461e1" / f"seed{s}"
+                                                                for s in (1, 2, 3)]
     df = spread(folders, "4dgs").set_index(["dataset", "scene"])
     n3 = df.loc[("neu3d", "basketball")]
     assert n3.runs == 4 and n3.seeds == "0,1,2,3"
     assert round(n3.psnr_mean, 2) == 22.75 and round(n3.psnr_std, 2) == 3.00
     assert (round(n3.psnr_min, 2), round(n3.psnr_max, 2)) == (18.43, 24.94)
+
+
+def test_near_plane_runs_are_not_mixed_with_older_ones():
+    """The near plane is part of the stored config: the 0.01 runs of commit 68461e1 and the current
+    0.2 record are refused as one experiment, and the 0.2 runs gather: Neu3D basketball, the record
+    (seed 0, commit 77f207a) and seeds 0/2/4/5 of commit 24467b0: 22.39 dB mean, std 3.04,
+    19.23-26.05 dB; HyperNeRF basketball, the record and seeds 0-2 of commit 77f207a: 19.07 dB mean,
+    std 0.73, 18.06-19.77 dB (the README quotes both)."""
+    with pytest.raises(RecordError, match="config differ"):
+        spread([REPO / "results" / "reference" / "h200", REPO / "results" / "seeds" / "h200_68461e1" / "seed1"], "4dgs")
+    ref = REPO / "results" / "reference" / "h200"
+    n3 = spread([ref] + [REPO / "results" / "seeds" / "h200_24467b0" / f"seed{s}" for s in (0, 2, 4, 5)],
+                "4dgs").set_index(["dataset", "scene"]).loc[("neu3d", "basketball")]
+    assert n3.runs == 5 and n3.seeds == "0x2,2,4,5"
+    assert (round(n3.psnr_mean, 2), round(n3.psnr_std, 2)) == (22.39, 3.04)
+    assert (round(n3.psnr_min, 2), round(n3.psnr_max, 2)) == (19.23, 26.05)
+    hn = spread([ref] + [REPO / "results" / "seeds" / "h200_77f207a" / f"seed{s}" for s in (0, 1, 2)],
+                "4dgs").set_index(["dataset", "scene"]).loc[("hypernerf", "basketball")]
+    assert hn.runs == 4 and hn.seeds == "0x2,1,2"
+    assert (round(hn.psnr_mean, 2), round(hn.psnr_std, 2)) == (19.07, 0.73)
+    assert (round(hn.psnr_min, 2), round(hn.psnr_max, 2)) == (18.06, 19.77)
