@@ -15,6 +15,9 @@ Choices, each as the reference does unless noted:
 * Learning rates of positions, deformation MLP and grid decay log-linearly and are scaled by the
   scene extent (the reference's ``spatial_lr_scale``).
 * SH degree grows by one every 1000 iterations (counted over both stages).
+* At each densification step the Gaussians get no Adam update (the reference's ``densify``
+  replaces their tensors, which drops their gradients, also when nothing is added); the
+  deformation field still does. No update at all on step ``iterations`` (the fine stage's last).
 * Batches of several views: each view is rendered at its own time; for densification the views'
   view-space gradients are summed before their norm is taken, once per step (``accumulate_stats``).
 """
@@ -124,11 +127,16 @@ def accumulate_stats(strategy: DefaultStrategy, params, state: dict, infos: list
 
 
 @torch.no_grad()
+def refines_at(strategy: DefaultStrategy, step: int) -> bool:
+    """Whether ``refine`` densifies at ``step`` (the reference's ``densify()`` steps)."""
+    return (strategy.refine_start_iter < step < strategy.refine_stop_iter and step % strategy.refine_every == 0
+            and step % strategy.reset_every >= strategy.pause_refine_after_reset)
+
+
 def refine(strategy: DefaultStrategy, params, opts: dict, state: dict, step: int) -> None:
     """The refinement of gsplat's ``step_post_backward`` (grow, then its prune, then reset the
     statistics), on statistics from ``accumulate_stats``; below ``refine_stop_iter`` only."""
-    if not (strategy.refine_start_iter < step < strategy.refine_stop_iter and step % strategy.refine_every == 0
-            and step % strategy.reset_every >= strategy.pause_refine_after_reset):
+    if not refines_at(strategy, step):
         return
     strategy._grow_gs(params, opts, state, step)
     strategy._prune_gs(params, opts, state, step)
@@ -294,12 +302,18 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
             with torch.no_grad():
                 if step < cfg.densify_until_iter:
                     accumulate_stats(strategy, model.gaussians, state, infos)
-                    refine(strategy, model.gaussians, opts, state, step)
+                    if refines_at(strategy, step):
+                        refine(strategy, model.gaussians, opts, state, step)
+                        # the reference's densify() rebuilds every Gaussian tensor, even when
+                        # nothing grows, so its Adam step leaves the Gaussians alone at these steps
+                        for p in model.gaussians.values():
+                            p.grad = None
                 if not gsplat_prunes and reference_prunes_at(cfg, step, model.num_primitives()):
                     prune_as_reference(model, opts, state, cfg, step, extent, infos[-1])
                 if step < cfg.densify_until_iter and step % cfg.opacity_reset_interval == 0:
                     reset_opa(model.gaussians, opts, state, value=cfg.prune_opacity * 2.0)
-            optimizers.step()
+            if step < cfg.iterations:  # the reference's condition: no update on the fine stage's last step
+                optimizers.step()
             optimizers.zero_grad()
             if step == 1:  # one synchronisation: first-use costs (lazy loading, compiles) show here
                 if device.type == "cuda":
