@@ -349,13 +349,17 @@ def test_near_plane_is_stored_and_old_bitstreams_keep_gsplats():
         assert torch.allclose(old.rasterize(cam, 0.0, deform=False).image[8, 8], torch.tensor([1.0, 0.0, 0.0]), atol=0.02)
 
 
-def test_densification_steps_leave_gaussians_unstepped_and_last_step_updates_nothing(tiny_scene):
+@pytest.mark.parametrize("densify_below", [360000, 1])
+def test_densification_steps_leave_gaussians_unstepped_and_last_step_updates_nothing(tiny_scene, densify_below):
     """As the reference: its densify() rebuilds the Gaussian tensors (dropping their gradients)
     even when nothing is added, so Adam skips the Gaussians at those steps while the deformation
-    field is updated; on the fine stage's last step (``iteration < iterations`` fails) nothing is."""
+    field is updated; on the fine stage's last step (``iteration < iterations`` fails) nothing is.
+    At or above ``densify_below`` Gaussians there is no densification, so no skipped update."""
     cfg = FourDGSConfig(**TINY, coarse_iterations=0, iterations=12, densify_from_iter=2,
                         densification_interval=3, densify_until_iter=100, opacity_reset_interval=1000,
-                        densify_grad_threshold=1e9)  # refinement steps 3, 6, 9, 12 that grow nothing
+                        densify_grad_threshold=1e9,  # refinement steps 3, 6, 9, 12 that grow nothing
+                        densify_below=densify_below)
+    densifies = densify_below > 1
     seen: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def snapshot(model, stage, step):  # called before the step's backward: state after step - 1
@@ -370,6 +374,6 @@ def test_densification_steps_leave_gaussians_unstepped_and_last_step_updates_not
     for s in range(2, 12):
         moved_means = not torch.equal(after[s][0], seen[s][0])
         moved_grid = not torch.equal(after[s][1], seen[s][1])
-        assert moved_means == (s % 3 != 0), f"step {s}: Gaussians {'moved' if moved_means else 'stayed'}"
+        assert moved_means == (s % 3 != 0 or not densifies), f"step {s}: Gaussians {'moved' if moved_means else 'stayed'}"
         assert moved_grid, f"step {s}: the deformation field was not updated"
     assert torch.equal(final[0], seen[12][0]) and torch.equal(final[1], seen[12][1])

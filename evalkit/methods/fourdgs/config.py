@@ -51,6 +51,7 @@ class FourDGSConfig:
     densification_interval: int = 100
     opacity_reset_interval: int = 3000
     prune_opacity: float = 0.005
+    densify_below: int = 360000  # the reference densifies only while fewer Gaussians exist
     # Pruning as the reference: clone/split at every refinement, prune only every
     # ``pruning_interval`` steps (from ``pruning_from_iter``, before ``densify_until_iter``) and only
     # while more than ``prune_above`` Gaussians exist. ``prune_at_refine`` prunes at every

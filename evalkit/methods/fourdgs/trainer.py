@@ -15,7 +15,8 @@ Choices, each as the reference does unless noted:
 * Learning rates of positions, deformation MLP and grid decay log-linearly and are scaled by the
   scene extent (the reference's ``spatial_lr_scale``).
 * SH degree grows by one every 1000 iterations (counted over both stages).
-* At each densification step the Gaussians get no Adam update (the reference's ``densify``
+* Densification only while fewer than ``densify_below`` (360k) Gaussians exist (statistics keep
+  accumulating above it). At each densification step the Gaussians get no Adam update (the reference's ``densify``
   replaces their tensors, which drops their gradients, also when nothing is added); the
   deformation field still does. No update at all on step ``iterations`` (the fine stage's last).
 * Batches of several views: each view is rendered at its own time; for densification the views'
@@ -302,7 +303,7 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
             with torch.no_grad():
                 if step < cfg.densify_until_iter:
                     accumulate_stats(strategy, model.gaussians, state, infos)
-                    if refines_at(strategy, step):
+                    if refines_at(strategy, step) and model.num_primitives() < cfg.densify_below:
                         refine(strategy, model.gaussians, opts, state, step)
                         # the reference's densify() rebuilds every Gaussian tensor, even when
                         # nothing grows, so its Adam step leaves the Gaussians alone at these steps
