@@ -16,9 +16,9 @@ Choices, each as the reference does unless noted:
   scene extent (the reference's ``spatial_lr_scale``).
 * SH degree grows by one every 1000 iterations (counted over both stages).
 * Densification only while fewer than ``densify_below`` (360k) Gaussians exist (statistics keep
-  accumulating above it). At each densification step the Gaussians get no Adam update (the reference's ``densify``
-  replaces their tensors, which drops their gradients, also when nothing is added); the
-  deformation field still does. No update at all on step ``iterations`` (the fine stage's last).
+  accumulating above it). At each densification step the Gaussians get no Adam update (the
+  reference's ``densify`` replaces their tensors, which drops their gradients, also when nothing
+  is added); the deformation field still does. No update at all on the fine stage's last step.
 * Batches of several views: each view is rendered at its own time; for densification the views'
   view-space gradients are summed before their norm is taken, once per step (``accumulate_stats``).
 """
@@ -128,23 +128,20 @@ def accumulate_stats(strategy: DefaultStrategy, params, state: dict, infos: list
 
 
 @torch.no_grad()
-def refines_at(strategy: DefaultStrategy, step: int) -> bool:
-    """Whether ``refine`` densifies at ``step`` (the reference's ``densify()`` steps)."""
-    return (strategy.refine_start_iter < step < strategy.refine_stop_iter and step % strategy.refine_every == 0
-            and step % strategy.reset_every >= strategy.pause_refine_after_reset)
-
-
-def refine(strategy: DefaultStrategy, params, opts: dict, state: dict, step: int) -> None:
+def refine(strategy: DefaultStrategy, params, opts: dict, state: dict, step: int) -> bool:
     """The refinement of gsplat's ``step_post_backward`` (grow, then its prune, then reset the
-    statistics), on statistics from ``accumulate_stats``; below ``refine_stop_iter`` only."""
-    if not refines_at(strategy, step):
-        return
+    statistics), on statistics from ``accumulate_stats``; below ``refine_stop_iter`` only.
+    Returns whether this was a refinement step (the reference's ``densify()`` steps)."""
+    if not (strategy.refine_start_iter < step < strategy.refine_stop_iter and step % strategy.refine_every == 0
+            and step % strategy.reset_every >= strategy.pause_refine_after_reset):
+        return False
     strategy._grow_gs(params, opts, state, step)
     strategy._prune_gs(params, opts, state, step)
     state["grad2d"].zero_()
     state["count"].zero_()
     if strategy.refine_scale2d_stop_iter > 0:
         state["radii"].zero_()
+    return True
 
 
 def reference_prunes_at(cfg: FourDGSConfig, step: int, num_gaussians: int) -> bool:
@@ -303,17 +300,14 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
             with torch.no_grad():
                 if step < cfg.densify_until_iter:
                     accumulate_stats(strategy, model.gaussians, state, infos)
-                    if refines_at(strategy, step) and model.num_primitives() < cfg.densify_below:
-                        refine(strategy, model.gaussians, opts, state, step)
-                        # the reference's densify() rebuilds every Gaussian tensor, even when
-                        # nothing grows, so its Adam step leaves the Gaussians alone at these steps
-                        for p in model.gaussians.values():
+                    if model.num_primitives() < cfg.densify_below and refine(strategy, model.gaussians, opts, state, step):
+                        for p in model.gaussians.values():  # no Adam update for them (module docstring)
                             p.grad = None
                 if not gsplat_prunes and reference_prunes_at(cfg, step, model.num_primitives()):
                     prune_as_reference(model, opts, state, cfg, step, extent, infos[-1])
                 if step < cfg.densify_until_iter and step % cfg.opacity_reset_interval == 0:
                     reset_opa(model.gaussians, opts, state, value=cfg.prune_opacity * 2.0)
-            if step < cfg.iterations:  # the reference's condition: no update on the fine stage's last step
+            if not (fine and step == iters):  # the reference's `iteration < opt.iterations`
                 optimizers.step()
             optimizers.zero_grad()
             if step == 1:  # one synchronisation: first-use costs (lazy loading, compiles) show here
