@@ -36,7 +36,8 @@ from evalkit.methods.fourdgs.deformation import DeformationField
 from evalkit.methods.fourdgs.hexplane import HexPlane
 from evalkit.methods.fourdgs.model import FourDGSModel
 from evalkit.methods.fourdgs.plane_regulariser import PlaneRegulariser
-from evalkit.methods.fourdgs.trainer import ImageBank, train
+from evalkit.train.images import ImageBank
+from evalkit.methods.fourdgs.trainer import train
 from evalkit.render import gsplat_backend
 
 

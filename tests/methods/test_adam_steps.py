@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 from gsplat.strategy.ops import remove
 
-from evalkit.methods.fourdgs.adam_steps import AdamSteps
+from evalkit.train.adam_steps import AdamSteps
 
 
 def _setup(device: str = "cpu", seed: int = 0):

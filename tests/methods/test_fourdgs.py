@@ -211,7 +211,7 @@ def test_reference_pruning_removes_transparent_and_oversized_gaussians():
 def test_sync_free_statistics_equal_gsplats():
     """accumulate_stats keeps the same running sums as gsplat's DefaultStrategy._update_state."""
     from gsplat.strategy import DefaultStrategy
-    from evalkit.methods.fourdgs.trainer import accumulate_stats
+    from evalkit.train.densify_stats import accumulate_stats
     g = torch.Generator().manual_seed(0)
     n = 50
     params = {"means": torch.zeros(n, 3)}
@@ -233,7 +233,7 @@ def test_batch_statistics_sum_the_views_gradients_first():
     """With several views a step, the reference adds the norm of the views' summed view-space
     gradient (in NDC units) once, and counts a Gaussian once if any view sees it."""
     from gsplat.strategy import DefaultStrategy
-    from evalkit.methods.fourdgs.trainer import accumulate_stats
+    from evalkit.train.densify_stats import accumulate_stats
     n, w, h = 5, 64, 48
     strategy = DefaultStrategy(refine_scale2d_stop_iter=1)
     state = strategy.initialize_state(1.0)
@@ -263,7 +263,9 @@ def _step_views(model, scene, picks, *, batched: bool, device: torch.device, lam
     """Loss, gradients, densification statistics and the most views any Gaussian is visible in,
     for one training step over ``picks``."""
     from gsplat.strategy import DefaultStrategy
-    from evalkit.methods.fourdgs.trainer import ImageBank, accumulate_stats, views_loss
+    from evalkit.train.densify_stats import accumulate_stats
+    from evalkit.train.images import ImageBank
+    from evalkit.methods.fourdgs.trainer import views_loss
     frames = scene.train
     bank = ImageBank(frames, device)
     times = torch.tensor([f.time for f in frames], device=device)

@@ -25,10 +25,8 @@ Choices, each as the reference does unless noted:
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,39 +36,15 @@ from gsplat.strategy import DefaultStrategy
 from gsplat.strategy.ops import remove, reset_opa
 
 from evalkit.data.scene import Frame, Scene
-from evalkit.methods.fourdgs.adam_steps import AdamSteps
+from evalkit.train.adam_steps import AdamSteps
+from evalkit.train.densify_stats import accumulate_stats
+from evalkit.train.images import ImageBank
+from evalkit.train.schedules import log_lerp
 from evalkit.methods.fourdgs.config import FourDGSConfig
 from evalkit.methods.fourdgs.deformation import DeformationField
 from evalkit.methods.fourdgs.model import FourDGSModel, init_gaussians
 from evalkit.methods.fourdgs.plane_regulariser import PlaneRegulariser
 from evalkit.metrics.image import ssim
-
-
-def log_lerp(init: float, final: float, step: int, max_steps: int) -> float:
-    t = min(max(step / max(max_steps, 1), 0.0), 1.0)
-    return math.exp(math.log(init) * (1 - t) + math.log(final) * t)
-
-
-class ImageBank:
-    """Training images as uint8 on the training device when they fit, else on the host."""
-
-    def __init__(self, frames: list[Frame], device: torch.device, max_device_bytes: int = 6 << 30) -> None:
-        self.frames = frames
-        h, w = frames[0].camera.height, frames[0].camera.width
-        on_device = device.type == "cuda" and len(frames) * h * w * 3 <= max_device_bytes
-        self.device = device
-        store = device if on_device else torch.device("cpu")
-        # Decoding the images (PNG, video frames) is most of the set-up time: spread it over
-        # threads (the decoders release the GIL); the order of the frames is kept.
-        with ThreadPoolExecutor(max_workers=max(1, min(8, os.cpu_count() or 1))) as pool:
-            arrays = pool.map(lambda f: np.round(f.load() * 255.0).astype(np.uint8), frames)
-            self.images = [torch.from_numpy(a).to(store) for a in arrays]
-
-    def __len__(self) -> int:
-        return len(self.frames)
-
-    def get(self, i: int) -> torch.Tensor:
-        return self.images[i].to(self.device, non_blocking=True).float() / 255.0
 
 
 def _optimizers(model: FourDGSModel, cfg: FourDGSConfig, extent: float) -> dict[str, torch.optim.Optimizer]:
@@ -86,45 +60,6 @@ def _deformation_optimizer(deform: DeformationField, cfg: FourDGSConfig, extent:
         {"params": deform.mlp_parameters(), "lr": cfg.deformation_lr_init * extent, "name": "deformation"},
         {"params": deform.grid_parameters(), "lr": cfg.grid_lr_init * extent, "name": "grid"},
     ], eps=1e-15, fused=next(deform.parameters()).device.type == "cuda")
-
-
-@torch.no_grad()
-def accumulate_stats(strategy: DefaultStrategy, params, state: dict, infos: list[dict]) -> None:
-    """Densification statistics of one step, as the reference keeps them for a batch of views:
-    the view-space gradients of the batch's views are summed first and the norm of that sum is
-    added once, counting a Gaussian once if any view sees it (train.py sums
-    ``viewspace_point_tensor.grad`` over the views before ``add_densification_stats``). Adding each
-    view's norm and counting each view instead gives a per-count statistic sqrt(B) (uncorrelated
-    view gradients) to B (aligned ones) times smaller, and densifies far less on the batched
-    datasets (HyperNeRF, Neu3D). ``strategy.absgrad`` needs ``absgrad`` renders (the trainer's are not).
-    For one view this is gsplat's ``DefaultStrategy._update_state`` (unpacked) without its boolean
-    indexing, which synchronises with the GPU on every step; a test compares the two."""
-    n = len(params["means"])
-    gx = gy = seen = None
-    for info in infos:
-        grads = info["means2d"].absgrad if strategy.absgrad else info["means2d"].grad
-        # host floats: a tensor built from them would be a host-to-device copy every step
-        sx, sy = info["width"] / 2.0 * info["n_cameras"], info["height"] / 2.0 * info["n_cameras"]
-        # leading axes (views of a batched call, cameras) flattened: (V, N, 2)
-        grads, radii = grads.reshape(-1, n, 2), info["radii"].reshape(-1, n, 2)
-        sel = (radii > 0).all(dim=-1)  # (V, N) visible
-        vx, vy = (grads[..., 0] * sx * sel).sum(0), (grads[..., 1] * sy * sel).sum(0)
-        vis = sel.any(0)
-        gx, gy = (vx, vy) if gx is None else (gx + vx, gy + vy)
-        seen = vis if seen is None else seen | vis
-        if strategy.refine_scale2d_stop_iter > 0:
-            if state["radii"] is None:
-                state["radii"] = torch.zeros(n, device=grads.device)
-            r = (radii.max(dim=-1).values * sel).max(dim=0).values / float(max(info["width"], info["height"]))
-            torch.maximum(state["radii"], r, out=state["radii"])
-    if gx is None:
-        return
-    if state["grad2d"] is None:
-        state["grad2d"] = torch.zeros(n, device=gx.device)
-    if state["count"] is None:
-        state["count"] = torch.zeros(n, device=gx.device)
-    state["grad2d"] += torch.hypot(gx, gy) * seen
-    state["count"] += seen
 
 
 @torch.no_grad()
