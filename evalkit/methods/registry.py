@@ -9,6 +9,7 @@ from evalkit.methods.base import Method
 METHODS: dict[str, str] = {
     "4dgs": "evalkit.methods.fourdgs:FourDGS",
     "4dgs-cc": "evalkit.methods.fourdgs_cc:FourDGSCC",
+    "adc-gs": "evalkit.methods.adc_gs:ADCGS",
 }
 
 

@@ -1,0 +1,167 @@
+"""Method ``adc-gs``: ADC-GS, anchor-driven deformable and compressed Gaussian splatting
+(``papers/adc-gs.md``, PROTOCOL.md §4; public code H-Huang774/ADC-GS).
+
+evalkit follows the paper; where it is silent, the authors' code; else a choice. Tags:
+
+* Anchors (``model``): X_v, f_v (32), f_g (K=10 x 16), Sigma_v (6), C_v (3), no rotation [paper];
+  Sigma_v = [log offset scale (3), log base scale (3)], init log 3-NN distance [code]; f_v = f_g = 0,
+  C_v = point colour [code / paper]; D-NeRF init: every one of the 2k random points [choice].
+* F_theta (Eq. 1): four residual MLPs, width 32, LeakyReLU, 1 residual block (2 for colour), linear
+  skip [code]; input f_v + f_g[k] (all 16 channels) [paper]; X_k = X_v + e^{Sigma[0:3]} dX_k,
+  scale_k = e^{Sigma[3:6]} sigmoid(dSigma_k), rot normalise(dq + identity) [code form / choice],
+  C_k = C_v + dC_k [paper].
+* Deformation (``deformation``): F_omega per anchor (coarse) and F_varpi per anchor with K-way heads
+  (fine) [paper / choice per anchor], Linear(., 128) then per head ReLU-Linear-ReLU-Linear [code],
+  heads start at zero [choice]; f_t a (T_n, 256) table, linear interpolation [paper / code]; T_n and
+  its init per dataset [code; D-NeRF frames/2: choice]; f_p 72-d sin/cos PE of the deformed anchor
+  [paper; code formula]. Eq. 5 with one activation each [choice].
+* MEM (``mem``): adaptive steps Q_i (1 + tanh(a)), a from the decodable context [choice, HAC form];
+  hyperprior for f_v (h_a 32 -> 4 -> 4, factorized prior) [paper / code sizes]; Sigma_v and C_v from
+  f_v^ [paper]; f_g in M = 4 channel chunks [paper; channel axis: choice]; softplus sigma >= 0.11
+  symbols, the same in training and coding [choice]; R in bits per coded value [choice]; the rate
+  has gradients [paper; the code detaches it].
+* Training (``training``): Eq. 10 with (1 - SSIM) [paper]; schedule, learning rates, thresholds [code];
+  refinement with Eq. 11's temporal significance, Psi from the render's blending weights [paper;
+  the code's branch is off and broken]; snapping to 0.001 and freezing X_v [code]; the
+  lambda-independent steps shared by the rate points [choice].
+* Geometry (``geometry``): lossless integer coding, the smallest of octree / LAZ / Draco [choice;
+  paper G-PCC is not installable].
+* File (``codec``): MEM streams + float32 networks (not h_a) [paper].
+* Left out (E-D3DGS extras in the code): kNN regulariser on f_v, camera time offsets, error-driven
+  frame sampling.
+
+Variants (paper Table 3): ``base`` (canonical only, float32 anchors, no refinement), ``coarse``,
+``coarse-fine``, ``rd`` (no refinement), full = default; ``wo-ts`` (plain mean gradient, as the code).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from evalkit.codec import arith
+from evalkit.codec.container import Bitstream
+from evalkit.data.scene import Camera, Scene
+from evalkit.methods.base import RatePoint, TrainContext
+from evalkit.methods.adc_gs import codec
+from evalkit.methods.adc_gs.coded import CodedScene, finalize
+from evalkit.methods.adc_gs.config import ADCConfig
+from evalkit.methods.adc_gs.mem import quantise
+from evalkit.methods.adc_gs.model import ADCModel, Primitives, flat
+from evalkit.methods.adc_gs.training import train
+from evalkit.render.api import camera_tensors, rasterize
+
+__all__ = ["ADCGS", "ADCGSTrained", "ADCGSDecoded"]
+
+
+class FrameRenderer:
+    """Renders an ADC-GS model: the canonical primitives once, the deformation per frame."""
+
+    def __init__(self, model: ADCModel, background, feats: dict | None = None) -> None:
+        self.model = model
+        self.feats = feats if feats is not None else model.features()
+        with torch.no_grad():
+            self.canonical: Primitives = model.canonical(self.feats)
+        self.background = torch.as_tensor(np.asarray(background, dtype=np.float32), device=model.xyz.device)
+
+    @torch.no_grad()
+    def primitives(self, t: float) -> tuple[torch.Tensor, ...]:
+        return flat(self.model.at_time(self.canonical, self.feats["fv"], t))
+
+    @torch.no_grad()
+    def render(self, camera: Camera, t: float) -> torch.Tensor:
+        viewmat, K = camera_tensors(camera, self.model.xyz.device)
+        out = rasterize(*self.primitives(t), viewmat, K, camera.width, camera.height,
+                        background=self.background, near=self.model.cfg.near_plane)
+        return out.image.clamp(0, 1)
+
+
+class ADCGSTrained:
+    def __init__(self, model: ADCModel, time_rows: int, background, stats: dict, reused: dict | None) -> None:
+        self.model = model
+        self.time_rows = time_rows
+        self.background = [float(b) for b in background]
+        self.stats = stats
+        self.reused = reused
+        self.iterations = model.cfg.iterations
+        self._coded: CodedScene | None = None
+        self._renderer: FrameRenderer | None = None
+        self.coding_info: dict = {}
+
+    def finalize(self) -> CodedScene:
+        if self._coded is None:
+            self._coded = finalize(self.model, self.time_rows, self.background)
+        return self._coded
+
+    def encode(self) -> Bitstream:
+        bits, self.coding_info = codec.encode(self.finalize())
+        return bits
+
+    def render(self, camera: Camera, t: float) -> torch.Tensor:
+        if self._renderer is None:
+            self._renderer = FrameRenderer(self.finalize().build_model(self.model.xyz.device), self.background)
+        return self._renderer.render(camera, t)
+
+    def quality_stages(self) -> list[tuple[str, Callable[[Camera, float], torch.Tensor]]]:
+        """The trained model with unquantised anchor features (positions already on the grid);
+        the decoded bitstream follows."""
+        if not self.model.cfg.rate_distortion:
+            return []
+        raw = FrameRenderer(self.model, self.background)
+        return [("unquantised features", raw.render)]
+
+    def num_primitives(self) -> int:
+        return self.model.num_anchors * self.model.cfg.k
+
+    @torch.no_grad()
+    def rate_estimate(self) -> dict[str, float]:
+        """Bits of the rounded symbols under the entropy model, as training computes them (f32 on
+        the training device): what the coded MEM streams should match."""
+        if self.model.mem is None:
+            return {}
+        _, bits = quantise(self.model.mem, self.model.features(), "round")
+        return {k: float(v) for k, v in bits.items()}
+
+
+class ADCGSDecoded:
+    def __init__(self, model: ADCModel, coded: CodedScene) -> None:
+        self.model = model
+        self.coded = coded
+        self._renderer = FrameRenderer(model, coded.background)
+
+    def render(self, camera: Camera, t: float) -> torch.Tensor:
+        return self._renderer.render(camera, t)
+
+    def primitives(self, t: float):
+        return self._renderer.primitives(t)
+
+    def num_primitives(self) -> int:
+        return self.model.num_anchors * self.model.cfg.k
+
+
+def resolve_config(ctx: TrainContext, rate: RatePoint) -> ADCConfig:
+    cfg = ADCConfig.from_dict({**ctx.config, **rate.params})
+    return cfg.scaled_schedule(ctx.budget.iterations)
+
+
+class ADCGS:
+    name = "adc-gs"
+
+    def train(self, scene: Scene, rate: RatePoint, ctx: TrainContext) -> ADCGSTrained:
+        cfg = resolve_config(ctx, rate)
+        model, stats = train(scene, cfg, ctx.device, seed=ctx.budget.seed, progress=ctx.progress, log=ctx.log,
+                             cache=ctx.cache)
+        ctx.log(f"trained: {model.num_anchors} anchors, refinement {stats['refinement']}")
+        reused = ({"lambda_independent_steps": f"steps 1-{cfg.rate_from} shared between rate points of this scene"}
+                  if stats["reused_shared_steps"] else None)
+        return ADCGSTrained(model, model.deform.table.weight.shape[0], scene.background, stats, reused)
+
+    def prepare_coding(self) -> None:
+        """Build torchac (a C++ extension compiled at first import) before the encode timer."""
+        arith.ensure_backend()
+
+    def decode(self, bits: Bitstream, device: torch.device, source: str | Path = "<bitstream>") -> ADCGSDecoded:
+        coded = codec.decode(bits, source)
+        return ADCGSDecoded(coded.build_model(device), coded)

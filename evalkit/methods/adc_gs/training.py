@@ -1,0 +1,293 @@
+"""ADC-GS training (the paper gives the losses; the schedule is the public code's, see config).
+
+Loss (Eq. 10): (1 - lambda_ssim) L1 + lambda_ssim (1 - SSIM) + lambda_e R (paper; the code halves
+the SSIM term). Canonical primitives only before ``deform_from``; quantisation noise from
+``quant_from``; the rate term from ``rate_from`` (code). Refinement every ``refine_interval`` steps
+in (refine_from, refine_until]; at ``refine_until`` X_v snaps to the ``snap_grid`` grid, duplicates
+merge (keeping the anchor with the larger summed canonical opacity) and X_v freezes (code).
+Learning rates decay log-linearly over the run (code; Adam eps 1e-15).
+
+The lambda-independent steps (everything before ``rate_from``) are trained once per scene and
+shared by the rate points through ``TrainContext.cache`` (the snapshot holds the model, the
+optimiser, the statistics and the random states).
+"""
+from __future__ import annotations
+
+import copy
+import random
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy.spatial import cKDTree
+
+from evalkit.data.scene import Scene
+from evalkit.metrics.image import ssim
+from evalkit.render.api import camera_tensors, rasterize
+from evalkit.train.images import ImageBank
+from evalkit.train.schedules import log_lerp
+from evalkit.methods.adc_gs.config import ADCConfig
+from evalkit.methods.adc_gs.mem import bits_per_value, quantise
+from evalkit.methods.adc_gs.model import ADCModel, flat
+from evalkit.methods.adc_gs.refine import PSI_EPS, RefineStats
+
+
+def init_model(scene: Scene, cfg: ADCConfig, device: torch.device) -> ADCModel:
+    """Anchors from the scene's points (voxel centres when ``init_voxel`` > 0), f_v = f_g = 0,
+    Sigma_v = log of the mean distance to the 3 nearest anchors (code), C_v = point colour."""
+    xyz = np.asarray(scene.points.xyz, dtype=np.float64)
+    rgb = (np.asarray(scene.points.rgb, dtype=np.float64) if scene.points.rgb is not None
+           else np.full_like(xyz, 0.5))
+    if not np.isfinite(xyz).all() or len(xyz) == 0:
+        raise ValueError(f"{scene.points.source}: the initial point cloud is empty or not finite")
+    if cfg.init_voxel > 0:
+        keys, inv = np.unique(np.round(xyz / cfg.init_voxel).astype(np.int64), axis=0, return_inverse=True)
+        inv = inv.ravel()
+        xyz = keys * cfg.init_voxel
+        rgb = np.stack([np.bincount(inv, rgb[:, c], len(keys)) / np.bincount(inv, None, len(keys)) for c in range(3)], 1)
+    k = min(4, len(xyz))
+    d, _ = cKDTree(xyz).query(xyz, k=k)
+    dist = np.sqrt((d[:, 1:] ** 2).mean(1)) if k > 1 else np.full(len(xyz), 0.01)
+    log_d = np.log(np.clip(dist, 1e-7, None))
+    sigma = np.repeat(log_d[:, None], 6, axis=1)
+    t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)
+    return ADCModel(cfg, t(xyz), t(rgb), t(sigma), cfg.rows_for(scene.num_time_steps), with_mem=True)
+
+
+# -- optimiser --------------------------------------------------------------------------
+def _groups(model: ADCModel) -> list[dict]:
+    g = [{"params": [getattr(model, k)], "name": k} for k in ADCModel.ANCHOR_PARAMS]
+    th = model.theta
+    g += [{"params": list(th.offsets.parameters()), "name": "theta_offsets"},
+          {"params": list(th.cov.parameters()), "name": "theta_cov"},
+          {"params": list(th.opacity.parameters()), "name": "theta_opacity"},
+          {"params": list(th.color.parameters()), "name": "theta_color"},
+          {"params": list(model.deform.parameters()), "name": "deform"}]
+    if model.mem is not None:
+        g.append({"params": list(model.mem.parameters()), "name": "entropy"})
+    return g
+
+
+def set_learning_rates(opt: torch.optim.Optimizer, cfg: ADCConfig, step: int, extent: float, frozen_xyz: bool) -> None:
+    n = cfg.iterations
+    f = cfg.lr_mlp_final_factor
+    lrs = {"xyz": 0.0 if frozen_xyz else log_lerp(cfg.lr_position * extent, cfg.lr_position_final * extent, step, n),
+           "fv": log_lerp(cfg.lr_feature, cfg.lr_feature_final, step, n),
+           "fg": log_lerp(cfg.lr_feature, cfg.lr_feature_final, step, n),
+           "sigma": cfg.lr_sigma, "color": cfg.lr_color,
+           "theta_offsets": log_lerp(cfg.lr_offsets, cfg.lr_offsets * f, step, n),
+           "theta_cov": log_lerp(cfg.lr_cov, cfg.lr_cov * f, step, n),
+           "theta_opacity": log_lerp(cfg.lr_opacity, cfg.lr_opacity * f, step, n),
+           "theta_color": log_lerp(cfg.lr_color_mlp, cfg.lr_color_mlp * f, step, n),
+           "deform": log_lerp(cfg.lr_deform * extent, cfg.lr_deform_final * extent, step, n),
+           "entropy": log_lerp(cfg.lr_entropy, cfg.lr_entropy_final, step, n)}
+    for g in opt.param_groups:
+        g["lr"] = lrs[g["name"]]
+
+
+def _edit_anchor_params(model: ADCModel, opt: torch.optim.Optimizer, keep: torch.Tensor,
+                        new: dict[str, torch.Tensor] | None) -> None:
+    """Keep the anchors ``keep`` (bool mask) and append ``new`` (per anchor parameter); Adam's
+    moments follow (new rows start at zero, as 3DGS's densification)."""
+    for g in opt.param_groups:
+        if g["name"] not in ADCModel.ANCHOR_PARAMS:
+            continue
+        p = g["params"][0]
+        extra = new[g["name"]] if new is not None else p.new_zeros((0,) + p.shape[1:])
+        data = torch.cat([p.detach()[keep], extra.to(p.dtype)], dim=0)
+        new_p = torch.nn.Parameter(data, requires_grad=p.requires_grad)
+        st = opt.state.pop(p, None)
+        if st:
+            for key in ("exp_avg", "exp_avg_sq"):
+                st[key] = torch.cat([st[key][keep], torch.zeros_like(extra)], dim=0)
+            opt.state[new_p] = st
+        g["params"][0] = new_p
+        setattr(model, g["name"], new_p)
+
+
+@torch.no_grad()
+def refine(model: ADCModel, opt: torch.optim.Optimizer, stats: RefineStats, cfg: ADCConfig) -> tuple[int, int]:
+    """Grow and prune (Eq. 11); returns (grown, pruned)."""
+    k = cfg.k
+    sig = stats.significance(cfg.temporal_significance)
+    grow = sig >= cfg.grow_threshold
+    prune = stats.prune_mask(cfg.prune_opacity, 0.8 * cfg.refine_interval)
+    new = None
+    if grow.any():
+        prim = model.canonical()
+        idx = torch.nonzero(grow).squeeze(1)
+        parent = idx // k
+        pos = prim.means.reshape(-1, 3)[idx]
+        if cfg.grow_voxel > 0:  # one new anchor per free voxel (choice, Scaffold-GS's rule)
+            cells = torch.floor(pos / cfg.grow_voxel).long()
+            taken = torch.floor(model.xyz.detach() / cfg.grow_voxel).long()
+            both = torch.cat([taken, cells])
+            _, inv = torch.unique(both, dim=0, return_inverse=True)
+            first = torch.full((int(inv.max()) + 1,), len(both), dtype=torch.long, device=inv.device)
+            first.scatter_reduce_(0, inv, torch.arange(len(both), device=inv.device), reduce="amin")
+            fresh = first[inv[len(taken):]] == torch.arange(len(taken), len(both), device=inv.device)
+            idx, parent, pos = idx[fresh], parent[fresh], pos[fresh]
+            grow = torch.zeros_like(grow)
+            grow[idx] = True
+        new = {"xyz": pos, "fv": model.fv[parent], "fg": model.fg[parent],
+               "sigma": model.sigma[parent], "color": prim.colors.reshape(-1, 3)[idx]} if len(idx) else None
+    keep = ~prune
+    if new is not None or prune.any():
+        _edit_anchor_params(model, opt, keep, new)
+    return int(grow.sum()), int(prune.sum())
+
+
+@torch.no_grad()
+def snap_positions(model: ADCModel, opt: torch.optim.Optimizer, cfg: ADCConfig) -> int:
+    """X_v onto the snap grid, duplicates merged (the one with the larger summed canonical opacity
+    stays); X_v frozen afterwards. Returns the number of merged anchors."""
+    grid = torch.round(model.xyz.detach().double() / cfg.snap_grid)
+    snapped = (grid * cfg.snap_grid).float()
+    opacity = torch.sigmoid(model.canonical().opacity_logits).sum(1)
+    # order by opacity (descending) so the first of each duplicate group is the one to keep
+    order = torch.argsort(opacity, descending=True)
+    _, inv = torch.unique(grid[order], dim=0, return_inverse=True)
+    first = torch.full((int(inv.max()) + 1 if len(inv) else 0,), len(inv), dtype=torch.long, device=inv.device)
+    first.scatter_reduce_(0, inv, torch.arange(len(inv), device=inv.device), reduce="amin")
+    keep = torch.zeros(len(inv), dtype=torch.bool, device=inv.device)
+    keep[order[first]] = True
+    model.xyz.data.copy_(snapped)
+    merged = int((~keep).sum())
+    if merged:
+        _edit_anchor_params(model, opt, keep, None)
+    model.xyz.requires_grad_(False)
+    return merged
+
+
+# -- the loop ---------------------------------------------------------------------------
+def _snapshot(model: ADCModel, opt, stats: RefineStats, step: int, frozen: bool, perm: list[int]) -> dict:
+    return {"model": copy.deepcopy(model).cpu(), "opt": copy.deepcopy(opt.state_dict()),
+            "stats": copy.deepcopy(stats), "step": step, "frozen": frozen, "perm": list(perm),
+            "rng": (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                    random.getstate(), np.random.get_state())}
+
+
+def _restore(snap: dict, device: torch.device, cfg: ADCConfig):
+    model: ADCModel = copy.deepcopy(snap["model"]).to(device)
+    model.cfg = cfg
+    model.deform.cfg = cfg
+    if model.mem is not None:
+        model.mem.cfg = cfg
+    opt = torch.optim.Adam(_groups(model), eps=1e-15)
+    opt.load_state_dict(copy.deepcopy(snap["opt"]))
+    stats = copy.deepcopy(snap["stats"])
+    cpu, cuda, py, npy = snap["rng"]
+    torch.set_rng_state(cpu)
+    if cuda is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    random.setstate(py)
+    np.random.set_state(npy)
+    return model, opt, stats, snap["step"], snap["frozen"], list(snap["perm"])
+
+
+def shared_key(cfg: ADCConfig, seed: int) -> tuple:
+    d = cfg.to_dict()
+    d.pop("lambda_e")
+    return ("adc-gs:before-rate", seed, tuple(sorted((k, repr(v)) for k, v in d.items())))
+
+
+def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, progress=None, log=None,
+          cache: dict | None = None) -> tuple[ADCModel, dict]:
+    progress = progress or (lambda it, total, stats: None)
+    log = log or (lambda msg: None)
+    frames = scene.train
+    if not frames:
+        raise ValueError(f"{scene.path}: the scene has no training frames")
+    rd = cfg.rate_distortion
+    key = shared_key(cfg, seed)
+    share_until = cfg.rate_from if rd else 0  # last lambda-independent step
+    reused = False
+    bank = ImageBank(frames, device)
+    cams = [camera_tensors(f.camera, device) for f in frames]
+    bg3 = torch.as_tensor(np.asarray(scene.background), dtype=torch.float32, device=device)
+    bg4 = torch.cat([bg3, bg3.new_zeros(1)])
+    extent = scene.camera_extent()
+    if cache is not None and key in cache:
+        model, opt, stats, start, frozen, perm = _restore(cache[key], device, cfg)
+        reused = True
+        log(f"reusing the lambda-independent steps 1-{start} of this scene (shared between rate points)")
+    else:
+        torch.manual_seed(seed)
+        random.seed(seed)
+        np.random.seed(seed)
+        model = init_model(scene, cfg, device)
+        opt = torch.optim.Adam(_groups(model), eps=1e-15)
+        stats = RefineStats(model.num_anchors, cfg.k, device)
+        start, frozen, perm = 0, False, []
+    log(f"adc-gs: {model.num_anchors} initial anchors x {cfg.k} primitives, {model.deform.table.weight.shape[0]} "
+        f"time rows, lambda_e={cfg.lambda_e}")
+    history = {"grown": 0, "pruned": 0, "merged": 0}
+    t0 = time.perf_counter()
+    rate_log: list[float] = []
+    for step in range(start + 1, cfg.iterations + 1):
+        if rd and cache is not None and step == share_until and not reused and share_until > 1:
+            cache[key] = _snapshot(model, opt, stats, step - 1, frozen, perm)
+        set_learning_rates(opt, cfg, step, extent, frozen)
+        if len(perm) < cfg.batch_size:
+            perm += random.sample(range(len(frames)), len(frames))
+        views, perm = perm[:cfg.batch_size], perm[cfg.batch_size:]
+        deform_on = cfg.deformation != "none" and step > cfg.deform_from
+        quant_on = rd and step > cfg.quant_from
+        rate_on = rd and step > cfg.rate_from and cfg.lambda_e > 0
+        in_window = cfg.refinement and cfg.refine_from - cfg.refine_interval < step <= cfg.refine_until
+        feats, bits = model.features(), None
+        if quant_on:
+            feats, bits = quantise(model.mem, feats, "noise")
+        prim = model.canonical(feats)
+        loss = prim.means.new_zeros(())
+        renders = []
+        for v in views:
+            p = model.at_time(prim, feats["fv"], frames[v].time, deform_on)
+            means, quats, scales, opac, colors = flat(p)
+            if in_window:
+                colors = torch.cat([colors, torch.ones_like(colors[:, :1])], dim=1)
+                colors.retain_grad()
+            cam = frames[v].camera
+            out = rasterize(means, quats, scales, opac, colors, *cams[v], cam.width, cam.height,
+                            background=bg4 if in_window else bg3, near=cfg.near_plane)
+            img, gt = out.image[..., :3], bank.get(v)
+            l = (1 - cfg.lambda_ssim) * (img - gt).abs().mean() + cfg.lambda_ssim * (1 - ssim(img, gt))
+            loss = loss + l / len(views)
+            if in_window:
+                loss = loss + PSI_EPS * out.image[..., 3].sum()
+                renders.append((out, colors, opac, cam))
+        if rate_on:
+            r = bits_per_value(model.mem, bits, model.num_anchors)
+            loss = loss + cfg.lambda_e * r
+            if step % 100 == 0:
+                rate_log.append(float(r))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for out, colors, opac, cam in renders:
+            psi = colors.grad[:, 3] / PSI_EPS
+            stats.add(out.info["means2d"].grad.reshape(-1, 2), out.info["radii"].reshape(-1, 2), psi,
+                      opac.detach(), cam.width, cam.height)
+        opt.step()
+        if cfg.refinement and cfg.refine_from < step <= cfg.refine_until and step % cfg.refine_interval == 0:
+            grown, pruned = refine(model, opt, stats, cfg)
+            history["grown"] += grown
+            history["pruned"] += pruned
+            stats.reset(model.num_anchors)
+        if rd and step == min(cfg.refine_until, cfg.iterations) and not frozen:
+            history["merged"] += snap_positions(model, opt, cfg)
+            frozen = True
+            stats.reset(model.num_anchors)
+            log(f"step {step}: anchors snapped to the {cfg.snap_grid} grid and frozen ({model.num_anchors} anchors, "
+                f"{history['merged']} merged)")
+        if step % 100 == 0 or step == cfg.iterations:
+            progress(step, cfg.iterations, {"loss": float(loss.detach()), "anchors": model.num_anchors})
+        if step % 1000 == 0:
+            log(f"step {step}: loss {float(loss.detach()):.4f}, {model.num_anchors} anchors")
+    if rd and not frozen:
+        history["merged"] += snap_positions(model, opt, cfg)
+    model.eval()
+    train_stats = {"seconds": time.perf_counter() - t0, "anchors": model.num_anchors,
+                   "primitives": model.num_anchors * cfg.k, "refinement": history, "reused_shared_steps": reused,
+                   "rate_bits_per_value": rate_log[-1] if rate_log else None}
+    return model, train_stats

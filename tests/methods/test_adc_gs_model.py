@@ -1,0 +1,135 @@
+"""ADC-GS model pieces: rate gradients, causal steps, Eq. 11, refinement and snapping."""
+from __future__ import annotations
+
+import torch
+
+from evalkit.methods.adc_gs.mem import bits_per_value, quantise
+from evalkit.methods.adc_gs.model import flat
+from evalkit.methods.adc_gs.refine import PSI_EPS, RefineStats
+from evalkit.methods.adc_gs.training import refine, snap_positions, _groups
+from evalkit.render.api import camera_tensors, rasterize
+
+from tests.methods.adc_gs_common import look_at_camera, random_model
+
+
+def test_rate_gradient_reaches_features_entropy_nets_and_step_heads() -> None:
+    model = random_model(n=40, seed=0)
+    # move the step heads off zero so every path carries gradient
+    with torch.no_grad():
+        for lin in (model.mem.step_fv, model.mem.step_sigma, model.mem.step_color, *model.mem.step_fg):
+            lin.weight.normal_(0, 0.1)
+    torch.manual_seed(0)
+    _, bits = quantise(model.mem, model.features(), "noise")
+    bits_per_value(model.mem, bits, model.num_anchors).backward()
+    for name in ("fv", "fg", "sigma", "color"):
+        assert getattr(model, name).grad.abs().sum() > 0, name
+    mem = model.mem
+    for part in (mem.e_fv, mem.e_sigma, mem.e_color, *mem.e_fg, mem.step_fv, mem.step_sigma, mem.step_color,
+                 *mem.step_fg, mem.h_a, mem.prior):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters()), part
+
+
+def test_a_step_never_depends_on_its_own_symbols() -> None:
+    model = random_model(n=16, seed=1)
+    mem = model.mem
+    with torch.no_grad():
+        for lin in (mem.step_fv, mem.step_sigma, mem.step_color, *mem.step_fg):
+            lin.weight.normal_(0, 0.5)
+    steps = {}
+
+    class Spy:
+        def __init__(self, feats):
+            self.feats = feats
+
+        def hyper(self, m, fv, n):
+            return torch.round(m.h_a(fv))
+
+        def gauss(self, name, x, mean, scale, step):
+            steps[name] = step.clone()
+            return torch.round(x / step) * step
+
+    feats = {k: v.detach().clone() for k, v in model.features().items()}
+    with torch.no_grad():
+        mem.walk(feats, 16, Spy(feats))
+    before = dict(steps)
+    for name in ("sigma", "color"):
+        changed = {**feats, name: feats[name] + 5.0}
+        with torch.no_grad():
+            mem.walk(changed, 16, Spy(changed))
+        assert torch.equal(steps[name], before[name]), name
+    for m in range(model.cfg.fg_chunks):  # chunk m's own channels do not move its step
+        fg = feats["fg"].clone()
+        c = mem.chunk
+        fg[:, :, m * c:(m + 1) * c] += 5.0
+        with torch.no_grad():
+            mem.walk({**feats, "fg": fg}, 16, Spy(feats))
+        assert torch.equal(steps[f"fg{m}"], before[f"fg{m}"]), m
+        if m + 1 < model.cfg.fg_chunks:
+            assert not torch.equal(steps[f"fg{m + 1}"], before[f"fg{m + 1}"])  # later chunks see it
+
+
+def test_eq11_significance_on_a_hand_example() -> None:
+    stats = RefineStats(num_anchors=1, k=2, device=torch.device("cpu"))
+    # two frames, two primitives; gradients given in pixels for a 2x2 image (x W/2 = x1)
+    g = [torch.tensor([[3.0, 4.0], [0.0, 1.0]]), torch.tensor([[0.0, 1.0], [6.0, 8.0]])]
+    psi = [torch.tensor([1.0, 2.0]), torch.tensor([3.0, 0.5])]
+    radii = torch.ones(2, 2)
+    for gi, pi in zip(g, psi):
+        stats.add(gi, radii, pi, torch.tensor([0.5, 0.5]), 2, 2)
+    # primitive 0: (1*5 + 3*1) / 4 = 2; primitive 1: (2*1 + 0.5*10) / 2.5 = 2.8
+    assert torch.allclose(stats.significance(True), torch.tensor([2.0, 2.8]))
+    assert torch.allclose(stats.significance(False), torch.tensor([3.0, 5.5]))  # plain means
+
+
+def test_psi_from_the_colour_gradient_is_the_blending_weight() -> None:
+    """Two Gaussians, one in front of the other: Psi(front) = sum alpha_front (its solo render's
+    alpha), Psi(back) = sum alpha_back * T = total alpha - Psi(front)."""
+    cam = look_at_camera((0.0, -4.0, 0.0), size=24, focal=30.0)
+    viewmat, K = camera_tensors(cam)
+    means = torch.tensor([[0.05, -1.0, 0.0], [-0.05, 1.0, 0.02]])
+    quats = torch.tensor([[1.0, 0, 0, 0], [1.0, 0, 0, 0]])
+    scales = torch.full((2, 3), 0.25)
+    opac = torch.tensor([0.7, 0.9])
+    colors = torch.cat([torch.rand(2, 3), torch.ones(2, 1)], 1).requires_grad_(True)
+    out = rasterize(means, quats, scales, opac, colors, viewmat, K, 24, 24,
+                    background=torch.tensor([1.0, 1.0, 1.0, 0.0]), backend="torch")
+    (PSI_EPS * out.image[..., 3].sum()).backward()
+    psi = colors.grad[:, 3] / PSI_EPS
+    front = rasterize(means[:1], quats[:1], scales[:1], opac[:1], colors[:1, :3].detach(), viewmat, K, 24, 24,
+                      backend="torch")
+    assert torch.allclose(psi[0], front.alpha.sum(), rtol=1e-4)
+    assert torch.allclose(psi.sum(), out.alpha.sum(), rtol=1e-4)
+    assert psi[1] < rasterize(means[1:], quats[1:], scales[1:], opac[1:], colors[1:, :3].detach(), viewmat, K,
+                              24, 24, backend="torch").alpha.sum()
+
+
+def test_refine_grows_at_the_primitive_and_prunes_transparent_anchors() -> None:
+    model = random_model(n=6, seed=2)
+    opt = torch.optim.Adam(_groups(model), eps=1e-15)
+    k = model.cfg.k
+    stats = RefineStats(6, k, torch.device("cpu"))
+    stats.psi_grad[3] = 1.0   # primitive 3 of anchor 0 grows
+    stats.psi[3] = 1.0
+    stats.anchor_seen[:] = 100
+    stats.opacity[:] = 1.0
+    stats.opacity[5] = 0.0    # anchor 5 is transparent: pruned
+    prim = model.canonical()
+    expect_xyz, expect_color = prim.means[0, 3].detach().clone(), prim.colors[0, 3].detach().clone()
+    parent_fv = model.fv[0].detach().clone()
+    grown, pruned = refine(model, opt, stats, model.cfg)
+    assert (grown, pruned) == (1, 1) and model.num_anchors == 6
+    assert torch.equal(model.xyz[-1], expect_xyz) and torch.equal(model.color[-1], expect_color)
+    assert torch.equal(model.fv[-1], parent_fv)
+    assert all(g["params"][0] is getattr(model, g["name"]) for g in opt.param_groups if g["name"] in
+               ("xyz", "fv", "fg", "sigma", "color"))
+
+
+def test_snapping_merges_duplicates_and_freezes_positions() -> None:
+    model = random_model(n=5, seed=3)
+    with torch.no_grad():
+        model.xyz[1] = model.xyz[0] + 0.0001  # same grid cell as anchor 0
+    opt = torch.optim.Adam(_groups(model), eps=1e-15)
+    merged = snap_positions(model, opt, model.cfg)
+    assert merged == 1 and model.num_anchors == 4 and not model.xyz.requires_grad
+    grid = model.xyz.double() / model.cfg.snap_grid
+    assert torch.allclose(grid, grid.round(), atol=1e-3)
