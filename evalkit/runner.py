@@ -76,6 +76,8 @@ class RunOptions:
     # torch CPU threads for the sweep (None: torch's default, one per core). Lower it when several
     # jobs share a host, so their CPU phases (entropy coding) do not compete for every core.
     threads: int | None = None
+    # Neu3D: train on videos whose decoder reported damage (concealed frames); noted in the record
+    allow_corrupt_video: bool = False
 
 
 @dataclass
@@ -217,7 +219,9 @@ def _load_scene(job: Job, dspec: DatasetSpec, opts: RunOptions) -> Scene:
     from evalkit.data.detect import load_scene
 
     return load_scene(job.scene_dir, format=dspec.format, resolution_scale=scene_scale(dspec, opts),
-                      background=dspec.background, cache_dir=default_cache_dir() / "frames")
+                      background=dspec.background, cache_dir=default_cache_dir() / "frames",
+                      **({"split": dspec.split} if dspec.split else {}),
+                      **({"allow_corrupt_video": True} if opts.allow_corrupt_video and dspec.format == "neu3d" else {}))
 
 
 def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict,
@@ -259,6 +263,7 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict,
                 scene_cache.clear()  # one scene in memory at a time
                 scene_cache[key] = {"scene": _load_scene(job, dspec, opts), "shared": {}}
             scene: Scene = scene_cache[key]["scene"]
+            record.notes += scene.extra.get("notes", [])  # e.g. a damaged video used on request
             record.resolution_scale = scene_scale(dspec, opts) or 1.0
             ctx = TrainContext(device=device, budget=budget, config=config, progress=reporter.iteration,
                                log=log, cache=scene_cache[key]["shared"], dataset=job.dataset,
