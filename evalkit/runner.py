@@ -108,21 +108,20 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def ensure_synthetic(spec: DatasetSpec, root: Path) -> None:
-    """Generate the built-in synthetic scenes on first use."""
-    from evalkit.data.synth import generate
+    """Generate the built-in synthetic scenes on first use (atomically: a partial scene left by a
+    killed run is detected and rebuilt, see ``evalkit.data.synth.ensure_generated``)."""
+    from evalkit.data.synth import ensure_generated
 
     for scene in spec.scenes:
-        d = root / spec.folder / scene
-        if not d.exists():
-            generate(spec.format, d)
+        ensure_generated(spec.format, root / spec.folder / scene)
 
 
 def plan_jobs(method: str, dataset: str, data_root: Path | None = None, scenes: list[str] | None = None,
               rates: list[str] | None = None) -> tuple[list[Job], list[str]]:
     """Expand a request into jobs. Returns (jobs, notes). Raises RunError with guidance when data is missing."""
+    get_method(method)  # first: an unknown name is "unknown method ...; available: ...", not a spec path
     dspec = load_dataset_spec(dataset)
     mspec = load_method_spec(method)
-    get_method(method)  # fail early on an unregistered method
     notes: list[str] = []
     if dspec.generated:
         root = data_root or default_cache_dir() / "data"

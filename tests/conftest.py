@@ -69,3 +69,12 @@ def _isolated_evalkit_cache(tmp_path_factory: pytest.TempPathFactory,
     """Decoded-video caches go to a session temp dir, never to the user's ~/.cache."""
     if "EVALKIT_CACHE" not in os.environ:
         monkeypatch.setenv("EVALKIT_CACHE", str(tmp_path_factory.getbasetemp() / "evalkit_cache"))
+
+
+@pytest.fixture(autouse=True)
+def _no_foreign_evalkit_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jobs under test do not see evalkit runs of other people on this host as contention
+    (``tests/metrics/test_contention.py`` tests that detection with its own counts)."""
+    from evalkit.metrics import contention
+
+    monkeypatch.setattr(contention, "other_evalkit_jobs", lambda: 0)
