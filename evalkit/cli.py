@@ -20,7 +20,7 @@ FLAG = ""  # metavar of boolean flags: typer would show "<bool>" as if they took
 
 
 def _fail(msg: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {msg}")
+    err.print(f"[bold red]error:[/] {msg}", soft_wrap=True)  # one line, whatever the width
     raise typer.Exit(code)
 
 

@@ -73,8 +73,10 @@ def _isolated_evalkit_cache(tmp_path_factory: pytest.TempPathFactory,
 
 @pytest.fixture(autouse=True)
 def _no_foreign_evalkit_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Jobs under test do not see evalkit runs of other people on this host as contention
-    (``tests/metrics/test_contention.py`` tests that detection with its own counts)."""
+    """Jobs under test do not see other people's evalkit runs or the host's load (a busy CI
+    runner) as contention: records stay deterministic. ``tests/metrics/test_contention.py``
+    tests that detection with its own counts and loads."""
     from evalkit.metrics import contention
 
     monkeypatch.setattr(contention, "other_evalkit_jobs", lambda: 0)
+    monkeypatch.setattr(contention, "host_load", lambda: None)

@@ -189,7 +189,7 @@ def _load_points(root: Path, center: np.ndarray, scale: float) -> PointCloud | N
     if npy.is_file():
         try:
             xyz = np.load(npy, allow_pickle=False)
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, EOFError) as exc:
             raise DatasetError(npy, f"not a readable .npy array ({exc})") from None
         if xyz.ndim != 2 or xyz.shape[1] != 3 or len(xyz) == 0:
             raise DatasetError(npy, f"points must have shape (N, 3) with N > 0, got {xyz.shape}")

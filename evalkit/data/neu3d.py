@@ -222,10 +222,12 @@ def load_neu3d(path: Path | str, *, resolution_scale: float | None = None,
         raise DatasetError(pb_path, "file is missing")
     try:
         pb = np.load(pb_path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, EOFError) as exc:
         raise DatasetError(pb_path, f"not a readable .npy array ({exc})") from None
     if pb.ndim != 2 or pb.shape[1] != 17:
         raise DatasetError(pb_path, f"expected shape (N_cams, 17), got {pb.shape}")
+    if not np.issubdtype(pb.dtype, np.number):
+        raise DatasetError(pb_path, f"expected numbers (N_cams, 17), got dtype {pb.dtype}")
     pb = pb.astype(np.float64)
     if not np.isfinite(pb).all():
         raise DatasetError(pb_path, "contains NaN or infinite values")
