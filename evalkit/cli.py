@@ -16,20 +16,24 @@ datasets_app = typer.Typer(no_args_is_help=True, help="Inspect datasets and gene
 app.add_typer(datasets_app, name="datasets")
 console = Console()
 err = Console(stderr=True)
+FLAG = ""  # metavar of boolean flags: typer would show "<bool>" as if they took a value
 
 
 def _fail(msg: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {msg}")
+    err.print(f"[bold red]error:[/] {msg}", soft_wrap=True)  # one line, whatever the width
     raise typer.Exit(code)
 
 
 def _percent(value: str) -> float:
-    """'2%' -> 0.02, '0.02' -> 0.02."""
+    """'2%' -> 0.02, '0.02' -> 0.02; a tolerance, so negative (or NaN) is refused."""
     v = value.strip()
     try:
-        return float(v[:-1]) / 100.0 if v.endswith("%") else float(v)
+        out = float(v[:-1]) / 100.0 if v.endswith("%") else float(v)
     except ValueError:
         raise typer.BadParameter(f"{value!r} is not a number or percentage") from None
+    if not out >= 0 or out == float("inf"):
+        raise typer.BadParameter(f"{value!r}: a tolerance must be a finite number >= 0")
+    return out
 
 
 @app.command()
@@ -41,58 +45,66 @@ def run(
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder with <dataset>/<scene>/ (default $EVALKIT_DATA_ROOT or ~/evalkit-data)."),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Results folder (records, bitstreams, logs)."),
     iterations: Optional[int] = typer.Option(None, "--iterations", help="Total training iterations (schedules scale with it)."),
-    quick: bool = typer.Option(False, "--quick", help="Honest short schedule (fewer iterations, lower resolution), marked in every record."),
+    quick: bool = typer.Option(False, "--quick", metavar=FLAG, help="Honest short schedule (fewer iterations, lower resolution), marked in every record."),
     resolution_scale: Optional[float] = typer.Option(None, "--resolution-scale", help="Extra image scale on top of the dataset's protocol scale."),
     device: Optional[str] = typer.Option(None, "--device", help="torch device, e.g. cuda:0 or cpu (default: cuda if available)."),
     seed: int = typer.Option(0, "--seed"),
-    force: bool = typer.Option(False, "--force", help="Rerun jobs whose record already exists."),
+    force: bool = typer.Option(False, "--force", metavar=FLAG, help="Rerun jobs whose record already exists."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: one per core); lower it when several jobs share a host."),
+    allow_corrupt_video: bool = typer.Option(False, "--allow-corrupt-video", metavar=FLAG, help="Neu3D: train on videos whose decoder reported damage (concealed frames); the record notes it."),
 ) -> None:
     """Train, encode, decode, render and measure every (scene, rate point) job; write one record per job."""
+    from evalkit.codec.container import BitstreamError
+    from evalkit.data.scene import DatasetError
     from evalkit.runner import Reporter, RunError, RunOptions, run as run_sweep
 
     opts = RunOptions(out=out, iterations=iterations, quick=quick, resolution_scale=resolution_scale,
-                      device=device, seed=seed, force=force, threads=threads)
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                  console=console, transient=False) as progress:
-        jobs_task = progress.add_task("jobs", total=None, info="")
-        it_task = progress.add_task("", total=None, info="", visible=False)
+                      device=device, seed=seed, force=force, threads=threads,
+                      allow_corrupt_video=allow_corrupt_video)
+    # The bar starts with the first job, so an error found while planning prints no empty bar.
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=console, transient=False)
+    jobs_task = progress.add_task("jobs", total=None, info="")
+    it_task = progress.add_task("", total=None, info="", visible=False)
 
-        def job_started(job, i, n):
-            progress.update(jobs_task, total=n, completed=i, info=job.label)
-            progress.reset(it_task, total=None, description="", info="")
+    def job_started(job, i, n):
+        if not progress.live.is_started:
+            progress.start()
+        progress.update(jobs_task, total=n, completed=i, info=job.label)
+        progress.reset(it_task, total=None, description="", info="")
 
-        def job_finished(outcome):
-            progress.advance(jobs_task)
-            progress.update(it_task, visible=False)
-            rec = outcome.record
-            if outcome.status == "failed":
-                progress.console.print(f"[red]FAILED[/] {outcome.job.label}: {outcome.error}")
-            elif outcome.status == "skipped":
-                progress.console.print(f"[dim]skipped (record exists)[/] {outcome.job.label}")
-            else:
-                progress.console.print(
-                    f"[green]done[/] {outcome.job.label}: PSNR {_fmt(rec.metrics.get('psnr'), '.2f')} dB, "
-                    f"SSIM {_fmt(rec.metrics.get('ssim'), '.4f')}, {rec.size['total_bytes'] / 1e6:.3f} MB, "
-                    f"{rec.fps['fps']:.0f} FPS ({rec.fps['label']}), {rec.num_primitives} primitives"
-                    + (" [yellow](times contended: shared GPU or busy host, see the record's notes)[/]"
-                       if rec.timings_contended else ""))
+    def job_finished(outcome):
+        progress.advance(jobs_task)
+        progress.update(it_task, visible=False)
+        rec = outcome.record
+        if outcome.status == "failed":
+            progress.console.print(f"[red]FAILED[/] {outcome.job.label}: {outcome.error}")
+        elif outcome.status == "skipped":
+            progress.console.print(f"[dim]skipped (record exists)[/] {outcome.job.label}")
+        else:
+            progress.console.print(
+                f"[green]done[/] {outcome.job.label}: PSNR {_fmt(rec.metrics.get('psnr'), '.2f')} dB, "
+                f"SSIM {_fmt(rec.metrics.get('ssim'), '.4f')}, {rec.size['total_bytes'] / 1e6:.3f} MB, "
+                f"{rec.fps['fps']:.0f} FPS ({rec.fps['label']}), {rec.num_primitives} primitives"
+                + (" [yellow](times contended: shared GPU or busy host, see the record's notes)[/]"
+                   if rec.timings_contended else ""))
 
-        def phase(msg):
-            progress.update(it_task, description=msg, visible=True)
+    def phase(msg):
+        progress.update(it_task, description=msg, visible=True)
 
-        def iteration(it, total, stats):
-            info = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items())
-            progress.update(it_task, total=total, completed=it, info=info, visible=True)
+    def iteration(it, total, stats):
+        info = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items())
+        progress.update(it_task, total=total, completed=it, info=info, visible=True)
 
-        try:
-            result = run_sweep(method, dataset, scenes=scene, rates=rate, data_root=data_root, opts=opts,
-                               reporter=Reporter(job_started, job_finished, phase, iteration))
-        except RunError as exc:
-            progress.stop()
-            _fail(str(exc))
-            return
+    try:
+        result = run_sweep(method, dataset, scenes=scene, rates=rate, data_root=data_root, opts=opts,
+                           reporter=Reporter(job_started, job_finished, phase, iteration))
+    except (RunError, BitstreamError, DatasetError) as exc:
+        _fail(str(exc))
+        return
+    finally:
+        progress.stop()
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
     n_failed = len(result.failed)
@@ -131,8 +143,8 @@ def check(
     results: Path = typer.Argument(..., help="Results folder to check."),
     reference: Path = typer.Option(..., "--reference", help="Reference JSON (see `evalkit check --write-reference`)."),
     max_rate_increase: Optional[str] = typer.Option(None, "--max-rate-increase", help="e.g. 2% (default: the reference's, else 2%)."),
-    max_psnr_drop: Optional[float] = typer.Option(None, "--max-psnr-drop", help="dB (default: the reference's, else 0.1)."),
-    write_reference: bool = typer.Option(False, "--write-reference", help="Write REFERENCE from RESULTS instead of checking."),
+    max_psnr_drop: Optional[float] = typer.Option(None, "--max-psnr-drop", min=0.0, help="dB (default: the reference's, else 0.1)."),
+    write_reference: bool = typer.Option(False, "--write-reference", metavar=FLAG, help="Write REFERENCE from RESULTS instead of checking."),
 ) -> None:
     """CI gate: fail when a record's size grows or its PSNR drops beyond tolerance."""
     from evalkit.report.check import CheckError, check as run_check, write_reference as write_ref
@@ -147,7 +159,11 @@ def check(
     except (CheckError, RecordError) as exc:  # RecordError: a corrupt record under RESULTS
         _fail(str(exc))
         return
-    console.print(res.table)
+    # Never cut to the terminal (CI logs are 80 columns): the plain table at its natural width.
+    console.print(res.text(width=max(console.width, 200)).rstrip("\n").rsplit("\n", 1)[0], markup=False,
+                  highlight=False, soft_wrap=True)
+    for w in res.warnings:
+        console.print(f"[yellow]warning:[/] {w}")
     console.print("[green]check passed[/]" if res.ok else "[bold red]check FAILED[/]")
     raise typer.Exit(0 if res.ok else 1)
 
@@ -177,7 +193,7 @@ def methods() -> None:
 @app.command()
 def export(
     bitstream: Path = typer.Argument(..., help="A .evk bitstream written by `evalkit run`."),
-    out: Path = typer.Option(..., "--out", "-o", help="Output .ply (canonical) or folder (with --times)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output .ply (canonical) or folder (with --time)."),
     times: Optional[list[float]] = typer.Option(None, "--time", "-t", help="Also write the Gaussians deformed to these times."),
 ) -> None:
     """Decode a bitstream and export standard 3DGS PLY files for splat viewers."""
@@ -191,6 +207,9 @@ def export(
     except (BitstreamError, UnknownMethod) as exc:
         _fail(str(exc))
         return
+    bad_times = [t for t in times or [] if not 0.0 <= t <= 1.0]
+    if bad_times:
+        _fail(f"--time {bad_times[0]}: times are normalised to [0, 1]")
     if not hasattr(model, "export_ply"):
         _fail(f"method {method.name!r} has no PLY export")
     if times:
@@ -212,6 +231,8 @@ def views(
 ) -> None:
     """Decode a job's bitstream and write its test views: ground truth | render | error x4, with each
     frame's PSNR beside the record's."""
+    from evalkit.codec.container import BitstreamError
+    from evalkit.data.scene import DatasetError
     from evalkit.runner import RunError, resolve_device
     from evalkit.specs import SpecError
     from evalkit.views import ViewsError, write_views
@@ -219,7 +240,7 @@ def views(
     try:
         dev = resolve_device(device)
         written = write_views(record, data_root, out, every=every, device=dev)
-    except (ViewsError, SpecError, RunError) as exc:
+    except (ViewsError, SpecError, RunError, BitstreamError, DatasetError) as exc:
         _fail(str(exc))
         return
     table = Table("frame", "time", "PSNR (dB)", "record (dB)")
@@ -235,14 +256,26 @@ def torch_device():
 
 
 @datasets_app.command("info")
-def datasets_info(path: Path = typer.Argument(..., help="A scene folder.")) -> None:
-    """Detected format, cameras, frames per split, resolution, time range, point count."""
-    from evalkit.data.info import describe
+def datasets_info(
+    path: Path = typer.Argument(..., help="A scene folder."),
+    deep: bool = typer.Option(False, "--deep", metavar=FLAG, help="Also decode every image and video frame and report decoder errors."),
+    split: Optional[str] = typer.Option(None, "--split", help="HyperNeRF: vrig or interp (an empty val_ids needs interp)."),
+) -> None:
+    """Detected format, cameras, frames per split, resolution, time range, point count. Loading
+    runs the loaders' validation, so a file `run` would refuse is an error here too (exit 2)."""
+    from evalkit.data.info import deep_check, describe
     from evalkit.data.scene import DatasetError
 
     try:
-        console.print(describe(path))
-    except DatasetError as exc:
+        console.print(describe(path, **({"split": split} if split else {})))
+        if deep:
+            problems, checked = deep_check(path, **({"split": split} if split else {}))
+            for p in problems:
+                err.print(f"[bold red]error:[/] {p}", markup=True, highlight=False)
+            if problems:
+                raise typer.Exit(2)
+            console.print(f"deep check: {checked} decoded without errors")
+    except (DatasetError, ValueError) as exc:
         _fail(str(exc))
 
 
@@ -257,7 +290,12 @@ def datasets_synth(
 
     if format not in ("dnerf", "hypernerf", "neu3d"):
         _fail(f"--format must be dnerf, hypernerf or neu3d, not {format!r}")
-    generate(format, out, seed=seed)
+    from evalkit.data.synth import generate_atomic
+
+    try:
+        generate_atomic(format, out, seed=seed)
+    except FileExistsError as exc:
+        _fail(str(exc))
     console.print(f"wrote a synthetic {format} scene to {out}")
 
 

@@ -76,6 +76,8 @@ class RunOptions:
     # torch CPU threads for the sweep (None: torch's default, one per core). Lower it when several
     # jobs share a host, so their CPU phases (entropy coding) do not compete for every core.
     threads: int | None = None
+    # Neu3D: train on videos whose decoder reported damage (concealed frames); noted in the record
+    allow_corrupt_video: bool = False
 
 
 @dataclass
@@ -106,21 +108,20 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def ensure_synthetic(spec: DatasetSpec, root: Path) -> None:
-    """Generate the built-in synthetic scenes on first use."""
-    from evalkit.data.synth import generate
+    """Generate the built-in synthetic scenes on first use (atomically: a partial scene left by a
+    killed run is detected and rebuilt, see ``evalkit.data.synth.ensure_generated``)."""
+    from evalkit.data.synth import ensure_generated
 
     for scene in spec.scenes:
-        d = root / spec.folder / scene
-        if not d.exists():
-            generate(spec.format, d)
+        ensure_generated(spec.format, root / spec.folder / scene)
 
 
 def plan_jobs(method: str, dataset: str, data_root: Path | None = None, scenes: list[str] | None = None,
               rates: list[str] | None = None) -> tuple[list[Job], list[str]]:
     """Expand a request into jobs. Returns (jobs, notes). Raises RunError with guidance when data is missing."""
+    get_method(method)  # first: an unknown name is "unknown method ...; available: ...", not a spec path
     dspec = load_dataset_spec(dataset)
     mspec = load_method_spec(method)
-    get_method(method)  # fail early on an unregistered method
     notes: list[str] = []
     if dspec.generated:
         root = data_root or default_cache_dir() / "data"
@@ -217,7 +218,9 @@ def _load_scene(job: Job, dspec: DatasetSpec, opts: RunOptions) -> Scene:
     from evalkit.data.detect import load_scene
 
     return load_scene(job.scene_dir, format=dspec.format, resolution_scale=scene_scale(dspec, opts),
-                      background=dspec.background, cache_dir=default_cache_dir() / "frames")
+                      background=dspec.background, cache_dir=default_cache_dir() / "frames",
+                      **({"split": dspec.split} if dspec.split else {}),
+                      **({"allow_corrupt_video": True} if opts.allow_corrupt_video and dspec.format == "neu3d" else {}))
 
 
 def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict,
@@ -259,6 +262,7 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict,
                 scene_cache.clear()  # one scene in memory at a time
                 scene_cache[key] = {"scene": _load_scene(job, dspec, opts), "shared": {}}
             scene: Scene = scene_cache[key]["scene"]
+            record.notes += scene.extra.get("notes", [])  # e.g. a damaged video used on request
             record.resolution_scale = scene_scale(dspec, opts) or 1.0
             ctx = TrainContext(device=device, budget=budget, config=config, progress=reporter.iteration,
                                log=log, cache=scene_cache[key]["shared"], dataset=job.dataset,

@@ -57,6 +57,7 @@ class DatasetSpec:
     quick_resolution_scale: float = 0.25  # extra scale under --quick
     table_metrics: list[str] = field(default_factory=lambda: ["psnr", "ssim", "lpips_vgg"])
     generated: bool = False
+    split: str | None = None  # HyperNeRF: "vrig" or "interp", the split the protocol names
     notes: str = ""
     paper: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)  # method -> rate -> numbers
     scene_paper: dict[str, dict[str, dict[str, dict[str, Any]]]] = field(default_factory=dict)  # scene -> method -> rate
@@ -121,7 +122,7 @@ def load_dataset_spec(key: str, root: Path | None = None) -> DatasetSpec:
         background=list(d.get("background", [1.0, 1.0, 1.0])), resolution_scale=d.get("resolution_scale"),
         quick_resolution_scale=float(d.get("quick_resolution_scale", 0.25)),
         table_metrics=list(d.get("table_metrics", ["psnr", "ssim", "lpips_vgg"])),
-        generated=bool(d.get("generated", False)), notes=d.get("notes", ""), paper=d.get("paper", {}),
+        generated=bool(d.get("generated", False)), split=d.get("split"), notes=d.get("notes", ""), paper=d.get("paper", {}),
         scene_paper=d.get("scene_paper", {}), scene_reference=d.get("scene_reference", {}), path=path)
 
 

@@ -69,3 +69,14 @@ def _isolated_evalkit_cache(tmp_path_factory: pytest.TempPathFactory,
     """Decoded-video caches go to a session temp dir, never to the user's ~/.cache."""
     if "EVALKIT_CACHE" not in os.environ:
         monkeypatch.setenv("EVALKIT_CACHE", str(tmp_path_factory.getbasetemp() / "evalkit_cache"))
+
+
+@pytest.fixture(autouse=True)
+def _no_foreign_evalkit_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jobs under test do not see other people's evalkit runs or the host's load (a busy CI
+    runner) as contention: records stay deterministic. ``tests/metrics/test_contention.py``
+    tests that detection with its own counts and loads."""
+    from evalkit.metrics import contention
+
+    monkeypatch.setattr(contention, "other_evalkit_jobs", lambda: 0)
+    monkeypatch.setattr(contention, "host_load", lambda: None)

@@ -16,10 +16,20 @@ BLACK = np.zeros(3, np.float32)
 
 def read_json(path: Path) -> Any:
     if not path.is_file():
-        raise DatasetError(path, "file is missing")
+        if path.is_symlink():
+            raise DatasetError(path, "is a broken symlink or a symlink loop")
+        raise DatasetError(path, "file is missing" if not path.exists() else "is not a file")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DatasetError(path, f"malformed JSON ({exc})") from None
+    except OSError as exc:
+        raise DatasetError(path, f"unreadable ({exc.strerror or exc})") from None
+    if not text.strip():
+        raise DatasetError(path, "file is empty")
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise DatasetError(path, f"malformed JSON ({exc})") from None
 
 
@@ -34,12 +44,16 @@ def require(obj: Any, key: str, path: Path, kind: type | tuple[type, ...] | None
     return val
 
 
-def as_matrix(value: Any, shape: tuple[int, ...], path: Path, what: str) -> np.ndarray:
+def as_matrix(value: Any, shape: tuple[int, ...] | None, path: Path, what: str) -> np.ndarray:
+    """``value`` as a finite float64 array of ``shape`` (None: any shape)."""
+    if isinstance(value, (str, bytes, dict)) or (isinstance(value, list) and any(
+            isinstance(x, (bool, str, dict)) for x in np.ravel(np.asarray(value, dtype=object)))):
+        raise DatasetError(path, f"{what} is not numeric")
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
         raise DatasetError(path, f"{what} is not numeric") from None
-    if arr.shape != shape:
+    if shape is not None and arr.shape != shape:
         raise DatasetError(path, f"{what} has shape {arr.shape}, expected {shape}")
     if not np.isfinite(arr).all():
         raise DatasetError(path, f"{what} contains NaN or infinite values")

@@ -21,6 +21,7 @@ from evalkit.data.common import (WHITE, as_matrix, parse_background, random_poin
 from evalkit.data.images import ImageCache, png_size, read_rgb
 from evalkit.data.ply import read_ply
 from evalkit.data.scene import Camera, DatasetError, Frame, Scene
+from evalkit.data.validate import fov_angle, number, rigid
 
 SPLITS = ("train", "val", "test")
 # OpenGL/Blender camera axes -> OpenCV camera axes (flip y and z), applied on the right of c2w.
@@ -54,18 +55,21 @@ def load_dnerf(path: Path | str, *, resolution_scale: float | None = None,
         if split == "val" and not jpath.is_file():
             continue
         meta = read_json(jpath)
-        angle_x = float(require(meta, "camera_angle_x", jpath, (int, float)))
-        if not 0 < angle_x < math.pi:
-            raise DatasetError(jpath, f"camera_angle_x = {angle_x} is not an angle in (0, pi)")
+        angle_x = fov_angle(require(meta, "camera_angle_x", jpath), jpath, "camera_angle_x")
         frames = require(meta, "frames", jpath, list)
         if not frames and split != "val":
             raise DatasetError(jpath, "'frames' is empty")
         for i, fr in enumerate(frames):
             where = f"frames[{i}]"
+            if not isinstance(fr, dict):
+                raise DatasetError(jpath, f"{where} should be an object, got {type(fr).__name__}")
             fp = require(fr, "file_path", jpath, str)
-            t = require(fr, "time", jpath, (int, float))
+            t = number(require(fr, "time", jpath), jpath, f"{where}.time", low=0.0)
             c2w = as_matrix(require(fr, "transform_matrix", jpath), (4, 4), jpath,
                             f"{where}.transform_matrix")
+            rigid(c2w, jpath, f"{where}.transform_matrix")
+            if np.abs(c2w[3] - [0, 0, 0, 1]).max() > 1e-6:
+                raise DatasetError(jpath, f"{where}.transform_matrix: last row {c2w[3].tolist()} is not [0, 0, 0, 1]")
             raw.append((split, _image_path(root, fp), float(t), c2w, angle_x, jpath))
 
     # Image sizes from the PNG headers (cheap); every image must match the first.
@@ -90,13 +94,13 @@ def load_dnerf(path: Path | str, *, resolution_scale: float | None = None,
                       [0.0, focal * Ho / H, Ho / 2.0],
                       [0.0, 0.0, 1.0]])
         c2w_cv = c2w_gl @ GL_TO_CV
-        if abs(np.linalg.det(c2w_cv[:3, :3]) - 1.0) > 1e-3:
-            raise DatasetError(jpath, f"transform_matrix of {img.name} is not a rotation + translation")
         w2c = np.linalg.inv(c2w_cv)
         time = t / max_t if max_t > 0 else 0.0
+        if time > 1.0:
+            raise DatasetError(jpath, f"time {t:g} of {img.name} is beyond the train/test range (max {max_t:g})")
         frames_out.append(Frame(
             camera=Camera(K=K, w2c=w2c, width=Wo, height=Ho),
-            time=float(min(max(time, 0.0), 1.0)), split=split,
+            time=float(time), split=split,
             camera_id=f"{split}_{img.stem}", image_name=img.stem,
             _loader=lambda p=img: cache.get(p, lambda: read_rgb(p, bg, out_size)),
         ))

@@ -35,6 +35,7 @@ from evalkit.data.common import (BLACK, as_matrix, parse_background, random_poin
 from evalkit.data.images import ImageCache, png_size, read_rgb
 from evalkit.data.ply import read_ply
 from evalkit.data.scene import Camera, DatasetError, Frame, PointCloud, Scene
+from evalkit.data.validate import finite_array, intrinsics, near_far, number
 
 DEFAULT_RATIO = 0.5  # the papers train and test on rgb/2x
 
@@ -61,16 +62,17 @@ def read_nerfies_camera(path: Path) -> dict:
     if np.abs(R @ R.T - np.eye(3)).max() > 1e-4 or np.linalg.det(R) < 0:
         raise DatasetError(path, "orientation is not a rotation matrix")
     pos = as_matrix(require(cam, "position", path), (3,), path, "position")
-    focal = float(require(cam, "focal_length", path, (int, float)))
-    if focal <= 0:
-        raise DatasetError(path, f"focal_length must be positive, got {focal}")
+    focal = number(require(cam, "focal_length", path), path, "focal_length", low=0.0, low_open=True)
     pp = as_matrix(require(cam, "principal_point", path), (2,), path, "principal_point")
     size = as_matrix(require(cam, "image_size", path), (2,), path, "image_size")
-    skew = float(cam.get("skew", 0.0) or 0.0)
-    aspect = float(cam.get("pixel_aspect_ratio", 1.0) or 1.0)
-    radial = np.asarray(cam.get("radial_distortion", [0.0]) or [0.0], dtype=np.float64)
-    tangential = np.asarray(cam.get("tangential_distortion", cam.get("tangential", [0.0])) or [0.0],
-                            dtype=np.float64)
+    if (size < 1).any() or (size != np.round(size)).any():
+        raise DatasetError(path, f"image_size {size.tolist()} must be two positive integers")
+    skew = number(cam.get("skew", 0.0) or 0.0, path, "skew")
+    aspect = number(cam.get("pixel_aspect_ratio", 1.0) or 1.0, path, "pixel_aspect_ratio", low=0.0, low_open=True)
+    intrinsics(focal, focal * aspect, pp[0], pp[1], size[0], size[1], path, "camera")
+    radial = as_matrix(np.ravel(cam.get("radial_distortion", [0.0]) or [0.0]), None, path, "radial_distortion")
+    tangential = as_matrix(np.ravel(cam.get("tangential_distortion", cam.get("tangential", [0.0])) or [0.0]),
+                           None, path, "tangential_distortion")
     if np.any(radial != 0) or np.any(tangential != 0):
         raise DatasetError(path, f"lens distortion is not supported (radial_distortion="
                                  f"{radial.tolist()}, tangential_distortion={tangential.tolist()}); "
@@ -79,9 +81,17 @@ def read_nerfies_camera(path: Path) -> dict:
             "size": (int(size[0]), int(size[1]))}
 
 
-def _split_indices(ids: list[str], train_ids: list[str],
-                   val_ids: list[str]) -> tuple[list[int], list[int], str]:
-    if val_ids:
+def _split_indices(ids: list[str], train_ids: list[str], val_ids: list[str],
+                   split: str | None, ds_path: Path) -> tuple[list[int], list[int], str]:
+    if split not in (None, "vrig", "interp"):
+        raise ValueError(f"HyperNeRF split must be 'vrig', 'interp' or None, got {split!r}")
+    if split is None and not val_ids:
+        raise DatasetError(ds_path, "'val_ids' is empty or absent, so the vrig protocol has no test views; "
+                                    "if this is an interp scene, ask for the interp split (split = \"interp\" "
+                                    "in the dataset spec, `datasets info --split interp`)")
+    if split == "vrig" and not val_ids:
+        raise DatasetError(ds_path, "'val_ids' is empty: the vrig split needs validation (test) views")
+    if split != "interp":
         tr, va = set(train_ids), set(val_ids)
         return ([i for i, x in enumerate(ids) if x in tr], [i for i, x in enumerate(ids) if x in va], "vrig")
     i_train = list(range(0, len(ids), 4))
@@ -91,7 +101,9 @@ def _split_indices(ids: list[str], train_ids: list[str],
 
 def load_hypernerf(path: Path | str, *, resolution_scale: float | None = None,
                    background: Sequence[float] | np.ndarray | str | None = None,
-                   init_points: int = 2000, seed: int = 0, image_cache: int = 8) -> Scene:
+                   init_points: int = 2000, seed: int = 0, image_cache: int = 8,
+                   split: str | None = None) -> Scene:
+    """``split``: None (vrig; an empty ``val_ids`` is an error), "vrig", or "interp" (asked for)."""
     root = Path(path)
     if not root.is_dir():
         raise DatasetError(root, "dataset folder is missing")
@@ -105,19 +117,21 @@ def load_hypernerf(path: Path | str, *, resolution_scale: float | None = None,
         raise DatasetError(ds_path, "'ids' must be a non-empty list of strings")
     val_ids = ds.get("val_ids") or []
     train_ids = ds.get("train_ids") or []
+    for key, lst in (("train_ids", train_ids), ("val_ids", val_ids)):
+        if not isinstance(lst, list) or not all(isinstance(x, str) for x in lst):
+            raise DatasetError(ds_path, f"'{key}' must be a list of strings")
     if val_ids and not train_ids:
         raise DatasetError(ds_path, "has 'val_ids' but no 'train_ids'")
     unknown = sorted(set(train_ids + val_ids) - set(ids))
     if unknown:
         raise DatasetError(ds_path, f"train_ids/val_ids not listed in 'ids': {unknown[:5]}")
-    i_train, i_test, mode = _split_indices(ids, train_ids, val_ids)
+    i_train, i_test, mode = _split_indices(ids, train_ids, val_ids, split, ds_path)
+    if not i_train or not i_test:
+        raise DatasetError(ds_path, f"the {mode} split has {len(i_train)} train and {len(i_test)} test views")
 
-    scale = float(require(sc, "scale", sc_path, (int, float)))
-    if scale <= 0:
-        raise DatasetError(sc_path, f"scale must be positive, got {scale}")
+    scale = number(require(sc, "scale", sc_path), sc_path, "scale", low=0.0, low_open=True)
     center = as_matrix(require(sc, "center", sc_path), (3,), sc_path, "center")
-    near = sc.get("near")
-    far = sc.get("far")
+    near, far = near_far(sc.get("near"), sc.get("far"), sc_path)
 
     if not isinstance(meta, dict):
         raise DatasetError(md_path, "must be an object mapping ids to their metadata")
@@ -125,7 +139,7 @@ def load_hypernerf(path: Path | str, *, resolution_scale: float | None = None,
     for x in ids:
         if x not in meta:
             raise DatasetError(md_path, f"no entry for id '{x}'")
-        warp[x] = require(meta[x], "warp_id", md_path, int)
+        warp[x] = number(require(meta[x], "warp_id", md_path), md_path, f"{x}.warp_id", low=0, integer=True)
     max_warp = max(warp.values())
 
     k, img_dir = _ratio_folder(root, ratio)
@@ -175,10 +189,13 @@ def _load_points(root: Path, center: np.ndarray, scale: float) -> PointCloud | N
     if npy.is_file():
         try:
             xyz = np.load(npy, allow_pickle=False)
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, EOFError) as exc:
             raise DatasetError(npy, f"not a readable .npy array ({exc})") from None
-        if xyz.ndim != 2 or xyz.shape[1] != 3:
-            raise DatasetError(npy, f"points must have shape (N, 3), got {xyz.shape}")
+        if xyz.ndim != 2 or xyz.shape[1] != 3 or len(xyz) == 0:
+            raise DatasetError(npy, f"points must have shape (N, 3) with N > 0, got {xyz.shape}")
+        if not np.issubdtype(xyz.dtype, np.number):
+            raise DatasetError(npy, f"points must be numbers, got dtype {xyz.dtype}")
+        finite_array(xyz, npy, "points")
         pc = PointCloud(xyz=np.asarray(xyz, np.float64), rgb=None, source=str(npy))
     elif (root / "points3D_downsample2.ply").is_file():
         pc = read_ply(root / "points3D_downsample2.ply")

@@ -64,6 +64,42 @@ def describe(path: Path | str, **load_options: Any) -> Table:
     return table
 
 
+def deep_check(path: Path | str, **load_options: Any) -> tuple[list[str], str]:
+    """Decode every image (D-NeRF, HyperNeRF) or every video frame (Neu3D, with the decoder's
+    error report) of the scene. Returns (problems, what was checked); nothing is cached."""
+    from evalkit.data.scene import DatasetError
+    from evalkit.data.video import DecodeReport, iter_frames
+
+    fmt = load_options.pop("format", None) or detect_format(path)
+    if fmt == "neu3d":
+        load_options.setdefault("prefetch", False)
+    scene = load_scene(path, format=fmt, **load_options)
+    problems: list[str] = []
+    if fmt == "neu3d":
+        videos = scene.extra["videos"]
+        for v in videos:
+            report, n = DecodeReport(), 0
+            try:
+                for _ in iter_frames(v.info.path, v.backend, report):
+                    n += 1
+            except DatasetError as exc:
+                problems.append(str(exc))
+                continue
+            if n != v.info.frames:
+                problems.append(f"{v.info.path}: decodes to {n} frames, the container says {v.info.frames}")
+            if not report.clean:
+                problems.append(f"{v.info.path}: {report.summary()}")
+            elif not report.checked:
+                problems.append(f"{v.info.path}: the {v.backend} backend cannot report decoder errors")
+        return problems, f"{len(videos)} videos"
+    for f in scene.frames:
+        try:
+            f.load()
+        except (DatasetError, ValueError) as exc:
+            problems.append(str(exc))
+    return problems, f"{len(scene.frames)} images"
+
+
 def describe_text(path: Path | str, width: int = 100, **load_options: Any) -> str:
     """``describe`` rendered to plain text."""
     console = Console(width=width, file=io.StringIO(), color_system=None)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,7 +43,8 @@ from evalkit.data.common import BLACK, parse_background, random_points_in_frusta
 from evalkit.data.images import resize_uint8
 from evalkit.data.ply import read_ply
 from evalkit.data.scene import Camera, DatasetError, Frame, Scene
-from evalkit.data.video import VideoInfo, backend_name, iter_frames, probe_video
+from evalkit.data.validate import intrinsics, near_far
+from evalkit.data.video import DecodeReport, VideoInfo, backend_name, iter_frames, probe_video
 
 AUTO_DOWNSCALE_ABOVE = 1600  # px, longer video side above which the default scale is 0.5
 
@@ -68,6 +70,8 @@ class DecodedVideo:
     out_size: tuple[int, int]  # (width, height) stored in the cache
     cache_file: Path
     backend: str  # the decoder the cache key names (decoding may happen long after loading)
+    allow_corrupt: bool = False  # use a stream the decoder reported errors in (else DatasetError)
+    problem: str | None = None  # the decoder's errors, when allowed
     _frames: np.ndarray | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -75,9 +79,23 @@ class DecodedVideo:
     def is_cached(self) -> bool:
         return self._frames is not None or self._open_existing() is not None
 
+    @property
+    def problem_file(self) -> Path:
+        """Beside a cache file decoded from a damaged stream: what the decoder reported."""
+        return self.cache_file.with_suffix(".errors.txt")
+
+    def _check_problem(self, problem: str) -> None:
+        if not self.allow_corrupt:
+            raise DatasetError(self.info.path, f"the video decoder reported damage ({problem}); its frames are "
+                                               "concealed guesses, not the capture. Refusing to use them "
+                                               "(--allow-corrupt-video uses them and notes it in the record)")
+        self.problem = problem
+
     def _open_existing(self) -> np.ndarray | None:
         if not self.cache_file.is_file():
             return None
+        if self.problem_file.is_file():
+            self._check_problem(self.problem_file.read_text(encoding="utf-8").strip())
         W, H = self.out_size
         try:
             arr = np.load(self.cache_file, mmap_mode="r")
@@ -108,9 +126,10 @@ class DecodedVideo:
         self.cache_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.cache_file.with_name(f".{self.cache_file.stem}.{uuid.uuid4().hex[:8]}.tmp.npy")
         got = 0
+        report = DecodeReport()
         try:
             out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(n, H, W, 3))
-            for img in iter_frames(self.info.path, self.backend):
+            for img in iter_frames(self.info.path, self.backend, report):
                 if got >= n:
                     raise DatasetError(self.info.path, f"decodes to more frames than the {n} "
                                                        "its container reports")
@@ -124,16 +143,29 @@ class DecodedVideo:
                 raise DatasetError(self.info.path, f"decodes to {got} frames, expected {n}")
             out.flush()
             del out
+            if not report.clean:
+                self._check_problem(report.summary())  # raises unless allowed
+                self.problem_file.write_text(report.summary() + "\n", encoding="utf-8")
+            else:
+                self.problem_file.unlink(missing_ok=True)
             os.replace(tmp, self.cache_file)
         except OSError as exc:
             raise DatasetError(self.info.path, f"video decoding failed after {got} frames ({exc})") from None
         finally:
             if tmp.exists():
                 tmp.unlink()
-        # Drop cache files of earlier versions of this video (same camera and size, other key).
+        # Drop cache files of earlier versions of this video (same camera and size, other key),
+        # and temporary files a killed decode left (untouched for an hour: not being written).
         for old in self.cache_file.parent.glob(f"{self.info.path.stem}-{W}x{H}-*.npy"):
             if old != self.cache_file:
                 old.unlink(missing_ok=True)
+                old.with_suffix(".errors.txt").unlink(missing_ok=True)
+        for tmp_old in self.cache_file.parent.glob(f".{self.info.path.stem}-{W}x{H}-*.tmp.npy"):
+            try:
+                if time.time() - tmp_old.stat().st_mtime > 3600:
+                    tmp_old.unlink()
+            except OSError:
+                pass
 
 
 def _progress() -> Progress:
@@ -178,7 +210,9 @@ def llff_to_w2c(mat35: np.ndarray) -> np.ndarray:
 def load_neu3d(path: Path | str, *, resolution_scale: float | None = None,
                background: Sequence[float] | np.ndarray | str | None = None,
                cache_dir: Path | str | None = None, prefetch: bool = True, progress: bool = True,
-               init_points: int = 2000, seed: int = 0) -> Scene:
+               init_points: int = 2000, seed: int = 0, allow_corrupt_video: bool = False) -> Scene:
+    """``allow_corrupt_video``: use videos the decoder reported errors in (concealed frames);
+    ``scene.extra["notes"]`` then says which. Otherwise such a video is a ``DatasetError``."""
     root = Path(path)
     if not root.is_dir():
         raise DatasetError(root, "dataset folder is missing")
@@ -188,10 +222,12 @@ def load_neu3d(path: Path | str, *, resolution_scale: float | None = None,
         raise DatasetError(pb_path, "file is missing")
     try:
         pb = np.load(pb_path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, EOFError) as exc:
         raise DatasetError(pb_path, f"not a readable .npy array ({exc})") from None
     if pb.ndim != 2 or pb.shape[1] != 17:
         raise DatasetError(pb_path, f"expected shape (N_cams, 17), got {pb.shape}")
+    if not np.issubdtype(pb.dtype, np.number):
+        raise DatasetError(pb_path, f"expected numbers (N_cams, 17), got dtype {pb.dtype}")
     pb = pb.astype(np.float64)
     if not np.isfinite(pb).all():
         raise DatasetError(pb_path, "contains NaN or infinite values")
@@ -232,6 +268,8 @@ def load_neu3d(path: Path | str, *, resolution_scale: float | None = None,
         H, W, focal = mat[:, 4]
         if H <= 0 or W <= 0 or focal <= 0:
             raise DatasetError(pb_path, f"row {row}: H, W, focal = {H}, {W}, {focal} must be positive")
+        intrinsics(focal, focal, W / 2, H / 2, W, H, pb_path, f"row {row}")
+        near_far(pb[row, 15], pb[row, 16], pb_path, f"row {row}")
         if abs(vw / W - vh / H) > 0.005 * max(vw / W, vh / H):
             raise DatasetError(info.path, f"video is {vw}x{vh} but poses_bounds.npy row {row} gives "
                                           f"W x H = {W:g}x{H:g} (not the same aspect ratio)")
@@ -248,7 +286,8 @@ def load_neu3d(path: Path | str, *, resolution_scale: float | None = None,
         st = info.path.stat()
         key = _sha(f"{info.path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{Wo}x{Ho}|{backend}", 16)
         dv = DecodedVideo(info=info, out_size=(Wo, Ho),
-                          cache_file=scene_dir / f"{info.path.stem}-{Wo}x{Ho}-{key}.npy", backend=backend)
+                          cache_file=scene_dir / f"{info.path.stem}-{Wo}x{Ho}-{key}.npy", backend=backend,
+                          allow_corrupt=allow_corrupt_video)
         decoded.append(dv)
         cam = Camera(K=K, w2c=w2c, width=Wo, height=Ho)
         split = "test" if row == 0 else "train"
@@ -257,8 +296,11 @@ def load_neu3d(path: Path | str, *, resolution_scale: float | None = None,
                                 image_name=f"{info.path.stem}_{t:04d}",
                                 _loader=lambda dv=dv, t=t: dv.frame(t)))
 
+    notes: list[str] = []
     if prefetch:
         decode_all(decoded, root.name, show_progress=progress)
+        notes = [f"{v.info.path}: used although the decoder reported damage ({v.problem}); "
+                 "--allow-corrupt-video" for v in decoded if v.problem]
 
     ply = root / "points3D_downsample2.ply"
     nears, fars = pb[:, 15], pb[:, 16]
@@ -273,4 +315,4 @@ def load_neu3d(path: Path | str, *, resolution_scale: float | None = None,
     return Scene(name=root.name, format="neu3d", path=root, frames=frames, background=bg,
                  points=points, near=near, far=far, num_time_steps=common,
                  extra={"frame_count": common, "video_size": (vw, vh), "cache_dir": str(scene_dir),
-                        "videos": decoded})
+                        "videos": decoded, "notes": notes})

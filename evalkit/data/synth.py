@@ -27,6 +27,11 @@ check a loader's cameras and images against it (``measure_marker_centroid``).
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
 import math
 from dataclasses import dataclass
 from fractions import Fraction
@@ -506,6 +511,49 @@ def generate(format: str, out: Path | str, *, size: tuple[int, int] | None = Non
         _write_neu3d(out, size, n, num_cameras, seed, supersample, truth)
     (out / TRUTH_FILE).write_text(json.dumps(truth))
     return out
+
+
+COMPLETE_MARK = ".evalkit-complete"  # written last into a finished scene folder
+
+
+def generate_atomic(format: str, out: Path | str, *, replace_partial: bool = False, **kwargs) -> Path:
+    """``generate`` into a temporary folder beside ``out``, then rename it into place, so ``out``
+    is either absent or a whole scene (with ``COMPLETE_MARK``). An existing ``out`` is replaced
+    when it is empty, a generated scene, or (``replace_partial``) anything; otherwise this is a
+    ``FileExistsError`` (never delete a folder of someone's files)."""
+    out = Path(out)
+    if out.exists() and not replace_partial and not (out / COMPLETE_MARK).is_file() and (
+            not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out} exists and is not a generated scene; give an empty or new folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
+    try:
+        generate(format, tmp, **kwargs)
+        (tmp / COMPLETE_MARK).write_text(json.dumps({"format": format, **{k: str(v) for k, v in kwargs.items()}}))
+        if replace_partial and (out / COMPLETE_MARK).is_file():
+            return out  # another process finished it first: keep theirs (readers may be using it)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{uuid.uuid4().hex[:8]}")
+            out.rename(old)
+            shutil.rmtree(old, ignore_errors=True)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def ensure_generated(format: str, out: Path | str) -> Path:
+    """The built-in scene at ``out``, generated on first use. A folder without ``COMPLETE_MARK``
+    (a run killed while an older evalkit generated it in place) is rebuilt; temporary folders of
+    killed generations are removed."""
+    out = Path(out)
+    if (out / COMPLETE_MARK).is_file():
+        return out
+    for stale in out.parent.glob(f".{out.name}.*.partial") if out.parent.is_dir() else []:
+        if time.time() - stale.stat().st_mtime > 600:  # not one being written right now
+            shutil.rmtree(stale, ignore_errors=True)
+    return generate_atomic(format, out, replace_partial=True)
 
 
 def load_truth(path: Path | str) -> dict:

@@ -4,11 +4,18 @@ PyAV (a dependency) is used when it imports; OpenCV (``cv2``) is the fallback, f
 that have OpenCV but not PyAV (the lent GPU machines do). ``EVALKIT_VIDEO_BACKEND=av|opencv``
 forces one. The two convert YUV to RGB with slightly different rounding, so the backend is part of
 the decoded-frame cache key (``backend_name``).
+
+Damaged streams: a decoder conceals errors (it copies neighbouring blocks) and goes on, so a
+video corrupted mid-file still yields every frame. With PyAV, ``iter_frames`` fills a
+``DecodeReport`` with the decoder's error messages (FFmpeg log level error or worse) and the
+frames it marked corrupt; the Neu3D loader refuses such a video unless asked to allow it.
+Damage the decoder itself does not notice (it happens) cannot be reported. OpenCV reports
+nothing, so with that backend a damaged stream is not detected.
 """
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -25,6 +32,24 @@ class VideoInfo:
     width: int
     height: int
     frames: int
+
+
+@dataclass
+class DecodeReport:
+    """What the decoder said while decoding one stream."""
+
+    errors: list[str] = field(default_factory=list)  # decoder messages, level error or worse
+    corrupt_frames: int = 0  # frames the decoder flagged as corrupt (concealed)
+    checked: bool = True  # False: the backend cannot report errors (OpenCV)
+
+    @property
+    def clean(self) -> bool:
+        return not self.errors and not self.corrupt_frames
+
+    def summary(self) -> str:
+        first = "; ".join(dict.fromkeys(self.errors))
+        return (f"{len(self.errors)} decoder error(s), {self.corrupt_frames} frame(s) flagged corrupt"
+                + (f" (first: {first[:200]})" if first else ""))
 
 
 def _importable(name: str) -> bool:
@@ -61,12 +86,15 @@ def probe_video(path: Path, backend: str | None = None) -> VideoInfo:
     return _probe_cv2(path)
 
 
-def iter_frames(path: Path, backend: str | None = None) -> Iterator[np.ndarray]:
+def iter_frames(path: Path, backend: str | None = None,
+                report: DecodeReport | None = None) -> Iterator[np.ndarray]:
     """Decoded frames as (H, W, 3) uint8 RGB, in order (``backend``: None = ``backend_name``).
-    Errors are ``DatasetError`` naming ``path``."""
+    Errors are ``DatasetError`` naming ``path``; concealed errors go into ``report``."""
+    report = report if report is not None else DecodeReport()
     if (backend or backend_name(path)) == "av":
-        yield from _frames_av(path)
+        yield from _frames_av(path, report)
     else:
+        report.checked = False
         yield from _frames_cv2(path)
 
 
@@ -88,18 +116,27 @@ def _probe_av(path: Path) -> VideoInfo:
         raise DatasetError(path, f"not a readable video ({exc})") from None
 
 
-def _frames_av(path: Path) -> Iterator[np.ndarray]:
+def _frames_av(path: Path, report: DecodeReport) -> Iterator[np.ndarray]:
     import av
+    import av.logging
+
     got = 0
+    level = av.logging.get_level()
+    av.logging.set_level(av.logging.WARNING)  # FFmpeg's messages reach Python only with a level set
     try:
-        with av.open(str(path)) as c:
+        with av.logging.Capture(local=False) as logs, av.open(str(path)) as c:
             s = c.streams.video[0]
             s.thread_type = "AUTO"
             for fr in c.decode(s):
+                report.corrupt_frames += bool(fr.is_corrupt)
+                report.errors = [m.strip() for lv, _, m in logs if lv <= av.logging.ERROR]
                 yield fr.to_ndarray(format="rgb24")
                 got += 1
+            report.errors = [m.strip() for lv, _, m in logs if lv <= av.logging.ERROR]
     except (av.error.FFmpegError, OSError) as exc:
         raise DatasetError(path, f"video decoding failed after {got} frames ({exc})") from None
+    finally:
+        av.logging.set_level(level)
 
 
 # -- OpenCV ----------------------------------------------------------------------------------

@@ -8,6 +8,10 @@ boundary of a job and every ``every`` seconds during training (``during``), and 
   them, the rest are others, less the job's own helper processes (``register_helper``: e.g. a
   child compiling kernels while training runs). Without NVML (``nvidia-ml-py`` not installed) the
   GPU is "unknown".
+* Other evalkit jobs (``other_evalkit_jobs``, Linux): processes running ``evalkit run`` other
+  than this one and its children. Any of them means the times are contended (CPU or GPU job).
+* Host, CPU jobs: a CPU job keeps its own torch threads busy, so the host is busy when the load
+  average exceeds those threads (at most the CPU count) by more than half the CPUs.
 * Host (GPU jobs): the 1-minute load average against the CPU count (Linux / macOS); a GPU job
   itself keeps about one core busy. Busy means more than half the CPUs, a judgement rather than a
   calibrated limit: torch's CPU work (entropy coding, decoding) uses one thread per core by
@@ -75,6 +79,34 @@ def gpu_compute_processes(device: torch.device) -> int | None:
         return None
 
 
+def other_evalkit_jobs() -> int | None:
+    """Processes running ``evalkit ... run`` other than this one and its children (Linux ``/proc``;
+    None elsewhere)."""
+    proc = "/proc"
+    if not os.path.isdir(proc):
+        return None
+    me = os.getpid()
+    n = 0
+    for pid in os.listdir(proc):
+        if not pid.isdigit() or int(pid) == me:
+            continue
+        try:
+            with open(f"{proc}/{pid}/cmdline", "rb") as fh:
+                args = fh.read().decode("utf-8", "replace").split("\0")
+            with open(f"{proc}/{pid}/stat", "rb") as fh:
+                ppid = int(fh.read().decode("utf-8", "replace").rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == me or not args or not (os.path.basename(args[0]).startswith("python")
+                                          or args[0].endswith("evalkit")):
+            continue  # our children; wrappers such as `timeout` (their python child counts)
+        tool = [i for i, a in enumerate(args) if a.endswith("evalkit") or a.endswith("evalkit.cli")
+                or a.endswith("/evalkit")]
+        if tool and "run" in args[tool[0] + 1:]:
+            n += 1
+    return n
+
+
 def host_load() -> float | None:
     try:
         return os.getloadavg()[0]
@@ -91,7 +123,9 @@ class ContentionWatch:
     count_gpu: Callable[[torch.device], int | None] | None = None  # None: gpu_compute_processes
     load: Callable[[], float | None] | None = None  # None: host_load
     cpus: int = field(default_factory=lambda: os.cpu_count() or 1)
+    peers: Callable[[], int | None] | None = None  # None: other_evalkit_jobs
     samples: list[tuple[str, int | None, float | None]] = field(default_factory=list)
+    peer_samples: list[tuple[str, int]] = field(default_factory=list)  # (phase, other evalkit jobs) when > 0
 
     def _read(self) -> tuple[int | None, float | None]:
         n = (self.count_gpu or gpu_compute_processes)(self.device)
@@ -101,8 +135,13 @@ class ContentionWatch:
             n = max(0, n - ours - running_helpers())
         return n, (self.load or host_load)()
 
+    def _peers(self) -> int:
+        return (self.peers or other_evalkit_jobs)() or 0
+
     def sample(self, phase: str) -> None:
         self.samples.append((phase, *self._read()))
+        if (k := self._peers()):
+            self.peer_samples.append((phase, k))
 
     @contextmanager
     def during(self, phase: str, every: float = 10.0) -> Iterator[None]:
@@ -113,6 +152,8 @@ class ContentionWatch:
         def loop() -> None:
             while not stop.wait(every):
                 seen.append(self._read())
+                if (k := self._peers()):
+                    self.peer_samples.append((phase, k))
 
         thread = threading.Thread(target=loop, name="evalkit-contention", daemon=True)
         thread.start()
@@ -133,6 +174,7 @@ class ContentionWatch:
         return {"contended": self.contended, "gpu_other_processes_max": max(others) if others else None,
                 "host_load1_max": round(max(loads), 2) if loads else None, "cpus": self.cpus,
                 "torch_threads": torch.get_num_threads(),
+                "other_evalkit_jobs_max": max((k for _, k in self.peer_samples), default=0),
                 "samples": [{"phase": p, "gpu_other_processes": n, "host_load1": x} for p, n, x in self.samples]}
 
     def notes(self) -> list[str]:
@@ -143,11 +185,16 @@ class ContentionWatch:
             where = ", ".join(f"{p}: {n}" for p, n in shared)
             out.append(f"the GPU was shared: other compute processes on it ({where}); train, encode, "
                        "decode and FPS times are contended, not measurements of the method")
-        # A CPU job loads every core itself (and CPU times are labelled not comparable anyway)
-        busy = [(p, x) for p, _, x in self.samples if x is not None and x > self.cpus / 2]
-        if busy and self.device.type == "cuda":
+        if self.peer_samples:
+            where = ", ".join(f"{p}: {k}" for p, k in self.peer_samples)
+            out.append(f"other evalkit jobs ran on this host ({where}); times are contended")
+        # A CPU job loads its own torch threads' cores: only the load beyond them counts
+        own = 0 if self.device.type == "cuda" else min(torch.get_num_threads(), self.cpus)
+        busy = [(p, x) for p, _, x in self.samples if x is not None and x - own > self.cpus / 2]
+        if busy:
             where = ", ".join(f"{p}: {x:.1f}" for p, x in busy)
-            out.append(f"the host was busy: 1-minute load above half its {self.cpus} CPUs ({where}); "
+            beyond = "" if not own else f" beyond the job's own {own} thread(s)"
+            out.append(f"the host was busy: 1-minute load{beyond} above half its {self.cpus} CPUs ({where}); "
                        "times may be contended")
         return out
 

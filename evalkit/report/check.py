@@ -10,14 +10,18 @@ A job fails when its record is missing or failed, when its size grew by more tha
 when its PSNR is missing, or when it is a quick run checked against a full-run reference
 (or the other way round). Improvements pass and are noted. Records the reference does not
 know are listed as new and do not fail the gate.
-Tolerances: explicit arguments win, then the reference's "tolerances", then the defaults.
+Tolerances: explicit arguments win, then the reference's "tolerances", then the defaults;
+negative ones are refused. A reference without records is an error (a gate that cannot fail),
+and so is a results folder that is absent or holds no records (said as such, not as one
+"missing record" per job). A record whose method/dataset/scene/rate disagree with the path it
+is stored under is gated by its content, with a warning.
 """
 from __future__ import annotations
 
 import io
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +29,7 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from evalkit.codec.container import atomic_write_bytes
-from evalkit.results import Record, read_records
+from evalkit.results import Record, read_record, record_files, record_path
 
 DEFAULT_MAX_RATE_INCREASE = 0.02
 DEFAULT_MAX_PSNR_DROP = 0.1
@@ -64,6 +68,7 @@ class CheckResult:
     table: RichTable
     max_rate_increase: float
     max_psnr_drop: float
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def failures(self) -> list[CheckRow]:
@@ -92,6 +97,8 @@ def load_reference(path: str | Path) -> dict[str, Any]:
         raise CheckError(path, f"not valid JSON: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("records"), list):
         raise CheckError(path, "must be an object with a 'records' list")
+    if not data["records"]:
+        raise CheckError(path, "the 'records' list is empty: a gate against it could never fail")
     tol = data.get("tolerances", {})
     if not isinstance(tol, dict) or not all(_num(v) and v >= 0 for v in tol.values()):
         raise CheckError(path, "'tolerances' must map names to non-negative numbers")
@@ -173,11 +180,20 @@ def _rich_table(rows: list[CheckRow]) -> RichTable:
 def check(results_dir: str | Path, reference_json: str | Path, max_rate_increase: float | None = None,
           max_psnr_drop: float | None = None) -> CheckResult:
     """Gate current records against the reference (see the module docstring)."""
+    for name, v in (("max_rate_increase", max_rate_increase), ("max_psnr_drop", max_psnr_drop)):
+        if v is not None and not (_num(v) and v >= 0):
+            raise CheckError(name, f"a tolerance must be a finite number >= 0, got {v}")
     ref = load_reference(reference_json)
     tol = ref.get("tolerances", {})
     max_rate = max_rate_increase if max_rate_increase is not None else tol.get("max_rate_increase", DEFAULT_MAX_RATE_INCREASE)
     max_drop = max_psnr_drop if max_psnr_drop is not None else tol.get("max_psnr_drop", DEFAULT_MAX_PSNR_DROP)
-    current = {r.key: r for r in read_records(results_dir)} if Path(results_dir).is_dir() else {}
+    results_dir = Path(results_dir)
+    if not results_dir.is_dir():
+        raise CheckError(results_dir, "no such results folder (did the run write to another --out?)")
+    current, warnings = _read_current(results_dir)
+    if not current:
+        raise CheckError(results_dir, "the results folder holds no records (<dataset>/<scene>/<method>/<rate>.json); "
+                                      "nothing to check")
     rows = [_compare(rec, current.pop(tuple(rec[k] for k in _KEY), None), float(max_rate), float(max_drop))
             for rec in ref["records"]]
     for r in sorted(current.values(), key=lambda r: (r.dataset, r.scene, r.method, r.rate)):
@@ -186,12 +202,28 @@ def check(results_dir: str | Path, reference_json: str | Path, max_rate_increase
                              "not in the reference (not gated)"))
     ok = not any(r.verdict == "fail" for r in rows)
     return CheckResult(ok=ok, rows=rows, table=_rich_table(rows), max_rate_increase=float(max_rate),
-                       max_psnr_drop=float(max_drop))
+                       max_psnr_drop=float(max_drop), warnings=warnings)
+
+
+def _read_current(results_dir: Path) -> tuple[dict[tuple, Record], list[str]]:
+    """Records by their content's key, and a warning for each stored under another job's path."""
+    current: dict[tuple, Record] = {}
+    warnings: list[str] = []
+    for p in record_files(results_dir):
+        r = read_record(p)
+        expected = record_path(results_dir, r.dataset, r.scene, r.method, r.rate)
+        if p.resolve() != expected.resolve():
+            warnings.append(f"{p}: the record says {'/'.join(r.key)}, which belongs at {expected}; "
+                            "gated as what it says")
+        if r.key in current:
+            raise CheckError(p, f"a second record of job {'/'.join(r.key)}")
+        current[r.key] = r
+    return current, warnings
 
 
 def write_reference(results_dir: str | Path, path: str | Path, tolerances: dict[str, float] | None = None) -> Path:
     """Freeze the current records as the reference. Refuses failed or PSNR-less records."""
-    records = read_records(results_dir)
+    records = list(_read_current(Path(results_dir))[0].values()) if Path(results_dir).is_dir() else []
     if not records:
         raise CheckError(results_dir, "no records to make a reference from")
     bad = [f"{'/'.join(r.key)} ({r.error or 'failed'})" if r.status != "ok" else f"{'/'.join(r.key)} (no PSNR)"

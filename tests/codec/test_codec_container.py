@@ -78,11 +78,44 @@ def test_corrupt_component_fails_crc(tmp_path: Path) -> None:
 
 def test_corrupt_header_json(tmp_path: Path) -> None:
     data = bytearray(_sample().to_bytes())
-    data[14] = ord("#")  # first byte of the JSON header
-    _raises(_file(tmp_path, bytes(data)), "corrupt header")
+    data[18] = ord("#")  # first byte of the JSON header (after the 4-byte header CRC)
+    _raises(_file(tmp_path, bytes(data)), "header is corrupt (CRC mismatch)")
+    # a version-1 file (no header CRC) is still read, and a damaged JSON header still named
+    v1 = bytearray(_sample().to_bytes(version=1))
+    assert Bitstream.from_bytes(bytes(v1)).header == _sample().header
+    v1[14] = ord("#")
+    _raises(_file(tmp_path, bytes(v1)), "corrupt header")
     hdr = b"[1, 2]"
-    _raises(_file(tmp_path, struct.pack("<8sHI", MAGIC, container.FORMAT_VERSION, len(hdr)) + hdr),
-            "corrupt header")
+    _raises(_file(tmp_path, struct.pack("<8sHI", MAGIC, 1, len(hdr)) + hdr), "corrupt header")
+
+
+def test_header_digit_change_fails_crc_and_framing_is_checked(tmp_path: Path) -> None:
+    data = _sample().to_bytes()
+    i = data.index(b"1234")
+    _raises(_file(tmp_path, data[:i] + b"1235" + data[i + 4:]), "header is corrupt")
+    _raises(_file(tmp_path, data + b"\x00" * 9), "unexpected component")  # appended data
+    j = data.rindex(b"mlp")  # the framed name, not the header's list
+    _raises(_file(tmp_path, data[:j] + b"mlq" + data[j + 3:]), "unexpected component 'mlq'")
+
+
+def test_header_value_checks_type_and_range() -> None:
+    from evalkit.codec.container import header_value
+
+    h = {"sh_degree": 3, "bg": [1.0, 0, 0.5], "config": {"near_plane": 0.2}, "flag": True}
+    assert header_value(h, "sh_degree", int, "f.evk", low=0, high=3) == 3
+    assert header_value(h, "config.near_plane", float, "f.evk", low=0) == 0.2
+    assert header_value(h, "bg", list, "f.evk", item=float, length=3, low=0, high=1) == [1.0, 0.0, 0.5]
+    assert header_value(h, "absent", int, "f.evk", default=None) is None
+    for key, kw, words in (("sh_degree", dict(kind=int, high=2), "outside"),
+                           ("flag", dict(kind=int), "should be int"),
+                           ("bg", dict(kind=list, item=float, length=4), "3 entries"),
+                           ("bg", dict(kind=list, item=float, high=0.9), "bg[0]"),
+                           ("config.far", dict(kind=float), "missing")):
+        with pytest.raises(BitstreamError, match="f.evk") as exc:
+            header_value(h, key, source="f.evk", **kw)
+        assert words in str(exc.value) and key.split(".")[0] in str(exc.value)
+    with pytest.raises(BitstreamError, match="finite"):
+        header_value({"x": float("nan")}, "x", float, "f.evk")
 
 
 def test_missing_component(tmp_path: Path) -> None:

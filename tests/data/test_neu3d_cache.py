@@ -147,7 +147,7 @@ def test_lazy_decoding_uses_the_backend_its_cache_key_names(neu3d_copy, tmp_path
     from evalkit.data import neu3d, video
     used = []
     real = video.iter_frames
-    monkeypatch.setattr(neu3d, "iter_frames", lambda path, backend=None: (used.append(backend), real(path, backend))[1])
+    monkeypatch.setattr(neu3d, "iter_frames", lambda path, backend=None, report=None: (used.append(backend), real(path, backend, report))[1])
     monkeypatch.setenv("EVALKIT_VIDEO_BACKEND", "av")
     scene = load_scene(neu3d_copy, cache_dir=tmp_path / "c", progress=False, prefetch=False)
     monkeypatch.setenv("EVALKIT_VIDEO_BACKEND", "opencv")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evalkit.data import load_scene
+from evalkit.data import DatasetError, load_scene
 from evalkit.data.synth import load_truth, measure_marker_centroid
 
 CENTROID_TOL_PX = 0.2  # measured: <= 0.1 px max (PNG and H.264); a half-pixel error is 0.5 px
@@ -142,7 +142,9 @@ def test_hypernerf_vrig_and_interp_splits(synth_scene_dir, tmp_path):
     ds = json.loads((copy / "dataset.json").read_text())
     ds["val_ids"] = []
     (copy / "dataset.json").write_text(json.dumps(ds))
-    interp = load_scene(copy)
+    with pytest.raises(DatasetError, match="val_ids"):  # the protocol is not switched silently
+        load_scene(copy)
+    interp = load_scene(copy, split="interp")
     ids = ds["ids"]
     assert interp.extra["split_mode"] == "interp"
     assert [f.image_name for f in interp.train] == ids[0::4]

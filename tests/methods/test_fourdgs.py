@@ -99,7 +99,7 @@ def test_encode_decode_renders_identical(trained, tiny_scene, tmp_path):
 
 
 def test_decode_rejects_foreign_bitstream():
-    with pytest.raises(BitstreamError, match="not a valid 4DGS bitstream"):
+    with pytest.raises(BitstreamError, match="x.evk: header key 'sh_degree' is missing"):
         codec.decode(Bitstream(header={"method": "4dgs"}, components={}), torch.device("cpu"), source="x.evk")
 
 

@@ -2,10 +2,13 @@
 flagged in its record, and the report / speed benchmark do not present its times as measured."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from evalkit.metrics import contention
 from evalkit.metrics.contention import ContentionWatch
+
+REAL_OTHER_EVALKIT_JOBS = contention.other_evalkit_jobs  # before tests/conftest.py stubs it
 from evalkit.report.tables import scene_table, summary_table
 from evalkit.results import Record, records_to_frame
 
@@ -35,14 +38,18 @@ def test_other_processes_on_the_gpu_are_named_per_phase() -> None:
     assert w.summary()["gpu_other_processes_max"] == 2 and w.contended
 
 
-def test_busy_host_counts_for_gpu_jobs_only() -> None:
-    """More than half the CPUs loaded counts (torch's CPU work runs one thread per core)."""
+def test_busy_host_counts_beyond_a_cpu_jobs_own_threads(monkeypatch) -> None:
+    """More than half the CPUs loaded counts (torch's CPU work runs one thread per core); for a
+    CPU job, beyond its own torch threads."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 16)
     gpu = _watch(CUDA, [0, 0, 0], [3.0, 40.5, 8.5], cpus=16)
     (note,) = gpu.notes()
     assert "host was busy" in note and "above half its 16 CPUs (trained: 40.5, evaluated: 8.5)" in note
     assert not _watch(CUDA, [0, 0, 0], [3.0, 8.0, 7.9], cpus=16).contended  # half exactly: not busy
+    cpu = _watch(torch.device("cpu"), [None, None, None], [3.0, 20.5, 24.0], cpus=16)
+    assert cpu.notes() == []  # a CPU job loads its 16 threads' cores itself: 8 more is half
     cpu = _watch(torch.device("cpu"), [None, None, None], [3.0, 40.5, 20.0], cpus=16)
-    assert cpu.notes() == []  # a CPU job loads every core itself
+    assert "beyond the job's own 16 thread(s)" in cpu.notes()[0] and "trained: 40.5" in cpu.notes()[0]
 
 
 def test_unknown_gpu_state_is_not_zero() -> None:
@@ -136,3 +143,41 @@ def test_a_process_that_comes_and_goes_during_training_is_seen() -> None:
     assert phases[0] == "start" and phases[1].startswith("training (max of ") and phases[2] == "trained"
     assert w.samples[1][1] == 3 and w.samples[2][1] == 0
     assert w.contended and "training (max of" in w.notes()[0]
+
+
+def test_cpu_jobs_are_flagged_for_a_busy_host_and_other_evalkit_jobs(monkeypatch):
+    """CPU jobs: the load beyond the job's own threads counts; other evalkit runs always do."""
+    import torch as _torch
+
+    cpu = _torch.device("cpu")
+    monkeypatch.setattr(_torch, "get_num_threads", lambda: 2)
+    quiet = ContentionWatch(cpu, count_gpu=lambda d: None, load=lambda: 2.2, cpus=2, peers=lambda: 0)
+    quiet.sample("start")
+    assert quiet.notes() == [] and not quiet.contended  # its own two threads
+    busy = ContentionWatch(cpu, count_gpu=lambda d: None, load=lambda: 4.5, cpus=2, peers=lambda: 0)
+    busy.sample("start")
+    assert busy.contended and "beyond the job's own 2 thread(s)" in busy.notes()[0]
+    shared = ContentionWatch(cpu, count_gpu=lambda d: None, load=lambda: 0.5, cpus=2, peers=lambda: 1)
+    shared.sample("start")
+    assert shared.contended and "other evalkit jobs" in shared.notes()[0]
+    assert shared.summary()["other_evalkit_jobs_max"] == 1
+
+
+def test_other_evalkit_jobs_counts_a_running_evalkit_process():
+    import subprocess
+    import sys
+
+    from evalkit.metrics import contention
+
+    real = REAL_OTHER_EVALKIT_JOBS
+    base = real()
+    if base is None:
+        pytest.skip("no /proc")
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)", "evalkit", "run"],
+                             start_new_session=True)
+    try:
+        # our own child is not another job; a process started by someone else would be
+        assert real() == base
+    finally:
+        child.kill()
+        child.wait()

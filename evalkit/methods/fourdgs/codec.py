@@ -11,7 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from evalkit.codec.container import Bitstream, BitstreamError
+from dataclasses import asdict
+
+from evalkit.codec.container import Bitstream, BitstreamError, header_like, header_value
 from evalkit.codec.tensor_pack import pack_tensors, unpack_tensors
 from evalkit.methods.fourdgs.config import FourDGSConfig
 from evalkit.methods.fourdgs.deformation import DeformationField
@@ -36,6 +38,13 @@ def encode(model: FourDGSModel, cfg: FourDGSConfig, method: str = "4dgs") -> Bit
 
 
 def decode(bits: Bitstream, device: torch.device, source: str = "<bitstream>") -> tuple[FourDGSModel, FourDGSConfig]:
+    h = bits.header
+    sh_degree = header_value(h, "sh_degree", int, source, low=0, high=3)
+    bg = header_value(h, "background", list, source, item=float, length=3, low=0.0, high=1.0)
+    header_like(h, "config", asdict(FourDGSConfig()), source)
+    header_value(h, "config.near_plane", float, source, low=0.0, high=1e3, default=None)
+    header_value(h, "config.sh_degree", int, source, choices=(sh_degree,), default=None)
+    header_value(h, "layout", dict, source)
     try:
         cfg = FourDGSConfig.from_stored(bits.header["config"], source=str(source))
         layout = bits.header["layout"]
@@ -48,10 +57,16 @@ def decode(bits: Bitstream, device: torch.device, source: str = "<bitstream>") -
         state.update(unpack_tensors(bits.component("deformation_mlp", source), layout["deformation_mlp"]))
         state["grid.aabb"] = aabb
         deform.load_state_dict(state, strict=True)
-        background = torch.tensor(bits.header["background"], dtype=torch.float32)
-        sh_degree = int(bits.header["sh_degree"])
-    except (KeyError, ValueError, RuntimeError) as exc:
+        background = torch.tensor(bg, dtype=torch.float32)
+    except (KeyError, ValueError, RuntimeError, TypeError) as exc:
         raise BitstreamError(source, f"not a valid 4DGS bitstream: {exc}") from None
+    n = g["means"].shape[0]
+    want = {"means": (n, 3), "scales": (n, 3), "quats": (n, 4), "opacities": (n,), "sh0": (n, 1, 3),
+            "shN": (n, (sh_degree + 1) ** 2 - 1, 3)}
+    bad = {k: tuple(g[k].shape) for k in GAUSSIAN_KEYS if tuple(g[k].shape) != want[k]}
+    if bad:
+        raise BitstreamError(source, f"Gaussian attribute shapes {bad} do not fit {n} Gaussians of SH degree "
+                                     f"{sh_degree} (header key 'sh_degree' or 'layout')")
     model = FourDGSModel(g, deform.to(device), sh_degree, background.to(device), cfg.near_plane).to(device)
     model.eval()
     model.freeze_for_rendering()

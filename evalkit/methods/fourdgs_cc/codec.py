@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evalkit.codec.container import Bitstream, BitstreamError
+from dataclasses import asdict
+
+from evalkit.codec.container import Bitstream, BitstreamError, header_like, header_value
 from evalkit.codec.entropy import compress_uniform, decompress_uniform
 from evalkit.codec.tensor_pack import pack_tensors, unpack_tensors
 from evalkit.methods.fourdgs.config import FourDGSConfig
@@ -119,6 +121,14 @@ def decode(bits: Bitstream, source: str | Path = "<bitstream>") -> tuple[CodedSc
         raise BitstreamError(source, f"not a {METHOD} bitstream (method {h.get('method')!r})")
     if h.get("format") != FORMAT:
         raise BitstreamError(source, f"unsupported {METHOD} format {h.get('format')!r} (this reads {FORMAT})")
+    sh_degree = header_value(h, "sh_degree", int, source, low=0, high=3)
+    header_value(h, "background", list, source, item=float, length=3, low=0.0, high=1.0)
+    header_value(h, "num_gaussians", int, source, low=0, high=10**9)
+    header_value(h, "aabb", list, source, item=float, length=6)
+    header_like(h, "config", asdict(FourDGSConfig()), source)
+    header_value(h, "config.near_plane", float, source, low=0.0, high=1e3, default=None)
+    header_value(h, "config.sh_degree", int, source, choices=(sh_degree,), default=None)
+    header_like(h, "cc", asdict(CCConfig()), source)
     try:
         fcfg = FourDGSConfig.from_stored(h["config"], source=str(source))
         cc = CCConfig.from_dict(h["cc"])
@@ -135,7 +145,7 @@ def decode(bits: Bitstream, source: str | Path = "<bitstream>") -> tuple[CodedSc
             params = params_from_json(h["canonical"][name], source)
             q = decode_symbols(bits.component(name, source), n, channels, params.bits, source)
             coded.canonical[name] = (q, params)
-        k = int(h["num_codes"])
+        k = header_value(h, "num_codes", int, source, low=1, high=max(1, n))
         coded.runs = decode_runs(bits.component("vq_indices", source), k, n, source)
         if cc.vqcc:
             vqcc = _load_model(build_vqcc(coded.sh_degree, cc), bits.component("vqcc_model", source),

@@ -1,0 +1,58 @@
+"""Write the tiny committed bitstreams the fuzz test mutates (``tests/codec/data/tiny-*.evk``):
+one 4DGS and one 4DGS-CC file of a few KB, made without training (random parameters of toy
+configurations), so the files exercise every component and header key of each format.
+
+    PYTHONPATH=. python tests/codec/make_fuzz_bitstreams.py
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evalkit.data.scene import PointCloud
+from evalkit.methods.fourdgs import codec as fourdgs_codec
+from evalkit.methods.fourdgs.config import FourDGSConfig
+from evalkit.methods.fourdgs.deformation import DeformationField
+from evalkit.methods.fourdgs.model import FourDGSModel, init_gaussians
+from evalkit.methods.fourdgs_cc import codec as cc_codec
+from evalkit.methods.fourdgs_cc.coded import finalize
+from evalkit.methods.fourdgs_cc.config import CCConfig
+from evalkit.methods.fourdgs_cc.model import FourDGSCCModel
+
+HERE = Path(__file__).resolve().parent / "data"
+TINY = dict(sh_degree=1, feature_dim=2, resolution=[4, 4, 4, 2], multires=[1], net_width=4)
+
+
+def base_model(seed: int, n: int = 24) -> tuple[FourDGSModel, FourDGSConfig]:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    cfg = FourDGSConfig.from_dict(TINY)
+    pts = PointCloud(xyz=rng.uniform(-1, 1, (n, 3)).astype(np.float32), rgb=rng.uniform(0, 1, (n, 3)).astype(np.float32))
+    g = init_gaussians(pts, cfg.sh_degree, torch.device("cpu"))
+    with torch.no_grad():
+        for p in g.values():
+            p.add_(0.1 * torch.randn_like(p))
+    deform = DeformationField(cfg.deformation_config(), torch.tensor([[-1.0] * 3, [1.0] * 3]))
+    with torch.no_grad():
+        for p in deform.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return FourDGSModel(g, deform, cfg.sh_degree, torch.ones(3), cfg.near_plane), cfg
+
+
+def main() -> None:
+    HERE.mkdir(exist_ok=True)
+    model, cfg = base_model(0)
+    n = fourdgs_codec.encode(model, cfg).write(HERE / "tiny-4dgs.evk")
+    print("tiny-4dgs.evk", n, "bytes")
+    base, cfg = base_model(1)
+    cc = CCConfig(codebook_size=8, vqcc_hidden=4, vqcc_latent=2, nvcc_hidden=4)
+    ccm = FourDGSCCModel(base, cc)
+    coded = finalize(ccm, cfg, cc)
+    n = cc_codec.encode(coded, ccm.nvcc, ccm.vqcc).write(HERE / "tiny-4dgs-cc.evk")
+    print("tiny-4dgs-cc.evk", n, "bytes")
+
+
+if __name__ == "__main__":
+    main()
