@@ -110,20 +110,37 @@ def report(
     results: Path = typer.Argument(Path("results"), help="Results folder written by `evalkit run`."),
     out: Path = typer.Option(Path("reports"), "--out", "-o"),
     anchor: Optional[str] = typer.Option(None, "--anchor", help="BD-rate anchor method (default: see index.md)."),
+    html: bool = typer.Option(False, "--html", help="Also write the static site (index.html, a page per scene) "
+                              "into the report folder: opens from disk, no server."),
+    views_frames: int = typer.Option(3, "--views-frames", help="--html: test frames per rate point in the view "
+                                     "strips (0: none)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="--html: the data root the jobs ran on, "
+                                             "for the view strips (default as `evalkit run`)."),
+    device: Optional[str] = typer.Option(None, "--device", help="--html: torch device for the view strips."),
+    copy_bitstreams: bool = typer.Option(True, "--copy-bitstreams/--no-copy-bitstreams",
+                                         help="--html: copy each bitstream into the site (it links to it)."),
 ) -> None:
-    """Tables (md/tex/csv), BD-rate, RD and bit-allocation plots, and an index.md."""
+    """Tables (md/tex/csv), BD-rate, RD and bit-allocation plots, and an index.md (--html: and index.html)."""
     from evalkit.report import build_report
     from evalkit.results import RecordError
     from evalkit.specs import SpecError, all_report_specs
 
     if not results.is_dir():
         _fail(f"{results}: no such results folder")
+    site = None
+    if html:
+        from evalkit.report.html import SiteOptions
+
+        site = SiteOptions(views_frames=views_frames, data_root=data_root, device=device,
+                           copy_bitstreams=copy_bitstreams)
     try:
-        index = build_report(results, out, anchor=anchor, dataset_specs=all_report_specs())
+        index = build_report(results, out, anchor=anchor, dataset_specs=all_report_specs(), html=site)
     except (RecordError, SpecError) as exc:  # a corrupt record or spec: name the file, no traceback
         _fail(str(exc))
         return
     console.print(f"report written: {index}")
+    if html:
+        console.print(f"site written: {index.with_suffix('.html')} (open it from disk; the folder is self-contained)")
 
 
 @app.command()

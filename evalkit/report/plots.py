@@ -69,6 +69,7 @@ def rd_plot(points: pd.DataFrame, stem: Path, title: str,
     ax = fig.add_subplot()
     pts = points.dropna(subset=["size_bytes", "psnr"])
     methods = list(method_order) if method_order else sorted(pts["method"].unique())
+    labels: list = []
     colors = {m: f"C{i % 10}" for i, m in enumerate(dict.fromkeys([*methods, *sorted(
         set(paper["method"]) if paper is not None and not paper.empty else set())]))}
     for m in methods:
@@ -80,8 +81,8 @@ def rd_plot(points: pd.DataFrame, stem: Path, title: str,
         ax.plot(g["size_bytes"] / MB, g["psnr"], "-o", color=colors[m], label=curve_label(m, quick, scenes, total_scenes),
                 ms=5)
         for _, r in g.iterrows():
-            ax.annotate(str(r["rate"]), (r["size_bytes"] / MB, r["psnr"]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=7, color=colors[m])
+            labels.append(ax.annotate(str(r["rate"]), (r["size_bytes"] / MB, r["psnr"]), textcoords="offset points",
+                                      xytext=(4, 4), fontsize=7, color=colors[m]))
     if paper is not None and not paper.empty:
         pp = paper.dropna(subset=["size_mb", "psnr"])
         for m, g in pp.groupby("method", sort=True):
@@ -100,7 +101,50 @@ def rd_plot(points: pd.DataFrame, stem: Path, title: str,
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.subplots_adjust(left=0.12, right=0.97, bottom=0.13, top=0.92)
+    place_labels(fig, labels)
     return _save(fig, stem)
+
+
+# Offsets (points) tried for a label, nearest first; rings grow until a free place is found.
+_DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+def place_labels(fig: Figure, labels: list, pad_px: float = 1.0) -> None:
+    """Move each point label (an ``Annotation`` in offset points) to the nearest offset where its
+    box overlaps no label placed before it and no labelled point's marker, so labels never overlap."""
+    if not labels:
+        return
+    canvas = FigureCanvasAgg(fig)
+    renderer = canvas.get_renderer()
+    px_per_pt = fig.dpi / 72.0
+    anchors = [lab.axes.transData.transform(lab.xy) for lab in labels]
+    markers = [(x - 4 * px_per_pt, y - 4 * px_per_pt, x + 4 * px_per_pt, y + 4 * px_per_pt) for x, y in anchors]
+    placed: list[tuple[float, float, float, float]] = []
+
+    def free(box) -> bool:
+        x0, y0, x1, y1 = box
+        return not any(x0 < b[2] + pad_px and b[0] < x1 + pad_px and y0 < b[3] + pad_px and b[1] < y1 + pad_px
+                       for b in (*placed, *markers))
+
+    for lab in labels:
+        box = None
+        for ring in range(1, 40):
+            step = 4.0 * ring
+            for dx, dy in _DIRECTIONS:
+                lab.set_position((dx * step + (0 if dx >= 0 else -2), dy * step))
+                lab.set_horizontalalignment("left" if dx >= 0 else "right")
+                lab.set_verticalalignment("bottom" if dy > 0 else "top" if dy < 0 else "center")
+                e = lab.get_window_extent(renderer)
+                cand = (e.x0, e.y0, e.x1, e.y1)
+                if free(cand):
+                    box = cand
+                    break
+            if box is not None:
+                break
+        if box is None:  # every place within 160 pt taken: keep the last try
+            e = lab.get_window_extent(renderer)
+            box = (e.x0, e.y0, e.x1, e.y1)
+        placed.append(box)
 
 
 def bit_allocation_plot(components: pd.DataFrame, stem: Path, title: str,
