@@ -115,6 +115,7 @@ def place_labels(fig: Figure, labels: list, pad_px: float = 1.0) -> None:
     if not labels:
         return
     canvas = FigureCanvasAgg(fig)
+    fig.draw_without_rendering()  # settles the axes' limits (autoscaling is lazy) before measuring
     renderer = canvas.get_renderer()
     px_per_pt = fig.dpi / 72.0
     anchors = [lab.axes.transData.transform(lab.xy) for lab in labels]
