@@ -47,9 +47,16 @@ def run(
     seed: int = typer.Option(0, "--seed"),
     force: bool = typer.Option(False, "--force", help="Rerun jobs whose record already exists."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: one per core); lower it when several jobs share a host."),
+    offline: bool = typer.Option(False, "--offline", help="Never download (LPIPS weights missing -> LPIPS recorded as missing, with the reason)."),
 ) -> None:
     """Train, encode, decode, render and measure every (scene, rate point) job; write one record per job."""
+    from evalkit.metrics.lpips_metric import OFFLINE_ENV
     from evalkit.runner import Reporter, RunError, RunOptions, run as run_sweep
+
+    if offline:
+        import os
+
+        os.environ[OFFLINE_ENV] = "1"
 
     opts = RunOptions(out=out, iterations=iterations, quick=quick, resolution_scale=resolution_scale,
                       device=device, seed=seed, force=force, threads=threads)
@@ -244,6 +251,18 @@ def views(
         table.add_row(v.name, f"{v.time:.4f}", f"{v.psnr:.3f}", "—" if v.record_psnr is None else f"{v.record_psnr:.3f}")
     console.print(table)
     console.print(f"wrote {len(written)} images and views.csv to {out}")
+
+
+@app.command()
+def doctor() -> None:
+    """What this machine can do: CUDA and GPU, gsplat / torchac built, LPIPS weights, data root and
+    the dataset scenes it holds, the spec folder in use. Builds and downloads nothing."""
+    from evalkit.doctor import diagnose
+
+    t = Table("check", "", "detail", show_lines=False)
+    for c in diagnose():
+        t.add_row(c.name, {True: "[green]ok[/]", False: "[red]no[/]", None: "[yellow]–[/]"}[c.ok], c.detail)
+    console.print(t)
 
 
 def torch_device():
