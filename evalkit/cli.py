@@ -254,6 +254,42 @@ def views(
 
 
 @app.command()
+def view(
+    result: Path = typer.Argument(..., help="A bitstream (.evk) or a job's record (.json, its .evk beside it)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Where the scene is, for the test-camera "
+                                             "presets (default as `evalkit run`)."),
+    device: Optional[str] = typer.Option(None, "--device", help="torch device (default: cuda if available)."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8080, "--port", help="0: any free port."),
+    max_side: int = typer.Option(800, "--max-side", help="Render at most this many pixels on the longer side."),
+    open_browser: bool = typer.Option(True, "--open/--no-open", help="Open the viewer in the default browser."),
+) -> None:
+    """Decode a bitstream and look at the model in the browser (viser): time slider, play / pause, the
+    dataset's test cameras as presets. Frames are rendered here (gsplat on CUDA, else the CPU reference)."""
+    import time as _time
+    import webbrowser
+
+    from evalkit.runner import RunError, resolve_device
+    from evalkit.viewer import ViewerError, serve
+
+    try:
+        dev = resolve_device(device)
+        viewer = serve(result, data_root=data_root, device=dev, host=host, port=port, max_side=max_side)
+    except (ViewerError, RunError) as exc:
+        _fail(str(exc))
+        return
+    url = f"http://{host}:{viewer.port}"
+    console.print(f"viewer at {url} ({len(viewer.presets)} test cameras; rendering on {dev}); Ctrl-C to stop")
+    if open_browser:
+        webbrowser.open(url)
+    try:
+        while True:
+            _time.sleep(1.0)
+    except KeyboardInterrupt:
+        viewer.stop()
+
+
+@app.command()
 def doctor() -> None:
     """What this machine can do: CUDA and GPU, gsplat / torchac built, LPIPS weights, data root and
     the dataset scenes it holds, the spec folder in use. Builds and downloads nothing."""
