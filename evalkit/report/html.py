@@ -165,10 +165,12 @@ def _colors(methods: Sequence[str]) -> dict[str, str]:
 
 
 def rd_figure(points: pd.DataFrame, paper: pd.DataFrame | None, methods: Sequence[str], title: str,
-              total_scenes: int | None = None) -> dict[str, Any]:
+              total_scenes: int | None = None, reference: pd.DataFrame | None = None) -> dict[str, Any]:
     """The RD plot as a plotly figure (dict): one trace per measured method (``meta.kind`` 'measured'),
-    one per method with paper numbers ('paper', dashed, hollow), each in its method's legend group so
-    one legend click toggles a method. Hover: method, rate point, bytes, PSNR."""
+    one per method with paper numbers ('paper', dashed, hollow) and one per method whose public
+    reference code we measured ('reference', hollow diamonds; ``reference``: method, rate, size_mb,
+    psnr), each in its method's legend group so one legend click toggles a method. Hover: method,
+    rate point, bytes, PSNR."""
     import plotly.graph_objects as go
 
     pts = points.dropna(subset=["size_bytes", "psnr"])
@@ -199,6 +201,17 @@ def rd_figure(points: pd.DataFrame, paper: pd.DataFrame | None, methods: Sequenc
             customdata=[[m, str(r), f"{s * MB:,.0f}"] for r, s in zip(g["rate"], g["size_mb"])],
             hovertemplate=("<b>%{customdata[0]}</b> rate %{customdata[1]} (paper)<br>%{customdata[2]} bytes "
                            "(%{x:.3f} MB)<br>PSNR %{y:.2f} dB<extra>paper</extra>")))
+    ref = reference.dropna(subset=["size_mb", "psnr"]) if reference is not None else pd.DataFrame()
+    for m in (sorted(ref["method"].unique()) if not ref.empty else []):
+        g = ref[ref["method"] == m].sort_values("size_mb")
+        c = colors.get(m, TAB10[len(colors) % 10])
+        fig.add_trace(go.Scatter(
+            x=g["size_mb"].tolist(), y=g["psnr"].tolist(), mode="markers", name=f"{m} (reference code, measured)",
+            legendgroup=m, meta={"kind": "reference", "method": m},
+            marker={"color": c, "size": 11, "symbol": "diamond-open", "line": {"width": 2}},
+            customdata=[[m, str(r), f"{s * MB:,.0f}"] for r, s in zip(g["rate"], g["size_mb"])],
+            hovertemplate=("<b>%{customdata[0]}</b> public reference code, rate %{customdata[1]}<br>%{customdata[2]} "
+                           "bytes (%{x:.3f} MB)<br>PSNR %{y:.2f} dB<extra>reference code</extra>")))
     fig.update_layout(title={"text": title}, xaxis={"type": "log", "title": {"text": "Size [MB = 10^6 bytes], log scale"}},
                       yaxis={"title": {"text": "PSNR [dB]"}}, legend={"groupclick": "togglegroup"},
                       margin={"l": 60, "r": 20, "t": 50, "b": 50}, height=420, template="plotly_white")
@@ -226,8 +239,15 @@ def bits_figure(components: pd.DataFrame, methods: Sequence[str], title: str) ->
                              customdata=[[f"{v:,.0f}", 100.0 * v / t if t else 0.0] for v, t in zip(b, totals)],
                              hovertemplate=(f"<b>{html.escape(str(c))}</b><br>%{{x}}<br>%{{customdata[0]}} bytes "
                                             "(%{y:.3f} MB, %{customdata[1]:.1f} %)<extra></extra>")))
+    mb = [tr.y for tr in fig.data]
+    share = [[100.0 * v * MB / t if t else 0.0 for v, t in zip(y, totals)] for y in mb]
+    buttons = [{"label": "MB", "method": "update", "args": [{"y": mb}, {"yaxis.title.text": "Size [MB = 10^6 bytes]"}]},
+               {"label": "share (%)", "method": "update",
+                "args": [{"y": share}, {"yaxis.title.text": "Share of the bitstream [%]"}]}]
     fig.update_layout(title={"text": title}, barmode="stack", yaxis={"title": {"text": "Size [MB = 10^6 bytes]"}},
-                      margin={"l": 60, "r": 20, "t": 50, "b": 90}, height=420, template="plotly_white")
+                      margin={"l": 60, "r": 20, "t": 50, "b": 90}, height=420, template="plotly_white",
+                      updatemenus=[{"type": "buttons", "direction": "right", "buttons": buttons, "x": 1.0,
+                                    "xanchor": "right", "y": 1.12, "yanchor": "bottom", "showactive": True}])
     return fig.to_plotly_json()
 
 
@@ -309,6 +329,15 @@ def _file_links(rec: Record, results_dir: Path, out_dir: Path, page_dir: Path, o
     return " · ".join(parts)
 
 
+def _reference_points(t: Table) -> pd.DataFrame:
+    """The scene table's measured reference-code rows as RD points (method, rate, size_mb, psnr)."""
+    rows = [_row_key(t, r) for r in t.rows]
+    return pd.DataFrame([{"method": r["method"].removesuffix(" (reference code)"), "rate": r["rate"],
+                          "size_mb": r.get("size_mb"), "psnr": r.get("psnr")}
+                         for r in rows if str(r.get("method", "")).endswith("(reference code)")],
+                        columns=["method", "rate", "size_mb", "psnr"]).astype({"size_mb": float, "psnr": float})
+
+
 def _scene_page(s: DatasetSection, scene: str, recs: list[Record], results_dir: Path, out_dir: Path,
                 opts: SiteOptions) -> Path:
     page = out_dir / _safe(s.dataset) / "scenes" / f"{_safe(scene)}.html"
@@ -322,8 +351,9 @@ def _scene_page(s: DatasetSection, scene: str, recs: list[Record], results_dir: 
             f'<a href="{_rel(p, pdir)}">{p.suffix.lstrip(".")}</a>' for p in files) + "</p>")
     if scene in s.rd_data:
         d = s.rd_data[scene]
-        B.append("<h2>Rate-distortion</h2>" + _fig_html("rd-plot", rd_figure(d["points"], d["paper"], d["methods"],
-                                                                              d["title"]), s.rd_plots.get(scene, []), pdir))
+        ref = _reference_points(t) if t is not None else None
+        B.append("<h2>Rate-distortion</h2>" + _fig_html("rd-plot", rd_figure(
+            d["points"], d["paper"], d["methods"], d["title"], reference=ref), s.rd_plots.get(scene, []), pdir))
     if scene in s.bit_data:
         B.append("<h2>Bit allocation</h2>" + _fig_html("bits-plot", bits_figure(
             s.bit_data[scene], s.rd_data.get(scene, {}).get("methods", sorted({r.method for r in recs})),

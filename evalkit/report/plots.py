@@ -111,7 +111,8 @@ _DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, 
 
 def place_labels(fig: Figure, labels: list, pad_px: float = 1.0) -> None:
     """Move each point label (an ``Annotation`` in offset points) to the nearest offset where its
-    box overlaps no label placed before it and no labelled point's marker, so labels never overlap."""
+    box overlaps no label placed before it and no labelled point's marker and stays inside the axes,
+    so labels never overlap."""
     if not labels:
         return
     canvas = FigureCanvasAgg(fig)
@@ -119,11 +120,14 @@ def place_labels(fig: Figure, labels: list, pad_px: float = 1.0) -> None:
     renderer = canvas.get_renderer()
     px_per_pt = fig.dpi / 72.0
     anchors = [lab.axes.transData.transform(lab.xy) for lab in labels]
-    markers = [(x - 4 * px_per_pt, y - 4 * px_per_pt, x + 4 * px_per_pt, y + 4 * px_per_pt) for x, y in anchors]
+    r = 3 * px_per_pt  # a marker of size 5 pt, with a little room
+    markers = [(x - r, y - r, x + r, y + r) for x, y in anchors]
     placed: list[tuple[float, float, float, float]] = []
 
-    def free(box) -> bool:
+    def free(box, frame) -> bool:
         x0, y0, x1, y1 = box
+        if x0 < frame.x0 or y0 < frame.y0 or x1 > frame.x1 or y1 > frame.y1:  # stay inside the axes
+            return False
         return not any(x0 < b[2] + pad_px and b[0] < x1 + pad_px and y0 < b[3] + pad_px and b[1] < y1 + pad_px
                        for b in (*placed, *markers))
 
@@ -137,7 +141,7 @@ def place_labels(fig: Figure, labels: list, pad_px: float = 1.0) -> None:
                 lab.set_verticalalignment("bottom" if dy > 0 else "top" if dy < 0 else "center")
                 e = lab.get_window_extent(renderer)
                 cand = (e.x0, e.y0, e.x1, e.y1)
-                if free(cand):
+                if free(cand, lab.axes.bbox):
                     box = cand
                     break
             if box is not None:

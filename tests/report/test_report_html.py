@@ -19,7 +19,7 @@ from PIL import Image
 from evalkit.codec.container import Bitstream
 from evalkit.data.detect import load_scene
 from evalkit.report import build_report
-from evalkit.report.html import SiteOptions, header_label, rd_figure
+from evalkit.report.html import SiteOptions, bits_figure, header_label, rd_figure
 from evalkit.report.plots import place_labels
 from evalkit.report.tables import summary_table
 from evalkit.results import bitstream_path, load_records, record_path
@@ -142,9 +142,11 @@ def test_rd_figure_one_measured_trace_per_method_and_hover() -> None:
     pts = pd.DataFrame({"method": ["a", "a", "b"], "rate": ["lo", "hi", "x"], "size_bytes": [1e6, 2e6, 3e6],
                         "psnr": [30.0, 31.0, 32.0], "quick": [False] * 3})
     paper = pd.DataFrame({"method": ["a"], "rate": ["hi"], "size_mb": [2.5], "psnr": [31.5]})
-    fig = rd_figure(pts, paper, ["a", "b"], "t")
+    ref = pd.DataFrame({"method": ["b"], "rate": ["default"], "size_mb": [3.3], "psnr": [32.5]})
+    fig = rd_figure(pts, paper, ["a", "b"], "t", reference=ref)
     kinds = [(tr["meta"]["kind"], tr["meta"]["method"], tr["legendgroup"]) for tr in fig["data"]]
-    assert kinds == [("measured", "a", "a"), ("measured", "b", "b"), ("paper", "a", "a")]
+    assert kinds == [("measured", "a", "a"), ("measured", "b", "b"), ("paper", "a", "a"), ("reference", "b", "b")]
+    assert fig["data"][3]["name"] == "b (reference code, measured)"
     assert fig["data"][0]["customdata"][0][:3] == ["a", "lo", "1,000,000"]
     assert "PSNR" in fig["data"][0]["hovertemplate"] and fig["layout"]["xaxis"]["type"] == "log"
     assert header_label("psnr", "PSNR ↑") == "PSNR [dB] ↑" and header_label("size_mb", "Size (MB) ↓") == "Size (MB) ↓"
@@ -196,3 +198,13 @@ def test_site_in_headless_chromium(toy_bench: ToyBench, tmp_path: Path) -> None:
         assert sorted(rows_after) == sorted(rows_before)  # whole rows move, cells stay together
         assert page.get_attribute("#scene-table th[data-key=psnr]", "aria-sort") == "descending"
     assert log.errors == []
+
+
+def test_bits_figure_stacks_components_with_an_mb_and_share_view() -> None:
+    comps = pd.DataFrame({"method": ["a", "a", "b"], "rate": ["x", "x", "y"], "component": ["c1", "c2", "c1"],
+                          "bytes": [3e6, 1e6, 2e6]})
+    fig = bits_figure(comps, ["a", "b"], "t")
+    assert [tr["name"] for tr in fig["data"]] == ["c1", "c2"] and fig["layout"]["barmode"] == "stack"
+    assert list(fig["data"][0]["y"]) == [3.0, 2.0] and list(fig["data"][1]["y"]) == [1.0, 0.0]
+    mb, share = (b["args"][0]["y"] for b in fig["layout"]["updatemenus"][0]["buttons"])
+    assert [list(y) for y in share] == [[75.0, 100.0], [25.0, 0.0]] and [list(y) for y in mb] == [[3.0, 2.0], [1.0, 0.0]]
