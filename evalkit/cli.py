@@ -261,7 +261,8 @@ def view(
     device: Optional[str] = typer.Option(None, "--device", help="torch device (default: cuda if available)."),
     host: str = typer.Option("127.0.0.1", "--host"),
     port: int = typer.Option(8080, "--port", help="0: any free port."),
-    max_side: int = typer.Option(800, "--max-side", help="Render at most this many pixels on the longer side."),
+    max_side: Optional[int] = typer.Option(None, "--max-side", help="Render at most this many pixels on the longer "
+                                           "side (default 800 on CUDA, 256 on CPU: the CPU renderer is slow)."),
     open_browser: bool = typer.Option(True, "--open/--no-open", help="Open the viewer in the default browser."),
 ) -> None:
     """Decode a bitstream and look at the model in the browser (viser): time slider, play / pause, the
@@ -274,7 +275,8 @@ def view(
 
     try:
         dev = resolve_device(device)
-        viewer = serve(result, data_root=data_root, device=dev, host=host, port=port, max_side=max_side)
+        side = max_side or (800 if dev.type == "cuda" else 256)
+        viewer = serve(result, data_root=data_root, device=dev, host=host, port=port, max_side=side)
     except (ViewerError, RunError) as exc:
         _fail(str(exc))
         return
