@@ -33,7 +33,7 @@ import pandas as pd
 
 from evalkit.codec.container import atomic_write_bytes
 from evalkit.report.index import DatasetSection
-from evalkit.report.plots import curve_label
+from evalkit.report.plots import curve_label, rd_curves
 from evalkit.report.tables import Table, _missing
 from evalkit.results import MB, Record, path_component as _safe, record_path
 
@@ -173,17 +173,11 @@ def rd_figure(points: pd.DataFrame, paper: pd.DataFrame | None, methods: Sequenc
     rate point, bytes, PSNR."""
     import plotly.graph_objects as go
 
-    pts = points.dropna(subset=["size_bytes", "psnr"])
     paper = paper if paper is not None else pd.DataFrame(columns=["method", "rate", "size_mb", "psnr"])
     pp = paper.dropna(subset=["size_mb", "psnr"])
     colors = _colors([*methods, *sorted(pp["method"].unique())])
     fig = go.Figure()
-    for m in methods:
-        g = pts[pts["method"] == m].sort_values("size_bytes")
-        if g.empty:
-            continue
-        quick = "quick" in g and bool(g["quick"].any())
-        scenes = [int(n) for n in g["scenes"]] if "scenes" in g else []
+    for m, g, quick, scenes in rd_curves(points, methods):
         cover = [f"{n}/{total_scenes} scenes" if total_scenes else "" for n in (scenes or [None] * len(g))]
         fig.add_trace(go.Scatter(
             x=(g["size_bytes"] / MB).tolist(), y=g["psnr"].tolist(), mode="lines+markers",

@@ -56,6 +56,16 @@ def one_two_five_ticks(lo: float, hi: float) -> list[float]:
     return [float(f"{lo:.3g}"), float(f"{hi:.3g}")]
 
 
+def rd_curves(points: pd.DataFrame, methods: Sequence[str]):
+    """Per method that has points, in ``methods`` order: (method, its points by size, whether any is
+    from a quick run, the scene count of each point for dataset means, else [])."""
+    pts = points.dropna(subset=["size_bytes", "psnr"])
+    for m in methods:
+        g = pts[pts["method"] == m].sort_values("size_bytes")
+        if not g.empty:
+            yield m, g, "quick" in g and bool(g["quick"].any()), [int(n) for n in g["scenes"]] if "scenes" in g else []
+
+
 def rd_plot(points: pd.DataFrame, stem: Path, title: str,
             paper: pd.DataFrame | None = None, method_order: Sequence[str] | None = None,
             total_scenes: int | None = None) -> list[Path]:
@@ -72,12 +82,7 @@ def rd_plot(points: pd.DataFrame, stem: Path, title: str,
     labels: list = []
     colors = {m: f"C{i % 10}" for i, m in enumerate(dict.fromkeys([*methods, *sorted(
         set(paper["method"]) if paper is not None and not paper.empty else set())]))}
-    for m in methods:
-        g = pts[pts["method"] == m].sort_values("size_bytes")
-        if g.empty:
-            continue
-        quick = "quick" in g and bool(g["quick"].any())
-        scenes = [int(n) for n in g["scenes"]] if "scenes" in g else []
+    for m, g, quick, scenes in rd_curves(pts, methods):
         ax.plot(g["size_bytes"] / MB, g["psnr"], "-o", color=colors[m], label=curve_label(m, quick, scenes, total_scenes),
                 ms=5)
         for _, r in g.iterrows():
