@@ -208,3 +208,18 @@ def test_bits_figure_stacks_components_with_an_mb_and_share_view() -> None:
     assert list(fig["data"][0]["y"]) == [3.0, 2.0] and list(fig["data"][1]["y"]) == [1.0, 0.0]
     mb, share = (b["args"][0]["y"] for b in fig["layout"]["updatemenus"][0]["buttons"])
     assert [list(y) for y in share] == [[75.0, 100.0], [25.0, 0.0]] and [list(y) for y in mb] == [[3.0, 2.0], [1.0, 0.0]]
+
+
+def test_cli_report_html(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from evalkit import cli
+
+    shutil.copytree(REPO / "results" / "reference" / "h200" / "dnerf" / "mutant",
+                    tmp_path / "results" / "dnerf" / "mutant")
+    res = CliRunner().invoke(cli.app, ["report", str(tmp_path / "results"), "--out", str(tmp_path / "site"), "--html",
+                                       "--views-frames", "0"])
+    assert res.exit_code == 0, res.output
+    assert "site written" in res.output and (tmp_path / "site" / "index.html").is_file()
+    text = (tmp_path / "site" / "dnerf" / "scenes" / "mutant.html").read_text()
+    assert "Views not rendered (--views-frames 0)" in text
