@@ -52,11 +52,18 @@ def run(
     force: bool = typer.Option(False, "--force", metavar=FLAG, help="Rerun jobs whose record already exists."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: one per core); lower it when several jobs share a host."),
     allow_corrupt_video: bool = typer.Option(False, "--allow-corrupt-video", metavar=FLAG, help="Neu3D: train on videos whose decoder reported damage (concealed frames); the record notes it."),
+    offline: bool = typer.Option(False, "--offline", metavar=FLAG, help="Never download (LPIPS weights missing -> LPIPS recorded as missing, with the reason)."),
 ) -> None:
     """Train, encode, decode, render and measure every (scene, rate point) job; write one record per job."""
     from evalkit.codec.container import BitstreamError
     from evalkit.data.scene import DatasetError
+    from evalkit.metrics.lpips_metric import OFFLINE_ENV
     from evalkit.runner import Reporter, RunError, RunOptions, run as run_sweep
+
+    if offline:
+        import os
+
+        os.environ[OFFLINE_ENV] = "1"
 
     opts = RunOptions(out=out, iterations=iterations, quick=quick, resolution_scale=resolution_scale,
                       device=device, seed=seed, force=force, threads=threads,
@@ -122,20 +129,37 @@ def report(
     results: Path = typer.Argument(Path("results"), help="Results folder written by `evalkit run`."),
     out: Path = typer.Option(Path("reports"), "--out", "-o"),
     anchor: Optional[str] = typer.Option(None, "--anchor", help="BD-rate anchor method (default: see index.md)."),
+    html: bool = typer.Option(False, "--html", help="Also write the static site (index.html, a page per scene) "
+                              "into the report folder: opens from disk, no server."),
+    views_frames: int = typer.Option(3, "--views-frames", help="--html: test frames per rate point in the view "
+                                     "strips (0: none)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="--html: the data root the jobs ran on, "
+                                             "for the view strips (default as `evalkit run`)."),
+    device: Optional[str] = typer.Option(None, "--device", help="--html: torch device for the view strips."),
+    copy_bitstreams: bool = typer.Option(True, "--copy-bitstreams/--no-copy-bitstreams",
+                                         help="--html: copy each bitstream into the site (it links to it)."),
 ) -> None:
-    """Tables (md/tex/csv), BD-rate, RD and bit-allocation plots, and an index.md."""
+    """Tables (md/tex/csv), BD-rate, RD and bit-allocation plots, and an index.md (--html: and index.html)."""
     from evalkit.report import build_report
     from evalkit.results import RecordError
     from evalkit.specs import SpecError, all_report_specs
 
     if not results.is_dir():
         _fail(f"{results}: no such results folder")
+    site = None
+    if html:
+        from evalkit.report.html import SiteOptions
+
+        site = SiteOptions(views_frames=views_frames, data_root=data_root, device=device,
+                           copy_bitstreams=copy_bitstreams)
     try:
-        index = build_report(results, out, anchor=anchor, dataset_specs=all_report_specs())
+        index = build_report(results, out, anchor=anchor, dataset_specs=all_report_specs(), html=site)
     except (RecordError, SpecError) as exc:  # a corrupt record or spec: name the file, no traceback
         _fail(str(exc))
         return
     console.print(f"report written: {index}")
+    if html:
+        console.print(f"site written: {index.with_suffix('.html')} (open it from disk; the folder is self-contained)")
 
 
 @app.command()
@@ -248,6 +272,56 @@ def views(
         table.add_row(v.name, f"{v.time:.4f}", f"{v.psnr:.3f}", "—" if v.record_psnr is None else f"{v.record_psnr:.3f}")
     console.print(table)
     console.print(f"wrote {len(written)} images and views.csv to {out}")
+
+
+@app.command()
+def view(
+    result: Path = typer.Argument(..., help="A bitstream (.evk) or a job's record (.json, its .evk beside it)."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Where the scene is, for the test-camera "
+                                             "presets (default as `evalkit run`)."),
+    device: Optional[str] = typer.Option(None, "--device", help="torch device (default: cuda if available)."),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(8080, "--port", help="0: any free port."),
+    max_side: Optional[int] = typer.Option(None, "--max-side", help="Render at most this many pixels on the longer "
+                                           "side (default 800 on CUDA, 256 on CPU: the CPU renderer is slow)."),
+    open_browser: bool = typer.Option(True, "--open/--no-open", help="Open the viewer in the default browser."),
+) -> None:
+    """Decode a bitstream and look at the model in the browser (viser): time slider, play / pause, the
+    dataset's test cameras as presets. Frames are rendered here (gsplat on CUDA, else the CPU reference)."""
+    import time as _time
+    import webbrowser
+
+    from evalkit.runner import RunError, resolve_device
+    from evalkit.viewer import ViewerError, serve
+
+    try:
+        dev = resolve_device(device)
+        side = max_side or (800 if dev.type == "cuda" else 256)
+        viewer = serve(result, data_root=data_root, device=dev, host=host, port=port, max_side=side)
+    except (ViewerError, RunError) as exc:
+        _fail(str(exc))
+        return
+    url = f"http://{host}:{viewer.port}"
+    console.print(f"viewer at {url} ({len(viewer.presets)} test cameras; rendering on {dev}); Ctrl-C to stop")
+    if open_browser:
+        webbrowser.open(url)
+    try:
+        while True:
+            _time.sleep(1.0)
+    except KeyboardInterrupt:
+        viewer.stop()
+
+
+@app.command()
+def doctor() -> None:
+    """What this machine can do: CUDA and GPU, gsplat / torchac built, LPIPS weights, data root and
+    the dataset scenes it holds, the spec folder in use. Builds and downloads nothing."""
+    from evalkit.doctor import diagnose
+
+    t = Table("check", "", "detail", show_lines=False)
+    for c in diagnose():
+        t.add_row(c.name, {True: "[green]ok[/]", False: "[red]no[/]", None: "[yellow]–[/]"}[c.ok], c.detail)
+    console.print(t)
 
 
 def torch_device():

@@ -437,6 +437,8 @@ def _evaluate(model, scene: Scene, gts: list[torch.Tensor], record: Record, devi
 
     record.metrics = {k: finite(k, ev.means.get(_EVAL_NAME.get(k, k))) for k in record.metrics}
     record.metrics_missing = missing
+    if ev.lpips_weights:  # which weight files the LPIPS numbers come from, with their SHA-256
+        record.env["lpips_weights"] = ev.lpips_weights
     record.per_frame = [{"name": f.image_name, "time": f.time,
                          **{_RECORD_NAME.get(k, k): finite(_RECORD_NAME.get(k, k), v)
                             for k, v in ev.per_frame[f.image_name].items()}} for f in frames]

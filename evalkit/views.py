@@ -82,9 +82,10 @@ def _scene_of(record, data_root: Path | None):
 
 
 def write_views(record_path: Path, data_root: Path | None, out: Path, *, every: int = 1,
-                device: torch.device | None = None) -> list[ViewImage]:
+                device: torch.device | None = None, max_frames: int | None = None) -> list[ViewImage]:
     """Render every ``every``-th test frame of the job recorded at ``record_path`` into ``out``
-    (``<frame>.png`` panels and ``views.csv``); returns what was written."""
+    (``<frame>.png`` panels and ``views.csv``); returns what was written. ``max_frames``: at most
+    that many of those frames, evenly spread from the first to the last."""
     from evalkit.codec.container import Bitstream, BitstreamError
     from evalkit.methods.registry import UnknownMethod, get_method
     from evalkit.results import RecordError, read_record
@@ -115,7 +116,10 @@ def write_views(record_path: Path, data_root: Path | None, out: Path, *, every: 
     out.mkdir(parents=True, exist_ok=True)
     written: list[ViewImage] = []
     with torch.no_grad():
-        for frame in scene.test[::every]:
+        frames = scene.test[::every]
+        if max_frames is not None and 0 < max_frames < len(frames):
+            frames = [frames[round(i * (len(frames) - 1) / max(max_frames - 1, 1))] for i in range(max_frames)]
+        for frame in frames:
             render = _u8(model.render(frame.camera, frame.time).float().cpu())
             gt = _u8(torch.from_numpy(frame.load()))
             path = out / f"{frame.image_name.replace('/', '_')}.png"

@@ -29,6 +29,7 @@ class ImageEvaluation:
     missing: dict[str, str] = field(default_factory=dict)
     conventions: dict[str, str] = field(default_factory=dict)
     resolution: tuple[int, int] = (0, 0)  # (width, height)
+    lpips_weights: dict[str, dict[str, str]] = field(default_factory=dict)  # key -> files and SHA-256
 
 
 def _stack(images: torch.Tensor | Sequence[torch.Tensor], what: str) -> list[torch.Tensor] | torch.Tensor:
@@ -102,6 +103,7 @@ def evaluate_images(
         missing["d_ssim"] = reason
 
     lpips_metrics: dict[str, LPIPSMetric] = {}
+    lpips_weights: dict[str, dict[str, str]] = {}
     for net in LPIPS_NETS:
         key = f"lpips_{net}"
         if net not in lpips_nets:
@@ -117,6 +119,7 @@ def evaluate_images(
             continue
         lpips_metrics[key] = metric
         conventions[key] = metric.description()
+        lpips_weights[key] = metric.weights_info()
 
     values: dict[str, list[float]] = {k: [] for k in METRIC_NAMES if k not in missing}
     with torch.no_grad():
@@ -142,7 +145,7 @@ def evaluate_images(
     }
     means = {k: (math.fsum(values[k]) / len(names) if k in values else None) for k in METRIC_NAMES}
     return ImageEvaluation(names=names, per_frame=per_frame, means=means, missing=missing,
-                           conventions=conventions, resolution=(width, height))
+                           conventions=conventions, resolution=(width, height), lpips_weights=lpips_weights)
 
 
 __all__ = ["ImageEvaluation", "evaluate_images", "METRIC_NAMES"]

@@ -1,4 +1,4 @@
-"""LPIPS (AlexNet and VGG) through the ``lpips`` package, without ever downloading anything.
+"""LPIPS (AlexNet and VGG) through the ``lpips`` package; backbone weights fetched once, hash-checked.
 
 LPIPS needs two sets of weights:
 
@@ -16,12 +16,23 @@ prefix torchvision encodes in the file name. If anything is missing, ``LPIPSMetr
 raises ``LPIPSUnavailable`` with a reason naming the missing file; callers record LPIPS
 as missing. ``random_init=True`` exists only to test the plumbing and labels every
 result as not a measurement.
+
+Out of the box: when the checkpoint is missing and the machine is online, ``LPIPSMetric``
+fetches it once into torch hub's own cache (``torch.hub.download_url_to_file`` with the
+SHA-256 prefix check ``load_state_dict_from_url(check_hash=True)`` does), printing a line
+that says so. ``$EVALKIT_OFFLINE=1`` (``evalkit run --offline``) or no network: nothing is
+fetched and the reason is recorded. ``lpips_availability`` never downloads.
+``LPIPSMetric.weights_info()`` names the files used and their SHA-256 (the runner stores
+it in the record's ``env.lpips_weights``).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import re
+import socket
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +50,14 @@ BACKBONE_CHECKPOINTS = {
     "alex": "alexnet-owt-7be5be79.pth",
     "vgg": "vgg16-397923af.pth",
 }
+
+BACKBONE_URL_BASE = "https://download.pytorch.org/models/"  # torchvision's IMAGENET1K_V1 weights live here
+OFFLINE_ENV = "EVALKIT_OFFLINE"
+
+
+def offline() -> bool:
+    """``$EVALKIT_OFFLINE`` is set (``evalkit run --offline``): never download."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 class LPIPSUnavailable(RuntimeError):
@@ -110,15 +129,51 @@ def lpips_availability(net: str) -> tuple[bool, str]:
     return weights is not None, reason
 
 
-def _sha256_prefix_ok(path: Path) -> bool:
-    match = re.search(r"-([a-f0-9]+)\.", path.name)
-    if match is None:
-        return False
+@functools.lru_cache(maxsize=16)
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             digest.update(chunk)
-    return digest.hexdigest().startswith(match.group(1))
+    return digest.hexdigest()
+
+
+def sha256(path: Path) -> str:
+    """The file's SHA-256 (hex), computed once per (path, size, mtime) in a process."""
+    st = Path(path).stat()
+    return _sha256_cached(str(path), st.st_size, st.st_mtime_ns)
+
+
+def _sha256_prefix_ok(path: Path) -> bool:
+    match = re.search(r"-([a-f0-9]+)\.", path.name)
+    if match is None:
+        return False
+    return sha256(path).startswith(match.group(1))
+
+
+def fetch_backbone(net: str) -> tuple[Path | None, str]:
+    """Download the torchvision checkpoint for ``net`` once into torch hub's checkpoints folder,
+    checking the SHA-256 prefix in its name as torch.hub does; (path, '') or (None, why not)."""
+    _check_net(net)
+    name = BACKBONE_CHECKPOINTS[net]
+    if offline():
+        return None, f"offline (${OFFLINE_ENV} / --offline): {name} not downloaded"
+    url = BACKBONE_URL_BASE + name
+    host = url.split("/")[2]
+    try:
+        socket.create_connection((host, 443), timeout=5).close()
+    except OSError as exc:
+        return None, f"no network ({host} unreachable: {exc}): {name} not downloaded"
+    dst = Path(torch.hub.get_dir()) / "checkpoints" / name
+    print(f"LPIPS: fetching {name} once into {dst.parent} through torch.hub (SHA-256 prefix checked)",
+          file=sys.stderr)
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(dst), hash_prefix=re.search(r"-([a-f0-9]+)\.", name).group(1),
+                                       progress=False)
+    except Exception as exc:  # noqa: BLE001 - network, disk, hash mismatch: record why
+        return None, f"downloading {url} failed: {exc}"
+    return dst, ""
 
 
 def _load_backbone(model: torch.nn.Module, path: Path, net: str) -> None:
@@ -170,7 +225,7 @@ class LPIPSMetric:
     """
 
     def __init__(self, net: str, device: torch.device | str = "cpu", random_init: bool = False,
-                 verify_checksum: bool = True) -> None:
+                 verify_checksum: bool = True, download: bool = True) -> None:
         _check_net(net)
         self.net = net
         self.device = torch.device(device)
@@ -181,6 +236,9 @@ class LPIPSMetric:
             self.label = f"lpips_{net}[RANDOM-INIT, NOT A MEASUREMENT]"
         else:
             weights, reason = _find_weights(net)
+            if weights is None and download:
+                fetched, why = fetch_backbone(net)
+                weights, reason = _find_weights(net) if fetched else (None, f"{reason} ({why})")
             if weights is None:
                 raise LPIPSUnavailable(reason)
             if verify_checksum and not _sha256_prefix_ok(weights.backbone):
@@ -194,6 +252,14 @@ class LPIPSMetric:
         self.model = model.to(self.device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+
+    def weights_info(self) -> dict[str, str] | None:
+        """The weight files used and their SHA-256, for the record; None for a random backbone."""
+        if self.weights is None:
+            return None
+        return {"backbone": self.weights.backbone.name, "backbone_sha256": sha256(self.weights.backbone),
+                "linear": f"lpips v{LPIPS_VERSION} {self.weights.linear.name}",
+                "linear_sha256": sha256(self.weights.linear)}
 
     @property
     def is_measurement(self) -> bool:

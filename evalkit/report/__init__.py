@@ -9,6 +9,8 @@
     <out>/<dataset>/plots/rd_<scene|mean>.{png,pdf}, bits_<scene|mean>.{png,pdf}
     <out>/survey/<method>/<dataset>/<scene>.csv   3DGS compression survey format (full runs only)
     <out>/index.md
+    <out>/index.html, <out>/<dataset>/scenes/<scene>.html, ...   with ``html=SiteOptions()``: the static site
+                                                                 (``evalkit.report.html``)
 
 The gate lives in ``evalkit.report.check`` (imported lazily so ``check`` does not pull in matplotlib).
 """
@@ -21,6 +23,8 @@ from evalkit.results import path_component as _safe  # report files named as rec
 
 if TYPE_CHECKING:
     import pandas as pd
+
+    from evalkit.report.html import SiteOptions
 
 DEFAULT_ANCHOR = "4dgs"
 
@@ -52,8 +56,10 @@ def _paper_points(paper: Any, methods: list[str]) -> "pd.DataFrame":
 
 
 def build_report(results_dir: str | Path, out_dir: str | Path, anchor: str | None = None,
-                 dataset_specs: dict[str, dict[str, Any]] | None = None, bd_anchor: str | None = None) -> Path:
+                 dataset_specs: dict[str, dict[str, Any]] | None = None, bd_anchor: str | None = None,
+                 html: "SiteOptions | None" = None) -> Path:
     """Write all tables, plots and index.md for the records under ``results_dir``; returns index.md.
+    With ``html`` (``evalkit.report.html.SiteOptions``) also the static site, index.html beside it.
 
     ``anchor``: the compression-ratio anchor (default '4dgs' if present, else the first method).
     ``bd_anchor``: the BD anchor (default: ``anchor`` if it has >= 2 rate points, else the first
@@ -117,13 +123,14 @@ def build_report(results_dir: str | Path, out_dir: str | Path, anchor: str | Non
                 section.bd_anchor_reason += " No other method to compare."
             else:
                 section.bd_summary = bd_summary_table(bd_summary(per_scene), f"{label}: BD vs {bd_anc}, mean over scenes")
-                section.bd_files = section.bd_summary.write(ddir / "bd_summary") + bd_scene_table(
-                    per_scene, f"{label}: BD vs {bd_anc} per scene").write(ddir / "bd_scenes")
+                section.bd_scenes = bd_scene_table(per_scene, f"{label}: BD vs {bd_anc} per scene")
+                section.bd_files = section.bd_summary.write(ddir / "bd_summary") + section.bd_scenes.write(
+                    ddir / "bd_scenes")
 
         # -- per scene: tables, survey CSVs, plots -------------------------------------
         for scene in sorted(dall["scene"].unique()):
-            section.scene_files[scene] = scene_table(df, dataset, scene, spec, comp_anchor).write(
-                ddir / "scenes" / _safe(scene))
+            section.scene_tables[scene] = scene_table(df, dataset, scene, spec, comp_anchor)
+            section.scene_files[scene] = section.scene_tables[scene].write(ddir / "scenes" / _safe(scene))
             sok = ok[ok["scene"] == scene]
             for m in sorted(sok["method"].unique()):
                 full = sok[(sok["method"] == m) & ~sok["quick"].astype(bool)]
@@ -133,11 +140,14 @@ def build_report(results_dir: str | Path, out_dir: str | Path, anchor: str | Non
                 atomic_write_bytes(p, survey_csv(full, m, dataset, scene, lpips_metric[0]).encode("utf-8"))
                 section.survey_files.append(p)
             if not sok.empty:
+                section.rd_data[scene] = {"points": sok, "paper": _paper_points(scene_paper(spec, scene), methods),
+                                          "methods": methods, "title": f"{label} / {scene}", "total_scenes": None}
                 section.rd_plots[scene] = rd_plot(sok, ddir / "plots" / f"rd_{_safe(scene)}",
-                                                  f"{label} / {scene}", paper=_paper_points(scene_paper(spec, scene), methods),
+                                                  f"{label} / {scene}", paper=section.rd_data[scene]["paper"],
                                                   method_order=methods)
             sc = comps[(comps["dataset"] == dataset) & (comps["scene"] == scene)]
             if not sc.empty:
+                section.bit_data[scene] = sc
                 section.bit_plots[scene] = bit_allocation_plot(sc, ddir / "plots" / f"bits_{_safe(scene)}",
                                                                f"{label} / {scene}: bytes per component",
                                                                method_order=methods)
@@ -150,15 +160,19 @@ def build_report(results_dir: str | Path, out_dir: str | Path, anchor: str | Non
                 size_bytes=("size_bytes", "mean"), psnr=("psnr", lambda s: s.mean(skipna=False)),
                 quick=("quick", "any"))
             mean_pts["scenes"] = [n_scenes[(m, r)] for m, r in zip(mean_pts["method"], mean_pts["rate"])]
+            section.rd_data = {"mean": {"points": mean_pts, "paper": _paper_points(spec.get("paper"), methods),
+                                        "methods": methods, "title": f"{label}: mean over scenes",
+                                        "total_scenes": n_all}, **section.rd_data}
             section.rd_plots = {"mean": rd_plot(mean_pts, ddir / "plots" / "rd_mean",
                                                 f"{label}: mean over scenes",
-                                                paper=_paper_points(spec.get("paper"), methods),
+                                                paper=section.rd_data["mean"]["paper"],
                                                 method_order=methods, total_scenes=n_all), **section.rd_plots}
         dc = comps[comps["dataset"] == dataset]
         if not dc.empty:
             mean_c = dc.groupby(["method", "rate", "component"], as_index=False)["bytes"].sum()
             # Divide by the scene count, so a component absent in a scene counts as 0 bytes there.
             mean_c["bytes"] = mean_c["bytes"] / [n_scenes[(m, r)] for m, r in zip(mean_c["method"], mean_c["rate"])]
+            section.bit_data = {"mean": mean_c, **section.bit_data}
             section.bit_plots = {"mean": bit_allocation_plot(mean_c, ddir / "plots" / "bits_mean",
                                                              f"{label}: mean bytes per component over scenes",
                                                              method_order=methods, scenes=n_scenes.to_dict(),
@@ -167,6 +181,10 @@ def build_report(results_dir: str | Path, out_dir: str | Path, anchor: str | Non
 
     index = out_dir / "index.md"
     atomic_write_bytes(index, render_index(out_dir, results_dir, records, sections).encode("utf-8"))
+    if html is not None:
+        from evalkit.report.html import write_site
+
+        write_site(out_dir, results_dir, records, sections, html)
     return index
 
 

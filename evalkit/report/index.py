@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from evalkit.report.tables import METRICS, Table
 from evalkit.results import Record
@@ -31,6 +32,12 @@ class DatasetSection:
     coding_steps_files: list[Path] = field(default_factory=list)
     timings: Table | None = None
     timings_files: list[Path] = field(default_factory=list)
+    # What the HTML site draws again interactively (evalkit.report.html): the tables themselves and
+    # the plots' data ("mean" or scene -> points / paper points / bytes per component).
+    scene_tables: dict[str, Table] = field(default_factory=dict)
+    bd_scenes: Table | None = None
+    rd_data: dict[str, dict[str, Any]] = field(default_factory=dict)
+    bit_data: dict[str, Any] = field(default_factory=dict)
 
 
 def _links(paths: list[Path], base: Path) -> str:

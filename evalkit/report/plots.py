@@ -56,6 +56,16 @@ def one_two_five_ticks(lo: float, hi: float) -> list[float]:
     return [float(f"{lo:.3g}"), float(f"{hi:.3g}")]
 
 
+def rd_curves(points: pd.DataFrame, methods: Sequence[str]):
+    """Per method that has points, in ``methods`` order: (method, its points by size, whether any is
+    from a quick run, the scene count of each point for dataset means, else [])."""
+    pts = points.dropna(subset=["size_bytes", "psnr"])
+    for m in methods:
+        g = pts[pts["method"] == m].sort_values("size_bytes")
+        if not g.empty:
+            yield m, g, "quick" in g and bool(g["quick"].any()), [int(n) for n in g["scenes"]] if "scenes" in g else []
+
+
 def rd_plot(points: pd.DataFrame, stem: Path, title: str,
             paper: pd.DataFrame | None = None, method_order: Sequence[str] | None = None,
             total_scenes: int | None = None) -> list[Path]:
@@ -69,19 +79,15 @@ def rd_plot(points: pd.DataFrame, stem: Path, title: str,
     ax = fig.add_subplot()
     pts = points.dropna(subset=["size_bytes", "psnr"])
     methods = list(method_order) if method_order else sorted(pts["method"].unique())
+    labels: list = []
     colors = {m: f"C{i % 10}" for i, m in enumerate(dict.fromkeys([*methods, *sorted(
         set(paper["method"]) if paper is not None and not paper.empty else set())]))}
-    for m in methods:
-        g = pts[pts["method"] == m].sort_values("size_bytes")
-        if g.empty:
-            continue
-        quick = "quick" in g and bool(g["quick"].any())
-        scenes = [int(n) for n in g["scenes"]] if "scenes" in g else []
+    for m, g, quick, scenes in rd_curves(pts, methods):
         ax.plot(g["size_bytes"] / MB, g["psnr"], "-o", color=colors[m], label=curve_label(m, quick, scenes, total_scenes),
                 ms=5)
         for _, r in g.iterrows():
-            ax.annotate(str(r["rate"]), (r["size_bytes"] / MB, r["psnr"]), textcoords="offset points",
-                        xytext=(4, 4), fontsize=7, color=colors[m])
+            labels.append(ax.annotate(str(r["rate"]), (r["size_bytes"] / MB, r["psnr"]), textcoords="offset points",
+                                      xytext=(4, 4), fontsize=7, color=colors[m]))
     if paper is not None and not paper.empty:
         pp = paper.dropna(subset=["size_mb", "psnr"])
         for m, g in pp.groupby("method", sort=True):
@@ -100,7 +106,55 @@ def rd_plot(points: pd.DataFrame, stem: Path, title: str,
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.subplots_adjust(left=0.12, right=0.97, bottom=0.13, top=0.92)
+    place_labels(fig, labels)
     return _save(fig, stem)
+
+
+# Offsets (points) tried for a label, nearest first; rings grow until a free place is found.
+_DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+def place_labels(fig: Figure, labels: list, pad_px: float = 1.0) -> None:
+    """Move each point label (an ``Annotation`` in offset points) to the nearest offset where its
+    box overlaps no label placed before it and no labelled point's marker and stays inside the axes,
+    so labels never overlap."""
+    if not labels:
+        return
+    canvas = FigureCanvasAgg(fig)
+    fig.draw_without_rendering()  # settles the axes' limits (autoscaling is lazy) before measuring
+    renderer = canvas.get_renderer()
+    px_per_pt = fig.dpi / 72.0
+    anchors = [lab.axes.transData.transform(lab.xy) for lab in labels]
+    r = 3 * px_per_pt  # a marker of size 5 pt, with a little room
+    markers = [(x - r, y - r, x + r, y + r) for x, y in anchors]
+    placed: list[tuple[float, float, float, float]] = []
+
+    def free(box, frame) -> bool:
+        x0, y0, x1, y1 = box
+        if x0 < frame.x0 or y0 < frame.y0 or x1 > frame.x1 or y1 > frame.y1:  # stay inside the axes
+            return False
+        return not any(x0 < b[2] + pad_px and b[0] < x1 + pad_px and y0 < b[3] + pad_px and b[1] < y1 + pad_px
+                       for b in (*placed, *markers))
+
+    for lab in labels:
+        box = None
+        for ring in range(1, 40):
+            step = 4.0 * ring
+            for dx, dy in _DIRECTIONS:
+                lab.set_position((dx * step + (0 if dx >= 0 else -2), dy * step))
+                lab.set_horizontalalignment("left" if dx >= 0 else "right")
+                lab.set_verticalalignment("bottom" if dy > 0 else "top" if dy < 0 else "center")
+                e = lab.get_window_extent(renderer)
+                cand = (e.x0, e.y0, e.x1, e.y1)
+                if free(cand, lab.axes.bbox):
+                    box = cand
+                    break
+            if box is not None:
+                break
+        if box is None:  # every place within 160 pt taken: keep the last try
+            e = lab.get_window_extent(renderer)
+            box = (e.x0, e.y0, e.x1, e.y1)
+        placed.append(box)
 
 
 def bit_allocation_plot(components: pd.DataFrame, stem: Path, title: str,

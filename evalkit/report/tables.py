@@ -354,10 +354,20 @@ def summary_table(df: pd.DataFrame, dataset: str, spec: dict[str, Any] | None, a
     anc = sub[(sub["method"] == anchor) & (sub["rate"] == anchor_rate)].set_index("scene")["size_bytes"] \
         if anchor_rate is not None else pd.Series(dtype=float)
 
+    # Like for like: a row covering fewer scenes than the dataset sets beside it the paper's mean over
+    # the same scenes, from the per-scene paper numbers (spec scene_paper), where every scene has one.
+    row_scenes = {(m, r): sorted(sub[(sub["method"] == m) & (sub["rate"] == r)]["scene"].unique()) for m, r in keys}
+    same = {k: same_scenes_paper_means(spec, k[0], k[1], sc) for k, sc in row_scenes.items()
+            if 0 < len(sc) < len(all_scenes)}
+    scols = [(m, Column(f"paper_same_{m}", f"{'LPIPS' if m.startswith('lpips') else METRICS[m].label} "
+                                           "(paper, same scenes)", METRICS[m].fmt))
+             for m in [*metrics, "size_mb"] if any(v.get(m) is not None for v in same.values())]
+
     cols = [Column("method", "Method"), Column("rate", "Rate"), Column("scenes", "Scenes"),
             *_metric_cols(metrics), Column("fps", "FPS ↑", "{:.1f}"), Column("size_mb", "Size (MB) ↓", "{:.3f}"),
             Column("size_bytes", "Size (bytes)", "{:.0f}", csv_only=True),
-            Column("ratio", f"Ratio vs {anchor}" if anchor else "Ratio", "{:.1f}×"), *[c for _, c in pcols]]
+            Column("ratio", f"Ratio vs {anchor}" if anchor else "Ratio", "{:.1f}×"), *[c for _, c in pcols],
+            *[c for _, c in scols]]
     t = Table(f"{dataset_label(spec, dataset)}: mean over scenes", cols)
     partial = False
     for (m, r), entry in zip(keys, entries):
@@ -372,7 +382,8 @@ def summary_table(df: pd.DataFrame, dataset: str, spec: dict[str, Any] | None, a
             ratio = anc.loc[list(g["scene"])].mean() / means["size_bytes"]
         size_mb = None if means["size_bytes"] is None else means["size_bytes"] / MB
         t.add([m, r, f"{n}/{len(all_scenes)}", *[means[k] for k in metrics], means["fps"], size_mb,
-               means["size_bytes"], ratio, *[paper_value(entry, k) for k, _ in pcols]],
+               means["size_bytes"], ratio, *[paper_value(entry, k) for k, _ in pcols],
+               *[same.get((m, r), {}).get(k) for k, _ in scols]],
               quick=bool(g["quick"].any()))
     t.footnotes.append("Means over scenes of per-scene values; a metric missing in any scene leaves the mean "
                        "missing. Size: bitstream bytes, MB = 10^6 bytes.")
@@ -383,11 +394,26 @@ def summary_table(df: pd.DataFrame, dataset: str, spec: dict[str, Any] | None, a
     elif anchor is not None:
         t.footnotes.append(f"Ratio n/a: anchor {anchor} has no successful records for this dataset.")
     if partial:
-        t.footnotes.append("Rows covering fewer scenes than the dataset has are not comparable with paper means.")
+        t.footnotes.append("Rows covering fewer scenes than the dataset has are not comparable with paper means"
+                           + ("; (paper, same scenes) is the mean of the paper's per-scene numbers over the scenes "
+                              "the row covers, the like-for-like comparison." if scols else "."))
     if pcols:
         t.footnotes.append("(paper): numbers reported in the method's paper (dataset spec), not measured here.")
         _paper_sources(t, paper, keys)
     return t
+
+
+def same_scenes_paper_means(spec: dict[str, Any] | None, method: str, rate: str,
+                            scenes: Iterable[str]) -> dict[str, float]:
+    """The paper's mean of each metric (and size_mb) over ``scenes``, from its per-scene numbers;
+    a metric is left out unless every one of the scenes has it (never a subset mean)."""
+    entries = [paper_entry(scene_paper(spec, s), method, rate) for s in scenes]
+    out: dict[str, float] = {}
+    for m in METRICS:
+        vals = [paper_value(e, m) for e in entries]
+        if vals and all(v is not None for v in vals):
+            out[m] = sum(vals) / len(vals)
+    return out
 
 
 def coding_steps_table(records: Iterable[Any], dataset: str, label: str) -> Table | None:

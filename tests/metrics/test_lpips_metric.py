@@ -21,6 +21,7 @@ def empty_caches(tmp_path, monkeypatch) -> Path:
     """Point the torch hub cache at an empty folder and unset the evalkit weights folder."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
     monkeypatch.delenv(WEIGHTS_DIR_ENV, raising=False)
+    monkeypatch.setenv(lpips_metric.OFFLINE_ENV, "1")  # an online machine must not fetch 500 MB here
     return tmp_path / "torch_home"
 
 
@@ -39,7 +40,7 @@ def test_unavailable_without_backbone_names_the_missing_file(net, empty_caches):
     assert str(empty_caches / "hub" / "checkpoints") in reason
     with pytest.raises(LPIPSUnavailable, match=BACKBONE_CHECKPOINTS[net]) as info:
         LPIPSMetric(net, "cpu")
-    assert info.value.reason == reason
+    assert info.value.reason.startswith(reason) and "offline" in info.value.reason
     assert not empty_caches.exists()  # nothing was downloaded or created
 
 
@@ -126,3 +127,39 @@ def test_sha256_prefix_check(tmp_path):
     bad.write_bytes(data)
     assert lpips_metric._sha256_prefix_ok(good)
     assert not lpips_metric._sha256_prefix_ok(bad)
+
+
+def test_online_fetches_the_backbone_once_through_torch_hub_and_names_it(tmp_path, empty_caches, monkeypatch, capsys):
+    import hashlib
+
+    monkeypatch.delenv(lpips_metric.OFFLINE_ENV)
+    monkeypatch.setattr(lpips_metric.socket, "create_connection", lambda addr, timeout: open(__file__, "rb"))
+    calls = []
+
+    def fake_download(url, dst, hash_prefix=None, progress=True):  # what torch.hub would write, hash aside
+        calls.append((url, hash_prefix))
+        _write_fake_alexnet_checkpoint(Path(dst).parent)
+
+    monkeypatch.setattr(lpips_metric.torch.hub, "download_url_to_file", fake_download)
+    metric = LPIPSMetric("alex", "cpu", verify_checksum=False)
+    assert calls == [("https://download.pytorch.org/models/alexnet-owt-7be5be79.pth", "7be5be79")]
+    assert "fetching alexnet-owt-7be5be79.pth once" in capsys.readouterr().err
+    info = metric.weights_info()
+    path = empty_caches / "hub" / "checkpoints" / BACKBONE_CHECKPOINTS["alex"]
+    assert info["backbone"] == path.name and info["backbone_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert info["linear"] == "lpips v0.1 alex.pth" and len(info["linear_sha256"]) == 64
+    LPIPSMetric("alex", "cpu", verify_checksum=False)
+    assert len(calls) == 1  # found in the cache the second time
+
+
+def test_no_network_records_why(empty_caches, monkeypatch):
+    monkeypatch.delenv(lpips_metric.OFFLINE_ENV)
+
+    def unreachable(addr, timeout):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(lpips_metric.socket, "create_connection", unreachable)
+    with pytest.raises(LPIPSUnavailable, match="no network") as info:
+        LPIPSMetric("vgg", "cpu")
+    assert BACKBONE_CHECKPOINTS["vgg"] in info.value.reason
+    assert not empty_caches.exists()
