@@ -31,6 +31,12 @@ case "$1" in
       > /tmp/res/$name.out 2>&1 < /dev/null &
     echo "launched $name"
     ;;
+  wait)
+    # sleep up to $2 seconds or until no evalkit run is left
+    end=$((SECONDS + $2))
+    while [ $SECONDS -lt $end ] && pgrep -f "evalkit.cli run" > /dev/null; do sleep 10; done
+    grep -h -E "PSNR .* bytes|FAILED" /tmp/res/*/dnerf/*/*/*.log || true
+    ;;
   collect)
     tail -n 3 /tmp/res/*.out || true
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv || true
@@ -38,3 +44,4 @@ case "$1" in
     ls -la "$OUT"
     ;;
 esac
+# (the machine goes back 30 s after a call ends, killing background jobs: chain calls with `wait`)
