@@ -133,3 +133,18 @@ def test_snapping_merges_duplicates_and_freezes_positions() -> None:
     assert merged == 1 and model.num_anchors == 4 and not model.xyz.requires_grad
     grid = model.xyz.double() / model.cfg.snap_grid
     assert torch.allclose(grid, grid.round(), atol=1e-3)
+
+
+def test_growth_adds_one_anchor_per_free_voxel() -> None:
+    """Candidates in a voxel that holds an anchor, or a second candidate in one voxel, add nothing."""
+    model = random_model(n=3, seed=4)
+    with torch.no_grad():
+        model.xyz += 5.0  # every anchor and candidate inside the voxel [0, 10)^3
+    model.cfg.grow_voxel = 10.0
+    opt = torch.optim.Adam(_groups(model), eps=1e-15)
+    stats = RefineStats(3, model.cfg.k, torch.device("cpu"))
+    stats.psi_grad[:] = 1.0
+    stats.psi[:] = 1.0
+    assert refine(model, opt, stats, model.cfg) == (0, 0) and model.num_anchors == 3
+    model.cfg.grow_voxel = 0.0  # off: every candidate grows (the code's rule)
+    assert refine(model, opt, stats, model.cfg)[0] == 3 * model.cfg.k and model.num_anchors == 3 + 3 * model.cfg.k
