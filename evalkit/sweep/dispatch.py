@@ -25,7 +25,7 @@ class SweepOptions:
     """How a sweep's jobs are spread (``evalkit run --executor ...``)."""
 
     executor: str = "local"  # local | slurm | ray ("inline": runner.run's in-process loop)
-    gpus: list[str] | None = None  # local: GPU ids; None: none (CPU) or, with a CUDA device, all visible
+    gpus: list[str] | None = None  # local: GPU ids (["all"]: every visible one); None: --workers on --device
     jobs_per_gpu: int = 1
     workers: int | None = None  # local without GPUs: CPU workers
     # per-job limits overriding the method spec's [resources] (slurm, ray; time_min also for claims)
@@ -114,11 +114,7 @@ def run_sweep(jobs: list, opts, existing: dict, reporter) -> list:
     if sw.executor == "local":
         from evalkit.sweep.local import run_local, visible_gpus
 
-        gpus = sw.gpus
-        if gpus is None and (opts.device or "").startswith("cuda") and ":" not in (opts.device or ""):
-            gpus = visible_gpus()
-        if gpus == ["all"]:
-            gpus = visible_gpus()
+        gpus = visible_gpus() if sw.gpus == ["all"] else sw.gpus  # None: one worker (or --workers) on --device
         results = run_local(todo, opts, sweep=sweep, gpus=gpus, jobs_per_gpu=sw.jobs_per_gpu, workers=sw.workers,
                             on_event=on_event, plugins=sw.plugins)
     elif sw.executor == "slurm":
