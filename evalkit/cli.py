@@ -63,6 +63,9 @@ def run(
     from evalkit.runner import Reporter, RunError, RunOptions, run as run_sweep
     from evalkit.sweep.dispatch import EXECUTORS, SweepOptions
 
+    from evalkit.sweep.worker import load_plugins
+
+    load_plugins()  # $EVALKIT_PLUGINS: out-of-tree methods
     if executor not in EXECUTORS:
         _fail(f"--executor {executor!r}: one of {', '.join(EXECUTORS)}")
     sweep = None if executor == "inline" else SweepOptions(

@@ -44,6 +44,15 @@ class WorkerSpec:
     plugins: list[str] = field(default_factory=list)
 
 
+def load_plugins(extra: list[str] = ()) -> None:
+    """Import ``extra`` and the modules named in ``$EVALKIT_PLUGINS`` (comma-separated): e.g. one
+    that registers an out-of-tree method in ``evalkit.methods.registry.METHODS``, so that the CLI
+    and every child worker know it."""
+    for mod in [*extra, *(m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))]:
+        if mod:
+            importlib.import_module(mod)
+
+
 def failed_in_sweep(job, opts, sweep: str) -> str | None:
     """The error of ``job``'s failed record if this sweep wrote it (another worker, or a crash)."""
     path = record_path(opts.out, job.dataset, job.scene, job.method, job.rate.name)
@@ -124,8 +133,7 @@ def main(argv: list[str]) -> int:
     spec_path, fd = Path(argv[0]), int(argv[1])
     faulthandler.enable()  # a native crash dumps the Python stack into the worker's log
     spec: WorkerSpec = pickle.loads(spec_path.read_bytes())
-    for mod in spec.plugins + [m for m in os.environ.get(PLUGINS_ENV, "").split(",") if m]:
-        importlib.import_module(mod)
+    load_plugins(spec.plugins)
     events = os.fdopen(fd, "w", buffering=1, encoding="utf-8")
 
     def emit(ev: dict) -> None:
