@@ -124,8 +124,11 @@ class Record:
     def timings_contended(self) -> bool:
         """Its times / FPS were taken on a shared GPU or host (``env.contention.contended``: the
         runner's samples, ``evalkit.metrics.contention``, or an annotation of a record made before
-        the runner sampled)."""
-        return bool(((self.env or {}).get("contention") or {}).get("contended"))
+        the runner sampled), or by a sweep worker that shared its GPU by design
+        (``env.executor.gpu_shared_by_design``: ``--jobs-per-gpu`` above 1), seen by the samples or not."""
+        env = self.env or {}
+        return bool((env.get("contention") or {}).get("contended")
+                    or (env.get("executor") or {}).get("gpu_shared_by_design"))
 
 
 def _json_default(obj: Any) -> Any:

@@ -139,10 +139,14 @@ def main(argv: list[str]) -> int:
     def emit(ev: dict) -> None:
         events.write(json.dumps(ev, default=str) + "\n")
 
-    if spec.opts.threads:
-        import torch
+    import torch
 
+    if spec.opts.threads:
         torch.set_num_threads(spec.opts.threads)
+    info = json.loads(os.environ.get(EXECUTOR_ENV) or "{}")
+    if info.get("gpu") is not None and torch.cuda.is_available():  # the records name the GPU that ran them
+        info["gpu_name"] = torch.cuda.get_device_name(0)
+        os.environ[EXECUTOR_ENV] = json.dumps(info)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM: stop like Ctrl-C (claims released)
     try:
         work(spec, emit)
