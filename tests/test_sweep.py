@@ -138,6 +138,35 @@ def test_killing_a_sweep_mid_job_then_rerunning_loses_nothing(bench: ToyBench, t
     assert not list(bench.out.glob("*/*/*/*.claim"))
 
 
+def test_ctrl_c_stops_cleanly_with_no_record_and_no_claim_left(bench: ToyBench, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("EVALKIT_TOY_SLEEP", "30")
+    proc = cli_run(bench, "--scene", "alpha")
+    deadline = time.time() + 60
+    while not (tmp_path / "train.log").is_file() and time.time() < deadline:
+        time.sleep(0.2)
+    assert list(bench.out.glob("*/*/*/*.claim"))
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the runner and its workers
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, out
+    assert "stopped" in out
+    assert not list(bench.out.glob("*/*/*/*.claim")) and not list(bench.out.glob("*/*/*/*.json"))
+    assert not list(bench.out.rglob("*.tmp"))  # no half-written record or bitstream either
+
+
+def test_local_workers_one_per_gpu_or_several_sharing_one() -> None:
+    from evalkit.results import Record
+    from evalkit.sweep.local import plan_slots, rotated, scene_groups
+
+    assert plan_slots(["0", "1", "3"]) == [("gpu0", "0"), ("gpu1", "1"), ("gpu3", "3")]
+    assert plan_slots(["0"], jobs_per_gpu=2) == [("gpu0.0", "0"), ("gpu0.1", "0")]
+    assert plan_slots(None, workers=2) == [("cpu0", None), ("cpu1", None)]
+    groups = scene_groups([type("J", (), {"dataset": "d", "scene": s, "n": i})() for i, s in enumerate("aabb")])
+    assert [j.n for j in rotated(groups, 1)] == [2, 3, 0, 1]  # the second worker starts on the second scene
+    shared = Record("m", "d", "s", "r", env={"executor": {"name": "local", "gpu_shared_by_design": True}})
+    assert shared.timings_contended  # reports leave its times out even if no sample saw the other job
+
+
 # -- executors --------------------------------------------------------------------------------
 def same_records_as(local: dict, out: Path, executor: str) -> None:
     """``out``'s records equal ``local``'s but for timings and executor fields."""

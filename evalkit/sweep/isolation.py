@@ -99,6 +99,7 @@ class Supervisor:
         self.executor = executor
         self.proc: subprocess.Popen | None = None
         self.stopping = threading.Event()
+        self.done = threading.Event()  # set when run() returns
         self.outcomes: dict[str, tuple[str, str | None]] = {}  # label -> (status, error)
 
     def stop(self) -> None:
@@ -118,6 +119,12 @@ class Supervisor:
             proc.kill()
 
     def run(self) -> dict[str, tuple[str, str | None]]:
+        try:
+            return self._run()
+        finally:
+            self.done.set()
+
+    def _run(self) -> dict[str, tuple[str, str | None]]:
         by_label = {j.label: j for j in self.jobs}
         log_path = worker_log_path(self.opts.out, self.worker)
         log_path.parent.mkdir(parents=True, exist_ok=True)

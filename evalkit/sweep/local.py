@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 from dataclasses import replace
 from typing import Callable
 
@@ -77,18 +78,20 @@ def run_local(jobs: list, opts, *, sweep: str, gpus: list[str] | None, jobs_per_
         sups.append(Supervisor(rotated(groups, start), slot_opts, sweep=sweep, worker=name, env=env,
                                on_event=on_event, plugins=plugins, executor=info))
     results: dict[str, tuple[str, str | None]] = {}
-    ts = [threading.Thread(target=lambda s=s: s.run(), name=f"evalkit-{s.worker}", daemon=True) for s in sups]
+    ts = [threading.Thread(target=s.run, name=f"evalkit-{s.worker}", daemon=True) for s in sups]
     for t in ts:
         t.start()
+    # Wait on the supervisors' own events, not Thread.join: a Ctrl-C that interrupts join() can leave
+    # the thread marked as stopped while it still runs (CPython's tstate-lock wait).
     try:
-        for t in ts:
-            while t.is_alive():
-                t.join(0.2)
+        while not all(s.done.is_set() for s in sups):
+            time.sleep(0.2)
     except KeyboardInterrupt:
         for s in sups:
             s.stop()
-        for t in ts:
-            t.join(STOP_GRACE_S)
+        deadline = time.monotonic() + STOP_GRACE_S
+        while not all(s.done.is_set() for s in sups) and time.monotonic() < deadline:
+            time.sleep(0.1)
         for s in sups:
             s.kill()
         raise

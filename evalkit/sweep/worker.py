@@ -147,7 +147,15 @@ def main(argv: list[str]) -> int:
     if info.get("gpu") is not None and torch.cuda.is_available():  # the records name the GPU that ran them
         info["gpu_name"] = torch.cuda.get_device_name(0)
         os.environ[EXECUTOR_ENV] = json.dumps(info)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # SIGTERM: stop like Ctrl-C (claims released)
+    # Ctrl-C (the terminal's, then the supervisor's) or SIGTERM: one KeyboardInterrupt, then no
+    # other, so the unwinding (claim release) is not itself interrupted.
+    def interrupt(signum, frame) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         work(spec, emit)
     except KeyboardInterrupt:
