@@ -154,10 +154,12 @@ class Supervisor:
         return self.outcomes
 
     def _release_dead_claim(self, job) -> None:
-        path = job_claim_path(self.opts.out, job)
-        info = read_claim(path)
-        if info is not None and self.proc is not None and info.pid == self.proc.pid:
-            path.unlink(missing_ok=True)
+        """The dead child's claims: its job's, and any shared stage of the scene it was computing."""
+        shared = Path(self.opts.out) / job.dataset / job.scene / "_shared"
+        for path in [job_claim_path(self.opts.out, job), *shared.glob("*.claim")]:
+            info = read_claim(path)
+            if info is not None and self.proc is not None and info.pid == self.proc.pid:
+                path.unlink(missing_ok=True)
 
     def _run_child(self, pending: list, log_path: Path) -> tuple[int, str | None, float]:
         spec = WorkerSpec(jobs=pending, opts=self.opts, sweep=self.sweep, worker=self.worker,

@@ -29,7 +29,7 @@ from evalkit.codec.container import atomic_write_bytes
 from evalkit.results import path_component
 from evalkit.sweep.claims import Claim, read_claim, stale_reason, try_claim
 
-STAGE_TIME_LIMIT_S = 6 * 3600.0
+STAGE_TIME_LIMIT_S = 2 * 3600.0  # a stage claim older than this is stale (its worker is gone)
 POLL_S = 1.0
 
 
