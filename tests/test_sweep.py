@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from evalkit.results import read_record, read_records, record_path
+from evalkit.results import read_records
 from evalkit.runner import RunOptions, run
 from evalkit.sweep import claims
 from evalkit.sweep.dispatch import SweepOptions
@@ -118,14 +118,20 @@ def test_a_segfaulting_job_is_a_failed_record_naming_the_signal_and_the_sweep_go
     assert not list(bench.out.glob("*/*/*/*.claim"))
 
 
-def test_killing_a_sweep_mid_job_then_rerunning_loses_nothing(bench: ToyBench, tmp_path: Path,
-                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def started_mid_job(bench: ToyBench, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> subprocess.Popen:
+    """``evalkit run`` on scene alpha, returned once its first (30 s) training has started."""
     monkeypatch.setenv("EVALKIT_TOY_SLEEP", "30")
     proc = cli_run(bench, "--scene", "alpha")
     deadline = time.time() + 60
     while not (tmp_path / "train.log").is_file() and time.time() < deadline:
         time.sleep(0.2)
-    time.sleep(0.5)
+    assert list(bench.out.glob("*/*/*/*.claim"))
+    return proc
+
+
+def test_killing_a_sweep_mid_job_then_rerunning_loses_nothing(bench: ToyBench, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    proc = started_mid_job(bench, tmp_path, monkeypatch)
     os.killpg(proc.pid, signal.SIGKILL)  # the runner and its workers, mid-job: claims left behind
     proc.wait()
     assert list(bench.out.glob("*/*/*/*.claim")) and not list(bench.out.glob("*/*/*/*.json"))
@@ -140,12 +146,7 @@ def test_killing_a_sweep_mid_job_then_rerunning_loses_nothing(bench: ToyBench, t
 
 def test_ctrl_c_stops_cleanly_with_no_record_and_no_claim_left(bench: ToyBench, tmp_path: Path,
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("EVALKIT_TOY_SLEEP", "30")
-    proc = cli_run(bench, "--scene", "alpha")
-    deadline = time.time() + 60
-    while not (tmp_path / "train.log").is_file() and time.time() < deadline:
-        time.sleep(0.2)
-    assert list(bench.out.glob("*/*/*/*.claim"))
+    proc = started_mid_job(bench, tmp_path, monkeypatch)
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the runner and its workers
     out = proc.communicate(timeout=60)[0]
     assert proc.returncode == 130, out

@@ -110,10 +110,6 @@ class Claim:
             except FileNotFoundError:
                 pass
 
-    def still_ours(self) -> bool:
-        current = read_claim(self.path)
-        return current is not None and current.token == self.info.token
-
 
 def _create(path: Path, info: ClaimInfo) -> bool:
     path.parent.mkdir(parents=True, exist_ok=True)

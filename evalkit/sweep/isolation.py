@@ -132,10 +132,13 @@ class Supervisor:
             pending = [j for j in self.jobs if j.label not in self.outcomes]
             if not pending:
                 break
+            before = len(self.outcomes)
             rc, current, started = self._run_child(pending, log_path)
             if rc == 0 or self.stopping.is_set() or rc == 130:
                 break
-            if current is None:  # died between jobs (e.g. at start-up): do not loop on it
+            if current is None and len(self.outcomes) > before:
+                continue  # died between two jobs after finishing some: a new child takes the rest
+            if current is None:  # died before finishing any job (e.g. at start-up): do not loop on it
                 err = f"worker process {self.worker} {describe_exit(rc)} outside a job; see {log_path}"
                 for j in pending:
                     if j.label not in self.outcomes:

@@ -12,7 +12,6 @@ the claim: the supervisor writes the crash record of this job if the child dies)
 """
 from __future__ import annotations
 
-import dataclasses
 import faulthandler
 import importlib
 import json
@@ -167,10 +166,6 @@ def main(argv: list[str]) -> int:
 def executor_env(info: dict) -> dict[str, str]:
     """Environment entries that make a child's records name their executor (``env.executor``)."""
     return {EXECUTOR_ENV: json.dumps(info)}
-
-
-def replace_opts(opts, **kw):
-    return dataclasses.replace(opts, **kw)
 
 
 if __name__ == "__main__":
