@@ -89,11 +89,12 @@ def test_a_claim_is_exclusive_and_stale_claims_are_taken_over(tmp_path: Path) ->
     assert path.exists()
 
 
-@pytest.mark.parametrize("executor", ["inline", "local"])
-def test_two_runs_on_one_folder_at_once_split_the_work(bench: ToyBench, tmp_path: Path, executor: str,
+def test_two_runs_on_one_folder_at_once_split_the_work(bench: ToyBench, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plain ``evalkit run`` (the local executor, one worker); ``--executor inline`` goes through the
+    same ``worker.run_claimed``."""
     monkeypatch.setenv("EVALKIT_TOY_SLEEP", "2")
-    procs = [cli_run(bench, "--executor", executor, "--scene", "alpha") for _ in range(2)]
+    procs = [cli_run(bench, "--scene", "alpha") for _ in range(2)]
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
     assert trained(tmp_path) == ["alpha/high", "alpha/low"]  # each job trained once

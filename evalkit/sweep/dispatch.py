@@ -115,6 +115,12 @@ def run_sweep(jobs: list, opts, existing: dict, reporter) -> list:
         from evalkit.sweep.local import run_local, visible_gpus
 
         gpus = visible_gpus() if sw.gpus == ["all"] else sw.gpus  # None: one worker (or --workers) on --device
+        if not gpus:
+            from evalkit.runner import resolve_device
+
+            resolve_device(opts.device)  # a bad --device is the request's error, before any worker starts
+        elif sw.gpus != ["all"]:
+            resolve_device("cuda")
         results = run_local(todo, opts, sweep=sweep, gpus=gpus, jobs_per_gpu=sw.jobs_per_gpu, workers=sw.workers,
                             on_event=on_event, plugins=sw.plugins)
     elif sw.executor == "slurm":

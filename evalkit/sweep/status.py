@@ -87,10 +87,17 @@ def render_status(rows: list[JobStatus], all_jobs: bool = False):
     for s in rows:
         c = counts.setdefault((s.method, s.dataset, s.rate), dict.fromkeys(STATES, 0))
         c[s.state] += 1
-    summary = Table("method", "dataset", "rate", *STATES, title="jobs per method, dataset and rate point")
+    summary = Table(title="jobs per method, dataset and rate point")
+    for name in ("method", "dataset", "rate"):
+        summary.add_column(name, no_wrap=True)
+    for name in STATES:
+        summary.add_column(name, justify="right")
     for (m, d, r), c in counts.items():
         summary.add_row(m, d, r, *(str(c[k]) if c[k] else "" for k in STATES))
-    jobs = Table("method", "dataset", "scene", "rate", "state", "detail", title="jobs")
+    jobs = Table(title="jobs")
+    for name in ("method", "dataset", "scene", "rate", "state"):
+        jobs.add_column(name, no_wrap=True)
+    jobs.add_column("detail")
     colour = {"done": "green", "running": "cyan", "failed": "red", "stale claim": "yellow", "pending": "dim"}
     shown = [s for s in rows if all_jobs or s.state != "done"]
     for s in shown:

@@ -106,6 +106,7 @@ def _outcome_event(outcome) -> dict:
 
 def work(spec: WorkerSpec, emit: Callable[[dict], None]) -> None:
     """Run ``spec``'s jobs in this process, reporting through ``emit``."""
+    from evalkit import runner
     from evalkit.runner import Reporter
     from evalkit.sweep.shared import SceneCache
 
@@ -122,8 +123,11 @@ def work(spec: WorkerSpec, emit: Callable[[dict], None]) -> None:
     for job in spec.jobs:
         if job.label in spec.exclude:
             continue
-        outcome = run_claimed(job, spec.opts, reporter, scene_cache, sweep=spec.sweep, worker=spec.worker,
-                              on_claimed=lambda j: emit({"kind": "started", "label": j.label}))
+        try:
+            outcome = run_claimed(job, spec.opts, reporter, scene_cache, sweep=spec.sweep, worker=spec.worker,
+                                  on_claimed=lambda j: emit({"kind": "started", "label": j.label}))
+        except Exception as exc:  # outside run_job's own record (e.g. the device): no record, said here
+            outcome = runner.JobOutcome(job, "failed", error=f"{type(exc).__name__}: {exc}")
         scene_cache.release_claims()
         emit(_outcome_event(outcome))
 
