@@ -106,6 +106,9 @@ def run_slurm(jobs: list, opts, *, sweep: str, sw, on_event) -> dict[str, tuple[
             except Exception as exc:  # the task itself failed (not a job: those are records)
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 outcomes = {j.label: ("failed", f"SLURM task {job.job_id} failed: {first}") for j in group}
+            for j in group:  # stopped before its end (e.g. preempted without a requeue): pending again
+                outcomes.setdefault(j.label, ("claimed", f"not run: SLURM task {job.job_id} ended first; "
+                                                         "rerun the sweep to finish it"))
             for label, (status, err) in outcomes.items():
                 results[label] = (status, err)
                 on_event(f"slurm{job.job_id}", {"kind": "finished", "label": label, "status": status, "error": err})
