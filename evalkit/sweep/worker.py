@@ -4,7 +4,7 @@
 A worker walks its job list in order; for each job it claims the job (``claims.try_claim``), checks
 again that no ok record appeared meanwhile, runs ``runner.run_job`` and releases the claim once the
 record is written. A job another worker holds is skipped and said so; a job that failed earlier in
-this same sweep (another worker's record, or a crash the supervisor recorded) is not retried.
+this same sweep (another worker's record, or a crash the supervisor recorded) is not run again.
 
 The child reports to its supervisor through one pipe, one JSON object per line: ``started`` (after
 the claim: the supervisor writes the crash record of this job if the child dies), ``phase``,
@@ -52,16 +52,17 @@ def load_plugins(extra: list[str] = ()) -> None:
             importlib.import_module(mod)
 
 
-def failed_in_sweep(job, opts, sweep: str) -> str | None:
-    """The error of ``job``'s failed record if this sweep wrote it (another worker, or a crash)."""
+def written_in_sweep(job, opts, sweep: str):
+    """``job``'s record if this sweep wrote it (another worker of it, or a crash its supervisor
+    recorded), else None: such a job is not run again by this sweep, ``--force`` or not."""
+    if not sweep:
+        return None
     path = record_path(opts.out, job.dataset, job.scene, job.method, job.rate.name)
     try:
         rec = read_record(path) if path.is_file() else None
     except Exception:
         return None
-    if rec is not None and rec.status == "failed" and sweep and (rec.env.get("executor") or {}).get("sweep") == sweep:
-        return rec.error or "failed"
-    return None
+    return rec if rec is not None and (rec.env.get("executor") or {}).get("sweep") == sweep else None
 
 
 def run_claimed(job, opts, reporter, scene_cache: dict, existing=None, *, sweep: str = "", worker: str = "",
@@ -78,13 +79,14 @@ def run_claimed(job, opts, reporter, scene_cache: dict, existing=None, *, sweep:
     if claim is None:
         return runner.JobOutcome(job, "claimed", error=f"claimed by {holder.describe() if holder else 'another worker'}")
     try:
+        if (rec := written_in_sweep(job, opts, sweep)) is not None:
+            first = (rec.error or "").splitlines()[0] if rec.status == "failed" else "ok"
+            return runner.JobOutcome(job, "claimed", error=f"run earlier in this sweep ({rec.status}: {first})")
         if not opts.force and existing is None:
             existing = runner._existing_ok(job, opts)  # finished by another worker meanwhile?
             if existing is not None and (diff := runner.settings_changed(existing, job, opts)):
                 return runner.JobOutcome(job, "claimed", error="a record with other settings was written meanwhile: "
                                                                + "; ".join(diff))
-        if existing is None and (err := failed_in_sweep(job, opts, sweep)):
-            return runner.JobOutcome(job, "claimed", error=f"failed earlier in this sweep: {err.splitlines()[0]}")
         on_claimed(job)
         if claim.took_over:
             reporter.phase(f"took over a stale claim: {claim.took_over}")
