@@ -259,6 +259,7 @@ def test_status_lists_done_running_failed_and_pending(bench: ToyBench, monkeypat
                  "killed by signal SIGSEGV (Segmentation fault)", bench.out / "nolog", time.time())
     claim, _ = claims.try_claim(claims.claim_path(bench.out, "toy", "beta", "toy", "low"), time_limit_s=3600,
                                 worker="w7")
+    claims.try_claim(bench.out / "toy" / "beta" / "_shared" / "toy_stage.pt.claim", time_limit_s=60)  # not a job
     res = CliRunner().invoke(cli.app, ["status", str(bench.out)], env={"COLUMNS": "250"})
     claim.release()
     assert res.exit_code == 0, res.output

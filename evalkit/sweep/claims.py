@@ -180,9 +180,12 @@ def _take_over(path: Path, stale: ClaimInfo, info: ClaimInfo, why: str) -> Claim
 
 
 def live_claims(out: str | Path) -> list[tuple[Path, ClaimInfo]]:
-    """Every claim file under a results folder, with its content."""
+    """Every job's claim file under a results folder, with its content (shared stages' claims, in
+    ``<dataset>/<scene>/_shared/``, are not jobs)."""
     found = []
     for p in sorted(Path(out).glob("*/*/*/*.claim")):
+        if p.parent.name == "_shared":
+            continue
         info = read_claim(p)
         if info is not None:
             found.append((p, info))
