@@ -50,7 +50,18 @@ def run(
     device: Optional[str] = typer.Option(None, "--device", help="torch device, e.g. cuda:0 or cpu (default: cuda if available)."),
     seed: int = typer.Option(0, "--seed"),
     force: bool = typer.Option(False, "--force", metavar=FLAG, help="Rerun jobs whose record already exists."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: one per core); lower it when several jobs share a host."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: one per core, shared among local workers); lower it when several jobs share a host."),
+    executor: str = typer.Option("local", "--executor", envvar="EVALKIT_EXECUTOR", help="local (child-process workers on this machine; default: one), slurm (submitit job array), ray, or inline (in this process, no crash isolation)."),
+    gpus: Optional[str] = typer.Option(None, "--gpus", help="local: one worker per GPU, e.g. 0,1,3 or all (pinned with CUDA_VISIBLE_DEVICES)."),
+    jobs_per_gpu: int = typer.Option(1, "--jobs-per-gpu", help="local: workers sharing each GPU (small scenes); their records say the GPU was shared."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="local without --gpus: number of workers on --device (e.g. CPU workers)."),
+    gpus_per_job: Optional[int] = typer.Option(None, "--gpus-per-job", help="slurm / ray: override the method spec's resources table (gpus)."),
+    cpus_per_job: Optional[int] = typer.Option(None, "--cpus-per-job", help="slurm / ray: override the spec's cpus."),
+    mem_gb: Optional[int] = typer.Option(None, "--mem-gb", help="slurm / ray: override the spec's mem_gb."),
+    time_min: Optional[int] = typer.Option(None, "--time-min", help="Per-job time limit in minutes (slurm's timeout; a claim older than it is stale)."),
+    partition: Optional[str] = typer.Option(None, "--partition", help="slurm partition."),
+    slurm_cluster: Optional[str] = typer.Option(None, "--slurm-cluster", help="submitit cluster: default slurm; 'local' runs the array here (tests)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="ray.init(address=...), e.g. auto or ray://head:10001; default: a local Ray."),
     allow_corrupt_video: bool = typer.Option(False, "--allow-corrupt-video", metavar=FLAG, help="Neu3D: train on videos whose decoder reported damage (concealed frames); the record notes it."),
     offline: bool = typer.Option(False, "--offline", metavar=FLAG, help="Never download (LPIPS weights missing -> LPIPS recorded as missing, with the reason)."),
 ) -> None:
@@ -59,14 +70,24 @@ def run(
     from evalkit.data.scene import DatasetError
     from evalkit.metrics.lpips_metric import OFFLINE_ENV
     from evalkit.runner import Reporter, RunError, RunOptions, run as run_sweep
+    from evalkit.sweep.dispatch import EXECUTORS, SweepOptions
+
+    from evalkit.sweep.worker import load_plugins
 
     if offline:
         import os
 
         os.environ[OFFLINE_ENV] = "1"
-
+    load_plugins()  # $EVALKIT_PLUGINS: out-of-tree methods
+    if executor not in EXECUTORS:
+        _fail(f"--executor {executor!r}: one of {', '.join(EXECUTORS)}")
+    sweep = None if executor == "inline" else SweepOptions(
+        executor=executor, gpus=[g.strip() for g in gpus.split(",") if g.strip()] if gpus else None,
+        jobs_per_gpu=jobs_per_gpu, workers=workers, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job,
+        mem_gb=mem_gb, time_min=time_min, slurm_partition=partition, slurm_cluster=slurm_cluster,
+        ray_address=ray_address)
     opts = RunOptions(out=out, iterations=iterations, quick=quick, resolution_scale=resolution_scale,
-                      device=device, seed=seed, force=force, threads=threads,
+                      device=device, seed=seed, force=force, threads=threads, sweep=sweep,
                       allow_corrupt_video=allow_corrupt_video)
     # The bar starts with the first job, so an error found while planning prints no empty bar.
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -74,6 +95,7 @@ def run(
                         console=console, transient=False)
     jobs_task = progress.add_task("jobs", total=None, info="")
     it_task = progress.add_task("", total=None, info="", visible=False)
+    n_jobs: list = [None]
 
     def job_started(job, i, n):
         if not progress.live.is_started:
@@ -85,8 +107,12 @@ def run(
         progress.advance(jobs_task)
         progress.update(it_task, visible=False)
         rec = outcome.record
+        if sweep is not None:
+            progress.update(jobs_task, total=n_jobs[0])
         if outcome.status == "failed":
             progress.console.print(f"[red]FAILED[/] {outcome.job.label}: {outcome.error}")
+        elif outcome.status == "claimed":
+            progress.console.print(f"[dim]skipped ({outcome.error})[/] {outcome.job.label}")
         elif outcome.status == "skipped":
             progress.console.print(f"[dim]skipped (record exists)[/] {outcome.job.label}")
         else:
@@ -104,19 +130,57 @@ def run(
         info = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items())
         progress.update(it_task, total=total, completed=it, info=info, visible=True)
 
+    worker_tasks: dict = {}
+
+    def worker_event(worker, ev):  # executors: one line per worker under the jobs bar
+        if worker == "-":
+            return
+        if not progress.live.is_started:
+            progress.start()
+        if worker not in worker_tasks:
+            worker_tasks[worker] = progress.add_task(worker, total=None, info="")
+        task, kind = worker_tasks[worker], ev.get("kind")
+        if kind == "started":
+            progress.reset(task, total=None, description=f"{worker}", info=ev["label"])
+        elif kind == "phase":
+            progress.update(task, info=f"{ev['msg']}")
+        elif kind == "iteration":
+            progress.update(task, total=ev["total"], completed=ev["it"])
+        elif kind == "finished":
+            progress.update(task, info=f"idle ({ev['status']}: {ev['label']})")
+
+    reporter = Reporter(job_started, job_finished, phase, iteration)
+    if sweep is not None:
+        reporter.worker_event = worker_event
+        progress.update(it_task, visible=False)
+    try:
+        if sweep is not None:
+            from evalkit.runner import plan_jobs
+
+            n_jobs[0] = sum(len(plan_jobs(m, dataset, data_root, scene, rate)[0]) for m in dict.fromkeys(method))
+            progress.update(jobs_task, total=n_jobs[0])
+    except Exception:  # the sweep itself reports a bad request
+        pass
     try:
         result = run_sweep(method, dataset, scenes=scene, rates=rate, data_root=data_root, opts=opts,
-                           reporter=Reporter(job_started, job_finished, phase, iteration))
+                           reporter=reporter)
     except (RunError, BitstreamError, DatasetError) as exc:
+        progress.stop()
         _fail(str(exc))
         return
-    finally:
+    except KeyboardInterrupt:
         progress.stop()
+        err.print("[yellow]stopped:[/] the jobs in flight were abandoned (no record written for them, "
+                  "their claims released); run the same command again to go on.")
+        raise typer.Exit(130)
+    progress.stop()
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
     n_failed = len(result.failed)
-    console.print(f"{len(result.outcomes)} job(s): {len(result.outcomes) - n_failed} ok or skipped, "
-                  f"{n_failed} failed. Records in {out}/ (logs beside them).")
+    n_claimed = sum(1 for o in result.outcomes if o.status == "claimed")
+    console.print(f"{len(result.outcomes)} job(s): {len(result.outcomes) - n_failed - n_claimed} ok or skipped, "
+                  f"{n_failed} failed" + (f", {n_claimed} left to other workers (claimed)" if n_claimed else "")
+                  + f". Records in {out}/ (logs beside them).")
     raise typer.Exit(1 if n_failed else 0)
 
 
@@ -190,6 +254,20 @@ def check(
         console.print(f"[yellow]warning:[/] {w}")
     console.print("[green]check passed[/]" if res.ok else "[bold red]check FAILED[/]")
     raise typer.Exit(0 if res.ok else 1)
+
+
+@app.command()
+def status(
+    results: Path = typer.Argument(Path("results"), help="Results folder of one or more sweeps."),
+    all_jobs: bool = typer.Option(False, "--all", help="List done jobs too (default: counts only for them)."),
+) -> None:
+    """Done / running (where, for how long) / failed (first line of the error) / pending, per
+    method, dataset and rate point."""
+    from evalkit.sweep.status import collect_status, render_status
+
+    if not results.is_dir():
+        _fail(f"{results}: no such results folder")
+    console.print(render_status(collect_status(results), all_jobs=all_jobs))
 
 
 @app.command()

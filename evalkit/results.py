@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import platform
 import subprocess
 from dataclasses import dataclass, field, fields
@@ -123,8 +124,11 @@ class Record:
     def timings_contended(self) -> bool:
         """Its times / FPS were taken on a shared GPU or host (``env.contention.contended``: the
         runner's samples, ``evalkit.metrics.contention``, or an annotation of a record made before
-        the runner sampled)."""
-        return bool(((self.env or {}).get("contention") or {}).get("contended"))
+        the runner sampled), or by a sweep worker that shared its GPU by design
+        (``env.executor.gpu_shared_by_design``: ``--jobs-per-gpu`` above 1), seen by the samples or not."""
+        env = self.env or {}
+        return bool((env.get("contention") or {}).get("contended")
+                    or (env.get("executor") or {}).get("gpu_shared_by_design"))
 
 
 def _json_default(obj: Any) -> Any:
@@ -444,8 +448,22 @@ def git_dirty(directory: str | Path | None = None) -> bool | None:
     return bool(out.stdout.strip()) if out.returncode == 0 else None
 
 
+EXECUTOR_ENV = "EVALKIT_EXECUTOR_INFO"  # JSON set by a sweep's worker (evalkit.sweep.worker)
+
+
+def executor_info() -> dict[str, Any]:
+    """Which executor, sweep, host, worker and GPU ran the job (``env.executor``): what a sweep's
+    worker put in ``$EVALKIT_EXECUTOR_INFO``, else an in-process run on this host."""
+    try:
+        info = json.loads(os.environ.get(EXECUTOR_ENV) or "{}")
+    except ValueError:
+        info = {}
+    return {"name": "inline", "host": platform.node(), **(info if isinstance(info, dict) else {})}
+
+
 def collect_env() -> dict[str, Any]:
-    """Versions of what produced a record. Reads package metadata (does not import torch)."""
+    """Versions of what produced a record, and what ran it (``executor``). Reads package metadata
+    (does not import torch)."""
     from evalkit import __version__
 
     return {
@@ -456,6 +474,7 @@ def collect_env() -> dict[str, Any]:
         "platform": platform.platform(),
         "git_commit": git_commit(),
         "git_dirty": git_dirty(),
+        "executor": executor_info(),
     }
 
 

@@ -78,12 +78,15 @@ class RunOptions:
     threads: int | None = None
     # Neu3D: train on videos whose decoder reported damage (concealed frames); noted in the record
     allow_corrupt_video: bool = False
+    # How the jobs are spread (evalkit.sweep.dispatch.SweepOptions: local workers, SLURM, Ray);
+    # None runs them here, one after the other.
+    sweep: object | None = None
 
 
 @dataclass
 class JobOutcome:
     job: Job
-    status: str  # "ok" | "failed" | "skipped"
+    status: str  # "ok" | "failed" | "skipped" | "claimed" (another worker holds or ran it)
     record: Record | None = None
     error: str | None = None
 
@@ -490,6 +493,13 @@ def run(method: str | list[str], dataset: str, *, scenes: list[str] | None = Non
     order = {scene: i for i, scene in enumerate(dict.fromkeys(job.scene for job in jobs))}
     jobs.sort(key=lambda job: order[job.scene])  # stable: methods and rates keep their order
     result = SweepResult(notes=notes)
+    if opts.sweep is not None and getattr(opts.sweep, "executor", "inline") != "inline":
+        from evalkit.sweep.dispatch import run_sweep
+
+        result.outcomes = run_sweep(jobs, opts, existing, reporter)
+        return result
+    from evalkit.sweep.worker import run_claimed
+
     scene_cache: dict = {}
     default_threads = torch.get_num_threads()
     if opts.threads is not None:
@@ -497,7 +507,7 @@ def run(method: str | list[str], dataset: str, *, scenes: list[str] | None = Non
     try:
         for i, job in enumerate(jobs):
             reporter.job_started(job, i, len(jobs))
-            outcome = run_job(job, opts, reporter, scene_cache, existing.get(job.label))
+            outcome = run_claimed(job, opts, reporter, scene_cache, existing.get(job.label))  # run_job, claimed
             result.outcomes.append(outcome)
             reporter.job_finished(outcome)
     finally:  # library callers keep their own setting

@@ -35,8 +35,9 @@ def invoke(*args: str | Path):
 
 
 def run_toy(bench: ToyBench, *extra: str | Path):
+    # in this process (the toy method and its state are monkeypatched here; tests/test_sweep.py runs workers)
     return invoke("run", "--method", "toy", "--dataset", "toy", "--data-root", bench.data_root,
-                  "--out", bench.out, "--device", "cpu", *extra)
+                  "--out", bench.out, "--device", "cpu", "--executor", "inline", *extra)
 
 
 # -- run -----------------------------------------------------------------------------------

@@ -185,7 +185,8 @@ def test_two_records_of_one_job_are_an_error_naming_both(tmp_path: Path) -> None
 
 def test_collect_env_and_git_commit(tmp_path: Path) -> None:
     env = collect_env()
-    assert set(env) == {"evalkit", "python", "torch", "gsplat", "platform", "git_commit", "git_dirty"}
+    assert set(env) == {"evalkit", "python", "torch", "gsplat", "platform", "git_commit", "git_dirty", "executor"}
+    assert env["executor"]["name"] == "inline" and env["executor"]["host"]  # what ran it (evalkit.sweep)
     assert env["python"].count(".") == 2
     assert git_commit(tmp_path) is None and git_dirty(tmp_path) is None  # not a repository
     if shutil.which("git") is None:

@@ -199,3 +199,19 @@ def test_vq_started_during_densification_follows_the_changing_gaussian_set(tiny_
     assert vq.indices.shape == (n,) and int(vq.counts.sum()) == n
     assert torch.equal(vq.counts, torch.bincount(vq.indices, minlength=vq.size).float())
     assert early.stats["vq"]["used"] >= 0.5 * early.stats["vq"]["codes"]
+
+
+def test_coarse_stage_is_shared_through_a_sweeps_artefact_file(trained, tiny_scene, tmp_path) -> None:
+    """Under a sweep (``evalkit.sweep.shared``) the cache entry is stored beside the records; a
+    worker in another process loads it instead of training the coarse stage, and ``reused`` names
+    the file."""
+    from evalkit.sweep.shared import SharedStages
+
+    cache = trained[3]
+    (key, entry), = cache.items()
+    SharedStages(tmp_path / "ds" / "sc" / "_shared", tmp_path, device="cpu")[key] = entry
+    fresh = SharedStages(tmp_path / "ds" / "sc" / "_shared", tmp_path, device="cpu")  # another worker
+    again = FourDGSCC().train(tiny_scene, RatePoint("low", {"lambda_e": 1.0}), _ctx(fresh))
+    assert again.reused == {"coarse_stage": "shared between rate points of this scene (trained by an earlier one)",
+                            "artefact": "ds/sc/_shared/4dgs-cc_coarse-stage.pt"}
+    assert again.stats["coarse"] == entry["stats"]  # the stored stage, not a new one

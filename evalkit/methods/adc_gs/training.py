@@ -14,6 +14,8 @@ optimiser, the statistics and the random states).
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import random
 import time
 
@@ -186,10 +188,12 @@ def _restore(snap: dict, device: torch.device, cfg: ADCConfig):
     return model, opt, stats, snap["step"], snap["frozen"], list(snap["perm"])
 
 
-def shared_key(cfg: ADCConfig, seed: int) -> tuple:
+def shared_key(cfg: ADCConfig, seed: int) -> str:
+    """The cache key of the lambda-independent steps: every setting but lambda_e, and the seed."""
     d = cfg.to_dict()
     d.pop("lambda_e")
-    return ("adc-gs:before-rate", seed, tuple(sorted((k, repr(v)) for k, v in d.items())))
+    digest = hashlib.sha1(json.dumps([d, seed], sort_keys=True).encode()).hexdigest()[:16]
+    return f"adc-gs/before-rate-{digest}"
 
 
 def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, progress=None, log=None,

@@ -192,8 +192,8 @@ class FourDGSCC(KernelsInBackground):
         stats["coarse"] = coarse_stats
         ctx.log(f"fine stage done: {model.num_primitives()} Gaussians, VQ {stats['vq']}, "
                 f"rate estimates (bits per value) {stats['rate_estimates']}")
-        note = ({"coarse_stage": "shared between rate points of this scene (trained by an earlier one)"}
-                if reused else None)
+        note = ({"coarse_stage": "shared between rate points of this scene (trained by an earlier one)",
+                 **({"artefact": reused} if isinstance(reused, str) else {})} if reused else None)
         return FourDGSCCTrained(model, fcfg, cc, stats, reused=note)
 
     def prepare_training(self, rate: RatePoint, ctx: TrainContext) -> None:

@@ -43,14 +43,16 @@ class VQSchedule:
         return None
 
 
-def coarse_stage(scene: Scene, fcfg: FourDGSConfig, ctx: TrainContext) -> tuple[FourDGSModel, bool, dict]:
+def coarse_stage(scene: Scene, fcfg: FourDGSConfig, ctx: TrainContext) -> tuple[FourDGSModel, bool | str, dict]:
     """The coarse (static 3DGS) stage; one run per scene and 4DGS configuration, reused by the
-    other rate points through ``ctx.cache`` (it does not depend on any 4DGS-CC option)."""
+    other rate points through ``ctx.cache`` (it does not depend on any 4DGS-CC option). Under a
+    sweep the cache is stored beside the records (``evalkit.sweep.shared``): reused, the second
+    value is the stored artefact's path (relative to the results folder), else True / False."""
     key = json.dumps({"config": fcfg.to_dict(), "seed": ctx.budget.seed}, sort_keys=True)
     entry = ctx.cache.get(COARSE_CACHE_KEY)
     if entry is not None and entry["key"] == key:
         ctx.log("coarse stage: reused from an earlier rate point of this scene")
-        return copy.deepcopy(entry["model"]), True, entry["stats"]
+        return copy.deepcopy(entry["model"]), entry.get("artefact") or True, entry["stats"]
     model, stats = train(scene, fcfg, ctx.device, stages=("coarse",), progress=ctx.progress, log=ctx.log,
                          seed=ctx.budget.seed)
     st = {s.stage: {"iterations": s.iterations, "seconds": s.seconds, "gaussians": s.num_gaussians} for s in stats}
