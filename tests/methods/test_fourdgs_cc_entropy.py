@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from evalkit.codec.container import BitstreamError
-from evalkit.methods.fourdgs.hexplane import TIME_PLANES, HexPlaneConfig
+from evalkit.models.fourdgs.hexplane import TIME_PLANES, HexPlaneConfig
 from evalkit.methods.fourdgs_cc.codec import _load_model, _model_bytes
 from evalkit.methods.fourdgs_cc.nvcc import NVCC, quantize_plane
 from evalkit.methods.fourdgs_cc.vqcc import VQCC, fixed_codebook_decode, fixed_codebook_streams

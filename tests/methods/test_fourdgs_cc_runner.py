@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from evalkit.codec.container import Bitstream
-from evalkit.methods.fourdgs.config import FourDGSConfig
-from evalkit.methods.fourdgs.trainer import build_model
+from evalkit.models.fourdgs.config import FourDGSConfig
+from evalkit.models.fourdgs.trainer import build_model
 from evalkit.methods.fourdgs_cc import FourDGSCC, FourDGSCCTrained
 from evalkit.methods.fourdgs_cc.config import CCConfig
 from evalkit.methods.fourdgs_cc.model import FourDGSCCModel
-from evalkit.methods.fourdgs_cc.vq import nearest_code
+from evalkit.train.vq import nearest_code
 from evalkit.results import read_record, record_path
 from evalkit.runner import RunOptions, run
 

@@ -12,7 +12,7 @@ import torch
 from evalkit.codec.container import Bitstream
 from evalkit.methods.base import Budget, RatePoint, TrainContext
 from evalkit.methods.fourdgs_cc import FourDGSCC, codec
-from evalkit.methods.fourdgs_cc.canonical import ATTRIBUTES
+from evalkit.codec.canonical import ATTRIBUTES
 
 from tests.methods.fourdgs_cc_common import TINY_4DGS, TINY_CC, single_thread_torch, tiny_scene  # noqa: F401
 

@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 
-from evalkit.methods.fourdgs.config import FourDGSConfig
-from evalkit.methods.fourdgs.kernel_warmup import PARTS, BackgroundCompile, ParallelCompile, compile_kernels, main
+from evalkit.models.fourdgs.config import FourDGSConfig
+from evalkit.models.fourdgs.kernel_warmup import PARTS, BackgroundCompile, ParallelCompile, compile_kernels, main
 from evalkit.metrics.contention import ContentionWatch
 
 TINY = dict(feature_dim=8, resolution=[16, 16, 16, 8], multires=[1, 2], net_width=32)
@@ -22,7 +22,7 @@ def test_nothing_to_compile_off_cuda():
 
 
 def test_a_kernel_falling_back_is_logged(monkeypatch):
-    from evalkit.methods.fourdgs import kernel_warmup
+    from evalkit.models.fourdgs import kernel_warmup
 
     monkeypatch.setattr(kernel_warmup, "compile_kernels", lambda cfg, device, **kw: (1.0, ["HexPlane lookup: boom"]))
     lines: list[str] = []
@@ -46,7 +46,7 @@ def _group(*children: BackgroundCompile) -> ParallelCompile:
 
 
 def test_a_failing_child_is_logged_with_its_error_and_the_kernels_compile_here(monkeypatch):
-    from evalkit.methods.fourdgs import kernel_warmup
+    from evalkit.models.fourdgs import kernel_warmup
 
     here: list[str] = []
     monkeypatch.setattr(kernel_warmup, "compile_kernels",
@@ -118,7 +118,7 @@ def test_after_warm_up_the_first_optimiser_imports_nothing():
     (setup) pays it, so a job's first training step does not. A fresh interpreter, so nothing
     earlier in this test session has imported it already."""
     code = ("import sys, torch\n"
-            "from evalkit.methods.fourdgs.kernel_warmup import warm_up\n"
+            "from evalkit.models.fourdgs.kernel_warmup import warm_up\n"
             "warm_up(torch.device('cpu'))\n"
             "before = set(sys.modules)\n"
             "torch.optim.Adam([torch.zeros(3, requires_grad=True)], lr=0.1)\n"
@@ -132,7 +132,7 @@ def test_no_child_for_shapes_this_process_has_compiled(monkeypatch):
     """A second job with the same plane shapes (4DGS-CC's next rate point, a scene with the same
     configuration) starts no child: loading the compiled kernels here takes milliseconds, a child
     seconds to start. Other shapes still get one."""
-    from evalkit.methods.fourdgs import kernel_warmup
+    from evalkit.models.fourdgs import kernel_warmup
 
     started: list[list[str]] = []
     monkeypatch.setattr(BackgroundCompile, "_start", lambda self, argv: started.append(argv))
@@ -149,7 +149,7 @@ def test_no_child_for_shapes_this_process_has_compiled(monkeypatch):
 
 
 def test_a_failing_warm_up_stops_the_children(monkeypatch):
-    from evalkit.methods.fourdgs import kernel_warmup
+    from evalkit.models.fourdgs import kernel_warmup
 
     children: list[tuple] = []
     real_start = BackgroundCompile._start
@@ -173,7 +173,7 @@ def test_a_failing_warm_up_stops_the_children(monkeypatch):
 def test_parallel_children_are_all_waited_for_then_the_kernels_load_here_once(monkeypatch):
     """``ParallelCompile.finish`` logs each child (a failed one too) and compiles here once, after
     the last child ended."""
-    from evalkit.methods.fourdgs import kernel_warmup
+    from evalkit.models.fourdgs import kernel_warmup
 
     here: list[str] = []
     monkeypatch.setattr(kernel_warmup, "compile_kernels",
@@ -205,8 +205,8 @@ def test_the_child_entry_point_compiles_nothing_off_cuda():
 def test_one_compiled_variant_for_any_point_count():
     """After the warm-up, lookups with point counts of every residue mod 16 reuse its kernels:
     Triton compiles no second variant in the middle of training."""
-    from evalkit.methods.fourdgs import hexplane_triton as ht
-    from evalkit.methods.fourdgs.deformation import DeformationField
+    from evalkit.models.fourdgs import hexplane_triton as ht
+    from evalkit.models.fourdgs.deformation import DeformationField
 
     device = torch.device("cuda")
     cfg = FourDGSConfig(**TINY)
@@ -233,7 +233,7 @@ def test_one_compiled_variant_for_any_point_count():
 def test_the_background_child_fills_the_triton_cache(tmp_path, monkeypatch):
     """The child compiles the configuration's kernels into Triton's on-disk cache (where this
     process then finds them), with no error logged."""
-    from evalkit.methods.fourdgs import kernel_warmup
+    from evalkit.models.fourdgs import kernel_warmup
 
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(kernel_warmup, "_COMPILED", set())  # earlier tests compiled these shapes here
@@ -257,13 +257,13 @@ def test_each_group_compiles_on_its_own_and_together_they_are_all(tmp_path, monk
     cfg = json.dumps(FourDGSConfig(**{**TINY, "resolution": [16, 16, 16, 11]}).to_dict())
     env = {**__import__("os").environ, "TRITON_CACHE_DIR": str(tmp_path)}
     for part in PARTS:  # fresh processes: nothing in memory from this one
-        out = subprocess.run([sys.executable, "-c", "import sys; from evalkit.methods.fourdgs.kernel_warmup "
+        out = subprocess.run([sys.executable, "-c", "import sys; from evalkit.models.fourdgs.kernel_warmup "
                               "import main; sys.exit(main())", cfg, "cuda:0", part],
                              capture_output=True, text=True, timeout=600, env=env)
         assert out.returncode == 0, out.stderr
         assert out.stdout.startswith(f"{part}: compiled in ")
     before = sorted(p.name for p in tmp_path.rglob("*.cubin"))
-    out = subprocess.run([sys.executable, "-c", "import sys; from evalkit.methods.fourdgs.kernel_warmup "
+    out = subprocess.run([sys.executable, "-c", "import sys; from evalkit.models.fourdgs.kernel_warmup "
                           "import main; sys.exit(main())", cfg, "cuda:0"],
                          capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr

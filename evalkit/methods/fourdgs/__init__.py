@@ -10,11 +10,11 @@ from evalkit.codec.container import Bitstream
 from evalkit.data.scene import Camera, Scene
 from evalkit.methods.base import RatePoint, TrainContext
 from evalkit.methods.fourdgs import codec
-from evalkit.methods.fourdgs.config import FourDGSConfig
-from evalkit.methods.fourdgs.export import export_ply
-from evalkit.methods.fourdgs.kernel_warmup import KernelsInBackground
-from evalkit.methods.fourdgs.model import FourDGSModel
-from evalkit.methods.fourdgs.trainer import train
+from evalkit.models.fourdgs.config import FourDGSConfig
+from evalkit.models.fourdgs.export import export_ply
+from evalkit.models.fourdgs.kernel_warmup import KernelsInBackground
+from evalkit.models.fourdgs.model import FourDGSModel
+from evalkit.models.fourdgs.trainer import train
 
 
 class FourDGSTrained:

@@ -55,15 +55,15 @@ from evalkit.codec.container import Bitstream
 from evalkit.codec import arith
 from evalkit.data.scene import Camera, Scene
 from evalkit.methods.base import RatePoint, TrainContext
-from evalkit.methods.fourdgs.export import export_ply
-from evalkit.methods.fourdgs.kernel_warmup import KernelsInBackground
-from evalkit.methods.fourdgs.model import FourDGSModel
+from evalkit.models.fourdgs.export import export_ply
+from evalkit.models.fourdgs.kernel_warmup import KernelsInBackground
+from evalkit.models.fourdgs.model import FourDGSModel
 from evalkit.methods.fourdgs_cc import codec
 from evalkit.methods.fourdgs_cc.coded import CodedScene, finalize
 from evalkit.methods.fourdgs_cc.config import CCConfig, split_config
 from evalkit.methods.fourdgs_cc.model import FourDGSCCModel
 from evalkit.methods.fourdgs_cc.training import coarse_stage, fine_stage
-from evalkit.methods.fourdgs.config import FourDGSConfig
+from evalkit.models.fourdgs.config import FourDGSConfig
 
 __all__ = ["FourDGSCC", "FourDGSCCTrained", "FourDGSCCDecoded", "resolve_config"]
 

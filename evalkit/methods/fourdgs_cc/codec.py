@@ -23,14 +23,14 @@ import torch
 from evalkit.codec.container import Bitstream, BitstreamError
 from evalkit.codec.entropy import compress_uniform, decompress_uniform
 from evalkit.codec.tensor_pack import pack_tensors, unpack_tensors
-from evalkit.methods.fourdgs.config import FourDGSConfig
-from evalkit.methods.fourdgs_cc.canonical import (ATTRIBUTES, decode_symbols, encode_symbols, params_from_json,
-                                                  params_to_json)
+from evalkit.models.fourdgs.config import FourDGSConfig
+from evalkit.codec.canonical import (ATTRIBUTES, decode_symbols, encode_symbols, params_from_json,
+                                     params_to_json)
 from evalkit.methods.fourdgs_cc.coded import GAUSSIAN_KEYS, CodedScene
 from evalkit.methods.fourdgs_cc.config import CCConfig
-from evalkit.methods.fourdgs_cc.intcode import join_streams, split_streams
+from evalkit.codec.intcode import join_streams, split_streams
 from evalkit.methods.fourdgs_cc.nvcc import NVCC
-from evalkit.methods.fourdgs_cc.vq import decode_runs, encode_runs
+from evalkit.train.vq import decode_runs, encode_runs
 from evalkit.methods.fourdgs_cc.vqcc import VQCC, fixed_codebook_decode, fixed_codebook_streams
 
 METHOD = "4dgs-cc"

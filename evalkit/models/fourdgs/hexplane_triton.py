@@ -24,7 +24,7 @@ import warnings
 import torch
 from torch.autograd.function import once_differentiable
 
-from evalkit.methods.fourdgs.kernel_device import kernel_device
+from evalkit.models.fourdgs.kernel_device import kernel_device
 
 try:  # Triton ships with CUDA builds of PyTorch on Linux; absent elsewhere
     import triton
@@ -280,7 +280,7 @@ def run_backward_kernels(coords: torch.Tensor, scales: list[list[torch.Tensor]])
 
 def _torch_features(coords: torch.Tensor, planes: list[torch.Tensor]) -> torch.Tensor:
     """The PyTorch path (``HexPlane._product`` per scale), for the backward's fallback."""
-    from evalkit.methods.fourdgs.hexplane import HexPlane, PLANE_PAIRS, SPACE_PLANES, TIME_PLANES
+    from evalkit.models.fourdgs.hexplane import HexPlane, PLANE_PAIRS, SPACE_PLANES, TIME_PLANES
     pairs = torch.tensor(PLANE_PAIRS, device=coords.device)
     return torch.cat([HexPlane._product(planes[i:i + 6], coords, pairs[SPACE_PLANES], pairs[TIME_PLANES])
                       for i in range(0, len(planes), 6)], 1)

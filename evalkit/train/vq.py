@@ -47,7 +47,7 @@ import torch.nn as nn
 
 from evalkit.codec.container import BitstreamError
 from evalkit.codec.quantize import round_ste
-from evalkit.methods.fourdgs_cc.intcode import decode_unsigned, encode_unsigned
+from evalkit.codec.intcode import decode_unsigned, encode_unsigned
 
 
 def nearest_code(x: torch.Tensor, codes: torch.Tensor, chunk_elements: int = 1 << 24) -> torch.Tensor:

@@ -40,10 +40,10 @@ from evalkit.train.adam_steps import AdamSteps
 from evalkit.train.densify_stats import accumulate_stats
 from evalkit.train.images import ImageBank
 from evalkit.train.schedules import log_lerp
-from evalkit.methods.fourdgs.config import FourDGSConfig
-from evalkit.methods.fourdgs.deformation import DeformationField
-from evalkit.methods.fourdgs.model import FourDGSModel, init_gaussians
-from evalkit.methods.fourdgs.plane_regulariser import PlaneRegulariser
+from evalkit.models.fourdgs.config import FourDGSConfig
+from evalkit.models.fourdgs.deformation import DeformationField
+from evalkit.models.fourdgs.model import FourDGSModel, init_gaussians
+from evalkit.models.fourdgs.plane_regulariser import PlaneRegulariser
 from evalkit.metrics.image import ssim
 
 

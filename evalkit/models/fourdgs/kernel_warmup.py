@@ -29,10 +29,10 @@ from pathlib import Path
 
 import torch
 
-from evalkit.methods.fourdgs import hexplane_triton
-from evalkit.methods.fourdgs.config import FourDGSConfig
-from evalkit.methods.fourdgs.deformation import DeformationField
-from evalkit.methods.fourdgs.plane_regulariser import PlaneRegulariser
+from evalkit.models.fourdgs import hexplane_triton
+from evalkit.models.fourdgs.config import FourDGSConfig
+from evalkit.models.fourdgs.deformation import DeformationField
+from evalkit.models.fourdgs.plane_regulariser import PlaneRegulariser
 from evalkit.metrics import contention
 
 
