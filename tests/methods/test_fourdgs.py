@@ -209,7 +209,8 @@ def test_reference_pruning_removes_transparent_and_oversized_gaussians():
 
 
 def test_sync_free_statistics_equal_gsplats():
-    """accumulate_stats keeps the same running sums as gsplat's DefaultStrategy._update_state."""
+    """accumulate_stats keeps the same running sums as gsplat's DefaultStrategy (its public
+    ``step_post_backward`` before any refinement step only updates them)."""
     from gsplat.strategy import DefaultStrategy
     from evalkit.train.densify_stats import accumulate_stats
     g = torch.Generator().manual_seed(0)
@@ -224,7 +225,7 @@ def test_sync_free_statistics_equal_gsplats():
         info = {"width": 64, "height": 48, "n_cameras": 1, "radii": radii, "gaussian_ids": None,
                 "means2d": means2d}
         accumulate_stats(strategy, params, ours, [info])
-        strategy._update_state(params, theirs, info, packed=False)
+        strategy.step_post_backward(params, {}, theirs, 0, info, packed=False)
     for k in ("grad2d", "count", "radii"):
         assert torch.allclose(ours[k], theirs[k], atol=1e-6), k
 
