@@ -11,9 +11,9 @@ checks bit-identical parameters and state against the optimisers' own ``step``.
 Why a private torch op: ``torch._fused_adam_`` is the kernel ``Adam(fused=True)`` itself calls; torch
 has no public call that steps several optimisers' groups without the per-optimiser Python around
 it, and that Python is what the host-bound fine step spends its time on (results/MEASUREMENTS.md,
-``python -m evalkit.bench.fourdgs_step``). Apart from the ``torch._foreach_*`` list ops it is evalkit's only
-private torch call;
-drop it for ``Optimizer.step`` if a GPU measurement shows the public path as fast.
+``python -m evalkit.bench.fourdgs_step``). Apart from the ``torch._foreach_*`` list ops it is
+evalkit's only private torch call; drop it for ``Optimizer.step`` if a GPU measurement shows the
+public path as fast.
 
 Optimisers it cannot step this way (not Adam, not fused, amsgrad, maximize, decoupled weight
 decay, tensor hyperparameters) are stepped with their own ``step``; the state and the
