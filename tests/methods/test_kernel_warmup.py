@@ -17,6 +17,11 @@ from evalkit.metrics.contention import ContentionWatch
 TINY = dict(feature_dim=8, resolution=[16, 16, 16, 8], multires=[1, 2], net_width=32)
 
 
+def said(line: str, *facts: str) -> bool:
+    """The log line carries these facts (its wording is free)."""
+    return all(f in line for f in facts)
+
+
 def test_nothing_to_compile_off_cuda():
     assert compile_kernels(FourDGSConfig(**TINY), torch.device("cpu")) == (0.0, [])
 
@@ -27,7 +32,7 @@ def test_a_kernel_falling_back_is_logged(monkeypatch):
     monkeypatch.setattr(kernel_warmup, "compile_kernels", lambda cfg, device, **kw: (1.0, ["HexPlane lookup: boom"]))
     lines: list[str] = []
     kernel_warmup.ParallelCompile(FourDGSConfig(**TINY), torch.device("cpu")).finish(lines.append)
-    assert lines == ["Triton kernel unavailable, training uses the PyTorch path: HexPlane lookup: boom"]
+    assert len(lines) == 1 and said(lines[0], "HexPlane lookup", "boom")
 
 
 def _child(code: str, timeout: float = 60.0) -> BackgroundCompile:
@@ -56,7 +61,7 @@ def test_a_failing_child_is_logged_with_its_error_and_the_kernels_compile_here(m
     group = _group(bc)
     group.device = bc.device  # load the kernels here on CUDA, as training does
     group.finish(lines.append)
-    assert lines == ["background kernel compile exited with 3: ptxas exploded; compiling in this process"]
+    assert len(lines) == 1 and said(lines[0], "3", "ptxas exploded")
     assert here == ["compiled"] and bc.proc is None
 
 
@@ -64,11 +69,9 @@ def test_a_hanging_child_is_killed_at_the_timeout():
     bc = _child("import time; time.sleep(60)", timeout=0.5)
     proc = bc.proc
     lines: list[str] = []
-    t0 = time.perf_counter()
     bc.wait(lines.append)
-    assert time.perf_counter() - t0 < 30
-    assert proc.poll() is not None and bc.proc is None
-    assert lines == ["background kernel compile timed out: no output; compiling in this process"]
+    assert proc.poll() is not None and proc.returncode != 0 and bc.proc is None  # killed, not finished
+    assert len(lines) == 1 and said(lines[0], "timed out")
 
 
 def test_a_successful_child_is_waited_for_and_its_report_logged():
@@ -76,7 +79,7 @@ def test_a_successful_child_is_waited_for_and_its_report_logged():
     lines: list[str] = []
     bc.wait(lines.append)
     assert len(lines) == 1 and bc.proc is None
-    assert lines[0].startswith("background kernel compile: compiled in 0.3 s; the child started ")
+    assert said(lines[0], "compiled in 0.3 s")  # the child's own report is passed on
 
 
 def test_a_running_child_is_not_counted_as_another_job_on_the_gpu(monkeypatch):
@@ -186,9 +189,8 @@ def test_parallel_children_are_all_waited_for_then_the_kernels_load_here_once(mo
     lines: list[str] = []
     assert group.finish(lines.append) > 0.5
     assert here == ["all"] and all(p.poll() is not None for p in procs)
-    assert lines[0].startswith("background kernel compile: lookup: compiled in 0.5 s")
-    assert lines[1] == "background kernel compile exited with 3: ptxas exploded; compiling in this process"
-    assert lines[2].startswith("background kernel compile: regulariser: compiled in 1.0 s")
+    assert said(lines[0], "lookup", "compiled in 0.5 s") and said(lines[1], "3", "ptxas exploded")
+    assert said(lines[2], "regulariser", "compiled in 1.0 s")
     assert all(c.proc is None for c in group.children)
 
 
@@ -246,7 +248,7 @@ def test_the_background_child_fills_the_triton_cache(tmp_path, monkeypatch):
     group = _group(bc)
     group.device = bc.device  # load the kernels here on CUDA, as training does
     group.finish(lines.append)
-    assert len(lines) == 1 and lines[0].startswith("background kernel compile: compiled in ")
+    assert len(lines) == 1 and said(lines[0], "compiled in ")
 
 
 @pytest.mark.gpu
