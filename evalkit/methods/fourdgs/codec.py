@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from evalkit.codec.container import Bitstream, BitstreamError
-from evalkit.codec.tensor_pack import pack_tensors, unpack_tensors
+from evalkit.codec.serialize import pack_tensors, unpack_tensors
 from evalkit.models.fourdgs.config import FourDGSConfig
 from evalkit.models.fourdgs.deformation import DeformationField
 from evalkit.models.fourdgs.model import FourDGSModel
