@@ -86,6 +86,7 @@ def write_views(record_path: Path, data_root: Path | None, out: Path, *, every: 
     """Render every ``every``-th test frame of the job recorded at ``record_path`` into ``out``
     (``<frame>.png`` panels and ``views.csv``); returns what was written."""
     from evalkit.codec.container import Bitstream, BitstreamError
+    from evalkit.methods.base import ContractError
     from evalkit.methods.registry import UnknownMethod, get_method
     from evalkit.results import RecordError, read_record
 
@@ -106,7 +107,7 @@ def write_views(record_path: Path, data_root: Path | None, out: Path, *, every: 
     try:
         bits = Bitstream.read(bits_path)
         model = get_method(bits.header.get("method", "?")).decode(bits, device, source=str(bits_path))
-    except (BitstreamError, UnknownMethod) as exc:
+    except (BitstreamError, UnknownMethod, ContractError) as exc:
         raise ViewsError(str(exc)) from None
 
     from PIL import Image
