@@ -317,6 +317,7 @@ class _JobRun:
         # one-time setup (e.g. compiling GPU kernels on first use) is not training: timed apart
         with self.clock.phase("preparing training", "training_setup_s"):
             self.method.prepare_training(self.job.rate, ctx)
+        self.log(f"training setup: {self.clock.timings['training_setup_s']:.1f} s (not part of the training time)")
         with self.clock.phase("training", "train_s", "trained", during="training"):
             trained = self.method.train(scene, self.job.rate, ctx)
         check_contract(type(trained), TrainedModel, self.job.method)
@@ -335,6 +336,7 @@ class _JobRun:
         """Encode (the coder's one-time setup timed apart) and write the bitstream; its bytes."""
         with self.clock.phase("preparing the coder", "coding_setup_s"):
             self.method.prepare_coding()
+        self.log(f"coder setup: {self.clock.timings['coding_setup_s']:.1f} s (not part of the encode time)")
         with self.clock.phase("encoding", "encode_s", "encoded"):
             bits = trained.encode()
         return bits.write(self.bits_path)
