@@ -1,7 +1,8 @@
 """Method ``4dgs-cc``: 4DGS-CC, contextual coding of 4DGS (``papers/4dgs-cc.txt``; no public code).
 
-Built on the ``4dgs`` baseline (its model, trainer and hyperparameters from ``methods/4dgs.toml``,
-which the paper inherits, Sec. 4.1). The paper is the specification; where it is silent the
+Built on the 4DGS backbone the ``4dgs`` baseline also uses (``evalkit.models.fourdgs``: model,
+trainer) and on 4DGS's hyperparameters from ``methods/4dgs.toml``, which the paper inherits (Sec.
+4.1). The paper is the specification; where it is silent the
 choice follows its cited sources and is marked "choice" here and in the submodules.
 
 Pipeline (paper Fig. 1):
