@@ -1,13 +1,15 @@
 """Method registry: name -> implementing class. Adding a method = one subpackage + one line here
 (+ its spec in methods/<name>.toml). Imports are lazy so a broken method cannot break the others.
-Loading a method checks its class against the contract (``base.check_contract``)."""
+Loading a method checks its class, and the model classes its ``train`` / ``decode`` annotations
+name, against the contract (``base.check_contract``)."""
 from __future__ import annotations
 
 import importlib
+import typing
 from contextlib import contextmanager
 from typing import Iterator
 
-from evalkit.methods.base import ContractError, Method, check_contract
+from evalkit.methods.base import ContractError, Method, Model, TrainedModel, check_contract
 
 METHODS: dict[str, str | type[Method]] = {
     "4dgs": "evalkit.methods.fourdgs:FourDGS",
@@ -24,6 +26,13 @@ def _load(name: str, target: str | type[Method]) -> type[Method]:
         module, _, attr = target.partition(":")
         target = getattr(importlib.import_module(module), attr)
     check_contract(target, Method, name)
+    for hook, kind in (("train", TrainedModel), ("decode", Model)):  # the model classes it declares
+        try:
+            returned = typing.get_type_hints(getattr(target, hook)).get("return")
+        except Exception:  # an annotation that does not resolve: the runner checks the model it gets
+            continue
+        if isinstance(returned, type) and issubclass(returned, Model):
+            check_contract(returned, TrainedModel if issubclass(returned, TrainedModel) else kind, name)
     if target.name != name:
         raise ContractError(f"method {name!r}: {target.__qualname__}.name is {target.name!r}, "
                             f"not the name it is registered under")

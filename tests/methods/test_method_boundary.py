@@ -160,6 +160,33 @@ def test_registry_refuses_a_method_that_breaks_the_contract(cls, name: str, hook
         del registry.METHODS[name]
 
 
+class _StagesTypo(TrainedModel):
+    def render(self, camera, t):
+        return torch.zeros(1, 1, 3)
+
+    def num_primitives(self) -> int:
+        return 0
+
+    def encode(self) -> Bitstream:
+        return Bitstream(header={}, components={})
+
+    def quality_stage(self):  # the typo under test
+        return []
+
+
+class _ReturnsTypo(_Good):
+    name = "returns-typo"
+
+    def train(self, scene, rate, ctx) -> _StagesTypo:
+        raise NotImplementedError
+
+
+def test_registry_checks_the_model_class_train_declares() -> None:
+    with pytest.raises(ContractError, match="returns-typo.*quality_stage"):
+        with registry.registered("returns-typo", _ReturnsTypo):
+            pass
+
+
 def test_a_misspelt_model_hook_is_refused() -> None:
     class Stages(TrainedModel):
         def render(self, camera, t):
