@@ -31,7 +31,7 @@ def _load(name: str, target: str | type[Method]) -> type[Method]:
             returned = typing.get_type_hints(getattr(target, hook)).get("return")
         except Exception:  # an annotation that does not resolve: the runner checks the model it gets
             continue
-        if isinstance(returned, type) and issubclass(returned, Model):
+        if isinstance(returned, type) and issubclass(returned, Model) and returned not in (Model, TrainedModel):
             check_contract(returned, TrainedModel if issubclass(returned, TrainedModel) else kind, name)
     if target.name != name:
         raise ContractError(f"method {name!r}: {target.__qualname__}.name is {target.name!r}, "
