@@ -188,27 +188,12 @@ def test_registry_checks_the_model_class_train_declares() -> None:
 
 
 def test_a_misspelt_model_hook_is_refused() -> None:
-    class Stages(TrainedModel):
-        def render(self, camera, t):
-            return torch.zeros(1, 1, 3)
-
-        def num_primitives(self) -> int:
-            return 0
-
-        def encode(self) -> Bitstream:
-            return Bitstream(header={}, components={})
-
-        def quality_stage(self):  # the typo under test
-            return []
-
     with pytest.raises(ContractError, match="quality_stage.*quality_stages"):
-        check_contract(Stages, TrainedModel, "toy")
+        check_contract(_StagesTypo, TrainedModel, "toy")
+    parts = {"render": _StagesTypo.render, "num_primitives": _StagesTypo.num_primitives}
     with pytest.raises(ContractError, match="encode"):
-        check_contract(type("NoEncode", (TrainedModel,), {"render": Stages.render,
-                                                          "num_primitives": Stages.num_primitives}),
-                       TrainedModel, "toy")
-    check_contract(type("Decoded", (Model,), {"render": Stages.render, "num_primitives": Stages.num_primitives}),
-                   Model, "toy")
+        check_contract(type("NoEncode", (TrainedModel,), parts), TrainedModel, "toy")
+    check_contract(type("Decoded", (Model,), parts), Model, "toy")
 
 
 def test_the_registered_methods_keep_the_contract() -> None:
