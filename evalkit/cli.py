@@ -300,25 +300,30 @@ def export(
 ) -> None:
     """Decode a bitstream and export standard 3DGS PLY files for splat viewers."""
     from evalkit.codec.container import Bitstream, BitstreamError
+    from evalkit.methods.base import ContractError
     from evalkit.methods.registry import UnknownMethod, get_method
 
     try:
         bits = Bitstream.read(bitstream)
         method = get_method(bits.header.get("method", "?"))
         model = method.decode(bits, torch_device(), source=str(bitstream))
-    except (BitstreamError, UnknownMethod) as exc:
+    except (BitstreamError, UnknownMethod, ContractError) as exc:
         _fail(str(exc))
         return
     bad_times = [t for t in times or [] if not 0.0 <= t <= 1.0]
     if bad_times:
         _fail(f"--time {bad_times[0]}: times are normalised to [0, 1]")
-    if not hasattr(model, "export_ply"):
+        return
+    try:
+        if times:
+            out.mkdir(parents=True, exist_ok=True)
+            paths = [model.export_ply(out / "canonical.ply", None)] + [model.export_ply(out / f"t_{t:.4f}.ply", t)
+                                                                       for t in times]
+        else:
+            paths = [model.export_ply(out, None)]
+    except NotImplementedError:  # Model.export_ply's default
         _fail(f"method {method.name!r} has no PLY export")
-    if times:
-        out.mkdir(parents=True, exist_ok=True)
-        paths = [model.export_ply(out / "canonical.ply", None)] + [model.export_ply(out / f"t_{t:.4f}.ply", t) for t in times]
-    else:
-        paths = [model.export_ply(out, None)]
+        return
     for p in paths:
         console.print(f"wrote {p}")
 

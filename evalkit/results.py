@@ -57,6 +57,9 @@ class Record:
     error: str | None = None
     rate_params: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)
+    # True: ``config`` is the complete configuration the model trained with (``TrainedModel.
+    # effective_config``); False (records made before it was stored): the spec's configuration.
+    config_effective: bool = False
     quick: bool = False
     iterations: int = 0
     resolution: list[int] | None = None  # [W, H] of the evaluated test views
@@ -185,6 +188,7 @@ def _validate(data: Any, src: str | Path) -> None:
     want("error", g("error") is None or isinstance(g("error"), str), "a string or null")
     want("rate_params", isinstance(g("rate_params"), dict), "an object")
     want("config", isinstance(g("config"), dict), "an object")
+    want("config_effective", isinstance(g("config_effective", False), bool), "a bool")
     want("quick", isinstance(g("quick"), bool), "a bool")
     want("iterations", _is_int(g("iterations")), "an int")
     want("seed", _is_int(g("seed")), "an int")

@@ -16,7 +16,7 @@ import math
 import os
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -25,12 +25,13 @@ import torch
 
 from evalkit.codec.container import Bitstream
 from evalkit.data.scene import Scene
-from evalkit.methods.base import Budget, RatePoint, TrainContext
+from evalkit.methods.base import (Budget, ContractError, Method, Model, RatePoint, TrainContext, TrainedModel,
+                                 check_contract)
 from evalkit.methods.registry import UnknownMethod, get_method
 from evalkit.metrics.contention import ContentionWatch
 from evalkit.results import (Record, bitstream_path, collect_env, json_plain, read_record, record_path,
                              write_record)
-from evalkit.specs import DatasetSpec, SpecError, load_dataset_spec, load_method_spec
+from evalkit.specs import DatasetSpec, MethodSpec, SpecError, load_dataset_spec, load_method_spec
 
 
 class RunError(Exception):
@@ -176,7 +177,8 @@ def schedule_label(opts: RunOptions) -> str:
 
 def settings_changed(old: Record, job: Job, opts: RunOptions) -> list[str]:
     """What differs between an existing record and the job as this sweep would run it: seed,
-    schedule, image scale, rate-point parameters, method configuration. Empty when it matches."""
+    schedule, image scale, rate-point parameters, the configuration the method would train with
+    (``Method.effective_config``: inherited keys, variant, schedule). Empty when it matches."""
     dspec, mspec = load_dataset_spec(job.dataset), load_method_spec(job.method)
     out = []
     if old.seed != opts.seed:
@@ -188,8 +190,12 @@ def settings_changed(old: Record, job: Job, opts: RunOptions) -> list[str]:
     scale = scene_scale(dspec, opts) or 1.0
     if not math.isclose(old.resolution_scale, scale, rel_tol=1e-9):
         out.append(f"image scale {old.resolution_scale:g} (this run: {scale:g})")
-    for what, have, want in (("rate point", old.rate_params, dict(job.rate.params)),
-                             ("config", old.config, mspec.config(job.dataset, job.scene))):
+    if old.config_effective:
+        ctx = _train_context(job, opts, mspec, torch.device("cpu"))
+        config = get_method(job.method).effective_config(job.rate, ctx)
+    else:  # a record made before the effective configuration was stored holds the spec's
+        config = mspec.config(job.dataset, job.scene)
+    for what, have, want in (("rate point", old.rate_params, dict(job.rate.params)), ("config", old.config, config)):
         have, want = json_plain(have), json_plain(want)
         keys = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
         if keys:
@@ -226,23 +232,21 @@ def _load_scene(job: Job, dspec: DatasetSpec, opts: RunOptions) -> Scene:
                       **({"allow_corrupt_video": True} if opts.allow_corrupt_video and dspec.format == "neu3d" else {}))
 
 
-def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict,
-            existing: Record | None = None) -> JobOutcome:
-    """Run one job, or skip it when ``existing`` (its ok record, made with these settings: ``run``
-    checks) still has its bitstream."""
-    rec_path = record_path(opts.out, job.dataset, job.scene, job.method, job.rate.name)
-    if existing is not None and (existing.bitstream is None or (opts.out / existing.bitstream).is_file()):
-        return JobOutcome(job, "skipped", existing)
-    bits_path = bitstream_path(opts.out, job.dataset, job.scene, job.method, job.rate.name)
-    dspec = load_dataset_spec(job.dataset)
-    mspec = load_method_spec(job.method)
-    method = get_method(job.method)
-    device = resolve_device(opts.device)
-    config = mspec.config(job.dataset, job.scene)
-    iterations = opts.iterations or (int(mspec.quick["iterations"]) if opts.quick and "iterations" in mspec.quick else None)
-    budget = Budget(iterations=iterations, resolution_scale=opts.resolution_scale or 1.0, quick=opts.quick, seed=opts.seed)
+def _budget(mspec: MethodSpec, opts: RunOptions) -> Budget:
+    quick_iters = int(mspec.quick["iterations"]) if opts.quick and "iterations" in mspec.quick else None
+    return Budget(iterations=opts.iterations or quick_iters, resolution_scale=opts.resolution_scale or 1.0,
+                  quick=opts.quick, seed=opts.seed)
+
+
+def _train_context(job: Job, opts: RunOptions, mspec: MethodSpec, device: torch.device, **hooks) -> TrainContext:
+    """The job's ``TrainContext``; ``hooks``: progress, log, cache."""
+    return TrainContext(device=device, budget=_budget(mspec, opts), config=mspec.config(job.dataset, job.scene),
+                        dataset=job.dataset, scene_name=job.scene, **hooks)
+
+
+def _new_record(job: Job, opts: RunOptions) -> Record:
     record = Record(method=job.method, dataset=job.dataset, scene=job.scene, rate=job.rate.name,
-                    rate_params=dict(job.rate.params), config=config, seed=opts.seed, env=collect_env(),
+                    rate_params=dict(job.rate.params), seed=opts.seed, env=collect_env(),
                     schedule=schedule_label(opts),
                     # Anything but the protocol schedule is flagged: tables mark it, the gate
                     # never compares it with a full run.
@@ -253,107 +257,184 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict,
         record.notes.append("quick schedule: fewer iterations and lower resolution than the protocol")
     if opts.iterations is not None:
         record.notes.append(f"--iterations {opts.iterations}: not the protocol's training schedule")
+    return record
 
-    watch = ContentionWatch(device)
-    watch.sample("start")
+
+@dataclass
+class _Clock:
+    """Timing and contention bookkeeping of one job, in one place: every phase is announced to the
+    reporter, timed (synchronising the GPU at both ends) into ``timings`` and sampled for
+    contention when it ends (training: all along)."""
+
+    device: torch.device
+    reporter: Reporter
+    watch: ContentionWatch
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def phase(self, label: str, timing: str, sample: str | None = None, *, during: str | None = None) -> Iterator[None]:
+        self.reporter.phase(label)
+        t0 = _sync_time(self.device)
+        with self.watch.during(during) if during else nullcontext():
+            yield
+        self.timings[timing] = _sync_time(self.device) - t0
+        if sample:
+            self.watch.sample(sample)
+
+    def close(self, record: Record, log: Callable[[str], None]) -> None:
+        """The job's timings and contention summary (and notes) into its record."""
+        record.timings = dict(self.timings)
+        record.env["contention"] = self.watch.summary()
+        for note in self.watch.notes():
+            record.notes.append(note)
+            log(f"note: {note}")
+
+
+@dataclass
+class _JobRun:
+    """One job's pipeline: load, train, encode, write, decode, evaluate, record. Each step is a
+    method; ``run_job`` calls them in that order."""
+
+    job: Job
+    opts: RunOptions
+    method: Method
+    mspec: MethodSpec
+    dspec: DatasetSpec
+    device: torch.device
+    record: Record
+    clock: _Clock
+    log: Callable[[str], None]
+    bits_path: Path
+
+    def load(self, scene_cache: dict) -> tuple[Scene, dict]:
+        """The scene (one in memory at a time) and what its rate points share."""
+        key = (self.job.dataset, self.job.scene)
+        if key not in scene_cache:
+            self.clock.reporter.phase(f"loading {self.job.scene_dir}")
+            scene_cache.clear()
+            scene_cache[key] = {"scene": _load_scene(self.job, self.dspec, self.opts), "shared": {}}
+        self.record.notes += scene_cache[key]["scene"].extra.get("notes", [])  # e.g. a damaged video used on request
+        self.record.resolution_scale = scene_scale(self.dspec, self.opts) or 1.0
+        return scene_cache[key]["scene"], scene_cache[key]["shared"]
+
+    def train(self, scene: Scene, shared: dict) -> TrainedModel:
+        ctx = _train_context(self.job, self.opts, self.mspec, self.device, progress=self.clock.reporter.iteration,
+                             log=self.log, cache=shared)
+        predicted = self.method.effective_config(self.job.rate, ctx)
+        # one-time setup (e.g. compiling GPU kernels on first use) is not training: timed apart
+        with self.clock.phase("preparing training", "training_setup_s"):
+            self.method.prepare_training(self.job.rate, ctx)
+        self.log(f"training setup: {self.clock.timings['training_setup_s']:.1f} s (not part of the training time)")
+        with self.clock.phase("training", "train_s", "trained", during="training"):
+            trained = self.method.train(scene, self.job.rate, ctx)
+        check_contract(type(trained), TrainedModel, self.job.method)
+        config = trained.effective_config()
+        if config is not None and json_plain(config) != json_plain(predicted):
+            diff = sorted(k for k in set(config) | set(predicted) if config.get(k) != predicted.get(k))
+            raise RuntimeError(f"method {self.job.method!r} trained with another configuration than its "
+                               f"effective_config predicted (keys {diff[:6]}): a resumed sweep could not compare it")
+        self.record.config, self.record.config_effective = (predicted if config is None else config), True
+        self.record.iterations = int(trained.iterations or ctx.budget.iterations or 0)
+        self.record.reused = trained.reused
+        self.log(f"trained in {self.clock.timings['train_s']:.1f} s, {trained.num_primitives()} primitives")
+        return trained
+
+    def encode_and_write(self, trained: TrainedModel) -> int:
+        """Encode (the coder's one-time setup timed apart) and write the bitstream; its bytes."""
+        with self.clock.phase("preparing the coder", "coding_setup_s"):
+            self.method.prepare_coding()
+        self.log(f"coder setup: {self.clock.timings['coding_setup_s']:.1f} s (not part of the encode time)")
+        with self.clock.phase("encoding", "encode_s", "encoded"):
+            bits = trained.encode()
+        return bits.write(self.bits_path)
+
+    def coding_steps(self, trained: TrainedModel, scene: Scene, gts: list[torch.Tensor]) -> None:
+        """Quality of the trained model before each lossy step (``quality_stages``) into
+        ``record.stage_metrics``. After encoding, so ``encode_s`` is the encoder's time alone. A
+        failure here is a diagnostic lost, not a failed job: it is logged and noted."""
+        try:
+            stages = trained.quality_stages()
+            if not stages:
+                return
+            with self.clock.phase("evaluating the coding steps", "stages_s"):
+                self.record.stage_metrics = _evaluate_stages(stages, scene, gts, self.device)
+        except Exception as exc:
+            self.record.stage_metrics = {}
+            self.clock.timings.pop("stages_s", None)
+            self.record.notes.append(f"quality by coding step not measured: {type(exc).__name__}: {exc}")
+            self.log("coding-step evaluation FAILED (the job goes on)\n" + traceback.format_exc())
+            _free(self.device)
+            return
+        self.log("test quality by coding step: " + "; ".join(
+            f"{k}: PSNR {v['psnr']} dB, SSIM {v['ssim']}" for k, v in self.record.stage_metrics.items()))
+
+    def decode(self, nbytes: int) -> Model:
+        """A fresh model from the file on disk alone; checks the size accounting."""
+        with self.clock.phase("decoding", "decode_s", "decoded"):
+            on_disk = Bitstream.read(self.bits_path)
+            decoded = self.method.decode(on_disk, self.device, source=str(self.bits_path))
+        check_contract(type(decoded), Model, self.job.method)
+        sizes = on_disk.sizes()
+        if sizes["total"] != nbytes or self.bits_path.stat().st_size != nbytes:
+            raise RuntimeError(f"{self.bits_path}: size accounting mismatch ({sizes['total']} vs {nbytes} bytes)")
+        self.record.size = {"total_bytes": nbytes, "components": {k: v for k, v in sizes.items() if k != "total"}}
+        self.record.bitstream = str(self.bits_path.relative_to(self.opts.out))
+        return decoded
+
+    def evaluate(self, decoded: Model, scene: Scene, gts: list[torch.Tensor]) -> None:
+        with self.clock.phase("evaluating", "eval_s", "evaluated"):
+            _evaluate(decoded, scene, gts, self.record, self.device, self.opts)
+        self.record.num_primitives = int(decoded.num_primitives())
+
+
+def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict,
+            existing: Record | None = None) -> JobOutcome:
+    """Run one job, or skip it when ``existing`` (its ok record, made with these settings: ``run``
+    checks) still has its bitstream. Self-contained: everything it needs is in its arguments."""
+    if existing is not None and (existing.bitstream is None or (opts.out / existing.bitstream).is_file()):
+        return JobOutcome(job, "skipped", existing)
+    rec_path = record_path(opts.out, job.dataset, job.scene, job.method, job.rate.name)
+    record = _new_record(job, opts)
+    device = resolve_device(opts.device)
+    clock = _Clock(device, reporter, ContentionWatch(device))
+    clock.watch.sample("start")
     with _job_log(rec_path.with_suffix(".log")) as log:
         log(f"job {job.label} on {device}")
         try:
-            key = (job.dataset, job.scene)
-            if key not in scene_cache:
-                reporter.phase(f"loading {job.scene_dir}")
-                scene_cache.clear()  # one scene in memory at a time
-                scene_cache[key] = {"scene": _load_scene(job, dspec, opts), "shared": {}}
-            scene: Scene = scene_cache[key]["scene"]
-            record.notes += scene.extra.get("notes", [])  # e.g. a damaged video used on request
-            record.resolution_scale = scene_scale(dspec, opts) or 1.0
-            ctx = TrainContext(device=device, budget=budget, config=config, progress=reporter.iteration,
-                               log=log, cache=scene_cache[key]["shared"], dataset=job.dataset,
-                               scene_name=job.scene)
-
-            train_setup_s = _one_time_setup(getattr(method, "prepare_training", None), (job.rate, ctx),
-                                            reporter, log, "preparing training", "training ready", "training")
-            reporter.phase("training")
-            t0 = time.perf_counter()
-            with watch.during("training"):
-                trained = method.train(scene, job.rate, ctx)
-            train_s = time.perf_counter() - t0
-            record.iterations = int(getattr(trained, "iterations", 0) or (iterations or 0))
-            record.reused = getattr(trained, "reused", None)
-            log(f"trained in {train_s:.1f} s, {trained.num_primitives()} primitives")
-            watch.sample("trained")
-            setup_s = _one_time_setup(getattr(method, "prepare_coding", None), (), reporter, log,
-                                      "preparing the coder", "coder ready", "encode")
-            reporter.phase("encoding")
-            t0 = _sync_time(device)
-            bits = trained.encode()
-            encode_s = _sync_time(device) - t0
-            nbytes = bits.write(bits_path)
-            del bits
-            watch.sample("encoded")
+            run = _JobRun(job, opts, get_method(job.method), load_method_spec(job.method),
+                          load_dataset_spec(job.dataset), device, record, clock, log,
+                          bitstream_path(opts.out, job.dataset, job.scene, job.method, job.rate.name))
+            scene, shared = run.load(scene_cache)
+            trained = run.train(scene, shared)
+            nbytes = run.encode_and_write(trained)
             gts = _ground_truth(scene)  # loaded once for the coding steps and the evaluation
-            stages_s = _stage_metrics(trained, scene, gts, record, device, reporter, log)
+            run.coding_steps(trained, scene, gts)
             del trained
             _free(device)
-
-            reporter.phase("decoding")
-            t0 = _sync_time(device)
-            on_disk = Bitstream.read(bits_path)
-            decoded = method.decode(on_disk, device, source=str(bits_path))
-            decode_s = _sync_time(device) - t0
-            watch.sample("decoded")
-            sizes = on_disk.sizes()
-            if sizes["total"] != nbytes or bits_path.stat().st_size != nbytes:
-                raise RuntimeError(f"{bits_path}: size accounting mismatch ({sizes['total']} vs {nbytes} bytes)")
-
-            reporter.phase("evaluating")
-            t0 = time.perf_counter()
-            _evaluate(decoded, scene, gts, record, device, opts)
-            eval_s = time.perf_counter() - t0
-            watch.sample("evaluated")
-            record.size = {"total_bytes": nbytes, "components": {k: v for k, v in sizes.items() if k != "total"}}
-            record.bitstream = str(bits_path.relative_to(opts.out))
-            record.num_primitives = int(decoded.num_primitives())
-            record.timings = {"train_s": train_s, "encode_s": encode_s, "decode_s": decode_s, "eval_s": eval_s,
-                              **({"stages_s": stages_s} if stages_s is not None else {}),
-                              **({"coding_setup_s": setup_s} if setup_s is not None else {}),
-                              **({"training_setup_s": train_setup_s} if train_setup_s is not None else {})}
+            decoded = run.decode(nbytes)
+            run.evaluate(decoded, scene, gts)
+            del decoded
             record.status = "ok"
             log(f"PSNR {record.metrics.get('psnr')} dB, {nbytes} bytes, FPS {record.fps['fps']:.1f} ({record.fps['label']})")
-            del decoded
         except Exception as exc:  # the sweep goes on; the record says what failed
-            record.status = "failed"
-            record.error = f"{type(exc).__name__}: {exc}"
+            record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"
             log("FAILED\n" + traceback.format_exc())
         finally:
             _free(device)
-        record.env["contention"] = watch.summary()
-        for note in watch.notes():
-            record.notes.append(note)
-            log(f"note: {note}")
+        clock.close(record, log)
+    return JobOutcome(job, *_write(record, rec_path))
+
+
+def _write(record: Record, path: Path) -> tuple[str, Record, str | None]:
+    """Write the record; one JSON cannot store is replaced by a failed record saying why."""
     try:
-        write_record(record, rec_path)
-    except Exception as exc:  # e.g. a value JSON cannot store: record the failure, keep the sweep going
-        record = Record(method=job.method, dataset=job.dataset, scene=job.scene, rate=job.rate.name,
+        write_record(record, path)
+    except Exception as exc:
+        record = Record(method=record.method, dataset=record.dataset, scene=record.scene, rate=record.rate,
                         status="failed", error=f"record could not be written: {type(exc).__name__}: {exc}",
                         env=record.env)
-        write_record(record, rec_path)
-    return JobOutcome(job, record.status, record, record.error)
-
-
-def _one_time_setup(hook, args: tuple, reporter, log, phase: str, ready: str, timed: str) -> float | None:
-    """Run a method's optional one-time setup ``hook(*args)`` (``prepare_training``: e.g. compiling
-    GPU kernels; ``prepare_coding``: e.g. building the arithmetic coder) outside the timer of the
-    work it prepares: a compiler running on first use is neither training nor encoding (it once put
-    37 s into a 2 s encode). Returns its seconds, or None when the method has no such hook."""
-    if hook is None:
-        return None
-    reporter.phase(phase)
-    t0 = time.perf_counter()
-    hook(*args)
-    setup_s = time.perf_counter() - t0
-    log(f"{ready} in {setup_s:.1f} s (one-time setup, not part of the {timed} time)")
-    return setup_s
+        write_record(record, path)
+    return record.status, record, record.error
 
 
 def _sync_time(device: torch.device) -> float:
@@ -370,29 +451,6 @@ def _free(device: torch.device) -> None:
 
 _EVAL_NAME = {"dssim": "d_ssim"}  # record key -> evaluate_images key
 _RECORD_NAME = {v: k for k, v in _EVAL_NAME.items()}
-
-
-def _stage_metrics(trained, scene: Scene, gts: list[torch.Tensor], record: Record, device: torch.device,
-                   reporter, log) -> float | None:
-    """Evaluate ``trained.quality_stages()`` (if any) into ``record.stage_metrics``; returns the
-    seconds it took. Runs after encoding (``encode_s`` stays the encoder's time alone). A failure
-    here is a diagnostic lost, not a failed job: it is logged and noted."""
-    stages = getattr(trained, "quality_stages", None)
-    if not callable(stages):
-        return None
-    reporter.phase("evaluating the coding steps")
-    t0 = time.perf_counter()
-    try:
-        record.stage_metrics = _evaluate_stages(stages(), scene, gts, device)
-    except Exception as exc:
-        record.stage_metrics = {}
-        record.notes.append(f"quality by coding step not measured: {type(exc).__name__}: {exc}")
-        log("coding-step evaluation FAILED (the job goes on)\n" + traceback.format_exc())
-        _free(device)
-        return None
-    log("test quality by coding step: " + "; ".join(
-        f"{k}: PSNR {v['psnr']} dB, SSIM {v['ssim']}" for k, v in record.stage_metrics.items()))
-    return time.perf_counter() - t0
 
 
 def _ground_truth(scene: Scene) -> list[torch.Tensor]:
@@ -480,7 +538,7 @@ def run(method: str | list[str], dataset: str, *, scenes: list[str] | None = Non
             j, n = plan_jobs(m, dataset, data_root, scenes, rates)
             jobs += j
             notes += [x for x in n if x not in notes]
-    except (SpecError, UnknownMethod) as exc:  # a spec without a registry entry, or the reverse
+    except (SpecError, UnknownMethod, ContractError) as exc:  # a spec without a registry entry, or the reverse
         raise RunError(str(exc)) from None
     # Existing ok records, read once: skipped when made with this sweep's settings; otherwise
     # skipping would report other settings as this run and rerunning would lose them.

@@ -1,7 +1,9 @@
 """The benchmark protocol as data: ``datasets/*.toml`` and ``methods/*.toml`` read into dataclasses.
 
-Users add a scene or a rate point by editing a spec, not code. The spec folder is the repository
-root (beside the ``evalkit`` package) unless ``EVALKIT_SPECS_DIR`` points elsewhere.
+Users add a scene or a rate point by editing a spec, not code. The spec folder is, in order:
+``EVALKIT_SPECS_DIR``; the repository root beside the ``evalkit`` package (a source checkout or
+an editable install, where users edit them); the copy shipped inside the package
+(``evalkit/_specs``, made by the build from the same files) for an installed evalkit.
 """
 from __future__ import annotations
 
@@ -20,13 +22,23 @@ class SpecError(Exception):
         super().__init__(f"{path}: {problem}")
 
 
+def _has_specs(root: Path) -> bool:
+    return (root / "datasets").is_dir() and any((root / "methods").glob("*.toml"))
+
+
 def specs_dir() -> Path:
     env = os.environ.get("EVALKIT_SPECS_DIR")
-    root = Path(env) if env else Path(__file__).resolve().parents[1]
-    if not (root / "datasets").is_dir() or not (root / "methods").is_dir():
-        raise SpecError(root, "no datasets/ and methods/ spec folders here; set EVALKIT_SPECS_DIR "
-                              "to the folder that holds them (the evalkit repository root)")
-    return root
+    if env:
+        root = Path(env)
+        if not _has_specs(root):
+            raise SpecError(root, "EVALKIT_SPECS_DIR: no datasets/ and methods/ spec folders here")
+        return root
+    here = Path(__file__).resolve().parent
+    for root in (here.parent, here / "_specs"):  # the checkout's top level, else the installed copy
+        if _has_specs(root):
+            return root
+    raise SpecError(here.parent, "no datasets/ and methods/ spec folders here nor in the installed package; "
+                                 "set EVALKIT_SPECS_DIR to the folder that holds them")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -87,6 +87,7 @@ def write_views(record_path: Path, data_root: Path | None, out: Path, *, every: 
     (``<frame>.png`` panels and ``views.csv``); returns what was written. ``max_frames``: at most
     that many of those frames, evenly spread from the first to the last."""
     from evalkit.codec.container import Bitstream, BitstreamError
+    from evalkit.methods.base import ContractError
     from evalkit.methods.registry import UnknownMethod, get_method
     from evalkit.results import RecordError, read_record
 
@@ -107,7 +108,7 @@ def write_views(record_path: Path, data_root: Path | None, out: Path, *, every: 
     try:
         bits = Bitstream.read(bits_path)
         model = get_method(bits.header.get("method", "?")).decode(bits, device, source=str(bits_path))
-    except (BitstreamError, UnknownMethod) as exc:
+    except (BitstreamError, UnknownMethod, ContractError) as exc:
         raise ViewsError(str(exc)) from None
 
     from PIL import Image

@@ -80,3 +80,4 @@ def _no_foreign_evalkit_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(contention, "other_evalkit_jobs", lambda: 0)
     monkeypatch.setattr(contention, "host_load", lambda: None)
+    monkeypatch.setenv(contention.IGNORE_HOST_ENV, "1")  # sweep workers are child processes

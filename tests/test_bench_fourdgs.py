@@ -25,8 +25,8 @@ def test_grow_splits_to_the_target_count(synth_scene_dir):
 
     from evalkit.bench.fourdgs import grow
     from evalkit.data.detect import load_scene
-    from evalkit.methods.fourdgs.config import FourDGSConfig
-    from evalkit.methods.fourdgs.trainer import build_model
+    from evalkit.models.fourdgs.config import FourDGSConfig
+    from evalkit.models.fourdgs.trainer import build_model
 
     scene = load_scene(synth_scene_dir("dnerf"), resolution_scale=0.5)
     model = build_model(scene, FourDGSConfig(), torch.device("cpu"))

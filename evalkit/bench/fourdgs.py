@@ -32,11 +32,11 @@ from evalkit.data.detect import load_scene
 from evalkit.data.scene import DatasetError, Scene
 from evalkit.methods.fourdgs import codec
 from evalkit.train.adam_steps import AdamSteps
-from evalkit.methods.fourdgs.config import FourDGSConfig
-from evalkit.methods.fourdgs.plane_regulariser import PlaneRegulariser
-from evalkit.methods.fourdgs.model import FourDGSModel
+from evalkit.models.fourdgs.config import FourDGSConfig
+from evalkit.models.fourdgs.plane_regulariser import PlaneRegulariser
+from evalkit.models.fourdgs.model import FourDGSModel
 from evalkit.train.images import ImageBank
-from evalkit.methods.fourdgs.trainer import _deformation_optimizer, _optimizers, build_model, train
+from evalkit.models.fourdgs.trainer import _deformation_optimizer, _optimizers, build_model, train
 from evalkit.render import rasterize
 from evalkit.specs import load_dataset_spec, load_method_spec
 

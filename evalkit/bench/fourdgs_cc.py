@@ -21,7 +21,7 @@ import torch
 from evalkit.data.detect import load_scene
 from evalkit.methods.base import Budget, TrainContext
 from evalkit.train.images import ImageBank
-from evalkit.methods.fourdgs.trainer import train
+from evalkit.models.fourdgs.trainer import train
 from evalkit.methods.fourdgs_cc.config import split_config
 from evalkit.methods.fourdgs_cc.model import FourDGSCCModel
 from evalkit.methods.fourdgs_cc.training import fine_stage

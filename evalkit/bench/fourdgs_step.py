@@ -31,13 +31,13 @@ from pathlib import Path
 import torch
 
 from evalkit.bench.fourdgs import grow, load_bench_scene
-from evalkit.methods.fourdgs.config import FourDGSConfig
-from evalkit.methods.fourdgs.deformation import DeformationField
-from evalkit.methods.fourdgs.hexplane import HexPlane
-from evalkit.methods.fourdgs.model import FourDGSModel
-from evalkit.methods.fourdgs.plane_regulariser import PlaneRegulariser
+from evalkit.models.fourdgs.config import FourDGSConfig
+from evalkit.models.fourdgs.deformation import DeformationField
+from evalkit.models.fourdgs.hexplane import HexPlane
+from evalkit.models.fourdgs.model import FourDGSModel
+from evalkit.models.fourdgs.plane_regulariser import PlaneRegulariser
 from evalkit.train.images import ImageBank
-from evalkit.methods.fourdgs.trainer import train
+from evalkit.models.fourdgs.trainer import train
 from evalkit.render import gsplat_backend
 
 

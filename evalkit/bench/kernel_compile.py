@@ -24,9 +24,9 @@ def main(argv: list[str] | None = None) -> None:
         os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="evalkit-triton-")
     import torch
 
-    from evalkit.methods.fourdgs.config import FourDGSConfig
-    from evalkit.methods.fourdgs.deformation import DeformationField
-    from evalkit.methods.fourdgs.kernel_warmup import compile_kernels
+    from evalkit.models.fourdgs.config import FourDGSConfig
+    from evalkit.models.fourdgs.deformation import DeformationField
+    from evalkit.models.fourdgs.kernel_warmup import compile_kernels
     from evalkit.specs import load_method_spec
 
     if not torch.cuda.is_available():

@@ -1,8 +1,18 @@
-"""Exact byte encodings for tensors, arrays, small state dicts, and a lossless byte fallback.
+"""Weights and tensors as bytes: the one place evalkit turns them into bytes and back.
 
-Every decoder here raises ``BitstreamError`` on malformed input (``source`` names the file or
-component) instead of a deep traceback. Layouts are little-endian and self-describing
-(dtype code + shape), so nothing outside the bytes is needed to decode them.
+Two layouts share one dtype table:
+
+* Raw (``pack_tensors`` / ``unpack_tensors``, ``module_to_bytes`` / ``module_from_bytes``): the
+  values alone, little-endian, in order; names, shapes and dtype live outside the bytes (in the
+  bitstream's JSON header, or in the module the decoder rebuilds from its configuration). What a
+  format stores as it is: 4DGS's Gaussians and networks, 4DGS-CC's entropy models.
+* Self-describing (``tensor_to_bytes``, ``array_to_bytes``, ``state_dict_to_bytes``): dtype code and
+  shape before the data, for small states whose shapes the decoder cannot know (a factorized
+  prior's filters, quantiser ranges).
+
+Plus varints and a lossless byte fallback (zlib / lzma). Every decoder here raises on malformed
+input naming ``source`` (``BitstreamError``; ``unpack_tensors``: ``ValueError``) instead of a deep
+traceback. decode(encode(x)) is bit-exact in the stored dtype.
 """
 from __future__ import annotations
 
@@ -177,6 +187,60 @@ def state_dict_from_bytes(buf: bytes, source: str | Path = "<state dict>") -> "O
     if pos != len(buf):
         raise BitstreamError(source, f"{len(buf) - pos} trailing bytes after the state dict")
     return out
+
+
+# -- raw tensors, layout stored elsewhere ---------------------------------------------------
+_RAW = {"float32": "<f4", "float16": "<f2", "int32": "<i4", "uint8": "u1", "int16": "<i2", "uint16": "<u2"}
+
+
+def pack_tensors(tensors: dict[str, torch.Tensor], dtype: str = "float32") -> tuple[bytes, list[dict]]:
+    """The tensors' values in ``dtype``, concatenated; and their layout (name, shape, dtype) for
+    ``unpack_tensors``."""
+    np_dtype = np.dtype(_RAW[dtype])
+    layout, chunks = [], []
+    for name, t in tensors.items():
+        a = t.detach().cpu().numpy().astype(np_dtype, copy=False)
+        layout.append({"name": name, "shape": list(a.shape), "dtype": dtype})
+        chunks.append(np.ascontiguousarray(a).tobytes())
+    return b"".join(chunks), layout
+
+
+def unpack_tensors(data: bytes, layout: list[dict], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The tensors ``pack_tensors`` packed, given its layout. ``ValueError`` when the bytes do not
+    fit the layout."""
+    out, pos = {}, 0
+    for entry in layout:
+        np_dtype = np.dtype(_RAW[entry["dtype"]])
+        count = int(np.prod(entry["shape"])) if entry["shape"] else 1
+        nbytes = count * np_dtype.itemsize
+        if pos + nbytes > len(data):
+            raise ValueError(f"tensor {entry['name']!r} needs {nbytes} bytes at offset {pos}, "
+                             f"only {len(data) - pos} left")
+        a = np.frombuffer(data, dtype=np_dtype, count=count, offset=pos).reshape(entry["shape"])
+        out[entry["name"]] = torch.from_numpy(a.astype(a.dtype.newbyteorder("="))).to(device)
+        pos += nbytes
+    if pos != len(data):
+        raise ValueError(f"{len(data) - pos} unexpected trailing bytes after the last tensor")
+    return out
+
+
+def module_to_bytes(module: torch.nn.Module, dtype: str = "float32") -> bytes:
+    """A module's weights (``state_dict`` order) in ``dtype``; the decoder builds the same module
+    from the stored configuration, so names and shapes are not stored."""
+    return pack_tensors(module.state_dict(), dtype)[0]
+
+
+def module_from_bytes(module: torch.nn.Module, data: bytes, dtype: str, source: str | Path = "<module>",
+                      what: str = "module") -> torch.nn.Module:
+    """Load ``module_to_bytes`` output into ``module`` (built from the same configuration); returns
+    it in eval mode. ``BitstreamError`` when the bytes do not fit the module."""
+    layout = [{"name": k, "shape": list(v.shape), "dtype": dtype} for k, v in module.state_dict().items()]
+    try:
+        state = unpack_tensors(data, layout)
+    except ValueError as exc:
+        raise BitstreamError(source, f"{what} weights do not fit its configuration: {exc}") from None
+    module.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    return module.eval()
 
 
 # -- generic lossless fallback -------------------------------------------------------

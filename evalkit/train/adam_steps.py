@@ -8,6 +8,13 @@ does (same state layout, same kernel: ``torch._fused_adam_``), but increments ev
 in one ``_foreach_add_`` and calls the fused kernel once per parameter group directly. A test
 checks bit-identical parameters and state against the optimisers' own ``step``.
 
+Why a private torch op: ``torch._fused_adam_`` is the kernel ``Adam(fused=True)`` itself calls; torch
+has no public call that steps several optimisers' groups without the per-optimiser Python around
+it, and that Python is what the host-bound fine step spends its time on (results/MEASUREMENTS.md,
+``python -m evalkit.bench.fourdgs_step``). Apart from the ``torch._foreach_*`` list ops it is
+evalkit's only private torch call; drop it for ``Optimizer.step`` if a GPU measurement shows the
+public path as fast.
+
 Optimisers it cannot step this way (not Adam, not fused, amsgrad, maximize, decoupled weight
 decay, tensor hyperparameters) are stepped with their own ``step``; the state and the
 optimisers stay usable as ordinary optimisers either way (gsplat's ops replace their params).

@@ -8,8 +8,8 @@ import warnings
 
 import torch
 
-from evalkit.methods.fourdgs import hexplane_triton
-from evalkit.methods.fourdgs.hexplane import HexPlane, HexPlaneConfig
+from evalkit.models.fourdgs import hexplane_triton
+from evalkit.models.fourdgs.hexplane import HexPlane, HexPlaneConfig
 
 torch.manual_seed(0)
 

@@ -5,8 +5,8 @@ import sys
 
 import torch
 
-from evalkit.methods.fourdgs.hexplane import HexPlane, HexPlaneConfig
-from evalkit.methods.fourdgs.plane_regulariser import PlaneRegulariser
+from evalkit.models.fourdgs.hexplane import HexPlane, HexPlaneConfig
+from evalkit.models.fourdgs.plane_regulariser import PlaneRegulariser
 
 torch.manual_seed(0)
 ok = True

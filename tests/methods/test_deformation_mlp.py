@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evalkit.methods.fourdgs.deformation import DeformationConfig, DeformationField
-from evalkit.methods.fourdgs.deformation_mlp import mlp_forward
-from evalkit.methods.fourdgs.hexplane import HexPlaneConfig
+from evalkit.models.fourdgs.deformation import DeformationConfig, DeformationField
+from evalkit.models.fourdgs.deformation_mlp import mlp_forward
+from evalkit.models.fourdgs.hexplane import HexPlaneConfig
 
 
 def _field(depth: int, deform: list[str]) -> DeformationField:

@@ -9,10 +9,10 @@ from plyfile import PlyData
 from evalkit.codec.container import Bitstream, BitstreamError
 from evalkit.data.detect import load_scene
 from evalkit.methods.fourdgs import FourDGS, codec
-from evalkit.methods.fourdgs.config import FourDGSConfig
-from evalkit.methods.fourdgs.export import export_ply
-from evalkit.methods.fourdgs.hexplane import PLANE_PAIRS, TIME_PLANES, HexPlane, HexPlaneConfig
-from evalkit.methods.fourdgs.trainer import build_model, train
+from evalkit.models.fourdgs.config import FourDGSConfig
+from evalkit.models.fourdgs.export import export_ply
+from evalkit.models.fourdgs.hexplane import PLANE_PAIRS, TIME_PLANES, HexPlane, HexPlaneConfig
+from evalkit.models.fourdgs.trainer import build_model, train
 from evalkit.metrics.image import psnr
 
 TINY = dict(feature_dim=8, resolution=[16, 16, 16, 8], multires=[1, 2], net_width=32)
@@ -170,7 +170,7 @@ def test_graphed_render_equals_eager_render_on_gpu(trained, tiny_scene, tmp_path
 def test_pruning_follows_the_reference_schedule():
     """The reference's densify() only clones/splits; it prunes every pruning_interval steps before
     densify_until_iter, and only above 200k Gaussians (D-NeRF: never)."""
-    from evalkit.methods.fourdgs.trainer import reference_prunes_at
+    from evalkit.models.fourdgs.trainer import reference_prunes_at
     cfg = FourDGSConfig()
     assert not reference_prunes_at(cfg, 8000, 150_000)  # below the 200k gate
     assert reference_prunes_at(cfg, 8000, 250_000)
@@ -182,11 +182,11 @@ def test_pruning_follows_the_reference_schedule():
 
 def test_reference_pruning_removes_transparent_and_oversized_gaussians():
     from gsplat.strategy import DefaultStrategy
-    from evalkit.methods.fourdgs.model import FourDGSModel
-    from evalkit.methods.fourdgs.trainer import prune_as_reference
+    from evalkit.models.fourdgs.model import FourDGSModel
+    from evalkit.models.fourdgs.trainer import prune_as_reference
     from evalkit.data.scene import PointCloud
-    from evalkit.methods.fourdgs.model import init_gaussians
-    from evalkit.methods.fourdgs.deformation import DeformationField
+    from evalkit.models.fourdgs.model import init_gaussians
+    from evalkit.models.fourdgs.deformation import DeformationField
     cfg = FourDGSConfig(**TINY)
     pts = PointCloud(xyz=np.random.default_rng(0).uniform(-1, 1, (6, 3)).astype(np.float32), rgb=None)
     g = init_gaussians(pts, 3, torch.device("cpu"))
@@ -209,7 +209,8 @@ def test_reference_pruning_removes_transparent_and_oversized_gaussians():
 
 
 def test_sync_free_statistics_equal_gsplats():
-    """accumulate_stats keeps the same running sums as gsplat's DefaultStrategy._update_state."""
+    """accumulate_stats keeps the same running sums as gsplat's DefaultStrategy (its public
+    ``step_post_backward`` before any refinement step only updates them)."""
     from gsplat.strategy import DefaultStrategy
     from evalkit.train.densify_stats import accumulate_stats
     g = torch.Generator().manual_seed(0)
@@ -224,7 +225,7 @@ def test_sync_free_statistics_equal_gsplats():
         info = {"width": 64, "height": 48, "n_cameras": 1, "radii": radii, "gaussian_ids": None,
                 "means2d": means2d}
         accumulate_stats(strategy, params, ours, [info])
-        strategy._update_state(params, theirs, info, packed=False)
+        strategy.step_post_backward(params, {}, theirs, 0, info, packed=False)
     for k in ("grad2d", "count", "radii"):
         assert torch.allclose(ours[k], theirs[k], atol=1e-6), k
 
@@ -265,7 +266,7 @@ def _step_views(model, scene, picks, *, batched: bool, device: torch.device, lam
     from gsplat.strategy import DefaultStrategy
     from evalkit.train.densify_stats import accumulate_stats
     from evalkit.train.images import ImageBank
-    from evalkit.methods.fourdgs.trainer import views_loss
+    from evalkit.models.fourdgs.trainer import views_loss
     frames = scene.train
     bank = ImageBank(frames, device)
     times = torch.tensor([f.time for f in frames], device=device)
@@ -309,8 +310,8 @@ def _two_gaussians(near_plane: float):
     """A red Gaussian 0.1 in front of the camera (beside it, as a dome wall's Gaussian beside a
     camera set in that wall) and a green one at depth 3, both on the optical axis of a 16x16 view."""
     from evalkit.data.scene import Camera
-    from evalkit.methods.fourdgs.deformation import DeformationField
-    from evalkit.methods.fourdgs.model import FourDGSModel, init_gaussians
+    from evalkit.models.fourdgs.deformation import DeformationField
+    from evalkit.models.fourdgs.model import FourDGSModel, init_gaussians
     from evalkit.data.scene import PointCloud
 
     cfg = FourDGSConfig(**TINY, near_plane=near_plane)

@@ -10,14 +10,15 @@ import torch
 
 from evalkit.codec.container import BitstreamError
 from evalkit.methods.base import Budget, RatePoint, TrainContext
-from evalkit.methods.fourdgs.config import FourDGSConfig
-from evalkit.methods.fourdgs_cc import intcode, resolve_config
-from evalkit.methods.fourdgs_cc.canonical import (decode_symbols, dequantize_attribute, encode_symbols,
-                                                  params_from_json, params_to_json, quantize_attribute)
+from evalkit.models.fourdgs.config import FourDGSConfig
+from evalkit.codec import intcode
+from evalkit.methods.fourdgs_cc import resolve_config
+from evalkit.codec.canonical import (decode_symbols, dequantize_attribute, encode_symbols,
+                                     params_from_json, params_to_json, quantize_attribute)
 from evalkit.methods.fourdgs_cc.config import CCConfig, split_config
 from evalkit.methods.fourdgs_cc.training import VQSchedule
-from evalkit.methods.fourdgs_cc.vq import (SHVectorQuantizer, compact_and_sort, decode_runs, encode_runs,
-                                           indices_from_runs, kmeans, nearest_code)
+from evalkit.train.vq import (SHVectorQuantizer, compact_and_sort, decode_runs, encode_runs,
+                              indices_from_runs, kmeans, nearest_code)
 from evalkit.specs import load_method_spec
 
 from tests.methods.fourdgs_cc_common import single_thread_torch  # noqa: F401
@@ -256,9 +257,9 @@ def test_ablations_are_spec_variants_of_the_method() -> None:
 def test_vqcc_rate_trains_vqcc_and_moves_codes_only_when_asked(moves_codes: bool) -> None:
     """Default: the VQCC rate trains the VQCC networks and leaves the SH (hence the render) alone,
     VQCC being lossless coding of the codebook; ``vqcc_rate_moves_codes`` lets it reach the SH."""
-    from evalkit.methods.fourdgs.deformation import DeformationConfig, DeformationField
-    from evalkit.methods.fourdgs.hexplane import HexPlaneConfig
-    from evalkit.methods.fourdgs.model import FourDGSModel
+    from evalkit.models.fourdgs.deformation import DeformationConfig, DeformationField
+    from evalkit.models.fourdgs.hexplane import HexPlaneConfig
+    from evalkit.models.fourdgs.model import FourDGSModel
     from evalkit.methods.fourdgs_cc.config import CCConfig
     from evalkit.methods.fourdgs_cc.model import FourDGSCCModel
 

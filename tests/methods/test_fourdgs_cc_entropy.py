@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from evalkit.codec.container import BitstreamError
-from evalkit.methods.fourdgs.hexplane import TIME_PLANES, HexPlaneConfig
-from evalkit.methods.fourdgs_cc.codec import _load_model, _model_bytes
+from evalkit.models.fourdgs.hexplane import TIME_PLANES, HexPlaneConfig
+from evalkit.codec.serialize import module_from_bytes, module_to_bytes
 from evalkit.methods.fourdgs_cc.nvcc import NVCC, quantize_plane
 from evalkit.methods.fourdgs_cc.vqcc import VQCC, fixed_codebook_decode, fixed_codebook_streams
 
@@ -126,7 +126,7 @@ def test_nvcc_decoder_uses_only_the_stored_weights(fitted, symbols) -> None:
     enc.load_state_dict(fitted["full"].state_dict())
     round_to_storage(enc, "float16")
     data = enc.compress(symbols)
-    dec = _load_model(NVCC(HP, STEP, hidden=16), _model_bytes(enc, "float16"), "float16", "t", "NVCC")
+    dec = module_from_bytes(NVCC(HP, STEP, hidden=16), module_to_bytes(enc, "float16"), "float16", "t", "NVCC")
     assert _equal(dec.decompress(data), symbols)
     with pytest.raises(BitstreamError):  # a corrupted stream fails loudly (CRC), never silently
         bad = bytearray(data)
@@ -153,7 +153,7 @@ def test_nvcc_rate_is_differentiable_in_the_features(planes) -> None:
 def test_each_nvcc_context_saves_bytes(fitted, symbols) -> None:
     """Figure 6 ordering: the full model codes the planes (streams + its own weights) in fewer
     bytes than without the hidden-state update and than without the spatial prior."""
-    total = {k: len(m.compress(symbols)) + len(_model_bytes(m, "float16")) for k, m in fitted.items()}
+    total = {k: len(m.compress(symbols)) + len(module_to_bytes(m, "float16")) for k, m in fitted.items()}
     assert total["full"] < total["no_hidden_update"]
     assert total["full"] < total["no_spatial_prior"]
     # the spatial prior carries the cross-level structure: a large saving
@@ -187,7 +187,7 @@ def vqcc(codebook):
 def test_vqcc_decodes_every_code_exactly(vqcc, codebook) -> None:
     z, y = vqcc.compress_streams(codebook)
     assert torch.equal(vqcc.decompress_streams(z, y, len(codebook), "t"), codebook)
-    dec = _load_model(VQCC(48, STEP, 64, 16), _model_bytes(vqcc, "float32"), "float32", "t", "VQCC")
+    dec = module_from_bytes(VQCC(48, STEP, 64, 16), module_to_bytes(vqcc, "float32"), "float32", "t", "VQCC")
     assert torch.equal(dec.decompress_streams(z, y, len(codebook), "t"), codebook)
 
 
@@ -204,5 +204,5 @@ def test_vqcc_saves_bytes_over_the_stored_codebook(vqcc, codebook) -> None:
     raw, ranges = fixed_codebook_streams(codebook)
     assert torch.equal(fixed_codebook_decode(raw, len(codebook), ranges, "t"), codebook)
     z, y = vqcc.compress_streams(codebook)
-    assert len(z) + len(y) + len(_model_bytes(vqcc, "float16")) < 0.8 * len(raw)
+    assert len(z) + len(y) + len(module_to_bytes(vqcc, "float16")) < 0.8 * len(raw)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evalkit.methods.fourdgs.hexplane import HexPlaneConfig
+from evalkit.models.fourdgs.hexplane import HexPlaneConfig
 from evalkit.methods.fourdgs_cc.nvcc import NVCC
 from evalkit.methods.fourdgs_cc.recurrence import recurrence, reference_recurrence
 from tests.methods.triton_interpreter import run_in_interpreter
@@ -80,8 +80,8 @@ def test_triton_recurrence_on_cuda_matches_autograd() -> None:
 @pytest.mark.gpu
 def test_graphed_rate_terms_equal_eager_rate_terms() -> None:
     """The CUDA-graph replay of the rate terms gives the eager bits and gradients, call after call."""
-    from evalkit.methods.fourdgs.deformation import DeformationConfig, DeformationField
-    from evalkit.methods.fourdgs.model import FourDGSModel
+    from evalkit.models.fourdgs.deformation import DeformationConfig, DeformationField
+    from evalkit.models.fourdgs.model import FourDGSModel
     from evalkit.methods.fourdgs_cc.config import CCConfig
     from evalkit.methods.fourdgs_cc.model import FourDGSCCModel
 

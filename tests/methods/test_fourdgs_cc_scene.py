@@ -4,7 +4,6 @@ that the coded size matches the training-time rate estimate, that lambda_e trade
 the ablation variants run and cost more bytes than the full method where the scale allows."""
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
@@ -12,7 +11,7 @@ import torch
 from evalkit.codec.container import Bitstream
 from evalkit.methods.base import Budget, RatePoint, TrainContext
 from evalkit.methods.fourdgs_cc import FourDGSCC, codec
-from evalkit.methods.fourdgs_cc.canonical import ATTRIBUTES
+from evalkit.codec.canonical import ATTRIBUTES
 
 from tests.methods.fourdgs_cc_common import TINY_4DGS, TINY_CC, single_thread_torch, tiny_scene  # noqa: F401
 
@@ -25,9 +24,7 @@ def _ctx(cache: dict, **over) -> TrainContext:
 
 def _round_trip(method: FourDGSCC, trained):
     bits = trained.encode()
-    t0 = time.perf_counter()
-    decoded = method.decode(Bitstream.from_bytes(bits.to_bytes()), CPU)
-    return bits, decoded, time.perf_counter() - t0
+    return bits, method.decode(Bitstream.from_bytes(bits.to_bytes()), CPU)
 
 
 @pytest.fixture(scope="module")
@@ -42,14 +39,13 @@ def trained(tiny_scene):
 @pytest.fixture(scope="module")
 def coded(trained):
     method, high, _, _ = trained
-    bits, decoded, seconds = _round_trip(method, high)
-    return bits, decoded, seconds
+    return _round_trip(method, high)
 
 
 def test_every_quantised_symbol_decodes_exactly(trained, coded) -> None:
     _, high, _, _ = trained
     enc = high.finalize()
-    bits, decoded, _ = coded
+    bits, decoded = coded
     dec = decoded.coded
     assert dec.num_gaussians == enc.num_gaussians == high.num_primitives() == decoded.num_primitives()
     for name in ATTRIBUTES:
@@ -69,7 +65,7 @@ def test_every_quantised_symbol_decodes_exactly(trained, coded) -> None:
 
 def test_decoded_renders_equal_the_quantised_model(tiny_scene, trained, coded) -> None:
     _, high, _, _ = trained
-    _, decoded, _ = coded
+    _, decoded = coded
     for f in tiny_scene.test[:3]:
         a, b = high.render(f.camera, f.time), decoded.render(f.camera, f.time)
         assert a.shape == (f.camera.height, f.camera.width, 3)
@@ -100,7 +96,7 @@ def test_quality_stages_are_the_models_before_finalize(tiny_scene, trained) -> N
 
 def test_coded_size_matches_the_rate_estimate(trained, coded) -> None:
     _, high, _, _ = trained
-    bits, _, _ = coded
+    bits, _ = coded
     sizes = bits.sizes()
     est = high.rate_estimate()
     nv_streams = 3 + 1 + 1 + (TINY_4DGS["resolution"][3] - 1 + len(TINY_4DGS["multires"]) - 1)
@@ -137,17 +133,16 @@ def test_coarse_stage_is_shared_between_rate_points(trained) -> None:
 
 
 def test_bitstream_names_its_components(coded) -> None:
-    bits, _, seconds = coded
+    bits, _ = coded
     assert set(bits.components) == {"xyz", "scale", "rotation", "opacity", "vq_indices", "codebook_z",
                                     "codebook_y", "vqcc_model", "hexplane_nvcc", "nvcc_model", "deformation_mlp"}
     assert set(bits.header["canonical_fixed_length_bytes"]) == set(ATTRIBUTES)
-    assert seconds < 5.0
 
 
 def test_wrong_method_bitstream_is_rejected(coded) -> None:
     from evalkit.codec.container import BitstreamError
 
-    bits, _, _ = coded
+    bits, _ = coded
     other = Bitstream(header={**bits.header, "method": "4dgs"}, components=bits.components)
     with pytest.raises(BitstreamError, match="not a 4dgs-cc bitstream"):
         codec.decode(other, "x.bin")
@@ -179,7 +174,7 @@ def test_ablation_variants_run_and_cost_more_bytes(tiny_scene, trained) -> None:
     sizes = {"full": full.encode().sizes()["total"]}
     for name, flags in ABLATIONS.items():
         t = method.train(tiny_scene, rate, _ctx(cache, **short, **flags))
-        bits, decoded, _ = _round_trip(method, t)
+        bits, decoded = _round_trip(method, t)
         f = tiny_scene.test[0]
         assert torch.equal(t.render(f.camera, f.time), decoded.render(f.camera, f.time)), name
         sizes[name] = bits.sizes()["total"]

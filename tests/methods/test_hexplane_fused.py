@@ -7,8 +7,8 @@ import warnings
 import pytest
 import torch
 
-from evalkit.methods.fourdgs import hexplane_triton
-from evalkit.methods.fourdgs.hexplane import HexPlane, HexPlaneConfig
+from evalkit.models.fourdgs import hexplane_triton
+from evalkit.models.fourdgs.hexplane import HexPlane, HexPlaneConfig
 from tests.methods.real_shapes import Shape, hexplane_shapes
 from tests.methods.triton_interpreter import run_in_interpreter
 

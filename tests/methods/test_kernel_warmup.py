@@ -10,11 +10,16 @@ import time
 import pytest
 import torch
 
-from evalkit.methods.fourdgs.config import FourDGSConfig
-from evalkit.methods.fourdgs.kernel_warmup import PARTS, BackgroundCompile, ParallelCompile, compile_kernels, main
+from evalkit.models.fourdgs.config import FourDGSConfig
+from evalkit.models.fourdgs.kernel_warmup import PARTS, BackgroundCompile, ParallelCompile, compile_kernels, main
 from evalkit.metrics.contention import ContentionWatch
 
 TINY = dict(feature_dim=8, resolution=[16, 16, 16, 8], multires=[1, 2], net_width=32)
+
+
+def said(line: str, *facts: str) -> bool:
+    """The log line carries these facts (its wording is free)."""
+    return all(f in line for f in facts)
 
 
 def test_nothing_to_compile_off_cuda():
@@ -22,12 +27,12 @@ def test_nothing_to_compile_off_cuda():
 
 
 def test_a_kernel_falling_back_is_logged(monkeypatch):
-    from evalkit.methods.fourdgs import kernel_warmup
+    from evalkit.models.fourdgs import kernel_warmup
 
     monkeypatch.setattr(kernel_warmup, "compile_kernels", lambda cfg, device, **kw: (1.0, ["HexPlane lookup: boom"]))
     lines: list[str] = []
     kernel_warmup.ParallelCompile(FourDGSConfig(**TINY), torch.device("cpu")).finish(lines.append)
-    assert lines == ["Triton kernel unavailable, training uses the PyTorch path: HexPlane lookup: boom"]
+    assert len(lines) == 1 and said(lines[0], "HexPlane lookup", "boom")
 
 
 def _child(code: str, timeout: float = 60.0) -> BackgroundCompile:
@@ -46,7 +51,7 @@ def _group(*children: BackgroundCompile) -> ParallelCompile:
 
 
 def test_a_failing_child_is_logged_with_its_error_and_the_kernels_compile_here(monkeypatch):
-    from evalkit.methods.fourdgs import kernel_warmup
+    from evalkit.models.fourdgs import kernel_warmup
 
     here: list[str] = []
     monkeypatch.setattr(kernel_warmup, "compile_kernels",
@@ -56,7 +61,7 @@ def test_a_failing_child_is_logged_with_its_error_and_the_kernels_compile_here(m
     group = _group(bc)
     group.device = bc.device  # load the kernels here on CUDA, as training does
     group.finish(lines.append)
-    assert lines == ["background kernel compile exited with 3: ptxas exploded; compiling in this process"]
+    assert len(lines) == 1 and said(lines[0], "3", "ptxas exploded")
     assert here == ["compiled"] and bc.proc is None
 
 
@@ -64,11 +69,9 @@ def test_a_hanging_child_is_killed_at_the_timeout():
     bc = _child("import time; time.sleep(60)", timeout=0.5)
     proc = bc.proc
     lines: list[str] = []
-    t0 = time.perf_counter()
     bc.wait(lines.append)
-    assert time.perf_counter() - t0 < 30
-    assert proc.poll() is not None and bc.proc is None
-    assert lines == ["background kernel compile timed out: no output; compiling in this process"]
+    assert proc.poll() is not None and proc.returncode != 0 and bc.proc is None  # killed, not finished
+    assert len(lines) == 1 and said(lines[0], "timed out")
 
 
 def test_a_successful_child_is_waited_for_and_its_report_logged():
@@ -76,7 +79,7 @@ def test_a_successful_child_is_waited_for_and_its_report_logged():
     lines: list[str] = []
     bc.wait(lines.append)
     assert len(lines) == 1 and bc.proc is None
-    assert lines[0].startswith("background kernel compile: compiled in 0.3 s; the child started ")
+    assert said(lines[0], "compiled in 0.3 s")  # the child's own report is passed on
 
 
 def test_a_running_child_is_not_counted_as_another_job_on_the_gpu(monkeypatch):
@@ -118,7 +121,7 @@ def test_after_warm_up_the_first_optimiser_imports_nothing():
     (setup) pays it, so a job's first training step does not. A fresh interpreter, so nothing
     earlier in this test session has imported it already."""
     code = ("import sys, torch\n"
-            "from evalkit.methods.fourdgs.kernel_warmup import warm_up\n"
+            "from evalkit.models.fourdgs.kernel_warmup import warm_up\n"
             "warm_up(torch.device('cpu'))\n"
             "before = set(sys.modules)\n"
             "torch.optim.Adam([torch.zeros(3, requires_grad=True)], lr=0.1)\n"
@@ -132,7 +135,7 @@ def test_no_child_for_shapes_this_process_has_compiled(monkeypatch):
     """A second job with the same plane shapes (4DGS-CC's next rate point, a scene with the same
     configuration) starts no child: loading the compiled kernels here takes milliseconds, a child
     seconds to start. Other shapes still get one."""
-    from evalkit.methods.fourdgs import kernel_warmup
+    from evalkit.models.fourdgs import kernel_warmup
 
     started: list[list[str]] = []
     monkeypatch.setattr(BackgroundCompile, "_start", lambda self, argv: started.append(argv))
@@ -149,7 +152,7 @@ def test_no_child_for_shapes_this_process_has_compiled(monkeypatch):
 
 
 def test_a_failing_warm_up_stops_the_children(monkeypatch):
-    from evalkit.methods.fourdgs import kernel_warmup
+    from evalkit.models.fourdgs import kernel_warmup
 
     children: list[tuple] = []
     real_start = BackgroundCompile._start
@@ -173,7 +176,7 @@ def test_a_failing_warm_up_stops_the_children(monkeypatch):
 def test_parallel_children_are_all_waited_for_then_the_kernels_load_here_once(monkeypatch):
     """``ParallelCompile.finish`` logs each child (a failed one too) and compiles here once, after
     the last child ended."""
-    from evalkit.methods.fourdgs import kernel_warmup
+    from evalkit.models.fourdgs import kernel_warmup
 
     here: list[str] = []
     monkeypatch.setattr(kernel_warmup, "compile_kernels",
@@ -186,9 +189,8 @@ def test_parallel_children_are_all_waited_for_then_the_kernels_load_here_once(mo
     lines: list[str] = []
     assert group.finish(lines.append) > 0.5
     assert here == ["all"] and all(p.poll() is not None for p in procs)
-    assert lines[0].startswith("background kernel compile: lookup: compiled in 0.5 s")
-    assert lines[1] == "background kernel compile exited with 3: ptxas exploded; compiling in this process"
-    assert lines[2].startswith("background kernel compile: regulariser: compiled in 1.0 s")
+    assert said(lines[0], "lookup", "compiled in 0.5 s") and said(lines[1], "3", "ptxas exploded")
+    assert said(lines[2], "regulariser", "compiled in 1.0 s")
     assert all(c.proc is None for c in group.children)
 
 
@@ -205,8 +207,8 @@ def test_the_child_entry_point_compiles_nothing_off_cuda():
 def test_one_compiled_variant_for_any_point_count():
     """After the warm-up, lookups with point counts of every residue mod 16 reuse its kernels:
     Triton compiles no second variant in the middle of training."""
-    from evalkit.methods.fourdgs import hexplane_triton as ht
-    from evalkit.methods.fourdgs.deformation import DeformationField
+    from evalkit.models.fourdgs import hexplane_triton as ht
+    from evalkit.models.fourdgs.deformation import DeformationField
 
     device = torch.device("cuda")
     cfg = FourDGSConfig(**TINY)
@@ -233,7 +235,7 @@ def test_one_compiled_variant_for_any_point_count():
 def test_the_background_child_fills_the_triton_cache(tmp_path, monkeypatch):
     """The child compiles the configuration's kernels into Triton's on-disk cache (where this
     process then finds them), with no error logged."""
-    from evalkit.methods.fourdgs import kernel_warmup
+    from evalkit.models.fourdgs import kernel_warmup
 
     monkeypatch.setenv("TRITON_CACHE_DIR", str(tmp_path))
     monkeypatch.setattr(kernel_warmup, "_COMPILED", set())  # earlier tests compiled these shapes here
@@ -246,7 +248,7 @@ def test_the_background_child_fills_the_triton_cache(tmp_path, monkeypatch):
     group = _group(bc)
     group.device = bc.device  # load the kernels here on CUDA, as training does
     group.finish(lines.append)
-    assert len(lines) == 1 and lines[0].startswith("background kernel compile: compiled in ")
+    assert len(lines) == 1 and said(lines[0], "compiled in ")
 
 
 @pytest.mark.gpu
@@ -257,13 +259,13 @@ def test_each_group_compiles_on_its_own_and_together_they_are_all(tmp_path, monk
     cfg = json.dumps(FourDGSConfig(**{**TINY, "resolution": [16, 16, 16, 11]}).to_dict())
     env = {**__import__("os").environ, "TRITON_CACHE_DIR": str(tmp_path)}
     for part in PARTS:  # fresh processes: nothing in memory from this one
-        out = subprocess.run([sys.executable, "-c", "import sys; from evalkit.methods.fourdgs.kernel_warmup "
+        out = subprocess.run([sys.executable, "-c", "import sys; from evalkit.models.fourdgs.kernel_warmup "
                               "import main; sys.exit(main())", cfg, "cuda:0", part],
                              capture_output=True, text=True, timeout=600, env=env)
         assert out.returncode == 0, out.stderr
         assert out.stdout.startswith(f"{part}: compiled in ")
     before = sorted(p.name for p in tmp_path.rglob("*.cubin"))
-    out = subprocess.run([sys.executable, "-c", "import sys; from evalkit.methods.fourdgs.kernel_warmup "
+    out = subprocess.run([sys.executable, "-c", "import sys; from evalkit.models.fourdgs.kernel_warmup "
                           "import main; sys.exit(main())", cfg, "cuda:0"],
                          capture_output=True, text=True, timeout=600, env=env)
     assert out.returncode == 0, out.stderr

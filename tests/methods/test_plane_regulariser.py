@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evalkit.methods.fourdgs.hexplane import HexPlane, HexPlaneConfig
-from evalkit.methods.fourdgs.plane_regulariser import PlaneRegulariser, _Attach
+from evalkit.models.fourdgs.hexplane import HexPlane, HexPlaneConfig
+from evalkit.models.fourdgs.plane_regulariser import PlaneRegulariser, _Attach
 from tests.methods.real_shapes import Shape, hexplane_shapes
 from tests.methods.triton_interpreter import run_in_interpreter
 

@@ -44,7 +44,7 @@ import torch
 from evalkit.codec import arith
 from evalkit.codec.container import Bitstream
 from evalkit.data.scene import Camera, Scene
-from evalkit.methods.base import RatePoint, TrainContext
+from evalkit.methods.base import Method, Model, RatePoint, TrainContext, TrainedModel
 from evalkit.methods.adc_gs import codec
 from evalkit.methods.adc_gs.coded import CodedScene, finalize
 from evalkit.methods.adc_gs.config import ADCConfig
@@ -78,7 +78,7 @@ class FrameRenderer:
         return out.image.clamp(0, 1)
 
 
-class ADCGSTrained:
+class ADCGSTrained(TrainedModel):
     def __init__(self, model: ADCModel, time_rows: int, background, stats: dict, reused: dict | None) -> None:
         self.model = model
         self.time_rows = time_rows
@@ -115,6 +115,9 @@ class ADCGSTrained:
     def num_primitives(self) -> int:
         return self.model.num_anchors * self.model.cfg.k
 
+    def effective_config(self) -> dict:
+        return self.model.cfg.to_dict()
+
     @torch.no_grad()
     def rate_estimate(self) -> dict[str, float]:
         """Bits of the rounded symbols under the entropy model, as training computes them (f32 on
@@ -125,7 +128,7 @@ class ADCGSTrained:
         return {k: float(v) for k, v in bits.items()}
 
 
-class ADCGSDecoded:
+class ADCGSDecoded(Model):
     def __init__(self, model: ADCModel, coded: CodedScene) -> None:
         self.model = model
         self.coded = coded
@@ -146,7 +149,7 @@ def resolve_config(ctx: TrainContext, rate: RatePoint) -> ADCConfig:
     return cfg.scaled_schedule(ctx.budget.iterations)
 
 
-class ADCGS:
+class ADCGS(Method):
     name = "adc-gs"
 
     def train(self, scene: Scene, rate: RatePoint, ctx: TrainContext) -> ADCGSTrained:
@@ -157,6 +160,9 @@ class ADCGS:
         reused = ({"lambda_independent_steps": f"steps 1-{cfg.rate_from} shared between rate points of this scene"}
                   if stats["reused_shared_steps"] else None)
         return ADCGSTrained(model, model.deform.table.weight.shape[0], scene.background, stats, reused)
+
+    def effective_config(self, rate: RatePoint, ctx: TrainContext) -> dict:
+        return resolve_config(ctx, rate).to_dict()
 
     def prepare_coding(self) -> None:
         """Build torchac (a C++ extension compiled at first import) before the encode timer."""

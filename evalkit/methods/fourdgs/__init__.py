@@ -8,17 +8,17 @@ import torch
 
 from evalkit.codec.container import Bitstream
 from evalkit.data.scene import Camera, Scene
-from evalkit.methods.base import RatePoint, TrainContext
+from evalkit.methods.base import Method, RatePoint, TrainContext, TrainedModel
 from evalkit.methods.fourdgs import codec
-from evalkit.methods.fourdgs.config import FourDGSConfig
-from evalkit.methods.fourdgs.export import export_ply
-from evalkit.methods.fourdgs.kernel_warmup import KernelsInBackground
-from evalkit.methods.fourdgs.model import FourDGSModel
-from evalkit.methods.fourdgs.trainer import train
+from evalkit.models.fourdgs.config import FourDGSConfig
+from evalkit.models.fourdgs.export import export_ply
+from evalkit.models.fourdgs.kernel_warmup import KernelsInBackground
+from evalkit.models.fourdgs.model import FourDGSModel
+from evalkit.models.fourdgs.trainer import train
 
 
-class FourDGSTrained:
-    """The runner-facing model: render, count, encode."""
+class FourDGSTrained(TrainedModel):
+    """The runner-facing model (trained or decoded): render, count, encode, export."""
 
     def __init__(self, model: FourDGSModel, cfg: FourDGSConfig, stats: dict | None = None) -> None:
         self.model = model
@@ -28,6 +28,9 @@ class FourDGSTrained:
 
     def encode(self) -> Bitstream:
         return codec.encode(self.model, self.cfg)
+
+    def effective_config(self) -> dict:
+        return self.cfg.to_dict()
 
     def render(self, camera: Camera, t: float) -> torch.Tensor:
         return self.model.render(camera, t)
@@ -39,7 +42,7 @@ class FourDGSTrained:
         return export_ply(self.model, path, t)
 
 
-class FourDGS(KernelsInBackground):
+class FourDGS(Method, KernelsInBackground):
     name = "4dgs"
 
     @staticmethod
@@ -47,6 +50,9 @@ class FourDGS(KernelsInBackground):
         """The dataset / scene configuration with the rate point's parameters, scaled to the budget."""
         cfg = FourDGSConfig.from_dict({**ctx.config, **rate.params}, source="methods/4dgs.toml")
         return cfg.scaled_schedule(ctx.budget.iterations)
+
+    def effective_config(self, rate: RatePoint, ctx: TrainContext) -> dict:
+        return self.config(rate, ctx).to_dict()
 
     def train(self, scene: Scene, rate: RatePoint, ctx: TrainContext) -> FourDGSTrained:
         cfg = self.config(rate, ctx)

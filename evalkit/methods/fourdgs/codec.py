@@ -14,10 +14,10 @@ import torch.nn as nn
 from dataclasses import asdict
 
 from evalkit.codec.container import Bitstream, BitstreamError, header_like, header_value
-from evalkit.codec.tensor_pack import pack_tensors, unpack_tensors
-from evalkit.methods.fourdgs.config import FourDGSConfig
-from evalkit.methods.fourdgs.deformation import DeformationField
-from evalkit.methods.fourdgs.model import FourDGSModel
+from evalkit.codec.serialize import pack_tensors, unpack_tensors
+from evalkit.models.fourdgs.config import FourDGSConfig
+from evalkit.models.fourdgs.deformation import DeformationField
+from evalkit.models.fourdgs.model import FourDGSModel
 
 GAUSSIAN_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
 

@@ -1,7 +1,8 @@
 """Method ``4dgs-cc``: 4DGS-CC, contextual coding of 4DGS (``papers/4dgs-cc.txt``; no public code).
 
-Built on the ``4dgs`` baseline (its model, trainer and hyperparameters from ``methods/4dgs.toml``,
-which the paper inherits, Sec. 4.1). The paper is the specification; where it is silent the
+Built on the 4DGS backbone the ``4dgs`` baseline also uses (``evalkit.models.fourdgs``: model,
+trainer) and on 4DGS's hyperparameters from ``methods/4dgs.toml``, which the paper inherits (Sec.
+4.1). The paper is the specification; where it is silent the
 choice follows its cited sources and is marked "choice" here and in the submodules.
 
 Pipeline (paper Fig. 1):
@@ -54,28 +55,28 @@ import torch
 from evalkit.codec.container import Bitstream
 from evalkit.codec import arith
 from evalkit.data.scene import Camera, Scene
-from evalkit.methods.base import RatePoint, TrainContext
-from evalkit.methods.fourdgs.export import export_ply
-from evalkit.methods.fourdgs.kernel_warmup import KernelsInBackground
-from evalkit.methods.fourdgs.model import FourDGSModel
+from evalkit.methods.base import Method, Model, RatePoint, TrainContext, TrainedModel
+from evalkit.models.fourdgs.export import export_ply
+from evalkit.models.fourdgs.kernel_warmup import KernelsInBackground
+from evalkit.models.fourdgs.model import FourDGSModel
 from evalkit.methods.fourdgs_cc import codec
 from evalkit.methods.fourdgs_cc.coded import CodedScene, finalize
 from evalkit.methods.fourdgs_cc.config import CCConfig, split_config
 from evalkit.methods.fourdgs_cc.model import FourDGSCCModel
 from evalkit.methods.fourdgs_cc.training import coarse_stage, fine_stage
-from evalkit.methods.fourdgs.config import FourDGSConfig
+from evalkit.models.fourdgs.config import FourDGSConfig
 
 __all__ = ["FourDGSCC", "FourDGSCCTrained", "FourDGSCCDecoded", "resolve_config"]
 
 
-class FourDGSCCTrained:
+class FourDGSCCTrained(TrainedModel):
     """A trained 4DGS-CC scene. ``finalize`` quantises it (once); ``render`` shows the quantised
     model, i.e. exactly what the decoder will rebuild; ``encode`` writes the bitstream."""
 
     def __init__(self, model: FourDGSCCModel, fcfg: FourDGSConfig, cc: CCConfig, stats: dict,
-                 reused: dict | None = None) -> None:
+                 reused: dict | None = None, base: str = "4dgs") -> None:
         self.model = model
-        self.fcfg, self.cc = fcfg, cc
+        self.fcfg, self.cc, self.base = fcfg, cc, base
         self.stats = stats
         self.iterations = fcfg.coarse_iterations + fcfg.iterations
         self.reused = reused
@@ -94,6 +95,9 @@ class FourDGSCCTrained:
 
     def encode(self) -> Bitstream:
         return codec.encode(self.finalize(), self.model.nvcc, self.model.vqcc)
+
+    def effective_config(self) -> dict:
+        return merged_config(self.base, self.fcfg, self.cc)
 
     def render(self, camera: Camera, t: float) -> torch.Tensor:
         return self.quantized_model().render(camera, t)
@@ -148,7 +152,7 @@ class FourDGSCCTrained:
         return out
 
 
-class FourDGSCCDecoded:
+class FourDGSCCDecoded(Model):
     """A decoded 4DGS-CC scene (a plain 4DGS model)."""
 
     def __init__(self, model: FourDGSModel, coded: CodedScene) -> None:
@@ -165,18 +169,28 @@ class FourDGSCCDecoded:
         return export_ply(self.model, path, t)
 
 
+def base_name(ctx: TrainContext) -> str:
+    """The spec 4DGS-CC inherits its 4DGS hyperparameters from (``base``, default ``4dgs``)."""
+    return str(ctx.config.get("base", "4dgs"))
+
+
 def resolve_config(ctx: TrainContext, rate: RatePoint) -> tuple[FourDGSConfig, CCConfig]:
     """4DGS's configuration of the dataset / scene (``methods/<base>.toml``) <- ``methods/4dgs-cc.toml``
     <- the rate point; the schedule scaled to the budget."""
     from evalkit.specs import load_method_spec
 
-    base_name = str(ctx.config.get("base", "4dgs"))
-    base = load_method_spec(base_name).config(ctx.dataset, ctx.scene_name)
+    base = load_method_spec(base_name(ctx)).config(ctx.dataset, ctx.scene_name)
     fcfg, cc = split_config(base, {**ctx.config, **rate.params})
     return fcfg.scaled_schedule(ctx.budget.iterations), cc
 
 
-class FourDGSCC(KernelsInBackground):
+def merged_config(base: str, fcfg: FourDGSConfig, cc: CCConfig) -> dict:
+    """The complete configuration as one dict: the spec it inherits from, every 4DGS key, every
+    4DGS-CC key."""
+    return {"base": base, **fcfg.to_dict(), **cc.to_dict()}
+
+
+class FourDGSCC(Method, KernelsInBackground):
     name = "4dgs-cc"
 
     def train(self, scene: Scene, rate: RatePoint, ctx: TrainContext) -> FourDGSCCTrained:
@@ -194,7 +208,10 @@ class FourDGSCC(KernelsInBackground):
                 f"rate estimates (bits per value) {stats['rate_estimates']}")
         note = ({"coarse_stage": "shared between rate points of this scene (trained by an earlier one)",
                  **({"artefact": reused} if isinstance(reused, str) else {})} if reused else None)
-        return FourDGSCCTrained(model, fcfg, cc, stats, reused=note)
+        return FourDGSCCTrained(model, fcfg, cc, stats, reused=note, base=base_name(ctx))
+
+    def effective_config(self, rate: RatePoint, ctx: TrainContext) -> dict:
+        return merged_config(base_name(ctx), *resolve_config(ctx, rate))
 
     def prepare_training(self, rate: RatePoint, ctx: TrainContext) -> None:
         """As 4DGS's: start compiling 4DGS's fine-stage Triton kernels (HexPlane lookup,

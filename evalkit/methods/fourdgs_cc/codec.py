@@ -17,22 +17,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from dataclasses import asdict
 
 from evalkit.codec.container import Bitstream, BitstreamError, header_like, header_value
 from evalkit.codec.entropy import compress_uniform, decompress_uniform
-from evalkit.codec.tensor_pack import pack_tensors, unpack_tensors
-from evalkit.methods.fourdgs.config import FourDGSConfig
-from evalkit.methods.fourdgs_cc.canonical import (ATTRIBUTES, decode_symbols, encode_symbols, params_from_json,
-                                                  params_to_json)
+from evalkit.codec.serialize import module_from_bytes, module_to_bytes, pack_tensors, unpack_tensors
+from evalkit.models.fourdgs.config import FourDGSConfig
+from evalkit.codec.canonical import (ATTRIBUTES, decode_symbols, encode_symbols, params_from_json,
+                                     params_to_json)
 from evalkit.methods.fourdgs_cc.coded import GAUSSIAN_KEYS, CodedScene
 from evalkit.methods.fourdgs_cc.config import CCConfig
-from evalkit.methods.fourdgs_cc.intcode import join_streams, split_streams
+from evalkit.codec.intcode import join_streams, split_streams
 from evalkit.methods.fourdgs_cc.nvcc import NVCC
-from evalkit.methods.fourdgs_cc.vq import decode_runs, encode_runs
+from evalkit.train.vq import decode_runs, encode_runs
 from evalkit.methods.fourdgs_cc.vqcc import VQCC, fixed_codebook_decode, fixed_codebook_streams
 
 METHOD = "4dgs-cc"
@@ -46,29 +45,6 @@ def build_nvcc(fcfg: FourDGSConfig, cc: CCConfig) -> NVCC:
 
 def build_vqcc(sh_degree: int, cc: CCConfig) -> VQCC:
     return VQCC(3 * (sh_degree + 1) ** 2, cc.codebook_qstep, cc.vqcc_hidden, cc.vqcc_latent)
-
-
-def _model_bytes(module: torch.nn.Module, dtype: str) -> bytes:
-    """The weights in ``state_dict`` order, raw little-endian (the decoder builds the same module
-    from the header's configuration, so names and shapes need not be stored)."""
-    np_dtype = np.dtype("<f2" if dtype == "float16" else "<f4")
-    return b"".join(v.detach().cpu().numpy().astype(np_dtype).tobytes() for v in module.state_dict().values())
-
-
-def _load_model(module: torch.nn.Module, data: bytes, dtype: str, source: str | Path, what: str) -> torch.nn.Module:
-    np_dtype = np.dtype("<f2" if dtype == "float16" else "<f4")
-    state, pos = {}, 0
-    for name, ref in module.state_dict().items():
-        nbytes = ref.numel() * np_dtype.itemsize
-        if pos + nbytes > len(data):
-            raise BitstreamError(source, f"{what} weights are truncated (at {name!r})")
-        a = np.frombuffer(data, dtype=np_dtype, count=ref.numel(), offset=pos)
-        state[name] = torch.from_numpy(a.astype(np.float32)).reshape(ref.shape)
-        pos += nbytes
-    if pos != len(data):
-        raise BitstreamError(source, f"{what} weights: {len(data) - pos} bytes more than the configuration needs")
-    module.load_state_dict(state, strict=True)
-    return module.eval()
 
 
 def encode(coded: CodedScene, nvcc: NVCC | None, vqcc: VQCC | None) -> Bitstream:
@@ -89,7 +65,7 @@ def encode(coded: CodedScene, nvcc: NVCC | None, vqcc: VQCC | None) -> Bitstream
         if cc.vqcc:
             z, y = vqcc.compress_streams(coded.codebook)
             comps["codebook_z"], comps["codebook_y"] = z, y
-            comps["vqcc_model"] = _model_bytes(vqcc, cc.entropy_model_dtype)
+            comps["vqcc_model"] = module_to_bytes(vqcc, cc.entropy_model_dtype)
         else:
             comps["codebook_raw"], header["codebook_ranges"] = fixed_codebook_streams(coded.codebook)
     else:
@@ -97,7 +73,7 @@ def encode(coded: CodedScene, nvcc: NVCC | None, vqcc: VQCC | None) -> Bitstream
     if coded.plane_symbols is not None:
         if cc.nvcc:
             comps["hexplane_nvcc"] = nvcc.compress(coded.plane_symbols)
-            comps["nvcc_model"] = _model_bytes(nvcc, cc.entropy_model_dtype)
+            comps["nvcc_model"] = module_to_bytes(nvcc, cc.entropy_model_dtype)
         else:
             streams, ranges = [], []
             for level in coded.plane_symbols:
@@ -148,7 +124,7 @@ def decode(bits: Bitstream, source: str | Path = "<bitstream>") -> tuple[CodedSc
         k = header_value(h, "num_codes", int, source, low=1, high=max(1, n))
         coded.runs = decode_runs(bits.component("vq_indices", source), k, n, source)
         if cc.vqcc:
-            vqcc = _load_model(build_vqcc(coded.sh_degree, cc), bits.component("vqcc_model", source),
+            vqcc = module_from_bytes(build_vqcc(coded.sh_degree, cc), bits.component("vqcc_model", source),
                                 cc.entropy_model_dtype, source, "VQCC")
             coded.codebook = vqcc.decompress_streams(bits.component("codebook_z", source),
                                                      bits.component("codebook_y", source), k, source)
@@ -165,7 +141,7 @@ def decode(bits: Bitstream, source: str | Path = "<bitstream>") -> tuple[CodedSc
     shapes = [[tuple(sh[1:]) for sh in level] for level in fcfg.deformation_config().hexplane.plane_shapes()]
     if cc.compress_hexplane:
         if cc.nvcc:
-            nvcc = _load_model(build_nvcc(fcfg, cc), bits.component("nvcc_model", source),
+            nvcc = module_from_bytes(build_nvcc(fcfg, cc), bits.component("nvcc_model", source),
                                 cc.entropy_model_dtype, source, "NVCC")
             coded.plane_symbols = nvcc.decompress(bits.component("hexplane_nvcc", source), source)
         else:

@@ -12,14 +12,14 @@ import torch
 import torch.nn as nn
 
 from evalkit.codec.quantize import UniformQuantParams
-from evalkit.methods.fourdgs.config import FourDGSConfig
-from evalkit.methods.fourdgs.deformation import DeformationField
-from evalkit.methods.fourdgs.model import FourDGSModel
-from evalkit.methods.fourdgs_cc.canonical import ATTRIBUTES, dequantize_attribute, quantize_attribute
+from evalkit.models.fourdgs.config import FourDGSConfig
+from evalkit.models.fourdgs.deformation import DeformationField
+from evalkit.models.fourdgs.model import FourDGSModel
+from evalkit.codec.canonical import ATTRIBUTES, dequantize_attribute, quantize_attribute
 from evalkit.methods.fourdgs_cc.config import CCConfig
 from evalkit.methods.fourdgs_cc.model import FourDGSCCModel
 from evalkit.methods.fourdgs_cc.nvcc import dequantize_plane, quantize_plane
-from evalkit.methods.fourdgs_cc.vq import compact_and_sort, indices_from_runs
+from evalkit.train.vq import compact_and_sort, indices_from_runs
 
 GAUSSIAN_KEYS = ("means", "scales", "quats", "opacities", "sh0", "shN")
 _DTYPES = {"float16": torch.float16, "float32": torch.float32}

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from evalkit.methods.fourdgs.config import FourDGSConfig
+from evalkit.models.fourdgs.config import FourDGSConfig
 
 SPEC = "methods/4dgs-cc.toml"
 

@@ -6,12 +6,12 @@ import weakref
 import torch
 import torch.nn as nn
 
-from evalkit.methods.fourdgs.hexplane import HexPlane
-from evalkit.methods.fourdgs.model import FourDGSModel
+from evalkit.models.fourdgs.hexplane import HexPlane
+from evalkit.models.fourdgs.model import FourDGSModel
 from evalkit.methods.fourdgs_cc.config import CCConfig
-from evalkit.methods.fourdgs_cc.cuda_graphs import GraphedCalls
+from evalkit.train.cuda_graphs import GraphedCalls
 from evalkit.methods.fourdgs_cc.nvcc import NVCC, ste_plane
-from evalkit.methods.fourdgs_cc.vq import SHVectorQuantizer
+from evalkit.train.vq import SHVectorQuantizer
 from evalkit.methods.fourdgs_cc.vqcc import VQCC
 
 

@@ -57,7 +57,7 @@ from evalkit.codec.entropy import (FactorizedPrior, GaussianConditional, compres
                                    decompress_uniform)
 from evalkit.codec.quantize import relaxed_round, round_ste
 from evalkit.codec.serialize import read_uvarint, unzigzag, write_uvarint, zigzag
-from evalkit.methods.fourdgs.hexplane import HexPlaneConfig, SPACE_PLANES, TIME_PLANES
+from evalkit.models.fourdgs.hexplane import HexPlaneConfig, SPACE_PLANES, TIME_PLANES
 from evalkit.methods.fourdgs_cc.recurrence import recurrence
 from evalkit.methods.fourdgs_cc.vqcc import center_factorized_prior, cpu64
 

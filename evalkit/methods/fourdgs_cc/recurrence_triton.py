@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from evalkit.methods.fourdgs.kernel_device import kernel_device
+from evalkit.models.fourdgs.kernel_device import kernel_device
 
 try:  # Triton ships with CUDA builds of PyTorch on Linux; absent elsewhere
     import triton

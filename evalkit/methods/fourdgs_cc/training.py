@@ -10,9 +10,9 @@ import torch
 
 from evalkit.data.scene import Scene
 from evalkit.methods.base import TrainContext
-from evalkit.methods.fourdgs.config import FourDGSConfig
-from evalkit.methods.fourdgs.model import FourDGSModel
-from evalkit.methods.fourdgs.trainer import train
+from evalkit.models.fourdgs.config import FourDGSConfig
+from evalkit.models.fourdgs.model import FourDGSModel
+from evalkit.models.fourdgs.trainer import train
 from evalkit.methods.fourdgs_cc.config import CCConfig
 from evalkit.methods.fourdgs_cc.model import FourDGSCCModel
 

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from evalkit.codec.entropy import FactorizedPrior, GaussianConditional, compute_params_on_cpu
 from evalkit.codec.quantize import relaxed_round, round_ste
-from evalkit.methods.fourdgs_cc.intcode import join_streams, split_streams
+from evalkit.codec.intcode import join_streams, split_streams
 
 
 def cpu64(module: nn.Module) -> nn.Module:

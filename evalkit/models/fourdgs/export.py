@@ -13,7 +13,7 @@ import torch
 from plyfile import PlyData, PlyElement
 
 from evalkit.codec.container import atomic_write_bytes
-from evalkit.methods.fourdgs.model import FourDGSModel
+from evalkit.models.fourdgs.model import FourDGSModel
 
 
 def gaussians_to_ply_bytes(means, log_scales, quats, opacity_logits, sh) -> bytes:

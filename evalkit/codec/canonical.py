@@ -22,7 +22,7 @@ import torch
 from evalkit.codec.container import BitstreamError
 from evalkit.codec.quantize import UniformQuantParams, uniform_dequantize, uniform_quantize
 from evalkit.codec.bitpack import packed_size
-from evalkit.methods.fourdgs_cc.intcode import decode_auto, encode_auto, join_streams, split_streams
+from evalkit.codec.intcode import decode_auto, encode_auto, join_streams, split_streams
 
 # bitstream component name -> (Gaussian parameter key, channels)
 ATTRIBUTES: dict[str, tuple[str, int]] = {

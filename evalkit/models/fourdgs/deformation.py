@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
-from evalkit.methods.fourdgs.deformation_mlp import mlp_forward
-from evalkit.methods.fourdgs.hexplane import HexPlane, HexPlaneConfig
+from evalkit.models.fourdgs.deformation_mlp import mlp_forward
+from evalkit.models.fourdgs.hexplane import HexPlane, HexPlaneConfig
 
 HEAD_DIMS = {"xyz": 3, "scale": 3, "rot": 4, "opacity": 1, "sh": 48}
 

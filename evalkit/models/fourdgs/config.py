@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from evalkit.methods.fourdgs.deformation import DeformationConfig
-from evalkit.methods.fourdgs.hexplane import HexPlaneConfig
+from evalkit.models.fourdgs.deformation import DeformationConfig
+from evalkit.models.fourdgs.hexplane import HexPlaneConfig
 
 
 NEAR_PLANE_BEFORE_SETTING = 0.01

@@ -2,9 +2,8 @@
 
 The HexPlane lookup (``hexplane_triton``) and the regulariser (``plane_regulariser``) are Triton
 kernels compiled on first use for the configuration's plane shapes. On a cold Triton cache that
-took tens of seconds on an H200 (HyperNeRF's configuration: two stalls of about 30 s inside the
-fine stage, one per specialisation of the point count, before the count was unspecialised), and it
-happens once per machine and configuration (Triton caches the binaries on disk).
+takes tens of seconds (results/MEASUREMENTS.md), once per machine and configuration (Triton caches
+the binaries on disk).
 ``compile_kernels`` runs every kernel once on a throwaway deformation field of the same shapes.
 
 The coarse stage (static 3DGS) needs none of these kernels, so ``ParallelCompile`` runs them in
@@ -29,10 +28,10 @@ from pathlib import Path
 
 import torch
 
-from evalkit.methods.fourdgs import hexplane_triton
-from evalkit.methods.fourdgs.config import FourDGSConfig
-from evalkit.methods.fourdgs.deformation import DeformationField
-from evalkit.methods.fourdgs.plane_regulariser import PlaneRegulariser
+from evalkit.models.fourdgs import hexplane_triton
+from evalkit.models.fourdgs.config import FourDGSConfig
+from evalkit.models.fourdgs.deformation import DeformationField
+from evalkit.models.fourdgs.plane_regulariser import PlaneRegulariser
 from evalkit.metrics import contention
 
 
@@ -97,8 +96,8 @@ def compile_kernels(cfg: FourDGSConfig, device: torch.device, points: int = 1000
 def warm_up(device: torch.device) -> float:
     """Per-process first-use costs, paid here (setup) instead of in a job's first training step:
     torch imports ``torch._dynamo`` (with sympy and FSDP) lazily at the first optimiser's
-    ``add_param_group`` (a first coarse step took 4.0-4.7 s on the lent H200, almost all of it
-    that import by cProfile); and on CUDA, loading gsplat's extension: a few Gaussians rendered
+    ``add_param_group`` (seconds: it dominated the first coarse step, results/MEASUREMENTS.md);
+    and on CUDA, loading gsplat's extension: a few Gaussians rendered
     forwards and backwards. Returns the seconds taken. Random state untouched."""
     t0 = time.perf_counter()
     torch.optim.Adam([torch.zeros(1, requires_grad=True)])  # its add_param_group imports torch._dynamo
@@ -190,9 +189,7 @@ class BackgroundCompile:
 class ParallelCompile:
     """One ``BackgroundCompile`` child per group of ``PARTS``, all at once. Each group's compile
     is single-threaded, so three children on three cores finish about when the slowest does
-    instead of after the sum. (With the lookup's backward unrolling the scales, the whole set took
-    16-20 s in one child on an H200, more than the 3000-step coarse stage hides; the groups now
-    take 2.2-2.6, 6.2-7.0 and 1.7-2.6 s there; one child for the current kernels was not timed.) ``finish``
+    instead of after the sum (times: results/MEASUREMENTS.md). ``finish``
     waits for all, then runs ``compile_kernels`` here once: Triton's disk cache hits, or the
     compile of what a child did not compile. No child where ``BackgroundCompile`` would start none."""
 

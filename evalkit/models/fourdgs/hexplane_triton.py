@@ -6,10 +6,8 @@ blocks x scales); the backward is one launch (programs over point blocks x scale
 recomputes the six samples, forms the product of the other five planes explicitly (features may
 be 0, so no division) and scatters plane gradients with ``tl.atomic_add``, then one small launch
 that puts those gradients back in the planes' (C, H, W) layout (and, with several scales, a sum of
-the scales' coordinate gradients). On an H100 (C=32, res [64, 64, 64, 25], multires [1, 2]) forward
-+ backward took 0.64 ms of GPU time for 200k points against 10 ms for the PyTorch path (with the
-earlier backward that unrolled the scales in one program; the per-scale one measured 0.92 against
-0.78 ms at 95k points on an H200, and compiles in a fifth of the time).
+the scales' coordinate gradients). Its speed against the PyTorch path: results/MEASUREMENTS.md
+(``python -m evalkit.bench.fourdgs_step``).
 
 Planes are packed into one flat buffer, channels-last ((H, W, C) per plane, so a corner's C
 channels are contiguous) with a small int32 table of (position offset, H, W) per plane. Sampling
@@ -24,7 +22,7 @@ import warnings
 import torch
 from torch.autograd.function import once_differentiable
 
-from evalkit.methods.fourdgs.kernel_device import kernel_device
+from evalkit.models.fourdgs.kernel_device import kernel_device
 
 try:  # Triton ships with CUDA builds of PyTorch on Linux; absent elsewhere
     import triton
@@ -134,8 +132,8 @@ if triton is not None:
         tl.store(out + n[:, None] * (S * C) + s * C + c, f * ft, mask=pm[:, None] & (c < C))
 
     # One program per (point block, scale), as the forward: a scale's features depend on its own
-    # six planes only. Unrolling the scales in one program instead made one kernel whose compile
-    # took 15.7 s on an H200 (D-NeRF's two scales), longer than the coarse stage it hides behind.
+    # six planes only. (Unrolling the scales in one program compiles far slower, longer than the
+    # coarse stage it hides behind: results/MEASUREMENTS.md.)
     @triton.jit(do_not_specialize=["N", "S"])
     def _backward_kernel(coords, buf, meta, gout, gbuf, gpart, N, S, C: tl.constexpr, CP: tl.constexpr,
                          BN: tl.constexpr):
@@ -203,8 +201,8 @@ def _meta(planes: tuple[torch.Tensor, ...]) -> torch.Tensor:
 
 
 def _blocks(C: int) -> tuple[int, int]:
-    """Channels padded to a power of two, points per program. 1024-element tiles with 4 warps
-    (8 elements a thread) ran fastest on an H100 (C=32): 16 a thread is 1.5x slower, 32 spills."""
+    """Channels padded to a power of two, points per program: 1024-element tiles with 4 warps (8
+    elements a thread), the fastest tiling measured (results/MEASUREMENTS.md)."""
     CP = triton.next_power_of_2(C)
     return CP, max(1, 1024 // CP)
 
@@ -280,7 +278,7 @@ def run_backward_kernels(coords: torch.Tensor, scales: list[list[torch.Tensor]])
 
 def _torch_features(coords: torch.Tensor, planes: list[torch.Tensor]) -> torch.Tensor:
     """The PyTorch path (``HexPlane._product`` per scale), for the backward's fallback."""
-    from evalkit.methods.fourdgs.hexplane import HexPlane, PLANE_PAIRS, SPACE_PLANES, TIME_PLANES
+    from evalkit.models.fourdgs.hexplane import HexPlane, PLANE_PAIRS, SPACE_PLANES, TIME_PLANES
     pairs = torch.tensor(PLANE_PAIRS, device=coords.device)
     return torch.cat([HexPlane._product(planes[i:i + 6], coords, pairs[SPACE_PLANES], pairs[TIME_PLANES])
                       for i in range(0, len(planes), 6)], 1)

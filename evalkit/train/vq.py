@@ -18,19 +18,15 @@ adopts:
 * The VQCC rate of Eq. (2) is computed on the codes (the member means). By default it trains the
   VQCC networks only: the paper calls VQCC lossless coding of the quantised codebook, and Compact3D
   detaches its member means. ``vqcc_rate_moves_codes`` lets its gradient reach the members'
-  continuous SH through their mean (``code_vectors`` is differentiable) instead; measured on D-NeRF
-  jumpingjacks (high, H200, full protocol) it pulls the codes together (1728 distinct on the grid
-  against 8191 without the rate) for 34.66 dB against 35.13 dB (our 4dgs then: 35.23 dB); its crowded
-  codebook then costs 35 KB under VQCC (y, z, networks) against 250 KB stored raw without VQCC.
-  With the default (same scene, rate and GPU): 35.24 dB, the spread codebook coded in 171 KB
-  (y 108 KB, z 39 KB, networks 24 KB; results/reference/h200).
+  continuous SH through their mean (``code_vectors`` is differentiable) instead: it pulls the codes
+  together, a smaller codebook for a lower PSNR (results/MEASUREMENTS.md).
 * The codes are quantised (step ``codebook_qstep``, straight-through) when rendered, so the
   rendered colours are the decoded ones.
 
 An earlier version learned the codebook as a free parameter beside the continuous SH: the
 continuous SH then drifted away from their codes (the render does not change when they move) and
-the re-assignments gathered most Gaussians on a few hundred codes (542 of 8192 on D-NeRF
-jumpingjacks), costing quality.
+the re-assignments gathered most Gaussians on a few hundred codes, costing quality
+(results/MEASUREMENTS.md).
 
 Coding: unused codes are dropped, the Gaussians are sorted by index (their order is arbitrary)
 and the sorted index array is run-length coded as the run length of every code in order
@@ -47,7 +43,7 @@ import torch.nn as nn
 
 from evalkit.codec.container import BitstreamError
 from evalkit.codec.quantize import round_ste
-from evalkit.methods.fourdgs_cc.intcode import decode_unsigned, encode_unsigned
+from evalkit.codec.intcode import decode_unsigned, encode_unsigned
 
 
 def nearest_code(x: torch.Tensor, codes: torch.Tensor, chunk_elements: int = 1 << 24) -> torch.Tensor:

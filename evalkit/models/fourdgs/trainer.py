@@ -4,8 +4,9 @@ Choices, each as the reference does unless noted:
 * Each stage restarts its iteration counter, learning-rate schedules and densification schedule.
 * Loss: L1 (+ lambda_dssim * D-SSIM when set) + HexPlane regularisers in the fine stage (on
   CUDA value and gradient from one fused kernel, ``plane_regulariser``).
-* Densification uses gsplat's ``DefaultStrategy`` (clone/split on the view-space gradient of the
-  rendered, i.e. deformed, Gaussians). gsplat also prunes at every refinement; the reference's
+* Densification uses gsplat's ``DefaultStrategy`` thresholds and state (clone/split on the
+  view-space gradient of the rendered, i.e. deformed, Gaussians), refined by ``evalkit.train.densify``
+  on gsplat's public operations. gsplat also prunes at every refinement; the reference's
   ``densify`` only clones and splits and it prunes every ``pruning_interval`` steps, and then only
   above 200k Gaussians (never on D-NeRF). So the strategy's pruning is switched off and
   ``prune_as_reference`` applies the reference's rule (``prune_at_refine`` restores gsplat's).
@@ -37,13 +38,14 @@ from gsplat.strategy.ops import remove, reset_opa
 
 from evalkit.data.scene import Frame, Scene
 from evalkit.train.adam_steps import AdamSteps
+from evalkit.train.densify import refine
 from evalkit.train.densify_stats import accumulate_stats
 from evalkit.train.images import ImageBank
 from evalkit.train.schedules import log_lerp
-from evalkit.methods.fourdgs.config import FourDGSConfig
-from evalkit.methods.fourdgs.deformation import DeformationField
-from evalkit.methods.fourdgs.model import FourDGSModel, init_gaussians
-from evalkit.methods.fourdgs.plane_regulariser import PlaneRegulariser
+from evalkit.models.fourdgs.config import FourDGSConfig
+from evalkit.models.fourdgs.deformation import DeformationField
+from evalkit.models.fourdgs.model import FourDGSModel, init_gaussians
+from evalkit.models.fourdgs.plane_regulariser import PlaneRegulariser
 from evalkit.metrics.image import ssim
 
 
@@ -60,23 +62,6 @@ def _deformation_optimizer(deform: DeformationField, cfg: FourDGSConfig, extent:
         {"params": deform.mlp_parameters(), "lr": cfg.deformation_lr_init * extent, "name": "deformation"},
         {"params": deform.grid_parameters(), "lr": cfg.grid_lr_init * extent, "name": "grid"},
     ], eps=1e-15, fused=next(deform.parameters()).device.type == "cuda")
-
-
-@torch.no_grad()
-def refine(strategy: DefaultStrategy, params, opts: dict, state: dict, step: int) -> bool:
-    """The refinement of gsplat's ``step_post_backward`` (grow, then its prune, then reset the
-    statistics), on statistics from ``accumulate_stats``; below ``refine_stop_iter`` only.
-    Returns whether this was a refinement step (the reference's ``densify()`` steps)."""
-    if not (strategy.refine_start_iter < step < strategy.refine_stop_iter and step % strategy.refine_every == 0
-            and step % strategy.reset_every >= strategy.pause_refine_after_reset):
-        return False
-    strategy._grow_gs(params, opts, state, step)
-    strategy._prune_gs(params, opts, state, step)
-    state["grad2d"].zero_()
-    state["count"].zero_()
-    if strategy.refine_scale2d_stop_iter > 0:
-        state["radii"].zero_()
-    return True
 
 
 def reference_prunes_at(cfg: FourDGSConfig, step: int, num_gaussians: int) -> bool:

@@ -9,7 +9,7 @@ import torch.nn as nn
 from scipy.spatial import cKDTree
 
 from evalkit.data.scene import Camera, PointCloud
-from evalkit.methods.fourdgs.deformation import DeformationConfig, DeformationField
+from evalkit.models.fourdgs.deformation import DeformationConfig, DeformationField
 from evalkit.render import RenderOutput, rasterize
 from evalkit.render.api import ViewsOutput, check_intrinsics, rasterize_views
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from evalkit.methods.fourdgs import hexplane_triton
+from evalkit.models.fourdgs import hexplane_triton
 
 PLANE_PAIRS: list[tuple[int, int]] = list(itertools.combinations(range(4), 2))
 SPACE_PLANES = [i for i, p in enumerate(PLANE_PAIRS) if 3 not in p]  # xy, xz, yz -> 0, 1, 3

@@ -20,8 +20,8 @@ import warnings
 import torch
 from torch.autograd.function import once_differentiable
 
-from evalkit.methods.fourdgs.hexplane import SPACE_PLANES, HexPlane
-from evalkit.methods.fourdgs.kernel_device import kernel_device
+from evalkit.models.fourdgs.hexplane import SPACE_PLANES, HexPlane
+from evalkit.models.fourdgs.kernel_device import kernel_device
 
 try:  # Triton ships with CUDA builds of PyTorch on Linux; absent elsewhere
     import triton
