@@ -14,8 +14,8 @@ from PIL import Image
 from evalkit.codec.container import Bitstream
 from evalkit.data.detect import load_scene
 from evalkit.methods.fourdgs import FourDGS, codec
-from evalkit.methods.fourdgs.config import FourDGSConfig
-from evalkit.methods.fourdgs.trainer import build_model
+from evalkit.models.fourdgs.config import FourDGSConfig
+from evalkit.models.fourdgs.trainer import build_model
 from evalkit.viewer import camera_from_viser, fit_size, render_frame, serve, viser_pose
 from tests.test_runner import toy_bench  # noqa: F401  (fixture)
 

@@ -13,9 +13,9 @@ import torch
 
 from evalkit.data.scene import PointCloud
 from evalkit.methods.fourdgs import codec as fourdgs_codec
-from evalkit.methods.fourdgs.config import FourDGSConfig
-from evalkit.methods.fourdgs.deformation import DeformationField
-from evalkit.methods.fourdgs.model import FourDGSModel, init_gaussians
+from evalkit.models.fourdgs.config import FourDGSConfig
+from evalkit.models.fourdgs.deformation import DeformationField
+from evalkit.models.fourdgs.model import FourDGSModel, init_gaussians
 from evalkit.methods.fourdgs_cc import codec as cc_codec
 from evalkit.methods.fourdgs_cc.coded import finalize
 from evalkit.methods.fourdgs_cc.config import CCConfig
