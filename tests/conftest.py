@@ -63,6 +63,15 @@ def synth_scene_dir(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., P
     return get
 
 
+@pytest.fixture
+def synthetic_data_root(tmp_path: Path, synth_scene_dir) -> Path:
+    """A data root whose ``synthetic/spheres`` is the built-in scene (generated once per session)."""
+    data = tmp_path / "data" / "synthetic"
+    data.mkdir(parents=True)
+    (data / "spheres").symlink_to(synth_scene_dir("dnerf"))
+    return tmp_path / "data"
+
+
 @pytest.fixture(autouse=True)
 def _isolated_evalkit_cache(tmp_path_factory: pytest.TempPathFactory,
                             monkeypatch: pytest.MonkeyPatch) -> None:

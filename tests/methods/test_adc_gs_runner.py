@@ -37,12 +37,9 @@ def test_lower_lambda_gives_a_larger_file() -> None:
 
 
 @pytest.mark.slow
-def test_runner_records_adc_gs_jobs(tmp_path, synth_scene_dir) -> None:
-    data = tmp_path / "data" / "synthetic"
-    data.mkdir(parents=True)
-    (data / "spheres").symlink_to(synth_scene_dir("dnerf"))
+def test_runner_records_adc_gs_jobs(tmp_path, synthetic_data_root) -> None:
     out = tmp_path / "results"
-    result = run("adc-gs", "synthetic", rates=["low"], data_root=tmp_path / "data",
+    result = run("adc-gs", "synthetic", rates=["low"], data_root=synthetic_data_root,
                  opts=RunOptions(out=out, iterations=30, resolution_scale=1 / 4, device="cpu",
                                  fps_warmup=1, fps_repeats=1))
     assert [o.status for o in result.outcomes] == ["ok"], [o.error for o in result.outcomes]

@@ -19,12 +19,9 @@ from tests.methods.fourdgs_cc_common import single_thread_torch  # noqa: F401
 
 
 @pytest.mark.slow
-def test_runner_records_an_ok_job(tmp_path, synth_scene_dir) -> None:
-    data = tmp_path / "data" / "synthetic"
-    data.mkdir(parents=True)
-    (data / "spheres").symlink_to(synth_scene_dir("dnerf"))  # the built-in scene, already generated
+def test_runner_records_an_ok_job(tmp_path, synthetic_data_root) -> None:
     out = tmp_path / "results"
-    result = run("4dgs-cc", "synthetic", rates=["low"], data_root=tmp_path / "data",
+    result = run("4dgs-cc", "synthetic", rates=["low"], data_root=synthetic_data_root,
                  opts=RunOptions(out=out, iterations=40, resolution_scale=1 / 6, device="cpu",
                                  fps_warmup=1, fps_repeats=1))
     assert [o.status for o in result.outcomes] == ["ok"], [o.error for o in result.outcomes]
