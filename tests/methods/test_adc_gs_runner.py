@@ -52,3 +52,24 @@ def test_runner_records_adc_gs_jobs(tmp_path, synthetic_data_root) -> None:
     assert list(rec.stage_metrics) == ["unquantised features"]
     bits = Bitstream.read(out / rec.bitstream)
     assert bits.header["config"]["init_voxel"] == 0.4 and bits.header["geometry_coder"] in ("octree", "laz", "draco")
+
+
+def test_rate_points_share_the_lambda_independent_steps(synth_scene_dir) -> None:
+    """The second rate point resumes from the stored steps before the rate term and ends exactly
+    where training it from scratch ends (CPU is deterministic)."""
+    from evalkit.data.detect import load_scene
+    from evalkit.methods.adc_gs.config import ADCConfig
+    from evalkit.methods.adc_gs.training import train
+
+    scene = load_scene(synth_scene_dir("dnerf"), resolution_scale=0.25)
+    base = dict(iterations=14, deform_from=3, quant_from=4, rate_from=6, refine_from=2, refine_until=10,
+                refine_interval=2, init_voxel=0.6, time_rows=4)
+    cache: dict = {}
+    cpu = torch.device("cpu")
+    _, first = train(scene, ADCConfig(**base, lambda_e=1e-2), cpu, cache=cache)
+    shared, second = train(scene, ADCConfig(**base, lambda_e=1e-4), cpu, cache=cache)
+    alone, third = train(scene, ADCConfig(**base, lambda_e=1e-4), cpu, cache={})
+    assert not first["reused_shared_steps"] and second["reused_shared_steps"] and not third["reused_shared_steps"]
+    assert len(cache) == 1
+    a, b = shared.state_dict(), alone.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

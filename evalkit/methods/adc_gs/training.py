@@ -212,7 +212,8 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
     bg3 = torch.as_tensor(np.asarray(scene.background), dtype=torch.float32, device=device)
     bg4 = torch.cat([bg3, bg3.new_zeros(1)])
     extent = scene.camera_extent()
-    if cache is not None and key in cache:
+    # (a sweep's shared store claims a missing key: ask only when there is a stage to share)
+    if rd and share_until > 1 and cache is not None and key in cache:
         model, opt, stats, start, frozen, perm = _restore(cache[key], device, cfg)
         reused = True
         log(f"reusing the lambda-independent steps 1-{start} of this scene (shared between rate points)")
