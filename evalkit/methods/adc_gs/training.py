@@ -176,7 +176,7 @@ def _restore(snap: dict, device: torch.device, cfg: ADCConfig):
     model.deform.cfg = cfg
     if model.mem is not None:
         model.mem.cfg = cfg
-    opt = torch.optim.Adam(_groups(model), eps=1e-15)
+    opt = torch.optim.Adam(_groups(model), eps=1e-15, fused=device.type == "cuda")
     opt.load_state_dict(copy.deepcopy(snap["opt"]))
     stats = copy.deepcopy(snap["stats"])
     cpu, cuda, py, npy = snap["rng"]
@@ -222,7 +222,7 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
         random.seed(seed)
         np.random.seed(seed)
         model = init_model(scene, cfg, device)
-        opt = torch.optim.Adam(_groups(model), eps=1e-15)
+        opt = torch.optim.Adam(_groups(model), eps=1e-15, fused=device.type == "cuda")
         stats = RefineStats(model.num_anchors, cfg.k, device)
         start, frozen, perm = 0, False, []
     log(f"adc-gs: {model.num_anchors} initial anchors x {cfg.k} primitives, {model.deform.table.weight.shape[0]} "
