@@ -148,3 +148,16 @@ def test_growth_adds_one_anchor_per_free_voxel() -> None:
     assert refine(model, opt, stats, model.cfg) == (0, 0) and model.num_anchors == 3
     model.cfg.grow_voxel = 0.0  # off: every candidate grows (the code's rule)
     assert refine(model, opt, stats, model.cfg)[0] == 3 * model.cfg.k and model.num_anchors == 3 + 3 * model.cfg.k
+
+
+def test_schedule_checks_and_the_decaying_prune_threshold() -> None:
+    import pytest
+
+    from evalkit.methods.adc_gs.config import ADCConfig
+
+    with pytest.raises(ValueError, match="quant_from"):
+        ADCConfig(quant_from=9000, rate_from=8000)
+    ADCConfig(quant_from=9000, rate_from=8000, rate_distortion=False)  # no rate term: no order to keep
+    banana = ADCConfig(prune_opacity=0.005, prune_opacity_final=0.0005, refine_until=50000)
+    assert [round(banana.prune_threshold(s), 6) for s in (0, 25000, 50000, 60000)] == [0.005, 0.00275, 0.0005, 0.0005]
+    assert ADCConfig(prune_opacity=0.003).prune_threshold(40000) == 0.003

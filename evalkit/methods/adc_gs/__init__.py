@@ -21,9 +21,13 @@ evalkit follows the paper; where it is silent, the authors' code; else a choice.
   symbols, the same in training and coding [choice]; R in bits per coded value [choice]; the rate
   has gradients [paper; the code detaches it].
 * Training (``training``): Eq. 10 with (1 - SSIM) [paper]; schedule, learning rates, thresholds [code];
-  refinement with Eq. 11's temporal significance, Psi from the render's blending weights [paper;
-  the code's branch is off and broken]; snapping to 0.001 and freezing X_v [code]; the
-  lambda-independent steps shared by the rate points [choice].
+  refinement with Eq. 11's temporal significance [paper; the code's branch is off and broken], Psi
+  read from a fourth colour channel of the training render rather than a second render [choice,
+  the same numbers]; growth adds one anchor per free ``grow_voxel`` (0.01) voxel [choice, Scaffold-GS:
+  the code adds every candidate, which multiplied the synthetic scene's anchors tenfold]; pruning
+  on the K primitives' opacity summed per frame and averaged over the frames an anchor was seen in
+  (> 0.8 x interval) [choice, Scaffold-GS's accumulation]; snapping to 0.001 and freezing X_v
+  [code]; the lambda-independent steps shared by the rate points [choice].
 * Geometry (``geometry``): lossless integer coding, the smallest of octree / LAZ / Draco [choice;
   paper G-PCC is not installable].
 * File (``codec``): MEM streams + float32 networks (not h_a) [paper].
@@ -170,4 +174,4 @@ class ADCGS(Method):
 
     def decode(self, bits: Bitstream, device: torch.device, source: str | Path = "<bitstream>") -> ADCGSDecoded:
         coded = codec.decode(bits, source)
-        return ADCGSDecoded(coded.build_model(device), coded)
+        return ADCGSDecoded(codec.build(coded, device, source), coded)

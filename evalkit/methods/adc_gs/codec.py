@@ -20,6 +20,7 @@ from evalkit.methods.adc_gs.coded import CodedScene, SymbolQuantiser
 from evalkit.methods.adc_gs.config import ADCConfig
 from evalkit.methods.adc_gs.geometry import decode_positions, encode_positions
 from evalkit.methods.adc_gs.mem import stream_names
+from evalkit.methods.adc_gs.model import ADCModel
 
 METHOD = "adc-gs"
 FORMAT = 1
@@ -89,10 +90,8 @@ def decode(bits: Bitstream, source: str | Path = "<bitstream>") -> CodedScene:
             xyz = st["xyz"]
         except KeyError as exc:
             raise BitstreamError(source, f"anchors_float32 lacks {exc}") from None
-        cs = CodedScene(cfg, rows, bg, np.zeros((0, 3), np.int64), theta, deform, None,
-                        float_features=feats, float_xyz=xyz)
-        _check_builds(cs, source)
-        return cs
+        return CodedScene(cfg, rows, bg, np.zeros((0, 3), np.int64), theta, deform, None,
+                          float_features=feats, float_xyz=xyz)
     grid = decode_positions(bits.component("geometry", source), f"{source} [geometry]")
     if len(grid) != n:
         raise BitstreamError(source, f"geometry holds {len(grid)} anchors, the header says {n}")
@@ -115,12 +114,12 @@ def decode(bits: Bitstream, source: str | Path = "<bitstream>") -> CodedScene:
     except (RuntimeError, ValueError, KeyError) as exc:
         raise BitstreamError(source, f"entropy model does not fit the header: {exc}") from None
     cs.symbols = q.symbols
-    _check_builds(cs, source)
     return cs
 
 
-def _check_builds(cs: CodedScene, source) -> None:
+def build(cs: CodedScene, device: torch.device, source) -> "ADCModel":
+    """The decoded model; networks that do not fit the header's configuration are a BitstreamError."""
     try:
-        cs.build_model(torch.device("cpu"))
-    except (RuntimeError, ValueError, KeyError) as exc:
+        return cs.build_model(device)
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
         raise BitstreamError(source, f"networks do not fit the header's configuration: {exc}") from None

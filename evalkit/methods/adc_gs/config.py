@@ -51,6 +51,7 @@ class ADCConfig:
     refine_interval: int = 100
     grow_threshold: float = 0.002     # tau_g on the NDC-scaled 2D gradient (code's units)
     prune_opacity: float = 0.003      # tau_o
+    prune_opacity_final: float = -1.0  # >= 0: tau_o moves linearly to this by refine_until (code, banana); < 0: constant
     grow_voxel: float = 0.01          # a new anchor only in a voxel of this size that holds none (choice, Scaffold-GS); 0 = off (code)
     snap_grid: float = 0.001          # code
     # -- learning rates (code; log-linear over `iterations`) --
@@ -79,6 +80,8 @@ class ADCConfig:
         for name in ("k", "fv_dim", "fg_dim", "iterations", "batch_size", "refine_interval", "time_dim"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{SPEC}: {name} must be >= 1")
+        if self.rate_distortion and self.quant_from > self.rate_from:
+            raise ValueError(f"{SPEC}: quant_from ({self.quant_from}) must not come after rate_from ({self.rate_from})")
         if self.snap_grid <= 0 or self.lambda_e < 0:
             raise ValueError(f"{SPEC}: snap_grid must be > 0 and lambda_e >= 0")
 
@@ -92,6 +95,12 @@ class ADCConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def prune_threshold(self, step: int) -> float:
+        if self.prune_opacity_final < 0:
+            return self.prune_opacity
+        f = min(max(step / max(self.refine_until, 1), 0.0), 1.0)
+        return self.prune_opacity + (self.prune_opacity_final - self.prune_opacity) * f
 
     def rows_for(self, num_time_steps: int) -> int:
         if self.time_rows > 0:

@@ -109,12 +109,13 @@ def _edit_anchor_params(model: ADCModel, opt: torch.optim.Optimizer, keep: torch
 
 
 @torch.no_grad()
-def refine(model: ADCModel, opt: torch.optim.Optimizer, stats: RefineStats, cfg: ADCConfig) -> tuple[int, int]:
+def refine(model: ADCModel, opt: torch.optim.Optimizer, stats: RefineStats, cfg: ADCConfig,
+           step: int = 0) -> tuple[int, int]:
     """Grow and prune (Eq. 11); returns (grown, pruned)."""
     k = cfg.k
     sig = stats.significance(cfg.temporal_significance)
     grow = sig >= cfg.grow_threshold
-    prune = stats.prune_mask(cfg.prune_opacity, 0.8 * cfg.refine_interval)
+    prune = stats.prune_mask(cfg.prune_threshold(step), 0.8 * cfg.refine_interval)
     new = None
     if grow.any():
         prim = model.canonical()
@@ -163,9 +164,11 @@ def snap_positions(model: ADCModel, opt: torch.optim.Optimizer, cfg: ADCConfig) 
 
 
 # -- the loop ---------------------------------------------------------------------------
-def _snapshot(model: ADCModel, opt, stats: RefineStats, step: int, frozen: bool, perm: list[int]) -> dict:
+def _snapshot(model: ADCModel, opt, stats: RefineStats, step: int, frozen: bool, perm: list[int],
+              history: dict, seconds: float) -> dict:
     return {"model": copy.deepcopy(model).cpu(), "opt": copy.deepcopy(opt.state_dict()),
             "stats": copy.deepcopy(stats), "step": step, "frozen": frozen, "perm": list(perm),
+            "history": dict(history), "seconds": seconds,
             "rng": (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                     random.getstate(), np.random.get_state())}
 
@@ -185,7 +188,8 @@ def _restore(snap: dict, device: torch.device, cfg: ADCConfig):
         torch.cuda.set_rng_state_all(cuda)
     random.setstate(py)
     np.random.set_state(npy)
-    return model, opt, stats, snap["step"], snap["frozen"], list(snap["perm"])
+    return (model, opt, stats, snap["step"], snap["frozen"], list(snap["perm"]), dict(snap["history"]),
+            float(snap["seconds"]))
 
 
 def shared_key(cfg: ADCConfig, seed: int) -> str:
@@ -214,7 +218,7 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
     extent = scene.camera_extent()
     # (a sweep's shared store claims a missing key: ask only when there is a stage to share)
     if rd and share_until > 1 and cache is not None and key in cache:
-        model, opt, stats, start, frozen, perm = _restore(cache[key], device, cfg)
+        model, opt, stats, start, frozen, perm, history, shared_s = _restore(cache[key], device, cfg)
         reused = True
         log(f"reusing the lambda-independent steps 1-{start} of this scene (shared between rate points)")
     else:
@@ -225,14 +229,14 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
         opt = torch.optim.Adam(_groups(model), eps=1e-15, fused=device.type == "cuda")
         stats = RefineStats(model.num_anchors, cfg.k, device)
         start, frozen, perm = 0, False, []
+        history, shared_s = {"grown": 0, "pruned": 0, "merged": 0}, 0.0
     log(f"adc-gs: {model.num_anchors} initial anchors x {cfg.k} primitives, {model.deform.table.weight.shape[0]} "
         f"time rows, lambda_e={cfg.lambda_e}")
-    history = {"grown": 0, "pruned": 0, "merged": 0}
     t0 = time.perf_counter()
     rate_log: list[float] = []
     for step in range(start + 1, cfg.iterations + 1):
         if rd and cache is not None and step == share_until and not reused and share_until > 1:
-            cache[key] = _snapshot(model, opt, stats, step - 1, frozen, perm)
+            cache[key] = _snapshot(model, opt, stats, step - 1, frozen, perm, history, time.perf_counter() - t0)
         set_learning_rates(opt, cfg, step, extent, frozen)
         if len(perm) < cfg.batch_size:
             perm += random.sample(range(len(frames)), len(frames))
@@ -240,7 +244,7 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
         deform_on = cfg.deformation != "none" and step > cfg.deform_from
         quant_on = rd and step > cfg.quant_from
         rate_on = rd and step > cfg.rate_from and cfg.lambda_e > 0
-        in_window = cfg.refinement and cfg.refine_from - cfg.refine_interval < step <= cfg.refine_until
+        in_window = cfg.refinement and cfg.refine_from < step <= cfg.refine_until
         feats, bits = model.features(), None
         if quant_on:
             feats, bits = quantise(model.mem, feats, "noise")
@@ -271,11 +275,12 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
         loss.backward()
         for out, colors, opac, cam in renders:
             psi = colors.grad[:, 3] / PSI_EPS
-            stats.add(out.info["means2d"].grad.reshape(-1, 2), out.info["radii"].reshape(-1, 2), psi,
+            # the loss averages the batch's views: x len(views) gives each frame's own 2D gradient
+            stats.add(out.info["means2d"].grad.reshape(-1, 2) * len(views), out.info["radii"].reshape(-1, 2), psi,
                       opac.detach(), cam.width, cam.height)
         opt.step()
         if cfg.refinement and cfg.refine_from < step <= cfg.refine_until and step % cfg.refine_interval == 0:
-            grown, pruned = refine(model, opt, stats, cfg)
+            grown, pruned = refine(model, opt, stats, cfg, step)
             history["grown"] += grown
             history["pruned"] += pruned
             stats.reset(model.num_anchors)
@@ -292,7 +297,8 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
     if rd and not frozen:
         history["merged"] += snap_positions(model, opt, cfg)
     model.eval()
-    train_stats = {"seconds": time.perf_counter() - t0, "anchors": model.num_anchors,
+    # the shared steps count in full (their time measured when they ran) for every rate point
+    train_stats = {"seconds": time.perf_counter() - t0 + shared_s, "shared_steps_s": shared_s if reused else None, "anchors": model.num_anchors,
                    "primitives": model.num_anchors * cfg.k, "refinement": history, "reused_shared_steps": reused,
                    "rate_bits_per_value": rate_log[-1] if rate_log else None}
     return model, train_stats
