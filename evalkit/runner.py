@@ -32,6 +32,7 @@ from evalkit.metrics.contention import ContentionWatch
 from evalkit.results import (Record, bitstream_path, collect_env, json_plain, read_record, record_path,
                              write_record)
 from evalkit.specs import DatasetSpec, MethodSpec, SpecError, load_dataset_spec, load_method_spec
+from evalkit.metrics.fps import synced_clock
 
 
 class RunError(Exception):
@@ -274,10 +275,10 @@ class _Clock:
     @contextmanager
     def phase(self, label: str, timing: str, sample: str | None = None, *, during: str | None = None) -> Iterator[None]:
         self.reporter.phase(label)
-        t0 = _sync_time(self.device)
+        t0 = synced_clock(self.device)
         with self.watch.during(during) if during else nullcontext():
             yield
-        self.timings[timing] = _sync_time(self.device) - t0
+        self.timings[timing] = synced_clock(self.device) - t0
         if sample:
             self.watch.sample(sample)
 
@@ -436,11 +437,6 @@ def _write(record: Record, path: Path) -> tuple[str, Record, str | None]:
         write_record(record, path)
     return record.status, record, record.error
 
-
-def _sync_time(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
 
 
 def _free(device: torch.device) -> None:

@@ -8,7 +8,6 @@ Prints ms per frame for each part and FPS of the whole; run it alone on the GPU.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
@@ -17,12 +16,8 @@ from evalkit.codec.container import Bitstream
 from evalkit.data.detect import load_scene
 from evalkit.methods.adc_gs import ADCGS
 from evalkit.render.api import camera_tensors, rasterize
+from evalkit.metrics.fps import synced_clock
 
-
-def _sync(dev: torch.device) -> float:
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    return time.perf_counter()
 
 
 def main() -> None:
@@ -32,9 +27,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=50)
     args = ap.parse_args()
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    t0 = time.perf_counter()
+    t0 = synced_clock(dev)
     decoded = ADCGS().decode(Bitstream.read(args.bitstream), dev, str(args.bitstream))
-    decode_s = time.perf_counter() - t0
+    decode_s = synced_clock(dev) - t0
     scene = load_scene(args.scene)
     views = [(f.camera, f.time, *camera_tensors(f.camera, dev)) for f in scene.test]
     bg = torch.as_tensor(decoded.coded.background, dtype=torch.float32, device=dev)
@@ -45,11 +40,11 @@ def main() -> None:
     n = 0
     for _ in range(args.repeats):
         for cam, t, vm, K in views:
-            a = _sync(dev)
+            a = synced_clock(dev)
             prims = decoded.primitives(t)
-            b = _sync(dev)
+            b = synced_clock(dev)
             rasterize(*prims, vm, K, cam.width, cam.height, background=bg, near=near)
-            c = _sync(dev)
+            c = synced_clock(dev)
             deform += b - a
             raster += c - b
             n += 1

@@ -18,7 +18,6 @@ import argparse
 import math
 import random
 import statistics
-import time
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -39,12 +38,8 @@ from evalkit.train.images import ImageBank
 from evalkit.models.fourdgs.trainer import _deformation_optimizer, _optimizers, build_model, train
 from evalkit.render import rasterize
 from evalkit.specs import load_dataset_spec, load_method_spec
+from evalkit.metrics.fps import synced_clock
 
-
-def _sync(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
 
 
 def train_breakdown(scene, cfg: FourDGSConfig, device: torch.device, steps: int, warmup: int = 20,
@@ -61,9 +56,9 @@ def train_breakdown(scene, cfg: FourDGSConfig, device: torch.device, steps: int,
     frames = scene.train
     load_s = None
     if bank is None:
-        t0 = _sync(device)
+        t0 = synced_clock(device)
         bank = ImageBank(frames, device)
-        load_s = _sync(device) - t0
+        load_s = synced_clock(device) - t0
     extent = scene.camera_extent()
     opts = _optimizers(model, cfg, extent)
     dopt = _deformation_optimizer(model.deformation, cfg, extent)
@@ -78,31 +73,31 @@ def train_breakdown(scene, cfg: FourDGSConfig, device: torch.device, steps: int,
             acc.clear()
         i = random.randrange(len(frames))
         f = frames[i]
-        t0 = _sync(device)
+        t0 = synced_clock(device)
         gt = bank.get(i)
-        t = _sync(device)
+        t = synced_clock(device)
         acc["data"].append(t - t0)
         acts = model.activated(f.time)
-        t1 = _sync(device)
+        t1 = synced_clock(device)
         acc["deformation fwd"].append(t1 - t)
         out = rasterize(*acts, *model._camera_tensors(f.camera), f.camera.width, f.camera.height,
                         sh_degree=cfg.sh_degree, background=model.background)
         strategy.step_pre_backward(model.gaussians, opts, state, step, out.info)
-        t2 = _sync(device)
+        t2 = synced_clock(device)
         acc["rasterise fwd"].append(t2 - t1)
         loss = (out.image - gt).abs().mean() + regulariser()
-        t3 = _sync(device)
+        t3 = synced_clock(device)
         acc["loss + regularisers"].append(t3 - t2)
         loss.backward()
-        t4 = _sync(device)
+        t4 = synced_clock(device)
         acc["backward"].append(t4 - t3)
         with torch.no_grad():
             strategy.step_post_backward(model.gaussians, opts, state, step, out.info, packed=False)
-        t5 = _sync(device)
+        t5 = synced_clock(device)
         acc["densification"].append(t5 - t4)
         optimizers.step()
         optimizers.zero_grad()
-        acc["optimiser"].append(_sync(device) - t5)
+        acc["optimiser"].append(synced_clock(device) - t5)
     phases = {k: (1000.0 * statistics.fmean(v), 1000.0 * statistics.median(v)) for k, v in acc.items()}
     extras = {"gaussians at end": float(model.num_primitives())}
     if load_s is not None:
@@ -157,14 +152,14 @@ def render_breakdown(bits_path: Path, scene, device: torch.device, repeats: int 
     deform_s = raster_s = full_s = 0.0
     for _ in range(repeats):
         for f, (vm, K) in zip(frames, cams):
-            t0 = _sync(device)
+            t0 = synced_clock(device)
             acts = model.activated(f.time)  # eager, also when render() replays the CUDA graph
-            t1 = _sync(device)
+            t1 = synced_clock(device)
             rasterize(*acts, vm, K, f.camera.width, f.camera.height, sh_degree=model.sh_degree,
                       background=model.background)
-            t2 = _sync(device)
+            t2 = synced_clock(device)
             model.render(f.camera, f.time)
-            t3 = _sync(device)
+            t3 = synced_clock(device)
             deform_s += t1 - t0
             raster_s += t2 - t1
             full_s += t3 - t2
@@ -207,9 +202,9 @@ def main(argv: list[str] | None = None) -> None:
         ap.error("--steps must be >= 1, --warmup and --coarse >= 0")
     device = torch.device(args.device)
     scene, cfg = load_bench_scene(args.scene, args.dataset, device, args.resolution_scale)
-    t0 = _sync(device)
+    t0 = synced_clock(device)
     bank = ImageBank(scene.train, device)
-    print(f"  data: training images to the device once, {_sync(device) - t0:.3f} s")
+    print(f"  data: training images to the device once, {synced_clock(device) - t0:.3f} s")
     model = prepared_model(scene, cfg, device, args.coarse, args.grow_to, bank)
     phases, extras = train_breakdown(scene, cfg, device, args.steps, args.warmup, model, bank)
     for k, (mean, median) in phases.items():

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import time
 from dataclasses import replace
 
 import torch
@@ -26,21 +25,17 @@ from evalkit.methods.fourdgs_cc.config import split_config
 from evalkit.methods.fourdgs_cc.model import FourDGSCCModel
 from evalkit.methods.fourdgs_cc.training import fine_stage
 from evalkit.specs import load_method_spec
+from evalkit.metrics.fps import synced_clock
 
-
-def _sync(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()
 
 
 def _time(fn, device: torch.device, reps: int, warmup: int = 3) -> float:
     for _ in range(warmup):
         fn()
-    t0 = _sync(device)
+    t0 = synced_clock(device)
     for _ in range(reps):
         fn()
-    return (_sync(device) - t0) / reps * 1e3
+    return (synced_clock(device) - t0) / reps * 1e3
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -67,16 +62,16 @@ def main(argv: list[str] | None = None) -> None:
     print(f"scene {name}: {len(scene.train)} train views, resolution {fcfg.resolution}, "
           f"codebook {cc.codebook_size}, lambda_e {cc.lambda_e}, device {device}")
 
-    t0 = _sync(device)
+    t0 = synced_clock(device)
     base, _ = train(scene, fcfg, device, stages=("coarse",))
-    print(f"coarse stage: {a.coarse} iterations in {_sync(device) - t0:.1f} s, {base.num_primitives()} Gaussians")
+    print(f"coarse stage: {a.coarse} iterations in {synced_clock(device) - t0:.1f} s, {base.num_primitives()} Gaussians")
 
     model = FourDGSCCModel(copy.deepcopy(base), cc)
     model.vq.pending = "init"
-    t0 = _sync(device)
+    t0 = synced_clock(device)
     model.canonical_sh()
     print(f"VQ start (k-means++ + {cc.kmeans_iters} Lloyd iterations, K={cc.codebook_size}): "
-          f"{_sync(device) - t0:.2f} s")
+          f"{synced_clock(device) - t0:.2f} s")
 
     def rate_step():
         terms = model.rate_terms(cc.quantization)
@@ -107,11 +102,11 @@ def main(argv: list[str] | None = None) -> None:
     short = replace(fcfg, iterations=a.steps)
     ctx = TrainContext(device=device, budget=Budget(), config={})
     bank = ImageBank(scene.train, device)
-    t0 = _sync(device)
+    t0 = synced_clock(device)
     train(scene, short, device, model=copy.deepcopy(base), stages=("fine",), bank=bank)
-    plain = (_sync(device) - t0) / a.steps * 1e3
+    plain = (synced_clock(device) - t0) / a.steps * 1e3
     cc_short = replace(cc, vq_start=1)
-    t0 = _sync(device)
+    t0 = synced_clock(device)
     if a.profile:
         from torch.profiler import ProfilerActivity, profile
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -119,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
             fine_stage(scene, short, cc_short, copy.deepcopy(base), ctx, bank=bank)
     else:
         fine_stage(scene, short, cc_short, copy.deepcopy(base), ctx, bank=bank)
-    withcc = (_sync(device) - t0) / a.steps * 1e3
+    withcc = (synced_clock(device) - t0) / a.steps * 1e3
     print(f"fine-stage step ({a.steps} steps, densification on): 4DGS {plain:.2f} ms, 4DGS-CC {withcc:.2f} ms "
           f"(includes the k-means start once)")
     if a.profile:

@@ -75,6 +75,12 @@ def bits_from_likelihood(likelihood: Tensor) -> Tensor:
     return -torch.log2(lower_bound(likelihood, LIKELIHOOD_BOUND)).sum()
 
 
+def cpu64(module: nn.Module, dtype: torch.dtype = torch.float64) -> nn.Module:
+    """A CPU copy of ``module`` in ``dtype`` (float64), in eval mode: what coding parameters are
+    computed with, on the encoder's and the decoder's side alike (the original is untouched)."""
+    return copy.deepcopy(module).to(device="cpu", dtype=dtype).eval()
+
+
 def compute_params_on_cpu(fn: Callable[..., Any] | nn.Module, *inputs: Tensor,
                           dtype: torch.dtype = torch.float64) -> Any:
     """Evaluate ``fn(*inputs)`` on CPU in ``dtype`` without autograd.
@@ -84,7 +90,7 @@ def compute_params_on_cpu(fn: Callable[..., Any] | nn.Module, *inputs: Tensor,
     (the original is untouched); floating inputs are cast to ``dtype``.
     """
     if isinstance(fn, nn.Module):
-        fn = copy.deepcopy(fn).to(device="cpu", dtype=dtype).eval()
+        fn = cpu64(fn, dtype)
     args = [x.detach().to("cpu", dtype) if isinstance(x, Tensor) and x.is_floating_point()
             else (x.detach().cpu() if isinstance(x, Tensor) else x) for x in inputs]
     with torch.no_grad():

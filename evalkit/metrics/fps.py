@@ -36,6 +36,13 @@ class FPSResult:
         return min(self.ms_per_frame_by_repeat), max(self.ms_per_frame_by_repeat)
 
 
+def synced_clock(device: torch.device) -> float:
+    """``time.perf_counter()`` once ``device``'s queued work has finished (a wall-clock timer for GPU work)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 def cpu_name() -> str:
     """CPU model from /proc/cpuinfo (Linux), else platform's processor string."""
     cpuinfo = Path("/proc/cpuinfo")

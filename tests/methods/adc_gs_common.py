@@ -7,6 +7,7 @@ import torch
 from evalkit.data.scene import Camera
 from evalkit.methods.adc_gs.config import ADCConfig
 from evalkit.methods.adc_gs.model import ADCModel
+from evalkit.render.synthetic import look_at_w2c
 
 
 def small_config(**kw) -> ADCConfig:
@@ -35,16 +36,6 @@ def random_model(n: int = 64, seed: int = 0, cfg: ADCConfig | None = None, sprea
 
 
 def look_at_camera(eye, target=(0.0, 0.0, 0.0), size: int = 32, focal: float = 40.0) -> Camera:
-    eye, target = np.asarray(eye, float), np.asarray(target, float)
-    z = target - eye
-    z /= np.linalg.norm(z)
-    x = np.cross(z, [0.0, 0.0, 1.0])
-    if np.linalg.norm(x) < 1e-6:
-        x = np.cross(z, [0.0, 1.0, 0.0])
-    x /= np.linalg.norm(x)
-    y = np.cross(z, x)
-    R = np.stack([x, y, z])
-    w2c = np.eye(4)
-    w2c[:3, :3], w2c[:3, 3] = R, -R @ eye
     K = np.array([[focal, 0, size / 2], [0, focal, size / 2], [0, 0, 1.0]])
-    return Camera(K=K, w2c=w2c, width=size, height=size)
+    return Camera(K=K, w2c=look_at_w2c(np.asarray(eye, float), np.asarray(target, float), up=np.array([0.0, 0.0, 1.0])),
+                  width=size, height=size)

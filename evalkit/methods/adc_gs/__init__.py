@@ -92,7 +92,6 @@ class ADCGSTrained(TrainedModel):
         self.iterations = model.cfg.iterations
         self._coded: CodedScene | None = None
         self._renderer: FrameRenderer | None = None
-        self.coding_info: dict = {}
 
     def finalize(self) -> CodedScene:
         if self._coded is None:
@@ -100,8 +99,7 @@ class ADCGSTrained(TrainedModel):
         return self._coded
 
     def encode(self) -> Bitstream:
-        bits, self.coding_info = codec.encode(self.finalize())
-        return bits
+        return codec.encode(self.finalize())
 
     def render(self, camera: Camera, t: float) -> torch.Tensor:
         if self._renderer is None:

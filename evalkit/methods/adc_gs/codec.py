@@ -14,49 +14,32 @@ import numpy as np
 import torch
 
 from evalkit.codec.container import Bitstream, BitstreamError
-from evalkit.codec.entropy import GaussianConditional
 from evalkit.codec.serialize import state_dict_from_bytes, state_dict_to_bytes
 from evalkit.methods.adc_gs.coded import CodedScene, SymbolQuantiser
 from evalkit.methods.adc_gs.config import ADCConfig
 from evalkit.methods.adc_gs.geometry import decode_positions, encode_positions
-from evalkit.methods.adc_gs.mem import stream_names
+from evalkit.methods.adc_gs.mem import GAUSSIAN, stream_names
 from evalkit.methods.adc_gs.model import ADCModel
 
 METHOD = "adc-gs"
 FORMAT = 1
-_GC = GaussianConditional()
-
-
-def _prior(cs: CodedScene):
-    from evalkit.codec.entropy import FactorizedPrior
-
-    prior = FactorizedPrior(cs.cfg.hyper_dim)
-    prior.load_state_dict({k[len("prior."):]: v for k, v in cs.mem_state.items() if k.startswith("prior.")})
-    return prior
-
-
-def encode(cs: CodedScene) -> tuple[Bitstream, dict]:
-    """(bitstream, side information: the geometry coder and every candidate's size)."""
+def encode(cs: CodedScene) -> Bitstream:
     header = {"method": METHOD, "format": FORMAT, "config": cs.cfg.to_dict(), "time_rows": cs.time_rows,
               "background": [float(b) for b in cs.background], "anchors": cs.num_anchors}
     comps: dict[str, bytes] = {}
-    info: dict = {}
     if cs.symbols is not None:
-        geo, coder, sizes = encode_positions(cs.grid_positions)
-        comps["geometry"] = geo
-        header["geometry_coder"] = coder
-        info["geometry"] = {"coder": coder, "candidates_bytes": sizes}
-        comps["hyper"] = _prior(cs).compress(cs.symbols["hyper"].numpy())
+        comps["geometry"], header["geometry_coder"], _ = encode_positions(cs.grid_positions)
+        comps["hyper"] = cs.mem64().prior.compress(cs.symbols["hyper"].numpy())
         for name in stream_names(cs.cfg)[1:]:
             mean, scale = cs.extra["stream_params"][name]
-            comps[name] = _GC.compress(cs.symbols[name].numpy(), mean, scale)
+            comps[name] = GAUSSIAN.compress(cs.symbols[name].numpy(), mean, scale)
     else:
         comps["anchors_float32"] = state_dict_to_bytes({"xyz": cs.float_xyz, **cs.float_features})
     comps["net_theta"] = state_dict_to_bytes({k: v.float() for k, v in cs.theta_state.items()})
     comps["net_deform"] = state_dict_to_bytes({k: v.float() for k, v in cs.deform_state.items()})
     if cs.mem_state is not None:
         comps["net_entropy"] = state_dict_to_bytes({k: v.float() for k, v in cs.mem_state.items()})
-    return Bitstream(header=header, components=comps), info
+    return Bitstream(header=header, components=comps)
 
 
 def _header(bits: Bitstream, source) -> tuple[ADCConfig, int, list[float], int]:
@@ -98,22 +81,27 @@ def decode(bits: Bitstream, source: str | Path = "<bitstream>") -> CodedScene:
     mem_state = _state(bits, "net_entropy", source)
     cs = CodedScene(cfg, rows, bg, grid, theta, deform, mem_state)
 
+    try:
+        mem = cs.mem64()
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise BitstreamError(source, f"entropy model does not fit the header: {exc}") from None
+
     def decode_stream(name: str, mean, scale):
         where = f"{source} [{name}]"
         if name == "hyper":
-            return _prior(cs).decompress(bits.component("hyper", source), n, where)
-        return _GC.decompress(bits.component(name, source), mean.numpy(), scale.numpy(), where)
+            return mem.prior.decompress(bits.component("hyper", source), n, where)
+        return GAUSSIAN.decompress(bits.component(name, source), mean.numpy(), scale.numpy(), where)
 
     try:
-        mem = cs.mem64()
         with torch.no_grad():
             q = SymbolQuantiser(decode=decode_stream)
-            mem.walk(None, n, q)
+            feats = mem.walk(None, n, q)
     except BitstreamError:
         raise
     except (RuntimeError, ValueError, KeyError) as exc:
         raise BitstreamError(source, f"entropy model does not fit the header: {exc}") from None
     cs.symbols = q.symbols
+    cs.dequantised = {k: v.float() for k, v in feats.items()}
     return cs
 
 

@@ -8,21 +8,17 @@ the encoder's. Steps, means and scales are computed in float64 on the CPU from d
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from evalkit.codec.entropy import cpu64
 from evalkit.methods.adc_gs.config import ADCConfig
 from evalkit.methods.adc_gs.geometry import morton_order
 from evalkit.methods.adc_gs.mem import MEM
 from evalkit.methods.adc_gs.model import ADCModel, FEATURES
-
-
-def cpu64(module: torch.nn.Module) -> torch.nn.Module:
-    return copy.deepcopy(module).to(device="cpu", dtype=torch.float64).eval()
 
 
 class EncodeQuantiser:
@@ -76,6 +72,7 @@ class CodedScene:
     float_features: dict[str, Tensor] | None = None    # float32 anchors (rate-distortion off)
     float_xyz: Tensor | None = None
     extra: dict = field(default_factory=dict)
+    dequantised: dict[str, Tensor] | None = None  # features from the walk that made or read the symbols
 
     @property
     def num_anchors(self) -> int:
@@ -97,10 +94,11 @@ class CodedScene:
         """Dequantised anchor features, float32 (exactly what the decoder computes)."""
         if self.float_features is not None:
             return self.float_features
-        mem = self.mem64()
-        with torch.no_grad():
-            feats = mem.walk(None, self.num_anchors, SymbolQuantiser(self.symbols))
-        return {k: v.float() for k, v in feats.items()}
+        if self.dequantised is None:
+            with torch.no_grad():
+                feats = self.mem64().walk(None, self.num_anchors, SymbolQuantiser(self.symbols))
+            self.dequantised = {k: v.float() for k, v in feats.items()}
+        return self.dequantised
 
     def build_model(self, device: torch.device) -> ADCModel:
         xyz = self.xyz()
@@ -134,7 +132,8 @@ def finalize(model: ADCModel, time_rows: int, background: list[float]) -> CodedS
     feats = {k: v.detach().cpu().double()[idx] for k, v in model.features().items()}
     enc = EncodeQuantiser()
     with torch.no_grad():
-        cpu64(mem).walk(feats, len(order), enc)
+        deq = cpu64(mem).walk(feats, len(order), enc)
     return CodedScene(cfg, time_rows, background, grid[order], theta, deform,
                       {k: v.detach().cpu().clone() for k, v in mem.decoder_state().items()},
-                      symbols=enc.symbols, extra={"stream_params": enc.params})
+                      symbols=enc.symbols, extra={"stream_params": enc.params},
+                      dequantised={k: v.float() for k, v in deq.items()})

@@ -5,7 +5,7 @@ D-NeRF configuration). Each field says where its value comes from: paper, code o
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 SPEC = "methods/adc-gs.toml"

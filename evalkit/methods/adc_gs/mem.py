@@ -31,6 +31,9 @@ from evalkit.methods.adc_gs.config import ADCConfig
 from evalkit.methods.adc_gs.nets import ResidualMLP
 
 
+GAUSSIAN = GaussianConditional()  # the f_v / Sigma_v / C_v / f_g streams: training bits and coding alike
+
+
 class Quantiser(Protocol):
     def hyper(self, mem: "MEM", fv: Tensor | None, n: int) -> Tensor: ...
 
@@ -61,7 +64,6 @@ class MEM(nn.Module):
         for lin in (self.step_fv, self.step_sigma, self.step_color, *self.step_fg):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
-        self.gc = GaussianConditional()
 
     def decoder_state(self) -> dict[str, Tensor]:
         """What the decoder needs (everything but h_a)."""
@@ -123,15 +125,8 @@ class TrainingQuantiser:
 
     def gauss(self, name: str, x: Tensor, mean: Tensor, scale: Tensor, step: Tensor) -> Tensor:
         s = self._q(x / step)
-        self.bits[name] = mem_bits(s, mean, scale)
+        self.bits[name] = GAUSSIAN.bits(s, mean, scale).sum()
         return s * step
-
-
-_GC = GaussianConditional()
-
-
-def mem_bits(symbols: Tensor, mean: Tensor, scale: Tensor) -> Tensor:
-    return _GC.bits(symbols, mean, scale).sum()
 
 
 def quantise(mem: MEM, feats: dict[str, Tensor], mode: str = "noise") -> tuple[dict[str, Tensor], dict[str, Tensor]]:

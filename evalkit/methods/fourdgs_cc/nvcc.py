@@ -53,13 +53,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from evalkit.codec.container import BitstreamError
-from evalkit.codec.entropy import (FactorizedPrior, GaussianConditional, compress_uniform, compute_params_on_cpu,
+from evalkit.codec.entropy import (FactorizedPrior, GaussianConditional, compress_uniform, compute_params_on_cpu, cpu64,
                                    decompress_uniform)
 from evalkit.codec.quantize import relaxed_round, round_ste
 from evalkit.codec.serialize import read_uvarint, unzigzag, write_uvarint, zigzag
 from evalkit.models.fourdgs.hexplane import HexPlaneConfig, SPACE_PLANES, TIME_PLANES
 from evalkit.methods.fourdgs_cc.recurrence import recurrence
-from evalkit.methods.fourdgs_cc.vqcc import center_factorized_prior, cpu64
+from evalkit.methods.fourdgs_cc.vqcc import center_factorized_prior
 
 def plane_offset(i: int) -> float:
     return 1.0 if i in TIME_PLANES else 0.0

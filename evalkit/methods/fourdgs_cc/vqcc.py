@@ -11,19 +11,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import copy
 
 import torch
 import torch.nn as nn
 
-from evalkit.codec.entropy import FactorizedPrior, GaussianConditional, compute_params_on_cpu
+from evalkit.codec.entropy import FactorizedPrior, GaussianConditional, compute_params_on_cpu, cpu64
 from evalkit.codec.quantize import relaxed_round, round_ste
 from evalkit.codec.intcode import join_streams, split_streams
-
-
-def cpu64(module: nn.Module) -> nn.Module:
-    """A float64 CPU copy for computing coding parameters (encoder and decoder alike)."""
-    return copy.deepcopy(module).to(device="cpu", dtype=torch.float64).eval()
 
 
 def center_factorized_prior(prior: FactorizedPrior, medians: torch.Tensor) -> None:
