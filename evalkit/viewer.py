@@ -106,6 +106,7 @@ def render_frame(model: Any, camera: Camera, t: float) -> np.ndarray:
 def load_model(path: Path, device: torch.device) -> tuple[Any, Path, Path | None]:
     """Decode a .evk (or the .evk beside a record .json); returns (model, bitstream, record or None)."""
     from evalkit.codec.container import Bitstream, BitstreamError
+    from evalkit.methods.base import ContractError
     from evalkit.methods.registry import UnknownMethod, get_method
 
     path = Path(path)
@@ -117,7 +118,7 @@ def load_model(path: Path, device: torch.device) -> tuple[Any, Path, Path | None
     try:
         bits = Bitstream.read(bits_path)
         model = get_method(bits.header.get("method", "?")).decode(bits, device, source=str(bits_path))
-    except (BitstreamError, UnknownMethod) as exc:
+    except (BitstreamError, UnknownMethod, ContractError) as exc:
         raise ViewerError(str(exc)) from None
     return model, bits_path, record
 

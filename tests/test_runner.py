@@ -465,7 +465,7 @@ def test_a_shared_gpu_is_flagged_in_the_record(toy_bench: ToyBench, monkeypatch)
 
 
 class FakeClock:
-    """The runner's clock (``runner._sync_time``), advanced only by the test: timings without wall time."""
+    """The runner's clock (``runner.synced_clock``), advanced only by the test: timings without wall time."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -480,7 +480,7 @@ def test_one_time_coder_setup_is_not_timed_as_encoding(toy_bench: ToyBench, monk
     from evalkit import runner
 
     clock = FakeClock()
-    monkeypatch.setattr(runner, "_sync_time", clock)
+    monkeypatch.setattr(runner, "synced_clock", clock)
     calls: list[str] = []
 
     def prepare(self) -> None:
@@ -509,7 +509,7 @@ def test_one_time_training_setup_is_not_timed_as_training(toy_bench: ToyBench, m
     from evalkit import runner
 
     clock = FakeClock()
-    monkeypatch.setattr(runner, "_sync_time", clock)
+    monkeypatch.setattr(runner, "synced_clock", clock)
     calls: list[tuple] = []
 
     def prepare(self, rate, ctx) -> None:

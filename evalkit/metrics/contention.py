@@ -81,15 +81,32 @@ def gpu_compute_processes(device: torch.device) -> int | None:
 IGNORE_HOST_ENV = "EVALKIT_IGNORE_HOST_LOAD"  # "1": host load and other evalkit runs are not contention (tests)
 
 
+def _parent(proc: str, pid: int) -> int:
+    with open(f"{proc}/{pid}/stat", "rb") as fh:
+        return int(fh.read().decode("utf-8", "replace").rsplit(")", 1)[1].split()[1])
+
+
+def _ancestors(proc: str, pid: int) -> set[int]:
+    out: set[int] = set()
+    try:
+        while pid > 1 and pid not in out:
+            pid = _parent(proc, pid)
+            out.add(pid)
+    except (OSError, ValueError, IndexError):
+        pass
+    return out
+
+
 def other_evalkit_jobs() -> int | None:
-    """Processes running ``evalkit ... run`` other than this one and its children (Linux ``/proc``;
-    None elsewhere)."""
+    """Processes running ``evalkit ... run`` other than this one, its children and its ancestors
+    (a sweep worker's own supervisor is not another job) (Linux ``/proc``; None elsewhere)."""
     if os.environ.get(IGNORE_HOST_ENV) == "1":
         return 0
     proc = "/proc"
     if not os.path.isdir(proc):
         return None
     me = os.getpid()
+    ancestors = _ancestors(proc, me)
     n = 0
     for pid in os.listdir(proc):
         if not pid.isdigit() or int(pid) == me:
@@ -97,11 +114,10 @@ def other_evalkit_jobs() -> int | None:
         try:
             with open(f"{proc}/{pid}/cmdline", "rb") as fh:
                 args = fh.read().decode("utf-8", "replace").split("\0")
-            with open(f"{proc}/{pid}/stat", "rb") as fh:
-                ppid = int(fh.read().decode("utf-8", "replace").rsplit(")", 1)[1].split()[1])
+            ppid = _parent(proc, int(pid))
         except (OSError, ValueError, IndexError):
             continue
-        if ppid == me or not args or not (os.path.basename(args[0]).startswith("python")
+        if ppid == me or int(pid) in ancestors or not args or not (os.path.basename(args[0]).startswith("python")
                                           or args[0].endswith("evalkit")):
             continue  # our children; wrappers such as `timeout` (their python child counts)
         tool = [i for i, a in enumerate(args) if a.endswith("evalkit") or a.endswith("evalkit.cli")

@@ -181,3 +181,17 @@ def test_other_evalkit_jobs_counts_a_running_evalkit_process():
     finally:
         child.kill()
         child.wait()
+
+
+def test_a_sweep_workers_own_supervisor_is_not_another_job():
+    """A job's process whose parent is ``python -m evalkit.cli run`` (the sweep's supervisor) counts no
+    other evalkit job: its ancestors are not contention."""
+    import subprocess
+    import sys
+
+    child = ("import os; os.environ.pop('EVALKIT_IGNORE_HOST_LOAD', None); "
+             "from evalkit.metrics import contention as c; print(c.other_evalkit_jobs())")
+    parent = f"import subprocess, sys; print(subprocess.run([sys.executable, '-c', {child!r}], capture_output=True, text=True).stdout.strip())"
+    out = subprocess.run([sys.executable, "-c", parent, "-m", "evalkit.cli", "run"], capture_output=True, text=True,
+                         env={k: v for k, v in __import__("os").environ.items() if k != "EVALKIT_IGNORE_HOST_LOAD"})
+    assert out.stdout.strip() == "0", out.stdout + out.stderr
