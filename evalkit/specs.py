@@ -93,6 +93,7 @@ class MethodSpec:
     datasets: dict[str, dict[str, Any]]
     rates: dict[str, dict[str, Any]]  # rate name -> params (may hold per-dataset sub-tables)
     quick: dict[str, Any] = field(default_factory=dict)
+    resources: dict[str, Any] = field(default_factory=dict)  # per-job limits for executors (evalkit.sweep.resources)
     uncompressed: bool = False
     path: Path | None = None
 
@@ -161,7 +162,7 @@ def load_method_spec(key: str, root: Path | None = None) -> MethodSpec:
         defaults.update(options)
     return MethodSpec(key=key, name=key if variant else d.get("name", key), title=title, paper=d.get("paper", ""),
                       defaults=defaults, datasets=d.get("datasets", {}), rates=rates,
-                      quick=d.get("quick", {}), uncompressed=bool(d.get("uncompressed", False)) and not variant,
+                      quick=d.get("quick", {}), resources=dict(d.get("resources", {})), uncompressed=bool(d.get("uncompressed", False)) and not variant,
                       path=path)
 
 

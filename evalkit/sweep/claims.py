@@ -124,11 +124,11 @@ def _create(path: Path, info: ClaimInfo) -> bool:
     return True
 
 
-def try_claim(path: Path, *, time_limit_s: float, sweep: str = "", worker: str = "",
-              pid: int | None = None) -> tuple[Claim | None, ClaimInfo | None]:
+def try_claim(path: Path, *, time_limit_s: float, sweep: str = "",
+              worker: str = "") -> tuple[Claim | None, ClaimInfo | None]:
     """Claim ``path``. Returns (claim, None) on success, (None, holder) when a live claim holds it.
     A stale claim is taken over (``claim.took_over`` says why)."""
-    info = ClaimInfo(host=socket.gethostname(), pid=pid or os.getpid(), started=time.time(),
+    info = ClaimInfo(host=socket.gethostname(), pid=os.getpid(), started=time.time(),
                      time_limit_s=float(time_limit_s), token=uuid.uuid4().hex, sweep=sweep, worker=worker)
     for _ in range(5):
         if _create(path, info):

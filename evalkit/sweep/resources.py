@@ -15,7 +15,6 @@ than ``time_min`` is stale: its worker is taken to be gone.
 """
 from __future__ import annotations
 
-import tomllib
 from dataclasses import asdict, dataclass, replace
 
 from evalkit.specs import load_method_spec
@@ -44,10 +43,7 @@ class Resources:
 
 def job_resources(method: str, dataset: str) -> Resources:
     """The method spec's ``[resources]`` for ``dataset`` (defaults where it says nothing)."""
-    spec = load_method_spec(method)
-    table: dict = {}
-    if spec.path is not None and spec.path.is_file():
-        table = tomllib.loads(spec.path.read_text(encoding="utf-8")).get("resources", {})
+    table = load_method_spec(method).resources
     values = {k: v for k, v in table.items() if k in KEYS}
     values.update({k: v for k, v in table.get(dataset, {}).items() if k in KEYS})
     return Resources().override(**values)

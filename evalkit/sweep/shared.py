@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 
 from evalkit.codec.container import atomic_write_bytes
 from evalkit.results import path_component
-from evalkit.sweep.claims import Claim, read_claim, stale_reason, try_claim
+from evalkit.sweep.claims import Claim, try_claim
 
 STAGE_TIME_LIMIT_S = 2 * 3600.0  # a stage claim older than this is stale (its worker is gone)
 POLL_S = 1.0
@@ -164,8 +164,3 @@ def _map_device(device: str | None) -> str:
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
-
-def stage_in_progress(path: Path) -> str | None:
-    """Who is computing the artefact at ``path`` (for ``evalkit status``), or None."""
-    info = read_claim(path.with_suffix(".pt.claim"))
-    return None if info is None or stale_reason(info) else info.describe()

@@ -74,8 +74,8 @@ def run_claimed(job, opts, reporter, scene_cache: dict, existing=None, *, sweep:
     if existing is not None and (existing.bitstream is None or (opts.out / existing.bitstream).is_file()):
         return runner.JobOutcome(job, "skipped", existing)  # nothing to claim: the record is there
     path = job_claim_path(opts.out, job)
-    time_min = getattr(opts.sweep, "time_min", None) or job_resources(job.method, job.dataset).time_min
-    claim, holder = try_claim(path, time_limit_s=60.0 * time_min, sweep=sweep, worker=worker)
+    limits = job_resources(job.method, job.dataset).override(time_min=getattr(opts.sweep, "time_min", None))
+    claim, holder = try_claim(path, time_limit_s=limits.time_limit_s, sweep=sweep, worker=worker)
     if claim is None:
         return runner.JobOutcome(job, "claimed", error=f"claimed by {holder.describe() if holder else 'another worker'}")
     try:
