@@ -97,6 +97,10 @@ def run(
     it_task = progress.add_task("", total=None, info="", visible=False)
     n_jobs: list = [None]
 
+    def planned(n):
+        n_jobs[0] = n
+        progress.update(jobs_task, total=n)
+
     def job_started(job, i, n):
         if not progress.live.is_started:
             progress.start()
@@ -149,18 +153,10 @@ def run(
         elif kind == "finished":
             progress.update(task, info=f"idle ({ev['status']}: {ev['label']})")
 
-    reporter = Reporter(job_started, job_finished, phase, iteration)
+    reporter = Reporter(job_started, job_finished, phase, iteration, planned)
     if sweep is not None:
         reporter.worker_event = worker_event
         progress.update(it_task, visible=False)
-    try:
-        if sweep is not None:
-            from evalkit.runner import plan_jobs
-
-            n_jobs[0] = sum(len(plan_jobs(m, dataset, data_root, scene, rate)[0]) for m in dict.fromkeys(method))
-            progress.update(jobs_task, total=n_jobs[0])
-    except Exception:  # the sweep itself reports a bad request
-        pass
     try:
         result = run_sweep(method, dataset, scenes=scene, rates=rate, data_root=data_root, opts=opts,
                            reporter=reporter)

@@ -101,6 +101,7 @@ class Reporter:
     job_finished: Callable[[JobOutcome], None] = lambda outcome: None
     phase: Callable[[str], None] = lambda msg: None
     iteration: Callable[[int, int, dict], None] = lambda it, total, stats: None
+    planned: Callable[[int], None] = lambda n: None  # the number of jobs, once planned
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -547,6 +548,7 @@ def run(method: str | list[str], dataset: str, *, scenes: list[str] | None = Non
     order = {scene: i for i, scene in enumerate(dict.fromkeys(job.scene for job in jobs))}
     jobs.sort(key=lambda job: order[job.scene])  # stable: methods and rates keep their order
     result = SweepResult(notes=notes)
+    reporter.planned(len(jobs))
     if opts.sweep is not None and getattr(opts.sweep, "executor", "inline") != "inline":
         from evalkit.sweep.dispatch import run_sweep
 
