@@ -389,11 +389,17 @@ class _JobRun:
         self.record.num_primitives = int(decoded.num_primitives())
 
 
+def still_valid(existing: Record | None, opts: RunOptions) -> bool:
+    """An ok record of this job (made with these settings) whose bitstream, if it has one, is still
+    there: the job is skipped."""
+    return existing is not None and (existing.bitstream is None or (opts.out / existing.bitstream).is_file())
+
+
 def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict,
             existing: Record | None = None) -> JobOutcome:
     """Run one job, or skip it when ``existing`` (its ok record, made with these settings: ``run``
     checks) still has its bitstream. Self-contained: everything it needs is in its arguments."""
-    if existing is not None and (existing.bitstream is None or (opts.out / existing.bitstream).is_file()):
+    if still_valid(existing, opts):
         return JobOutcome(job, "skipped", existing)
     rec_path = record_path(opts.out, job.dataset, job.scene, job.method, job.rate.name)
     record = _new_record(job, opts)

@@ -71,7 +71,7 @@ def run_claimed(job, opts, reporter, scene_cache: dict, existing=None, *, sweep:
     back with status "claimed" and the holder in ``error``; nothing is written for it."""
     from evalkit import runner
 
-    if existing is not None and (existing.bitstream is None or (opts.out / existing.bitstream).is_file()):
+    if runner.still_valid(existing, opts):
         return runner.JobOutcome(job, "skipped", existing)  # nothing to claim: the record is there
     path = job_claim_path(opts.out, job)
     limits = job_resources(job.method, job.dataset).override(time_min=getattr(opts.sweep, "time_min", None))
