@@ -170,7 +170,7 @@ def _draco_decode(data: bytes) -> np.ndarray:
     return np.round(pts).astype(np.int64)
 
 
-def _sorted_unique(q: np.ndarray) -> np.ndarray:
+def _morton_sorted(q: np.ndarray) -> np.ndarray:
     return q[morton_order(q)]
 
 
@@ -201,10 +201,10 @@ def encode_positions(q: np.ndarray, coders: tuple[str, ...] = CODERS) -> tuple[b
                     ok = np.array_equal(_octree_decode(data, depth, "<check>"), uniq)
                 elif name == "laz":
                     data = _laz_encode(uniq)
-                    ok = np.array_equal(_sorted_unique(_laz_decode(data)), uniq)
+                    ok = np.array_equal(_morton_sorted(_laz_decode(data)), uniq)
                 else:
                     data = _draco_encode(uniq, depth)
-                    ok = np.array_equal(_sorted_unique(_draco_decode(data)), uniq)
+                    ok = np.array_equal(_morton_sorted(_draco_decode(data)), uniq)
             except ImportError:
                 continue
             if ok:
@@ -244,9 +244,9 @@ def decode_positions(data: bytes, source: str | Path = "<geometry>") -> np.ndarr
         if name == "octree":
             uniq = _octree_decode(body, depth, source)
         elif name == "laz":
-            uniq = _sorted_unique(_laz_decode(body))
+            uniq = _morton_sorted(_laz_decode(body))
         else:
-            uniq = _sorted_unique(_draco_decode(body))
+            uniq = _morton_sorted(_draco_decode(body))
     except BitstreamError:
         raise
     except ImportError as exc:

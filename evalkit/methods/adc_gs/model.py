@@ -96,7 +96,7 @@ class ADCModel(nn.Module):
     def at_time(self, prim: Primitives, fv: Tensor, t: float, deform: bool = True) -> Primitives:
         """Eq. 5: the primitives of frame t from the canonical ones (``deform=False``: canonical)."""
         if not deform or self.cfg.deformation == "none":
-            return Primitives(prim.means, prim.quats, prim.scales, prim.opacity_logits, prim.colors)
+            return prim
         d = self.deform(self.xyz, fv, t)
         colors = prim.colors + d.dcolor[:, None, :]
         logits = prim.opacity_logits
