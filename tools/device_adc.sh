@@ -13,7 +13,7 @@ case "$1" in
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     rm -rf /tmp/code && mkdir -p /tmp/code /tmp/data /tmp/res
     cp -r evalkit methods datasets pyproject.toml /tmp/code/
-    [ -d .devdata ] && cp -rn .devdata/* /tmp/data/ || true
+    for d in .devdata*; do [ -d "$d" ] && cp -rn "$d"/* /tmp/data/; done; ls /tmp/data/*
     cd /tmp/code
     time python3 -c "import torch, gsplat; from gsplat.cuda._backend import _C; print('gsplat ok', torch.cuda.get_device_name())"
     time python3 -c "from evalkit.codec import arith; arith.ensure_backend(); print('torchac ok')"
@@ -31,16 +31,40 @@ case "$1" in
       > /tmp/res/$name.out 2>&1 < /dev/null &
     echo "launched $name"
     ;;
+  jpg)
+    # issue 29: --jobs-per-gpu throughput, 4dgs on four copies of lego (one scene fits the carry limit)
+    for i in 2 3 4; do ln -sfn /tmp/data/dnerf/lego /tmp/data/dnerf/lego_$i; done
+    cd /tmp/code
+    setsid nohup python3 -m evalkit.bench.jobs_per_gpu --method 4dgs --dataset dnerf --data-root /tmp/data \
+      --scene lego --scene lego_2 --scene lego_3 --scene lego_4 --gpu 0 --settings "${3:-1,2,4}" \
+      --iterations "$2" --out /tmp/res/jpg > /tmp/res/jpg.out 2>&1 < /dev/null &
+    echo "launched jobs-per-gpu bench"
+    ;;
+  data)
+    # later calls carry other scenes (the carry limit): add them to /tmp/data
+    cp -rn "${2:-.devdata}"/* /tmp/data/ && ls /tmp/data/*
+    ;;
+  viewer)
+    # issue 31: viewer frame time of a decoded model (alone on the GPU)
+    cd /tmp/code
+    python3 -m evalkit.bench.viewer "$2" --data-root /tmp/data --device cuda --frames 100 | tee -a /tmp/res/viewer.txt
+    ;;
+  fps)
+    cd /tmp/code
+    python3 -m evalkit.bench.adc_gs "$2" "$3" | tee -a /tmp/res/adc_fps.txt
+    ;;
   wait)
     # sleep up to $2 seconds or until no evalkit run is left
     end=$((SECONDS + $2))
-    while [ $SECONDS -lt $end ] && pgrep -f "evalkit.cli run" > /dev/null; do sleep 10; done
-    grep -h -E "PSNR .* bytes|FAILED" /tmp/res/*/dnerf/*/*/*.log || true
+    while [ $SECONDS -lt $end ] && pgrep -f "evalkit.cli run|evalkit.bench.jobs_per_gpu|evalkit.sweep" > /dev/null; do sleep 10; done
+    grep -h -E "PSNR .* bytes|FAILED" /tmp/res/*/*/*/*/*.log /tmp/res/*/*/*/*/*/*.log 2>/dev/null || true
+    for f in /tmp/res/*/*/*/*/*.log /tmp/res/*/*/*/*/*/*.log; do [ -f "$f" ] && echo "$f: $(tail -n 1 "$f" | cut -c1-150)"; done 2>/dev/null | tail -n 12
+    cat /tmp/res/jpg.out 2>/dev/null | tail -n 8 || true
     ;;
   collect)
     tail -n 3 /tmp/res/*.out || true
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv || true
-    tar czf "$OUT/res.tgz" -C /tmp res --exclude='*.evk' || true
+    tar czf "$OUT/res.tgz" --exclude='*.evk' --exclude='*.pt' -C /tmp res || true
     ls -la "$OUT"
     ;;
 esac
