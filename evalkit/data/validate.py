@@ -49,11 +49,15 @@ def finite_array(arr: np.ndarray, path: Path, field: str) -> np.ndarray:
 def fov_angle(angle: float, path: Path, field: str) -> float:
     """A field of view in radians, finite and within the plausible range."""
     a = number(angle, path, field)
-    deg = math.degrees(a)
-    if not MIN_FOV_DEG <= deg <= MAX_FOV_DEG:
-        raise DatasetError(path, f"{field} = {a:g} rad ({deg:.3g} degrees) is not a plausible field of view "
-                                 f"({MIN_FOV_DEG:g} to {MAX_FOV_DEG:g} degrees)")
+    plausible_fov(math.degrees(a), path, f"{field} = {a:g} rad")
     return a
+
+
+def plausible_fov(deg: float, path: Path, what: str) -> None:
+    """Refuse a field of view (degrees) outside ``MIN_FOV_DEG`` .. ``MAX_FOV_DEG``; ``what`` names its source."""
+    if not MIN_FOV_DEG <= deg <= MAX_FOV_DEG:
+        raise DatasetError(path, f"{what} gives a {deg:.3g}-degree field of view, not a plausible one "
+                                 f"({MIN_FOV_DEG:g} to {MAX_FOV_DEG:g} degrees)")
 
 
 def intrinsics(fx: float, fy: float, cx: float, cy: float, width: float, height: float,
@@ -68,10 +72,8 @@ def intrinsics(fx: float, fy: float, cx: float, cy: float, width: float, height:
     for name, f, size in (("fx", fx, width), ("fy", fy, height)):
         if f <= 0:
             raise DatasetError(path, f"{where}: focal length {name} = {f:g} must be positive")
-        deg = math.degrees(2 * math.atan(size / (2 * f)))
-        if not MIN_FOV_DEG <= deg <= MAX_FOV_DEG:
-            raise DatasetError(path, f"{where}: focal length {name} = {f:g} px gives a {deg:.3g}-degree field "
-                                     f"of view over {size:g} px (plausible: {MIN_FOV_DEG:g} to {MAX_FOV_DEG:g})")
+        plausible_fov(math.degrees(2 * math.atan(size / (2 * f))), path,
+                      f"{where}: focal length {name} = {f:g} px over {size:g} px")
     if not (-width <= cx <= 2 * width and -height <= cy <= 2 * height):
         raise DatasetError(path, f"{where}: principal point ({cx:g}, {cy:g}) is far outside the "
                                  f"{width:g}x{height:g} image")

@@ -33,7 +33,7 @@ import pandas as pd
 
 from evalkit.codec.container import atomic_write_bytes
 from evalkit.report.index import DatasetSection
-from evalkit.report.plots import curve_label, rd_curves
+from evalkit.report.plots import bit_table, curve_label, rd_curves
 from evalkit.report.tables import Table, _missing
 from evalkit.results import MB, Record, path_component as _safe, record_path
 
@@ -217,12 +217,8 @@ def bits_figure(components: pd.DataFrame, methods: Sequence[str], title: str) ->
     per component (click a component in the legend to hide it); hover gives bytes and share."""
     import plotly.graph_objects as go
 
-    piv = components.pivot_table(index=["method", "rate"], columns="component", values="bytes",
-                                 aggfunc="sum", fill_value=0)
-    order = [(m, r) for m in methods if m in piv.index.get_level_values(0)
-             for r in piv.loc[m].sum(axis=1).sort_values(ascending=False).index]
-    piv = piv.loc[order] if order else piv
-    comps = list(piv.sum(axis=0).sort_values(ascending=False).index)
+    piv = bit_table(components, methods)
+    comps = list(piv.columns)
     totals = piv.sum(axis=1)
     x = [f"{m} {r}" for m, r in piv.index]
     fig = go.Figure()

@@ -157,6 +157,19 @@ def place_labels(fig: Figure, labels: list, pad_px: float = 1.0) -> None:
         placed.append(box)
 
 
+def bit_table(components: pd.DataFrame, method_order: Sequence[str] | None = None) -> pd.DataFrame:
+    """Bytes per (method, rate point) row and bitstream component column, as both bit-allocation
+    charts draw it: rows grouped by method (``method_order``, else sorted), largest rate point first;
+    components largest first. ``components``: columns method, rate, component, bytes."""
+    piv = components.pivot_table(index=["method", "rate"], columns="component", values="bytes",
+                                 aggfunc="sum", fill_value=0)
+    methods = list(method_order) if method_order else sorted(piv.index.get_level_values(0).unique())
+    order = [(m, r) for m in methods if m in piv.index.get_level_values(0)
+             for r in piv.loc[m].sum(axis=1).sort_values(ascending=False).index]
+    piv = piv.loc[order] if order else piv
+    return piv[list(piv.sum(axis=0).sort_values(ascending=False).index)]
+
+
 def bit_allocation_plot(components: pd.DataFrame, stem: Path, title: str,
                         method_order: Sequence[str] | None = None,
                         scenes: dict[tuple[str, str], int] | None = None, total_scenes: int | None = None) -> list[Path]:
@@ -166,18 +179,8 @@ def bit_allocation_plot(components: pd.DataFrame, stem: Path, title: str,
     Left panel: MB; right panel: share of the total in percent. For dataset means, ``scenes``
     (per (method, rate)) and ``total_scenes`` label a bar that covers fewer scenes than all.
     """
-    piv = components.pivot_table(index=["method", "rate"], columns="component", values="bytes",
-                                 aggfunc="sum", fill_value=0)
-    methods = list(method_order) if method_order else sorted(piv.index.get_level_values(0).unique())
-    # Bars grouped by method, largest rate point first.
-    order = []
-    for m in methods:
-        if m in piv.index.get_level_values(0):
-            sub = piv.loc[m].sum(axis=1).sort_values(ascending=False)
-            order += [(m, r) for r in sub.index]
-    piv = piv.loc[order] if order else piv
-    comps = list(piv.sum(axis=0).sort_values(ascending=False).index)
-    piv = piv[comps]
+    piv = bit_table(components, method_order)
+    comps = list(piv.columns)
     n_of = scenes or {}
     labels = [f"{m} {r}" + (f" ({n_of[(m, r)]}/{total_scenes} scenes)"
                              if total_scenes and n_of.get((m, r), total_scenes) < total_scenes else "")
