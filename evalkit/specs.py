@@ -142,7 +142,9 @@ def load_dataset_spec(key: str, root: Path | None = None) -> DatasetSpec:
 def load_method_spec(key: str, root: Path | None = None) -> MethodSpec:
     """``key`` is a spec name (``methods/<key>.toml``) or ``<name>:<variant>``, a variant declared
     in that spec's ``[variants.<variant>]`` table (e.g. an ablation): the same method and rate
-    points with the variant's options over the spec's defaults, recorded under its own name."""
+    points with the variant's options over the spec's defaults, recorded under its own name. A
+    variant's own ``[variants.<variant>.rates.<r>]`` tables replace the spec's rate points (e.g.
+    one ``default`` point for a variant that is not rate-scalable)."""
     root = root or specs_dir()
     base, _, variant = key.partition(":")
     path = root / "methods" / f"{base}.toml"
@@ -159,6 +161,11 @@ def load_method_spec(key: str, root: Path | None = None) -> MethodSpec:
                                   f"known: {', '.join(sorted(variants)) or 'none'}")
         options = dict(variants[variant])
         title = f"{title} ({options.pop('title', variant)})"
+        if "rates" in options:
+            rates = options.pop("rates")
+            if not (isinstance(rates, dict) and rates and all(isinstance(v, dict) for v in rates.values())):
+                raise SpecError(path, f"variant {variant!r}: 'rates' must be one or more "
+                                      f"[variants.{variant}.rates.<name>] tables")
         defaults.update(options)
     return MethodSpec(key=key, name=key if variant else d.get("name", key), title=title, paper=d.get("paper", ""),
                       defaults=defaults, datasets=d.get("datasets", {}), rates=rates,

@@ -27,6 +27,7 @@ from evalkit.methods import registry
 from evalkit.methods.base import Method, RatePoint, TrainContext, TrainedModel
 from evalkit.results import bitstream_path, read_record, read_records, record_path
 from evalkit.runner import RunError, RunOptions, plan_jobs, run
+from evalkit.specs import SpecError, load_method_spec
 
 QUANT_LEVELS = 15  # 4 bits per channel: coarse enough that decoding visibly changes the colour
 SCENES = ("alpha", "beta")
@@ -207,6 +208,20 @@ def test_method_and_variant_run_scene_by_scene_with_own_records(toy_bench: ToyBe
     # the variant's folder is a portable name ("toy_dim", no ':'); reports still read its real name
     assert (toy_bench.out / "toy" / SCENES[0] / "toy_dim" / "high.json").is_file()
     assert {r.method for r in read_records(toy_bench.out)} == {"toy", "toy:dim"}
+
+
+def test_variant_with_its_own_rate_points(toy_bench: ToyBench) -> None:
+    """A variant's `[variants.<v>.rates.<r>]` tables replace the spec's rate points (e.g. one point
+    for a variant that is not rate-scalable): only those jobs are planned, trained and recorded."""
+    spec = toy_bench.specs / "methods" / "toy.toml"
+    spec.write_text(spec.read_text() + '[variants.one]\ngain = 0.5\n[variants.one.rates.only]\nscale = 1.0\n'
+                    'pad_bytes = 5\n[variants.bad]\nrates = 3\n')
+    result = run("toy:one", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts())
+    assert not result.failed and sorted(STATE.train_calls) == [(s, "only") for s in SCENES]
+    assert {(r.scene, r.rate) for r in read_records(toy_bench.out)} == {(s, "only") for s in SCENES}
+    assert [r.name for r in load_method_spec("toy").rate_points("toy")] == list(RATES)
+    with pytest.raises(SpecError, match="variant 'bad': 'rates' must be"):
+        load_method_spec("toy:bad")
 
 
 def test_unreadable_record_is_redone(toy_bench: ToyBench) -> None:

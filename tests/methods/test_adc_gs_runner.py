@@ -73,3 +73,65 @@ def test_rate_points_share_the_lambda_independent_steps(synth_scene_dir) -> None
     assert len(cache) == 1
     a, b = shared.state_dict(), alone.state_dict()
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+NON_RD_VARIANTS = ("adc-gs:base", "adc-gs:coarse", "adc-gs:coarse-fine")
+
+
+def test_variants_without_rate_distortion_are_planned_once_per_scene(synthetic_data_root) -> None:
+    """lambda_e changes nothing without the rate term: Table 3's variants without R-D optimisation
+    have one rate point ("default", no parameters), so a sweep trains them once per scene; the
+    method and its R-D variants keep low / mid / high."""
+    from evalkit.runner import plan_jobs
+
+    for name in NON_RD_VARIANTS:
+        jobs, _ = plan_jobs(name, "synthetic", synthetic_data_root)
+        assert [(j.scene, j.rate.name, j.rate.params) for j in jobs] == [("spheres", "default", {})], name
+    for name in ("adc-gs", "adc-gs:rd", "adc-gs:wo-ts"):
+        jobs, _ = plan_jobs(name, "synthetic", synthetic_data_root)
+        assert [j.rate.name for j in jobs] == ["low", "mid", "high"], name
+
+
+def test_a_lambda_rate_point_is_refused_without_rate_distortion() -> None:
+    """A rate point that sets lambda_e on a variant without the rate term would train the same model
+    under another rate name: refused before training, naming the fix."""
+    from evalkit.methods.adc_gs import ADCGS
+    from evalkit.methods.base import Budget, RatePoint, TrainContext
+    from evalkit.specs import load_method_spec
+
+    ctx = TrainContext(device=torch.device("cpu"), budget=Budget(iterations=10),
+                       config=load_method_spec("adc-gs:base").config("synthetic", "spheres"))
+    mid = RatePoint("mid", {"lambda_e": 1e-3})
+    with pytest.raises(ValueError, match=r"lambda_e.*rate_distortion = false.*rates\.default"):
+        ADCGS().effective_config(mid, ctx)
+    with pytest.raises(ValueError, match=r"lambda_e.*rate_distortion = false"):
+        ADCGS().train(None, mid, ctx)  # refused before the scene is touched
+    assert ADCGS().effective_config(RatePoint("default", {}), ctx)["rate_distortion"] is False
+    rd = TrainContext(device=torch.device("cpu"), budget=Budget(iterations=10),
+                      config=load_method_spec("adc-gs:rd").config("synthetic", "spheres"))
+    assert ADCGS().effective_config(mid, rd)["lambda_e"] == 1e-3
+
+
+@pytest.mark.slow
+def test_variant_without_rate_distortion_trains_once_and_records_one_point(tmp_path, synthetic_data_root,
+                                                                           monkeypatch) -> None:
+    """`adc-gs:base` on the synthetic scene: one job, one training, one record at rate "default"
+    whose decoded file is the trained model (float32 anchors, no MEM streams, no coding stages)."""
+    import evalkit.methods.adc_gs as adc
+
+    calls = []
+    real_train = adc.train
+    monkeypatch.setattr(adc, "train", lambda *a, **kw: calls.append(a[1].lambda_e) or real_train(*a, **kw))
+    out = tmp_path / "results"
+    result = run("adc-gs:base", "synthetic", data_root=synthetic_data_root,
+                 opts=RunOptions(out=out, iterations=20, resolution_scale=1 / 4, device="cpu",
+                                 fps_warmup=1, fps_repeats=1))
+    assert [(o.job.rate.name, o.status) for o in result.outcomes] == [("default", "ok")], \
+        [o.error for o in result.outcomes]
+    assert len(calls) == 1
+    rec = read_record(record_path(out, "synthetic", "spheres", "adc-gs:base", "default"))
+    assert rec.rate == "default" and rec.rate_params == {} and rec.reused is None
+    assert rec.config["rate_distortion"] is False and rec.config["deformation"] == "none"
+    assert rec.iterations == 20 and rec.stage_metrics == {} and rec.metrics["psnr"] > 8
+    assert "anchors_float32" in rec.size["components"] and not {"hyper", "fv", "fg0"} & set(rec.size["components"])
+    assert not (out / "synthetic" / "spheres" / "adc-gs_base" / "mid.json").exists()

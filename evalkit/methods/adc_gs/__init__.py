@@ -36,6 +36,10 @@ evalkit follows the paper; where it is silent, the authors' code; else a choice.
 
 Variants (paper Table 3): ``base`` (canonical only, float32 anchors, no refinement), ``coarse``,
 ``coarse-fine``, ``rd`` (no refinement), full = default; ``wo-ts`` (plain mean gradient, as the code).
+The three without R-D optimisation have one rate point, ``default``, and refuse one that sets
+lambda_e [choice: without the rate term lambda_e changes nothing, so low / mid / high would be one
+model recorded as three points of a curve; one record per scene is trained once and reports treat
+it as the single-rate point it is (no BD-rate, one RD marker), as the 4dgs baseline].
 """
 from __future__ import annotations
 
@@ -51,7 +55,7 @@ from evalkit.data.scene import Camera, Scene
 from evalkit.methods.base import Method, Model, RatePoint, TrainContext, TrainedModel
 from evalkit.methods.adc_gs import codec
 from evalkit.methods.adc_gs.coded import CodedScene, finalize
-from evalkit.methods.adc_gs.config import ADCConfig
+from evalkit.methods.adc_gs.config import SPEC, ADCConfig
 from evalkit.methods.adc_gs.mem import quantise
 from evalkit.methods.adc_gs.model import ADCModel, Primitives, flat
 from evalkit.methods.adc_gs.training import train
@@ -148,6 +152,10 @@ class ADCGSDecoded(Model):
 
 def resolve_config(ctx: TrainContext, rate: RatePoint) -> ADCConfig:
     cfg = ADCConfig.from_dict({**ctx.config, **rate.params})
+    if not cfg.rate_distortion and "lambda_e" in rate.params:
+        raise ValueError(f"{SPEC}: rate point {rate.name!r} sets lambda_e, which changes nothing with "
+                         f"rate_distortion = false (every rate point would train the same model); such a variant "
+                         f"has one rate point: declare [variants.<variant>.rates.default]")
     return cfg.scaled_schedule(ctx.budget.iterations)
 
 
