@@ -44,6 +44,15 @@ case "$1" in
     # later calls carry other scenes (the carry limit): add them to /tmp/data
     cp -rn "${2:-.devdata}"/* /tmp/data/ && ls /tmp/data/*
     ;;
+  cc)
+    # a 4dgs-cc model to time the viewer with (foreground, alone): cc ITERATIONS
+    cd /tmp/code
+    timeout "${3:-150}" python3 -m evalkit.cli run --method 4dgs-cc --dataset dnerf --scene lego --rate high \
+      --iterations "$2" --data-root /tmp/data --out /tmp/res/cc --device cuda 2>&1 | tail -n 4 || true
+    ;;
+  stop)
+    pkill -f "evalkit" || true; sleep 2
+    ;;
   viewer)
     # issue 31: viewer frame time of a decoded model (alone on the GPU)
     cd /tmp/code
