@@ -112,12 +112,11 @@ def run_sweep(jobs: list, opts, existing: dict, reporter) -> list:
         if j.label in existing:
             on_event("-", {"kind": "finished", "label": j.label, "status": "skipped", "error": None})
     if sw.executor == "local":
+        from evalkit.runner import resolve_device
         from evalkit.sweep.local import run_local, visible_gpus
 
         gpus = visible_gpus() if sw.gpus == ["all"] else sw.gpus  # None: one worker (or --workers) on --device
         if not gpus:
-            from evalkit.runner import resolve_device
-
             resolve_device(opts.device)  # a bad --device is the request's error, before any worker starts
         elif sw.gpus != ["all"]:
             resolve_device("cuda")
