@@ -99,7 +99,7 @@ def render_frame(model: Any, camera: Camera, t: float) -> np.ndarray:
     from evalkit.views import _u8
 
     with torch.no_grad():
-        return _u8(model.render(camera, float(t)).float().cpu())
+        return _u8(model.render(camera, float(t)))
 
 
 # -- loading ------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evalkit.metrics.image import psnr, to_uint8_quantised
+from evalkit.metrics.image import psnr
 
 
 class ViewsError(RuntimeError):
@@ -34,8 +34,10 @@ class ViewImage:
 
 
 def _u8(img: torch.Tensor) -> np.ndarray:
-    """(H, W, 3) float in [0, 1] -> uint8, quantised as the metrics do (``to_uint8_quantised``)."""
-    return np.rint(to_uint8_quantised(img.double()).numpy() * 255.0).astype(np.uint8)  # exact k/255 -> k
+    """(H, W, 3) float in [0, 1] -> uint8 on the host, quantised as the metrics do
+    (``to_uint8_quantised``: floor(x * 255 + 0.5) in float64), computed where ``img`` lives so a GPU
+    render crosses to the host as bytes (the viewer's frame), not as floats."""
+    return torch.floor(img.double().clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
 
 
 def psnr_u8(a: np.ndarray, b: np.ndarray) -> float:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from evalkit.results import read_records
 from evalkit.runner import RunOptions, run
@@ -274,3 +275,14 @@ def test_status_lists_done_running_failed_and_pending(bench: ToyBench, monkeypat
     assert "running" in state("beta", "low") and "w7" in state("beta", "low")
     assert "pending" in state("beta", "high")
     assert "1 done" in res.output and "1 running" in res.output and "1 pending" in res.output
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpus_without_cuda_is_refused_before_any_job_runs(bench: ToyBench, tmp_path: Path) -> None:
+    """`--gpus 0` on a machine without CUDA is the request's error (one line naming --gpus), not a
+    crash inside the dispatcher, and no job starts."""
+    from evalkit.runner import RunError
+
+    with pytest.raises(RunError, match=r"--gpus 0: CUDA is not available"):
+        run("toy", "toy", data_root=bench.data_root, opts=sweep_opts(bench, gpus=["0"]))
+    assert trained(tmp_path) == [] and not read_records(bench.out)

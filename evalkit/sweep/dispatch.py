@@ -112,14 +112,17 @@ def run_sweep(jobs: list, opts, existing: dict, reporter) -> list:
         if j.label in existing:
             on_event("-", {"kind": "finished", "label": j.label, "status": "skipped", "error": None})
     if sw.executor == "local":
+        import torch
+
         from evalkit.runner import resolve_device
         from evalkit.sweep.local import run_local, visible_gpus
 
         gpus = visible_gpus() if sw.gpus == ["all"] else sw.gpus  # None: one worker (or --workers) on --device
         if not gpus:
             resolve_device(opts.device)  # a bad --device is the request's error, before any worker starts
-        elif sw.gpus != ["all"]:
-            resolve_device("cuda")
+        elif sw.gpus != ["all"] and not torch.cuda.is_available():
+            raise RunError(f"--gpus {','.join(gpus)}: CUDA is not available on this machine "
+                           "(run without --gpus, or with --workers N for CPU workers)")
         results = run_local(todo, opts, sweep=sweep, gpus=gpus, jobs_per_gpu=sw.jobs_per_gpu, workers=sw.workers,
                             on_event=on_event, plugins=sw.plugins)
     elif sw.executor == "slurm":
