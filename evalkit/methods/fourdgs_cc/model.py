@@ -95,6 +95,15 @@ class FourDGSCCModel(FourDGSModel):
             out["vqcc"] = (bits[k], codebook.numel())
         return out
 
+    def rate_graph_status(self) -> str:
+        """How the rate terms ran: replayed from CUDA graphs, or eagerly and why."""
+        graphs = _GRAPHS.get(self)
+        if graphs is not None and graphs.failed:
+            return f"eager: CUDA-graph capture failed ({graphs.failed})"
+        if graphs is None or not graphs._graphed:
+            return "eager (no CUDA graph: not on CUDA, or cuda_graphs off)"
+        return f"replayed from CUDA graphs ({len(graphs._graphed)} captured)"
+
     @property
     def _graphs(self) -> GraphedCalls:
         graphs = _GRAPHS.get(self)
