@@ -67,24 +67,27 @@ def rate_loss(cc: CCConfig, schedule: VQSchedule, last: dict[str, float]
     ``rate_interval``-th step (weighted by it); every 50 steps the rates (bits per coded value) go to
     ``last``. It also sets the quantiser's action for the next step from ``schedule``."""
     def extra_loss(m: FourDGSCCModel, stage: str, step: int) -> torch.Tensor:
-        loss = torch.zeros((), device=m.device)
+        loss = None
         terms = m.rate_terms(cc.quantization) if step % cc.rate_interval == 0 else {}
         for name, (bits, count) in terms.items():
             weight = (cc.lambda_e if name == "nvcc" else cc.lambda_c) * cc.rate_interval
-            loss = loss + weight * bits / count
+            term = bits * (weight / count)  # one kernel: the factor is a host number
+            loss = term if loss is None else loss + term
             if step % 50 == 0:
                 last[f"{name}_bits_per_value"] = float(bits.detach()) / count
         if m.vq is not None and m.vq.pending is None:
             m.vq.pending = schedule.action(step + 1)  # applied at the next step's first render
-        return loss
+        return loss if loss is not None else torch.zeros((), device=m.device)
 
     return extra_loss
 
 
 def entropy_optimizer(model: FourDGSCCModel) -> torch.optim.Optimizer | None:
-    """Adam over the entropy models' parameters (the trainer steps it with its own)."""
+    """Adam over the entropy models' parameters (the trainer steps it with its own). Fused on CUDA
+    as the trainer's own: one kernel for its ~90 small tensors, and ``AdamSteps`` batches it with
+    the others instead of calling its Python ``step``."""
     groups = model.extra_parameters()
-    return torch.optim.Adam(groups, eps=1e-15) if groups else None
+    return torch.optim.Adam(groups, eps=1e-15, fused=model.device.type == "cuda") if groups else None
 
 
 def fine_stage(scene: Scene, fcfg: FourDGSConfig, cc: CCConfig, base: FourDGSModel,
