@@ -75,6 +75,12 @@ def bits_from_likelihood(likelihood: Tensor) -> Tensor:
     return -torch.log2(lower_bound(likelihood, LIKELIHOOD_BOUND)).sum()
 
 
+def bits_from_floored(likelihood: Tensor) -> Tensor:
+    """``bits_from_likelihood`` of a likelihood already floored by ``lower_bound``: flooring again
+    changes neither the value nor the gradient (its gate is open everywhere), so it is skipped."""
+    return -torch.log2(likelihood).sum()
+
+
 def cpu64(module: nn.Module, dtype: torch.dtype = torch.float64) -> nn.Module:
     """A CPU copy of ``module`` in ``dtype`` (float64), in eval mode: what coding parameters are
     computed with, on the encoder's and the decoder's side alike (the original is untouched)."""
@@ -178,7 +184,7 @@ class GaussianConditional:
         return lower_bound(lik, LIKELIHOOD_BOUND)
 
     def bits(self, x: Tensor, mean: Tensor, scale: Tensor) -> Tensor:
-        return bits_from_likelihood(self.likelihood(x, mean, scale))
+        return bits_from_floored(self.likelihood(x, mean, scale))
 
     # coding ---------------------------------------------------------------------------
     @property
@@ -253,28 +259,42 @@ class FactorizedPrior(nn.Module):
                 self.factors.append(nn.Parameter(torch.zeros(channels, dims[i + 1], 1)))
 
     # training -------------------------------------------------------------------------
+    def params(self) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
+        """(matrices, biases, factors) as lists of tensors, channel first."""
+        return list(self.matrices), list(self.biases), list(self.factors)
+
+    @staticmethod
+    def _logits_cumulative_with(x: Tensor, params: tuple[list[Tensor], list[Tensor], list[Tensor]]) -> Tensor:
+        """x (C, 1, N) -> cumulative logits (C, 1, N) of the network ``params`` (``params()``)."""
+        h = x
+        matrices, biases, factors = params
+        for i, (m, b) in enumerate(zip(matrices, biases)):
+            h = torch.matmul(F.softplus(m), h) + b
+            if i < len(factors):
+                h = h + torch.tanh(factors[i]) * torch.tanh(h)
+        return h
+
     def _logits_cumulative(self, x: Tensor) -> Tensor:
         """x (C, 1, N) -> cumulative logits (C, 1, N)."""
-        h = x
-        for i, (m, b) in enumerate(zip(self.matrices, self.biases)):
-            h = torch.matmul(F.softplus(m), h) + b
-            if i < len(self.factors):
-                h = h + torch.tanh(self.factors[i]) * torch.tanh(h)
-        return h
+        return self._logits_cumulative_with(x, self.params())
+
+    @classmethod
+    def _likelihood_cn(cls, v: Tensor, params) -> Tensor:
+        """v (C, 1, N) channel first -> likelihood (C, 1, N), floored at 1e-9."""
+        # both sides in one pass through the network: half the kernel launches
+        lower, upper = cls._logits_cumulative_with(torch.cat([v - 0.5, v + 0.5], -1), params).chunk(2, dim=-1)
+        sign = -torch.sign(lower + upper).detach()  # evaluate on the side where sigmoids are small
+        lik = (torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower)).abs()
+        return lower_bound(lik, LIKELIHOOD_BOUND)
 
     def likelihood(self, x: Tensor) -> Tensor:
         """x (N, C), noisy or rounded -> likelihood (N, C), floored at 1e-9, differentiable."""
         if x.ndim != 2 or x.shape[1] != self.channels:
             raise ValueError(f"expected x of shape (N, {self.channels}), got {tuple(x.shape)}")
-        v = x.t().unsqueeze(1)
-        # both sides in one pass through the network: half the kernel launches
-        lower, upper = self._logits_cumulative(torch.cat([v - 0.5, v + 0.5], -1)).chunk(2, dim=-1)
-        sign = -torch.sign(lower + upper).detach()  # evaluate on the side where sigmoids are small
-        lik = (torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower)).abs()
-        return lower_bound(lik.squeeze(1).t(), LIKELIHOOD_BOUND)
+        return self._likelihood_cn(x.t().unsqueeze(1), self.params()).squeeze(1).t()
 
     def bits(self, x: Tensor) -> Tensor:
-        return bits_from_likelihood(self.likelihood(x))
+        return bits_from_floored(self.likelihood(x))
 
     # deterministic float64 evaluation for coding tables ----------------------------------
     def _weights64(self) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
@@ -401,6 +421,23 @@ class FactorizedPrior(nn.Module):
         except RuntimeError as exc:
             raise BitstreamError(source, f"factorized-prior state does not fit: {exc}") from None
         return prior
+
+
+def stacked_factorized_likelihood(priors: Sequence[FactorizedPrior], v: Tensor) -> Tensor:
+    """Likelihood (floored at 1e-9) of v (P * C, 1, N) where ``priors[p]`` (C channels each, equal
+    filters) models rows p * C .. (p + 1) * C: one pass through the networks, their parameters
+    stacked along the channel axis (the numbers of each prior's own ``likelihood``)."""
+    c = priors[0].channels if priors else 0
+    if (not priors or v.ndim != 3 or v.shape[0] != len(priors) * c or v.shape[1] != 1
+            or any(p.channels != c or p.filters != priors[0].filters for p in priors)):
+        raise ValueError(f"expected v of shape ({len(priors)} x C, 1, N) for priors of C channels and equal "
+                         f"filters, got {tuple(v.shape)}")
+    if len(priors) == 1:
+        params = priors[0].params()
+    else:
+        per = [p.params() for p in priors]
+        params = tuple([torch.cat(ts) for ts in zip(*(q[k] for q in per))] for k in range(3))
+    return FactorizedPrior._likelihood_cn(v, params)
 
 
 # -- uniform -------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from evalkit.models.fourdgs.hexplane import HexPlane
 from evalkit.models.fourdgs.model import FourDGSModel
 from evalkit.methods.fourdgs_cc.config import CCConfig
 from evalkit.train.cuda_graphs import GraphedCalls
-from evalkit.methods.fourdgs_cc.nvcc import NVCC, ste_plane
+from evalkit.methods.fourdgs_cc.nvcc import NVCC, grid_planes
 from evalkit.train.vq import SHVectorQuantizer
 from evalkit.methods.fourdgs_cc.vqcc import VQCC
 
@@ -23,7 +23,10 @@ class QuantizedHexPlane(HexPlane):
     def sampled_planes(self) -> list[list[torch.Tensor]]:
         if not self.step:
             return super().sampled_planes()
-        return [[ste_plane(p, i, self.step) for i, p in enumerate(scale)] for scale in self.grids]
+        flat = grid_planes([p for scale in self.grids for p in scale],
+                           [i for scale in self.grids for i in range(len(scale))], self.step)
+        per = len(self.grids[0]) if self.grids else 0
+        return [flat[k * per:(k + 1) * per] for k in range(len(self.grids))]
 
 
 class FourDGSCCModel(FourDGSModel):
@@ -94,6 +97,15 @@ class FourDGSCCModel(FourDGSModel):
         if codebook is not None:
             out["vqcc"] = (bits[k], codebook.numel())
         return out
+
+    def rate_graph_status(self) -> str:
+        """How the rate terms ran: replayed from CUDA graphs, or eagerly and why."""
+        graphs = _GRAPHS.get(self)
+        if graphs is not None and graphs.failed:
+            return f"eager: CUDA-graph capture failed ({graphs.failed})"
+        if graphs is None or not graphs._graphed:
+            return "eager (no CUDA graph: not on CUDA, or cuda_graphs off)"
+        return f"replayed from CUDA graphs ({len(graphs._graphed)} captured)"
 
     @property
     def _graphs(self) -> GraphedCalls:

@@ -45,6 +45,7 @@ parameters are computed on CPU in float64 by the same code at encode and decode 
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -54,7 +55,7 @@ import torch.nn.functional as F
 
 from evalkit.codec.container import BitstreamError
 from evalkit.codec.entropy import (FactorizedPrior, GaussianConditional, compress_uniform, compute_params_on_cpu, cpu64,
-                                   decompress_uniform)
+                                   decompress_uniform, stacked_factorized_likelihood)
 from evalkit.codec.quantize import relaxed_round, round_ste
 from evalkit.codec.serialize import read_uvarint, unzigzag, write_uvarint, zigzag
 from evalkit.models.fourdgs.hexplane import HexPlaneConfig, SPACE_PLANES, TIME_PLANES
@@ -86,6 +87,31 @@ def ste_plane(plane: torch.Tensor, i: int, step: float) -> torch.Tensor:
     return o + step * round_ste((plane - o) / step)
 
 
+class _GridPlanes(torch.autograd.Function):
+    """``ste_plane`` of many planes in one autograd node: forward o + step * round((p - o) / step)
+    with five multi-tensor ops, backward the identity (straight-through). The same numbers bit for
+    bit (x + (round(x) - x) is exactly round(x) in floating point), without ~7 ops and ~4 backward
+    nodes per plane on every render (a fine step is bound by host work)."""
+
+    @staticmethod
+    def forward(ctx, step: float, offsets: list[float], *planes: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        x = torch._foreach_sub(list(planes), offsets)
+        torch._foreach_div_(x, step)
+        torch._foreach_round_(x)
+        torch._foreach_mul_(x, step)
+        torch._foreach_add_(x, offsets)
+        return tuple(x)
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor):
+        return (None, None, *grads)
+
+
+def grid_planes(planes: list[torch.Tensor], indices: list[int], step: float) -> list[torch.Tensor]:
+    """``ste_plane(planes[k], indices[k], step)`` for every k, in one autograd node."""
+    return list(_GridPlanes.apply(step, [plane_offset(i) for i in indices], *planes))
+
+
 def _up1d(x: torch.Tensor, width: int) -> torch.Tensor:
     """(..., W', C) -> (..., width, C), linear, align_corners=True."""
     lead = x.shape[:-2]
@@ -98,6 +124,12 @@ def _up2d(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
     """(H', W', C) -> (H, W, C), bilinear, align_corners=True."""
     y = F.interpolate(x.permute(2, 0, 1)[None], size=hw, mode="bilinear", align_corners=True)
     return y[0].permute(1, 2, 0)
+
+
+def _uniform_bits(x: torch.Tensor) -> torch.Tensor:
+    """Bits of the symbols x coded as equiprobable over their range (a device tensor: no sync)."""
+    q = torch.round(x.detach())
+    return torch.log2(q.max() - q.min() + 1.0) * float(x.numel())
 
 
 class WindowCrossAttention(nn.Module):
@@ -139,7 +171,7 @@ class WindowCrossAttention(nn.Module):
 
     def step(self, h: torch.Tensor, kw: torch.Tensor, vw: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """One update of Eq. (1) from windowed keys/values of the previous row (coding path; the
-        training path, ``projected_keys`` + ``recurrence``, computes the same numbers)."""
+        training path, ``recurrence_inputs`` + ``recurrence``, computes the same numbers)."""
         logits = (self.q(h)[:, :, None, :] * kw).sum(-1) * kw.shape[-1] ** -0.5 + self.logit_bias(valid)
         return (logits.softmax(-1)[..., None] * vw).sum(2)
 
@@ -147,9 +179,12 @@ class WindowCrossAttention(nn.Module):
         """Relative-position bias plus the window mask (-1e4 outside the row)."""
         return self.rel_bias - 1e4 * (~valid).to(self.rel_bias.dtype)
 
-    def projected_keys(self, kw: torch.Tensor) -> torch.Tensor:
-        """Keys mapped so that q(h) . k / sqrt(d) = h . kq: kq = k W_q / sqrt(d) (batched)."""
-        return (kw @ self.q.weight) * kw.shape[-1] ** -0.5
+    def recurrence_inputs(self, f: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """For rows ``f`` (..., W, C): keys mapped so that q(h) . k / sqrt(d) = h . kq (kq = k W_q /
+        sqrt(d)) and values, both gathered per query window, (..., W, 2w+1, C). The keys are mapped
+        before the gather (a product 2w+1 times smaller than mapping the windows)."""
+        kq = (self.k(f) @ self.q.weight) * self.dim ** -0.5
+        return kq[..., idx, :], self.v(f)[..., idx, :]
 
 
 class ParamHead(nn.Module):
@@ -222,12 +257,55 @@ class NVCC(nn.Module):
         return [[tuple(sh[1:]) for sh in level] for level in self.hp.plane_shapes()]
 
     # -- training-time rate ------------------------------------------------------------------
-    def _first_bits(self, prior: FactorizedPrior | None, x: torch.Tensor) -> torch.Tensor:
-        """Bits of (N, C) symbols without context (factorized prior, or equiprobable symbols)."""
-        if prior is not None:
-            return prior.bits(x)
-        q = torch.round(x.detach())
-        return x.new_tensor(float(x.numel()) * float(torch.log2(q.max() - q.min() + 1.0)))
+    def _first_bits(self, priors: list[FactorizedPrior], units: list[torch.Tensor]) -> torch.Tensor:
+        """Bits of units (C, N_u) coded without context: ``units[u]`` with the factorized prior
+        ``priors[u]``, all in one pass through the stacked networks (padded to the longest unit,
+        the padding's bits masked out), or without priors as equiprobable symbols over each unit's
+        range. No host synchronisation (the rate runs inside a CUDA graph)."""
+        if not priors:
+            return sum(_uniform_bits(u) for u in units)
+        lengths = tuple(u.shape[-1] for u in units)
+        n = max(lengths)
+        v = torch.cat([F.pad(u, (0, n - u.shape[-1])) if u.shape[-1] < n else u for u in units])
+        logs = torch.log2(stacked_factorized_likelihood(priors, v[:, None]))  # floored: no second floor
+        if min(lengths) == n:
+            return -logs.sum()
+        def make_mask() -> torch.Tensor:  # 1 on each unit's own values, 0 on its padding
+            cols = torch.arange(n, device=v.device)
+            return torch.cat([(cols < k).to(v.dtype).expand(self.C, n) for k in lengths])[:, None]
+
+        mask = self._constant(("padding", lengths, self.C, v.dtype, str(v.device)), make_mask)
+        return -(logs * mask).sum()
+
+    def _symbols(self, planes: list[list[torch.Tensor]], mode: str
+                 ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], list[tuple[torch.Tensor, torch.Tensor]], int]:
+        """Rounded symbols (straight-through; the contexts) and relaxed symbols (``mode``; what is
+        coded) of all planes, each from one op over all planes laid out flat (per level the space
+        planes, then the time planes). Per level: (space (3, C, H, W), time (3, C, T, W)) views,
+        planes in ``SPACE_PLANES`` / ``TIME_PLANES`` order; and the number of values."""
+        order = [(s, i) for s in range(self.S) for i in (*SPACE_PLANES, *TIME_PLANES)]
+        ps = [planes[s][i] for s, i in order]
+        flat = torch.cat([p.reshape(-1) for p in ps])
+        key = ("offsets", tuple(p.numel() for p in ps), flat.dtype, str(flat.device))
+        offsets = self._constant(key, lambda: torch.cat([
+            torch.full((p.numel(),), plane_offset(i), dtype=flat.dtype, device=flat.device)
+            for p, (_, i) in zip(ps, order)]))
+        y = (flat - offsets) / self.step
+        if mode == "noise":  # drawn in the planes' own order: on CPU the numbers of a draw per plane
+            sizes = [p.numel() for level in planes for p in level]
+            draws = y.new_empty(y.numel()).uniform_(-0.5, 0.5).split(sizes)
+            yt = y + torch.cat([draws[6 * s + i] for s, i in order])
+        else:
+            yt = relaxed_round(y, mode)
+
+        shapes = [(3, *ps[k].shape[1:]) for k in range(0, len(ps), 3)]  # per level: space, time block
+
+        def blocks(x: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+            # one split (its backward is one cat) rather than slices (a zero-filled copy each)
+            parts = [v.view(sh) for v, sh in zip(x.split([math.prod(sh) for sh in shapes]), shapes)]
+            return [(parts[2 * s], parts[2 * s + 1]) for s in range(self.S)]
+
+        return blocks(round_ste(y)), blocks(yt), flat.numel()
 
     @torch.no_grad()
     def initialise(self, planes: list[list[torch.Tensor]]) -> None:
@@ -271,13 +349,14 @@ class NVCC(nn.Module):
                                     lambda: self.attn.window(wmax, torch.tensor(widths), Fp.device))
         B, T1, C = Fp.shape[0], T - 1, Fp.shape[-1]
         # Teacher forcing: every previous row is known, so keys and values for all rows come from
-        # one batched projection; only the query side of the recurrence runs step by step.
-        kw, vw = self.attn.windowed_kv(Fp[:, :-1], idx)  # (3S, T-1, W, 2w+1, C)
-        K = kw.shape[-2]
-        tokens = lambda x: x.transpose(0, 1).reshape(T1, B * wmax, K, C)  # noqa: E731
-        kq = tokens(self.attn.projected_keys(kw))
+        # one batched projection, laid out row-major (T-1 first) as the recurrence reads them; only
+        # the query side of the recurrence runs step by step.
+        rows = Fp[:, :-1].transpose(0, 1).contiguous()  # one copy, read by both projections
+        kq, vw = self.attn.recurrence_inputs(rows, idx)  # (T-1, 3S, W, 2w+1, C)
+        K = kq.shape[-2]
         bias = self.attn.logit_bias(valid).reshape(B * wmax, K)
-        H = recurrence(Fp[:, 0].reshape(B * wmax, C), kq, bias, tokens(vw))
+        H = recurrence(Fp[:, 0].reshape(B * wmax, C), kq.reshape(T1, B * wmax, K, C), bias,
+                       vw.reshape(T1, B * wmax, K, C))
         H = H.reshape(T1, B, wmax, C).transpose(0, 1)  # (3S, T-1, W, C)
         out, b = [], 0
         for v in V:
@@ -287,47 +366,64 @@ class NVCC(nn.Module):
 
     def bits(self, planes: list[list[torch.Tensor]], mode: str = "noise") -> tuple[torch.Tensor, int]:
         """Estimated bits of all quantised planes ``planes[s][i]`` ((1, C, H, W), continuous).
-        ``mode``: relaxation of the coded symbols (noise / ste / round); contexts are rounded."""
+        ``mode``: relaxation of the coded symbols (noise / ste / round); contexts are rounded.
+
+        Batched for speed (the rate runs every training step): the symbols of all planes in one
+        op each (``_symbols``), the three space planes of a level through one head call, the units
+        coded without context of a level through one pass of their stacked factorized priors, and
+        every Gaussian-coded unit in one likelihood call. The terms are those of the coding order
+        (``_schedule``), unit by unit."""
         step, C = self.step, self.C
-        y = [[plane_symbols(p, i, step) for i, p in enumerate(level)] for level in planes]
-        yh = [[round_ste(t) for t in level] for level in y]
-        yt = [[relaxed_round(t, mode) for t in level] for level in y]
-        dev = y[0][0].device
-        total = y[0][0].new_zeros(())
-        n = sum(t.numel() for level in y for t in level)
+        yh, yt, n = self._symbols(planes, mode)
+        dev = yh[0][0].device
+        coded: list[tuple[torch.Tensor, ...]] = []  # Gaussian units: symbols, base, mean offset, log-scale
+        first: dict[int, tuple[list[FactorizedPrior], list[torch.Tensor]]] = {}  # per level: priors, units (C, N)
 
-        for k, i in enumerate(SPACE_PLANES):
-            for s in range(self.S):
-                target = yt[s][i].permute(1, 2, 0)  # (H, W, C)
-                if self.has_spatial(s):
-                    prior = _up2d(yh[s - 1][i].permute(1, 2, 0) * step, target.shape[:2])
-                    delta, log_scale = self.head_space(prior[None], self._ids(s, [i], dev))
-                    total = total + self.conditional.bits(target, (prior + delta[0]) / step, torch.exp(log_scale[0]))
-                else:
-                    prior = self.first_space[k * self.n_first + s] if len(self.first_space) else None
-                    total = total + self._first_bits(prior, target.reshape(-1, C))
+        def uncontexted(s: int, prior: FactorizedPrior | None, unit: torch.Tensor) -> None:
+            priors, units = first.setdefault(s, ([], []))
+            priors.extend([prior] if prior is not None else [])
+            units.append(unit)
 
-        V = [torch.stack([yh[s][i].permute(1, 2, 0) for i in TIME_PLANES]) * step for s in range(self.S)]
-        Y = [torch.stack([yt[s][i].permute(1, 2, 0) for i in TIME_PLANES]) for s in range(self.S)]
+        for s in range(self.S):  # space planes
+            target = yt[s][0]  # (3, C, H, W)
+            if self.has_spatial(s):
+                prior = F.interpolate(yh[s - 1][0] * step, size=target.shape[-2:], mode="bilinear",
+                                      align_corners=True).permute(0, 2, 3, 1)  # (3, H, W, C), as _up2d
+                delta, log_scale = self.head_space(prior, self._ids(s, SPACE_PLANES, dev))
+                coded.append((target.permute(0, 2, 3, 1), prior, delta, log_scale))
+            else:
+                for k in range(3):
+                    bank = self.first_space
+                    uncontexted(s, bank[k * self.n_first + self._first_index(s)] if len(bank) else None,
+                                target[k].reshape(C, -1))
+
+        V = [yh[s][1].permute(0, 2, 3, 1) * step for s in range(self.S)]  # (3, T, W_s, C) value units
+        Y = [yt[s][1].permute(0, 2, 3, 1) for s in range(self.S)]
         T = V[0].shape[1]
         temporal = self._temporal_priors(V) if T > 1 else None
-        for s in range(self.S):
+        for s in range(self.S):  # time planes
             ids = self._ids(s, TIME_PLANES, dev)
             if self.has_spatial(s):
                 sp = _up1d(V[s - 1], V[s].shape[2])  # (3, T, W_s, C)
                 delta, log_scale = self.head_s(sp[:, 0], ids)
-                total = total + self.conditional.bits(Y[s][:, 0], (sp[:, 0] + delta) / step, torch.exp(log_scale))
-            else:
-                prior = self.first_time[self._first_index(s)] if len(self.first_time) else None
-                total = total + self._first_bits(prior, Y[s][:, 0].reshape(-1, C))
+                coded.append((Y[s][:, 0], sp[:, 0], delta, log_scale))
+            else:  # row 0 of the three planes: one unit (C, 3W)
+                bank = self.first_time
+                uncontexted(s, bank[self._first_index(s)] if len(bank) else None,
+                            yt[s][1][:, :, 0].transpose(0, 1).reshape(C, -1))
             if T > 1:
                 tp = temporal[s]
                 if self.has_spatial(s):
                     delta, log_scale = self.head_st(torch.cat([tp, sp[:, 1:]], -1), ids)
                 else:
                     delta, log_scale = self.head_t(tp, ids)
-                total = total + self.conditional.bits(Y[s][:, 1:], (tp + delta) / step, torch.exp(log_scale))
-        return total, n
+                coded.append((Y[s][:, 1:], tp, delta, log_scale))
+
+        parts = [self._first_bits(priors, units) for priors, units in first.values()]
+        if coded:
+            x, base, delta, log_scale = (torch.cat([unit[k].reshape(-1) for unit in coded]) for k in range(4))
+            parts.append(self.conditional.bits(x, (base + delta) / step, torch.exp(log_scale)))
+        return sum(parts[1:], parts[0]), n
 
     # -- coding ----------------------------------------------------------------------------
     def compress(self, symbols: list[list[torch.Tensor]]) -> bytes:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -60,6 +61,35 @@ def coarse_stage(scene: Scene, fcfg: FourDGSConfig, ctx: TrainContext) -> tuple[
     return model, False, st
 
 
+def rate_loss(cc: CCConfig, schedule: VQSchedule, last: dict[str, float]
+              ) -> Callable[[FourDGSCCModel, str, int], torch.Tensor]:
+    """The trainer's ``extra_loss``: lambda_e R_voxels + lambda_c R_code (Eq. 2) every
+    ``rate_interval``-th step (weighted by it); every 50 steps the rates (bits per coded value) go to
+    ``last``. It also sets the quantiser's action for the next step from ``schedule``."""
+    def extra_loss(m: FourDGSCCModel, stage: str, step: int) -> torch.Tensor:
+        loss = None
+        terms = m.rate_terms(cc.quantization) if step % cc.rate_interval == 0 else {}
+        for name, (bits, count) in terms.items():
+            weight = (cc.lambda_e if name == "nvcc" else cc.lambda_c) * cc.rate_interval
+            term = bits * (weight / count)  # one kernel: the factor is a host number
+            loss = term if loss is None else loss + term
+            if step % 50 == 0:
+                last[f"{name}_bits_per_value"] = float(bits.detach()) / count
+        if m.vq is not None and m.vq.pending is None:
+            m.vq.pending = schedule.action(step + 1)  # applied at the next step's first render
+        return loss if loss is not None else torch.zeros((), device=m.device)
+
+    return extra_loss
+
+
+def entropy_optimizer(model: FourDGSCCModel) -> torch.optim.Optimizer | None:
+    """Adam over the entropy models' parameters (the trainer steps it with its own). Fused on CUDA
+    as the trainer's own: one kernel for its ~90 small tensors, and ``AdamSteps`` batches it with
+    the others instead of calling its Python ``step``."""
+    groups = model.extra_parameters()
+    return torch.optim.Adam(groups, eps=1e-15, fused=model.device.type == "cuda") if groups else None
+
+
 def fine_stage(scene: Scene, fcfg: FourDGSConfig, cc: CCConfig, base: FourDGSModel,
                ctx: TrainContext, bank=None) -> tuple[FourDGSCCModel, dict]:
     """The 4DGS fine stage with L = L_4DGS + lambda_e R_voxels + lambda_c R_code (Eq. 2), rates in
@@ -68,27 +98,14 @@ def fine_stage(scene: Scene, fcfg: FourDGSConfig, cc: CCConfig, base: FourDGSMod
     schedule = VQSchedule.of(fcfg, cc)
     if model.vq is not None:
         model.vq.pending = schedule.action(1)
-    groups = model.extra_parameters()
-    optimizer = torch.optim.Adam(groups, eps=1e-15) if groups else None
     last: dict[str, float] = {}
-
-    def extra_loss(m: FourDGSCCModel, stage: str, step: int) -> torch.Tensor:
-        loss = torch.zeros((), device=m.device)
-        terms = m.rate_terms(cc.quantization) if step % cc.rate_interval == 0 else {}
-        for name, (bits, count) in terms.items():
-            weight = (cc.lambda_e if name == "nvcc" else cc.lambda_c) * cc.rate_interval
-            loss = loss + weight * bits / count
-            if step % 50 == 0:
-                last[f"{name}_bits_per_value"] = float(bits.detach()) / count
-        if m.vq is not None and m.vq.pending is None:
-            m.vq.pending = schedule.action(step + 1)  # applied at the next step's first render
-        return loss
-
-    _, stats = train(scene, fcfg, ctx.device, model=model, stages=("fine",), extra_loss=extra_loss,
-                     extra_optimizer=optimizer, progress=ctx.progress, log=ctx.log, seed=ctx.budget.seed,
-                     bank=bank)
+    _, stats = train(scene, fcfg, ctx.device, model=model, stages=("fine",), extra_loss=rate_loss(cc, schedule, last),
+                     extra_optimizer=entropy_optimizer(model), progress=ctx.progress, log=ctx.log,
+                     seed=ctx.budget.seed, bank=bank)
     st = {s.stage: {"iterations": s.iterations, "seconds": s.seconds, "gaussians": s.num_gaussians} for s in stats}
     st["rate_estimates"] = last
+    st["rate_terms"] = model.rate_graph_status()
+    ctx.log(f"fine stage: rate terms {st['rate_terms']}")
     st["vq"] = {"start": schedule.start, "assign_until": schedule.until, "interval": schedule.interval}
     if model.vq is not None and model.vq.active:  # how much of the codebook the Gaussians use
         st["vq"].update(model.vq.usage())
