@@ -229,6 +229,19 @@ def test_vq_starts_when_densification_stops() -> None:
     assert sched.until == 15000 + int(0.67 * 5000) and sched.action(19900) is None
 
 
+def test_vq_start_fraction_scales_with_the_schedule_and_the_diagnostic_variants_set_it() -> None:
+    """`4dgs-cc:vq-early` starts VQ at 3/8 of the fine stage whatever --iterations makes it (D-NeRF:
+    step 7,500 of 20,000); `4dgs-cc:vq-once` assigns the codes once (no re-assignment after init)."""
+    early = CCConfig.from_dict(load_method_spec("4dgs-cc:vq-early").config("dnerf", "lego"))
+    assert VQSchedule.of(FourDGSConfig(), early).start == 7500
+    assert VQSchedule.of(FourDGSConfig(iterations=4000), early).start == 1500
+    once = VQSchedule.of(FourDGSConfig(), CCConfig.from_dict(load_method_spec("4dgs-cc:vq-once").config("dnerf", "lego")))
+    assert once.start == 15000 and once.action(15000) == "init"
+    assert [s for s in range(15001, 20001) if once.action(s)] == []
+    with pytest.raises(ValueError, match="vq_start_fraction"):
+        CCConfig(vq_start=10, vq_start_fraction=0.5)
+
+
 def test_ablations_are_spec_variants_of_the_method() -> None:
     """Paper Figs. 5-7: each ablation is `4dgs-cc:<variant>`, the same method and rate points with
     one component switched off, recorded under its own name."""
@@ -237,7 +250,8 @@ def test_ablations_are_spec_variants_of_the_method() -> None:
     expected = {"wo-cg": ("compress_canonical", False), "wo-nv": ("compress_hexplane", False),
                 "wo-vqcc": ("vqcc", False), "wo-nvcc": ("nvcc", False),
                 "wo-sp": ("nvcc_spatial_prior", False), "wo-hf": ("nvcc_hidden_update", False)}
-    assert sorted(v.partition(":")[2] for v in method_variants("4dgs-cc")) == sorted(expected)
+    diagnostics = {"vq-early", "vq-once"}  # issue 27's experiments, tested below
+    assert sorted(v.partition(":")[2] for v in method_variants("4dgs-cc")) == sorted({*expected, *diagnostics})
     base = load_method_spec("4dgs-cc")
     for variant, (key, value) in expected.items():
         spec = load_method_spec(f"4dgs-cc:{variant}")

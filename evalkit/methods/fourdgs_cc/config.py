@@ -28,7 +28,8 @@ class CCConfig:
     canonical_entropy: bool = True  # histogram-code the integers when smaller than raw bits
 
     # SH vector quantisation (Compact3D-style k-means VQ, codes = member means)
-    vq_start: int | None = None  # fine-stage step; None: when densification stops
+    vq_start: int | None = None  # fine-stage step; None: vq_start_fraction, else when densification stops
+    vq_start_fraction: float | None = None  # of the fine stage (so it scales with --iterations)
     vq_assign_interval: int = 100
     vq_assign_fraction: float = 0.67  # re-assign indices during this fraction of the VQ phase
     kmeans_iters: int = 10
@@ -74,6 +75,8 @@ class CCConfig:
             raise ValueError(f"{SPEC}: codebook_size must be positive")
         if not 1 <= self.xyz_bits <= 24 or not 1 <= self.attribute_bits <= 16:
             raise ValueError(f"{SPEC}: xyz_bits must lie in 1..24 and attribute_bits in 1..16")
+        if self.vq_start_fraction is not None and (self.vq_start is not None or not 0 < self.vq_start_fraction < 1):
+            raise ValueError(f"{SPEC}: vq_start_fraction must lie in (0, 1) and not be set with vq_start")
         if self.rate_interval < 1:
             raise ValueError(f"{SPEC}: rate_interval must be >= 1")
         if self.nvcc_window < 0:

@@ -30,7 +30,12 @@ class VQSchedule:
     @classmethod
     def of(cls, fcfg: FourDGSConfig, cc: CCConfig) -> "VQSchedule":
         iters = fcfg.iterations
-        start = cc.vq_start if cc.vq_start is not None else min(fcfg.densify_until_iter, int(0.75 * iters))
+        if cc.vq_start is not None:
+            start = cc.vq_start
+        elif cc.vq_start_fraction is not None:
+            start = int(cc.vq_start_fraction * iters)
+        else:
+            start = min(fcfg.densify_until_iter, int(0.75 * iters))
         start = max(1, int(start))
         until = start + int(cc.vq_assign_fraction * max(iters - start, 0))
         return cls(start, until, max(1, int(cc.vq_assign_interval)))
