@@ -157,6 +157,23 @@ def test_ctrl_c_stops_cleanly_with_no_record_and_no_claim_left(bench: ToyBench, 
     assert not list(bench.out.rglob("*.tmp"))  # no half-written record or bitstream either
 
 
+def test_a_worker_interrupted_alone_stops_the_sweep_as_ctrl_c_does(bench: ToyBench, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Ctrl-C race seen in CI: the worker handles its SIGINT and exits before the supervisor
+    process acts on its own. Sending SIGINT to the worker alone makes that order certain; the sweep
+    must still stop as on Ctrl-C (exit 130, "stopped", nothing left behind), not end with exit 0
+    calling its jobs "left to other workers"."""
+    proc = started_mid_job(bench, tmp_path, monkeypatch)
+    claim = next(bench.out.glob("*/*/*/*.claim"))
+    worker_pid = json.loads(claim.read_text())["pid"]
+    assert worker_pid != proc.pid
+    os.kill(worker_pid, signal.SIGINT)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130, out
+    assert "stopped" in out
+    assert not list(bench.out.glob("*/*/*/*.claim")) and not list(bench.out.glob("*/*/*/*.json"))
+
+
 def test_local_workers_one_per_gpu_or_several_sharing_one() -> None:
     from evalkit.results import Record
     from evalkit.sweep.local import plan_slots, rotated, scene_groups

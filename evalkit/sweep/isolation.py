@@ -100,6 +100,8 @@ class Supervisor:
         self.proc: subprocess.Popen | None = None
         self.stopping = threading.Event()
         self.done = threading.Event()  # set when run() returns
+        # the child stopped on a Ctrl-C / SIGTERM of its own (exit 130) that this supervisor did not send
+        self.interrupted = False
         self.outcomes: dict[str, tuple[str, str | None]] = {}  # label -> (status, error)
 
     def stop(self) -> None:
@@ -134,6 +136,8 @@ class Supervisor:
                 break
             before = len(self.outcomes)
             rc, current, started = self._run_child(pending, log_path)
+            if rc == 130 and not self.stopping.is_set():
+                self.interrupted = True
             if rc == 0 or self.stopping.is_set() or rc == 130:
                 break
             if current is None and len(self.outcomes) > before:
