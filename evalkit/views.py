@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from evalkit.metrics.image import psnr
+from evalkit.metrics.image import psnr, to_uint8
 
 
 class ViewsError(RuntimeError):
@@ -34,10 +34,9 @@ class ViewImage:
 
 
 def _u8(img: torch.Tensor) -> np.ndarray:
-    """(H, W, 3) float in [0, 1] -> uint8 on the host, quantised as the metrics do
-    (``to_uint8_quantised``: floor(x * 255 + 0.5) in float64), computed where ``img`` lives so a GPU
-    render crosses to the host as bytes (the viewer's frame), not as floats."""
-    return torch.floor(img.double().clamp(0.0, 1.0) * 255.0 + 0.5).to(torch.uint8).cpu().numpy()
+    """(H, W, 3) float in [0, 1] -> uint8 on the host, quantised as the metrics do (``to_uint8`` in
+    float64), computed where ``img`` lives so a GPU render crosses to the host as bytes."""
+    return to_uint8(img.double()).cpu().numpy()
 
 
 def psnr_u8(a: np.ndarray, b: np.ndarray) -> float:

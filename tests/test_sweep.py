@@ -174,6 +174,23 @@ def test_a_worker_interrupted_alone_stops_the_sweep_as_ctrl_c_does(bench: ToyBen
     assert not list(bench.out.glob("*/*/*/*.claim")) and not list(bench.out.glob("*/*/*/*.json"))
 
 
+def test_one_worker_interrupted_alone_stops_every_worker(bench: ToyBench, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers, each mid-job (30 s): SIGINT to one of them stops the sweep at once, the other
+    worker's job included (no record), instead of letting it run on and then discarding its outcome."""
+    monkeypatch.setenv("EVALKIT_TOY_SLEEP", "30")
+    proc = cli_run(bench, "--workers", "2")
+    deadline, pids = time.time() + 60, set()
+    while len(pids) < 2 and time.time() < deadline:
+        time.sleep(0.2)
+        pids = {info.pid for c in bench.out.glob("*/*/*/*.claim") if (info := claims.read_claim(c))}
+    assert len(pids) == 2
+    os.kill(min(pids), signal.SIGINT)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130 and "stopped" in out, out
+    assert not read_records(bench.out) and not list(bench.out.glob("*/*/*/*.claim"))
+
+
 def test_local_workers_one_per_gpu_or_several_sharing_one() -> None:
     from evalkit.results import Record
     from evalkit.sweep.local import plan_slots, rotated, scene_groups

@@ -70,14 +70,9 @@ def lower_bound(x: Tensor, bound: float) -> Tensor:
     return _LowerBound.apply(x, bound)
 
 
-def bits_from_likelihood(likelihood: Tensor) -> Tensor:
-    """Total bits = sum(-log2 likelihood), likelihood floored at 1e-9 (differentiable)."""
-    return -torch.log2(lower_bound(likelihood, LIKELIHOOD_BOUND)).sum()
-
-
 def bits_from_floored(likelihood: Tensor) -> Tensor:
-    """``bits_from_likelihood`` of a likelihood already floored by ``lower_bound``: flooring again
-    changes neither the value nor the gradient (its gate is open everywhere), so it is skipped."""
+    """Total bits = sum(-log2 likelihood) of a likelihood the models already floored at 1e-9 with
+    ``lower_bound`` (flooring again would change neither the value nor the gradient)."""
     return -torch.log2(likelihood).sum()
 
 

@@ -32,15 +32,24 @@ SSIM_C2 = 0.03**2
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 
-def to_uint8_quantised(img: torch.Tensor) -> torch.Tensor:
-    """Simulate saving as an 8-bit PNG: clamp to [0, 1], round to k/255, keep float dtype.
-
-    Rounds half up (``floor(x * 255 + 0.5)``), as ``torchvision.utils.save_image`` does when
-    the reference pipelines write their renders. Idempotent on values that are already k/255.
-    """
+def _levels(img: torch.Tensor) -> torch.Tensor:
+    """The 8-bit levels k (as floats; NaN stays NaN) of a float image in [0, 1]: clamp, then round
+    half up (``floor(x * 255 + 0.5)``) in ``img``'s dtype and on its device, as
+    ``torchvision.utils.save_image`` does when the reference pipelines write their renders."""
     if not torch.is_floating_point(img):
-        raise TypeError(f"to_uint8_quantised expects a float tensor in [0, 1], got {img.dtype}")
-    return torch.floor(img.clamp(0.0, 1.0) * 255.0 + 0.5) / 255.0
+        raise TypeError(f"expected a float tensor in [0, 1], got {img.dtype}")
+    return torch.floor(img.clamp(0.0, 1.0) * 255.0 + 0.5)
+
+
+def to_uint8(img: torch.Tensor) -> torch.Tensor:
+    """The levels of ``to_uint8_quantised`` as a uint8 tensor (for display: NaN has no level)."""
+    return _levels(img).to(torch.uint8)
+
+
+def to_uint8_quantised(img: torch.Tensor) -> torch.Tensor:
+    """Simulate saving as an 8-bit PNG: clamp to [0, 1], round to k/255, keep the float dtype (a NaN
+    stays NaN, so the metrics see it). Idempotent on values that are already k/255."""
+    return _levels(img) / 255.0
 
 
 def _as_nchw(pred: torch.Tensor, gt: torch.Tensor, what: str) -> tuple[torch.Tensor, torch.Tensor, bool]:

@@ -85,10 +85,13 @@ def run_local(jobs: list, opts, *, sweep: str, gpus: list[str] | None, jobs_per_
     # the thread marked as stopped while it still runs (CPython's tstate-lock wait).
     try:
         while not all(s.done.is_set() for s in sups):
+            if any(s.interrupted for s in sups):
+                # a worker stopped on a Ctrl-C this process has not (yet) seen, or on a SIGTERM sent
+                # to it alone: the whole sweep stops as on Ctrl-C (the other workers too) rather
+                # than report that worker's jobs as left to others
+                raise KeyboardInterrupt
             time.sleep(0.2)
         if any(s.interrupted for s in sups):
-            # a worker stopped on a Ctrl-C this process has not (yet) seen, or on a SIGTERM sent to
-            # it alone: the sweep stops as on Ctrl-C rather than report its jobs as left to others
             raise KeyboardInterrupt
     except KeyboardInterrupt:
         for s in sups:

@@ -24,6 +24,11 @@ class GraphedCalls:
         self.failed: str | None = None
         self._graphed: dict[tuple, nn.Module] = {}
 
+    @property
+    def captured(self) -> int:
+        """How many graphs were captured (one per key and tensor signature)."""
+        return len(self._graphed)
+
     def usable(self, tensors: tuple[torch.Tensor, ...]) -> bool:
         return (self.enabled and self.failed is None and torch.is_grad_enabled()
                 and all(t.is_cuda for t in tensors) and not torch.cuda.is_current_stream_capturing())

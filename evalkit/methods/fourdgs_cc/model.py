@@ -103,9 +103,9 @@ class FourDGSCCModel(FourDGSModel):
         graphs = _GRAPHS.get(self)
         if graphs is not None and graphs.failed:
             return f"eager: CUDA-graph capture failed ({graphs.failed})"
-        if graphs is None or not graphs._graphed:
+        if graphs is None or not graphs.captured:
             return "eager (no CUDA graph: not on CUDA, or cuda_graphs off)"
-        return f"replayed from CUDA graphs ({len(graphs._graphed)} captured)"
+        return f"replayed from CUDA graphs ({graphs.captured} captured)"
 
     @property
     def _graphs(self) -> GraphedCalls:
