@@ -169,6 +169,20 @@ def render_breakdown(bits_path: Path, scene, device: torch.device, repeats: int 
             "gaussians": float(model.num_primitives())}
 
 
+def add_scene_arguments(ap: argparse.ArgumentParser, coarse: int = 3000, warmup: int | None = 20) -> None:
+    """The arguments the 4DGS step benchmarks share: the scene and how the model to time is made
+    (``--coarse`` iterations, grown to ``--grow-to``), ``--steps`` (and ``--warmup`` unless None)."""
+    ap.add_argument("scene", type=Path, help="scene folder")
+    ap.add_argument("--dataset", default="dnerf")
+    ap.add_argument("--coarse", type=int, default=coarse, help="coarse-stage iterations first (0: fresh model)")
+    ap.add_argument("--grow-to", type=int, default=0, help="split Gaussians up to this count first")
+    ap.add_argument("--steps", type=int, default=300, help="timed steps")
+    if warmup is not None:
+        ap.add_argument("--warmup", type=int, default=warmup, help="untimed steps first (kernel compilation)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--resolution-scale", type=float, default=None)
+
+
 def load_bench_scene(scene_dir: Path, dataset: str, device: torch.device,
                      resolution_scale: float | None = None) -> tuple[Scene, FourDGSConfig]:
     """The scene as the dataset spec loads it and 4DGS's protocol configuration for it; prints
@@ -188,15 +202,8 @@ def load_bench_scene(scene_dir: Path, dataset: str, device: torch.device,
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("scene", type=Path)
-    ap.add_argument("--dataset", default="dnerf")
-    ap.add_argument("--coarse", type=int, default=3000, help="coarse-stage iterations first (0: fresh model)")
-    ap.add_argument("--grow-to", type=int, default=0, help="split Gaussians up to this count first")
-    ap.add_argument("--steps", type=int, default=300)
-    ap.add_argument("--warmup", type=int, default=20, help="untimed steps first (kernel compilation)")
+    add_scene_arguments(ap)
     ap.add_argument("--bitstream", type=Path)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--resolution-scale", type=float, default=None)
     args = ap.parse_args(argv)
     if args.steps < 1 or args.warmup < 0 or args.coarse < 0:
         ap.error("--steps must be >= 1, --warmup and --coarse >= 0")

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+from contextlib import contextmanager
 from dataclasses import replace
+from typing import Iterator
 
 import torch
 
@@ -21,12 +23,47 @@ from evalkit.data.detect import load_scene
 from evalkit.methods.base import Budget, TrainContext
 from evalkit.train.images import ImageBank
 from evalkit.models.fourdgs.trainer import train
-from evalkit.methods.fourdgs_cc.config import split_config
+from evalkit.methods.fourdgs_cc.config import CCConfig, split_config
 from evalkit.methods.fourdgs_cc.model import FourDGSCCModel
 from evalkit.methods.fourdgs_cc.training import fine_stage
 from evalkit.specs import load_method_spec
 from evalkit.metrics.fps import synced_clock
+from evalkit.models.fourdgs.config import FourDGSConfig
+from evalkit.models.fourdgs.model import FourDGSModel
 
+
+
+def cc_configs(dataset: str, scene_name: str, rate: str) -> tuple[FourDGSConfig, CCConfig]:
+    """The 4DGS and 4DGS-CC configurations of ``rate`` for a scene, as the method resolves them."""
+    spec = load_method_spec("4dgs-cc")
+    point = spec.rate_points(dataset, [rate])[0]
+    base = load_method_spec("4dgs").config(dataset, scene_name)
+    return split_config(base, {**spec.config(dataset, scene_name), **point.params})
+
+
+def cc_model(base: FourDGSModel, cc: CCConfig) -> FourDGSCCModel:
+    """A 4DGS-CC model on a copy of ``base`` with VQ started (k-means), as late in the fine stage."""
+    model = FourDGSCCModel(copy.deepcopy(base), cc)
+    if model.vq is not None:
+        model.vq.pending = "init"
+        with torch.no_grad():
+            model.canonical_sh()
+    return model
+
+
+@contextmanager
+def one_coder(model: FourDGSCCModel, name: str | None) -> Iterator[None]:
+    """``rate_terms`` computes every term the model has in one call (one CUDA graph): to time the
+    ``name`` term alone ("nvcc" / "vqcc"; None: both), the other coder is off the model meanwhile."""
+    other = {"nvcc": "vqcc", "vqcc": "nvcc"}.get(name or "")
+    kept = getattr(model, other) if other else None
+    if other:
+        setattr(model, other, None)
+    try:
+        yield
+    finally:
+        if other:
+            setattr(model, other, kept)
 
 
 def _time(fn, device: torch.device, reps: int, warmup: int = 3) -> float:
@@ -54,10 +91,7 @@ def main(argv: list[str] | None = None) -> None:
 
     scene = load_scene(a.scene_dir)
     name = scene.path.name
-    spec = load_method_spec("4dgs-cc")
-    rate = spec.rate_points(a.dataset, [a.rate])[0]
-    base_cfg = load_method_spec("4dgs").config(a.dataset, name)
-    fcfg, cc = split_config(base_cfg, {**spec.config(a.dataset, name), **rate.params})
+    fcfg, cc = cc_configs(a.dataset, name, a.rate)
     fcfg = replace(fcfg, coarse_iterations=a.coarse)
     print(f"scene {name}: {len(scene.train)} train views, resolution {fcfg.resolution}, "
           f"codebook {cc.codebook_size}, lambda_e {cc.lambda_e}, device {device}")
@@ -66,10 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     base, _ = train(scene, fcfg, device, stages=("coarse",))
     print(f"coarse stage: {a.coarse} iterations in {synced_clock(device) - t0:.1f} s, {base.num_primitives()} Gaussians")
 
-    model = FourDGSCCModel(copy.deepcopy(base), cc)
-    model.vq.pending = "init"
     t0 = synced_clock(device)
-    model.canonical_sh()
+    model = cc_model(base, cc)
     print(f"VQ start (k-means++ + {cc.kmeans_iters} Lloyd iterations, K={cc.codebook_size}): "
           f"{synced_clock(device) - t0:.2f} s")
 
@@ -78,20 +110,12 @@ def main(argv: list[str] | None = None) -> None:
         loss = sum(bits / n for bits, n in terms.values())
         loss.backward()
 
-    # rate_terms computes every term the model has in one call (one CUDA graph): a term alone is
-    # timed with the other coder taken off the model for the measurement.
     graphs = model._graphs
     for enabled in (True, False):
         graphs.enabled = enabled
-        for label, off in (("NVCC + VQCC", None), ("NVCC alone", "vqcc"), ("VQCC alone", "nvcc")):
-            kept = getattr(model, off) if off else None
-            if off:
-                setattr(model, off, None)
-            try:
+        for label, alone in (("NVCC + VQCC", None), ("NVCC alone", "nvcc"), ("VQCC alone", "vqcc")):
+            with one_coder(model, alone):
                 ms = _time(rate_step, device, a.reps)
-            finally:
-                if off:
-                    setattr(model, off, kept)
             print(f"rate fwd+bwd, {label:11s}, CUDA graphs {'on ' if enabled else 'off'}: {ms:7.2f} ms"
                   + (f"  (capture failed: {graphs.failed})" if enabled and graphs.failed else ""))
     graphs.enabled = cc.cuda_graphs

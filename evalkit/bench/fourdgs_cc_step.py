@@ -26,12 +26,12 @@ import statistics
 import time
 from collections import defaultdict
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
-from evalkit.bench.fourdgs import load_bench_scene, prepared_model
-from evalkit.methods.fourdgs_cc.config import CCConfig, split_config
+from evalkit.bench.fourdgs import add_scene_arguments, load_bench_scene, prepared_model
+from evalkit.bench.fourdgs_cc import cc_configs, cc_model, one_coder
+from evalkit.methods.fourdgs_cc.config import CCConfig
 from evalkit.methods.fourdgs_cc.model import FourDGSCCModel
 from evalkit.methods.fourdgs_cc.training import VQSchedule, entropy_optimizer, rate_loss
 from evalkit.metrics.fps import synced_clock
@@ -39,7 +39,6 @@ from evalkit.models.fourdgs.config import FourDGSConfig
 from evalkit.models.fourdgs.model import FourDGSModel
 from evalkit.models.fourdgs.plane_regulariser import PlaneRegulariser
 from evalkit.models.fourdgs.trainer import _deformation_optimizer, _optimizers, train, views_loss
-from evalkit.specs import load_method_spec
 from evalkit.train.adam_steps import AdamSteps
 from evalkit.train.images import ImageBank
 
@@ -51,16 +50,6 @@ def fixed_count(cfg: FourDGSConfig, steps: int) -> FourDGSConfig:
     """``steps`` fine steps with refinement, pruning and opacity resets off: the count stays fixed."""
     return replace(cfg, iterations=steps, densify_from_iter=10**9, densify_until_iter=0,
                    opacity_reset_interval=10**9)
-
-
-def cc_model(base: FourDGSModel, cc: CCConfig) -> FourDGSCCModel:
-    """A 4DGS-CC model on a copy of ``base`` with VQ started (k-means), as late in the fine stage."""
-    model = FourDGSCCModel(copy.deepcopy(base), cc)
-    if model.vq is not None:
-        model.vq.pending = "init"
-        with torch.no_grad():
-            model.canonical_sh()
-    return model
 
 
 def wall_ms(scene, cfg: FourDGSConfig, device: torch.device, model: FourDGSModel, bank: ImageBank,
@@ -80,13 +69,8 @@ def wall_ms(scene, cfg: FourDGSConfig, device: torch.device, model: FourDGSModel
 
 def _rate_alone(model: FourDGSCCModel, cc: CCConfig, name: str) -> None:
     """Forward + backward of one rate term (weighted as in training), the other coder taken off."""
-    other = "vqcc" if name == "nvcc" else "nvcc"
-    kept = getattr(model, other)
-    setattr(model, other, None)
-    try:
+    with one_coder(model, name):
         terms = model.rate_terms(cc.quantization)
-    finally:
-        setattr(model, other, kept)
     if name in terms:
         bits, count = terms[name]
         ((cc.lambda_e if name == "nvcc" else cc.lambda_c) * bits / count).backward()
@@ -155,25 +139,15 @@ def report(wall: dict[str, float], split: dict[str, dict[str, float]]) -> list[s
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("scene", type=Path, help="scene folder")
-    ap.add_argument("--dataset", default="dnerf")
+    add_scene_arguments(ap, warmup=30)  # --steps: timed trainer steps per method
     ap.add_argument("--rate", default="high", help="4dgs-cc rate point")
-    ap.add_argument("--coarse", type=int, default=3000)
-    ap.add_argument("--grow-to", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=300, help="timed trainer steps per method")
     ap.add_argument("--split-steps", type=int, default=100, help="synchronised steps per method")
-    ap.add_argument("--warmup", type=int, default=30, help="untimed steps first, per method and measurement")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--resolution-scale", type=float, default=None)
     a = ap.parse_args(argv)
     if a.steps < 1 or a.split_steps < 1 or a.warmup < 0:
         ap.error("--steps and --split-steps must be >= 1, --warmup >= 0")
     device = torch.device(a.device)
     scene, _ = load_bench_scene(a.scene, a.dataset, device, a.resolution_scale)
-    spec = load_method_spec("4dgs-cc")
-    rate = spec.rate_points(a.dataset, [a.rate])[0]
-    base_cfg = load_method_spec("4dgs").config(a.dataset, a.scene.name)
-    cfg, cc = split_config(base_cfg, {**spec.config(a.dataset, a.scene.name), **rate.params})
+    cfg, cc = cc_configs(a.dataset, a.scene.name, a.rate)
     print(f"4dgs-cc rate {a.rate}: codebook {cc.codebook_size}, lambda_e {cc.lambda_e}; HexPlane "
           f"{cfg.feature_dim} channels, resolution {cfg.resolution}, scales {cfg.multires}")
     t0 = time.perf_counter()

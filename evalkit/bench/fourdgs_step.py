@@ -26,11 +26,10 @@ import copy
 import gc
 import time
 from dataclasses import replace
-from pathlib import Path
 
 import torch
 
-from evalkit.bench.fourdgs import grow, load_bench_scene
+from evalkit.bench.fourdgs import add_scene_arguments, grow, load_bench_scene
 from evalkit.models.fourdgs.config import FourDGSConfig
 from evalkit.models.fourdgs.deformation import DeformationField
 from evalkit.models.fourdgs.hexplane import HexPlane
@@ -87,18 +86,12 @@ def step_time(model: FourDGSModel, scene, cfg: FourDGSConfig, device: torch.devi
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("scene", type=Path, help="scene folder")
-    ap.add_argument("--dataset", default="dnerf")
-    ap.add_argument("--coarse", type=int, default=3000)
-    ap.add_argument("--grow-to", type=int, default=0)
-    ap.add_argument("--steps", type=int, default=300)
+    add_scene_arguments(ap, warmup=None)
     ap.add_argument("--variants", default="auto/auto",
                     help="comma-separated LOOKUP/REGULARISER backend pairs, e.g. torch/torch,triton/triton")
     ap.add_argument("--switches", default="all", help="comma-separated: none, mlp, sh, mlp+sh, all")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--host-profile", action="store_true", help="cProfile 100 steps: where the host time goes")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--resolution-scale", type=float, default=None)
     a = ap.parse_args(argv)
     device = torch.device(a.device)
     scene, cfg = load_bench_scene(a.scene, a.dataset, device, a.resolution_scale)
