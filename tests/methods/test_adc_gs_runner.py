@@ -7,10 +7,9 @@ import torch
 from evalkit.codec.container import Bitstream
 from evalkit.methods.adc_gs import ADCGSTrained
 from evalkit.methods.adc_gs.mem import bits_per_value, quantise, stream_names
-from evalkit.results import read_record, record_path
-from evalkit.runner import RunOptions, run
 
 from tests.methods.adc_gs_common import random_model
+from tests.methods.runner_common import run_synthetic
 
 
 def _coded_stream_bytes(lambda_e: float) -> int:
@@ -39,11 +38,7 @@ def test_lower_lambda_gives_a_larger_file() -> None:
 @pytest.mark.slow
 def test_runner_records_adc_gs_jobs(tmp_path, synthetic_data_root) -> None:
     out = tmp_path / "results"
-    result = run("adc-gs", "synthetic", rates=["low"], data_root=synthetic_data_root,
-                 opts=RunOptions(out=out, iterations=30, resolution_scale=1 / 4, device="cpu",
-                                 fps_warmup=1, fps_repeats=1))
-    assert [o.status for o in result.outcomes] == ["ok"], [o.error for o in result.outcomes]
-    rec = read_record(record_path(out, "synthetic", "spheres", "adc-gs", "low"))
+    [rec] = run_synthetic("adc-gs", synthetic_data_root, out, iterations=30, resolution_scale=1 / 4, rates=["low"])
     comps = rec.size["components"]
     assert {"geometry", "hyper", "fv", "fg0", "fg3", "net_theta", "net_deform", "net_entropy"} <= set(comps)
     assert rec.size["total_bytes"] == sum(comps.values()) == (out / rec.bitstream).stat().st_size
@@ -123,13 +118,8 @@ def test_variant_without_rate_distortion_trains_once_and_records_one_point(tmp_p
     real_train = adc.train
     monkeypatch.setattr(adc, "train", lambda *a, **kw: calls.append(a[1].lambda_e) or real_train(*a, **kw))
     out = tmp_path / "results"
-    result = run("adc-gs:base", "synthetic", data_root=synthetic_data_root,
-                 opts=RunOptions(out=out, iterations=20, resolution_scale=1 / 4, device="cpu",
-                                 fps_warmup=1, fps_repeats=1))
-    assert [(o.job.rate.name, o.status) for o in result.outcomes] == [("default", "ok")], \
-        [o.error for o in result.outcomes]
+    [rec] = run_synthetic("adc-gs:base", synthetic_data_root, out, iterations=20, resolution_scale=1 / 4)
     assert len(calls) == 1
-    rec = read_record(record_path(out, "synthetic", "spheres", "adc-gs:base", "default"))
     assert rec.rate == "default" and rec.rate_params == {} and rec.reused is None
     assert rec.config["rate_distortion"] is False and rec.config["deformation"] == "none"
     assert rec.iterations == 20 and rec.stage_metrics == {} and rec.metrics["psnr"] > 8

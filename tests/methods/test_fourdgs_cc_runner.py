@@ -12,20 +12,15 @@ from evalkit.methods.fourdgs_cc import FourDGSCC, FourDGSCCTrained
 from evalkit.methods.fourdgs_cc.config import CCConfig
 from evalkit.methods.fourdgs_cc.model import FourDGSCCModel
 from evalkit.train.vq import nearest_code
-from evalkit.results import read_record, record_path
-from evalkit.runner import RunOptions, run
 
 from tests.methods.fourdgs_cc_common import single_thread_torch  # noqa: F401
+from tests.methods.runner_common import run_synthetic
 
 
 @pytest.mark.slow
 def test_runner_records_an_ok_job(tmp_path, synthetic_data_root) -> None:
     out = tmp_path / "results"
-    result = run("4dgs-cc", "synthetic", rates=["low"], data_root=synthetic_data_root,
-                 opts=RunOptions(out=out, iterations=40, resolution_scale=1 / 6, device="cpu",
-                                 fps_warmup=1, fps_repeats=1))
-    assert [o.status for o in result.outcomes] == ["ok"], [o.error for o in result.outcomes]
-    rec = read_record(record_path(out, "synthetic", "spheres", "4dgs-cc", "low"))
+    [rec] = run_synthetic("4dgs-cc", synthetic_data_root, out, iterations=40, resolution_scale=1 / 6, rates=["low"])
     assert rec.status == "ok" and rec.rate_params == {"lambda_e": 1e-3, "codebook_size": 256}
     comps = rec.size["components"]
     assert {"xyz", "vq_indices", "codebook_y", "hexplane_nvcc", "nvcc_model", "deformation_mlp"} <= set(comps)
