@@ -84,15 +84,15 @@ def run_local(jobs: list, opts, *, sweep: str, gpus: list[str] | None, jobs_per_
     # Wait on the supervisors' own events, not Thread.join: a Ctrl-C that interrupts join() can leave
     # the thread marked as stopped while it still runs (CPython's tstate-lock wait).
     try:
-        while not all(s.done.is_set() for s in sups):
+        while True:
             if any(s.interrupted for s in sups):
                 # a worker stopped on a Ctrl-C this process has not (yet) seen, or on a SIGTERM sent
                 # to it alone: the whole sweep stops as on Ctrl-C (the other workers too) rather
                 # than report that worker's jobs as left to others
                 raise KeyboardInterrupt
+            if all(s.done.is_set() for s in sups):
+                break
             time.sleep(0.2)
-        if any(s.interrupted for s in sups):
-            raise KeyboardInterrupt
     except KeyboardInterrupt:
         for s in sups:
             s.stop()
