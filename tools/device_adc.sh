@@ -50,6 +50,12 @@ case "$1" in
     timeout "${3:-150}" python3 -m evalkit.cli run --method 4dgs-cc --dataset dnerf --scene lego --rate high \
       --iterations "$2" --data-root /tmp/data --out /tmp/res/cc --device cuda 2>&1 | tail -n 4 || true
     ;;
+  ccstep)
+    # issue 27: 4dgs-cc fine step against 4dgs's at the same Gaussian count (alone on the GPU)
+    cd /tmp/code
+    python3 -m evalkit.bench.fourdgs_cc_step /tmp/data/dnerf/"${2:-lego}" --dataset dnerf --rate high \
+      --coarse 3000 --grow-to 95000 --steps 300 --split-steps 100 --warmup 30 --device cuda 2>&1 | tee /tmp/res/ccstep.txt
+    ;;
   stop)
     pkill -f "evalkit" || true; sleep 2
     ;;
