@@ -206,6 +206,19 @@ def settings_changed(old: Record, job: Job, opts: RunOptions) -> list[str]:
     return out
 
 
+def refused_configs(jobs: list[Job], opts: RunOptions) -> list[str]:
+    """Each job whose configuration its method refuses (``Method.effective_config`` raising
+    ``ValueError``), checked at planning so a wrong spec stops the sweep before hours of other jobs."""
+    out = []
+    for job in jobs:
+        ctx = _train_context(job, opts, load_method_spec(job.method), torch.device("cpu"))
+        try:
+            get_method(job.method).effective_config(job.rate, ctx)
+        except ValueError as exc:
+            out.append(f"{job.label}: {exc}")
+    return out
+
+
 def _existing_ok(job: Job, opts: RunOptions) -> Record | None:
     """The job's ``ok`` record already in ``opts.out``, if any (an unreadable one is redone)."""
     path = record_path(opts.out, job.dataset, job.scene, job.method, job.rate.name)
@@ -543,6 +556,9 @@ def run(method: str | list[str], dataset: str, *, scenes: list[str] | None = Non
             notes += [x for x in n if x not in notes]
     except (SpecError, UnknownMethod, ContractError) as exc:  # a spec without a registry entry, or the reverse
         raise RunError(str(exc)) from None
+    config_errors = refused_configs(jobs, opts)
+    if config_errors:
+        raise RunError(f"{len(config_errors)} job(s) refused before any ran:\n  " + "\n  ".join(config_errors))
     # Existing ok records, read once: skipped when made with this sweep's settings; otherwise
     # skipping would report other settings as this run and rerunning would lose them.
     existing = {} if opts.force else {job.label: old for job in jobs if (old := _existing_ok(job, opts))}

@@ -416,6 +416,23 @@ def test_unknown_scene_names_folder_and_lists_present(toy_bench: ToyBench) -> No
     assert "present: alpha, beta" in msg
 
 
+def test_a_refused_configuration_stops_the_sweep_before_any_job(toy_bench: ToyBench,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rate point the method refuses (``effective_config`` raises) is found at planning: the sweep
+    names that job and the reason, and no job trains (not hours later, when its turn comes)."""
+    def refuse_high(self, rate, ctx):
+        if rate.name == "high":
+            raise ValueError("high is not for this toy")
+        return {**ctx.config, **rate.params}
+
+    monkeypatch.setattr(ToyMethod, "effective_config", refuse_high)
+    with pytest.raises(RunError) as exc:
+        run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts())
+    msg = str(exc.value)
+    assert "2 job(s) refused" in msg and "alpha" in msg and "beta" in msg and "high is not for this toy" in msg
+    assert STATE.train_calls == [] and not toy_bench.out.exists()
+
+
 def test_missing_dataset_folder_says_where_and_how(toy_bench: ToyBench, tmp_path: Path) -> None:
     empty = tmp_path / "nodata"
     with pytest.raises(RunError) as exc:
