@@ -64,9 +64,14 @@ case "$1" in
     cd /tmp/code
     python3 -m evalkit.bench.viewer "$2" --data-root /tmp/data --device cuda --frames 100 | tee -a /tmp/res/viewer.txt
     ;;
+  code2)
+    # a later call's code beside the running jobs' (/tmp/code stays as it was)
+    rm -rf /tmp/code2 && mkdir -p /tmp/code2 && cp -r evalkit methods datasets pyproject.toml /tmp/code2/
+    ;;
   fps)
-    cd /tmp/code
-    python3 -m evalkit.bench.adc_gs "$2" "$3" | tee -a /tmp/res/adc_fps.txt
+    # FPS of a decoded adc-gs file (alone): fps EVK SCENE_DIR; CODE=/tmp/code2 to time a later call's code
+    cd "${CODE:-/tmp/code}"
+    PYTHONPATH="${CODE:-/tmp/code}":/tmp/site python3 -m evalkit.bench.adc_gs "$2" "$3" | tee -a /tmp/res/adc_fps.txt
     ;;
   wait)
     # sleep up to $2 seconds or until no evalkit run is left
