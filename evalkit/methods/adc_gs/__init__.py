@@ -56,6 +56,7 @@ from evalkit.methods.base import Method, Model, RatePoint, TrainContext, Trained
 from evalkit.methods.adc_gs import codec
 from evalkit.methods.adc_gs.coded import CodedScene, finalize
 from evalkit.methods.adc_gs.config import SPEC, ADCConfig
+from evalkit.methods.adc_gs.fast_frame import FastFrame
 from evalkit.methods.adc_gs.mem import quantise
 from evalkit.methods.adc_gs.model import ADCModel, Primitives, flat
 from evalkit.methods.adc_gs.training import train
@@ -65,23 +66,39 @@ __all__ = ["ADCGS", "ADCGSTrained", "ADCGSDecoded"]
 
 
 class FrameRenderer:
-    """Renders an ADC-GS model: the canonical primitives once, the deformation per frame."""
+    """Renders an ADC-GS model: the canonical primitives once, the deformation per frame.
+    ``fast``: for a frozen (decoded) model, frames from ``fast_frame.FastFrame`` (same numbers,
+    fewer kernels, a CUDA graph on GPU) instead of the modules."""
 
-    def __init__(self, model: ADCModel, background, feats: dict | None = None) -> None:
+    def __init__(self, model: ADCModel, background, feats: dict | None = None, fast: bool = False) -> None:
         self.model = model
         self.feats = feats if feats is not None else model.features()
         with torch.no_grad():
             self.canonical: Primitives = model.canonical(self.feats)
         self.background = torch.as_tensor(np.asarray(background, dtype=np.float32), device=model.xyz.device)
+        self.fast = FastFrame(model, self.canonical, self.feats["fv"]) if fast else None
+
+    @torch.no_grad()
+    def module_primitives(self, t: float) -> tuple[torch.Tensor, ...]:
+        """Frame t through the modules (``ADCModel.at_time``), whatever ``fast`` says."""
+        return flat(self.model.at_time(self.canonical, self.feats["fv"], t))
+
+    @torch.no_grad()
+    def frame(self, t: float) -> tuple[torch.Tensor, ...]:
+        """Frame t's flattened primitives; from the fast path they may be CUDA-graph buffers that
+        the next call overwrites (``render`` consumes them at once)."""
+        return self.fast(t) if self.fast is not None else self.module_primitives(t)
 
     @torch.no_grad()
     def primitives(self, t: float) -> tuple[torch.Tensor, ...]:
-        return flat(self.model.at_time(self.canonical, self.feats["fv"], t))
+        """Frame t's flattened primitives, the caller's to keep."""
+        out = self.frame(t)
+        return tuple(x.clone() for x in out) if self.fast is not None and self.fast.graphed else out
 
     @torch.no_grad()
     def render(self, camera: Camera, t: float) -> torch.Tensor:
         viewmat, K = camera_tensors(camera, self.model.xyz.device)
-        out = rasterize(*self.primitives(t), viewmat, K, camera.width, camera.height,
+        out = rasterize(*self.frame(t), viewmat, K, camera.width, camera.height,
                         background=self.background, near=self.model.cfg.near_plane)
         return out.image.clamp(0, 1)
 
@@ -107,7 +124,8 @@ class ADCGSTrained(TrainedModel):
 
     def render(self, camera: Camera, t: float) -> torch.Tensor:
         if self._renderer is None:
-            self._renderer = FrameRenderer(self.finalize().build_model(self.model.xyz.device), self.background)
+            self._renderer = FrameRenderer(self.finalize().build_model(self.model.xyz.device), self.background,
+                                           fast=True)
         return self._renderer.render(camera, t)
 
     def quality_stages(self) -> list[tuple[str, Callable[[Camera, float], torch.Tensor]]]:
@@ -138,7 +156,11 @@ class ADCGSDecoded(Model):
     def __init__(self, model: ADCModel, coded: CodedScene) -> None:
         self.model = model
         self.coded = coded
-        self._renderer = FrameRenderer(model, coded.background)
+        self._renderer = FrameRenderer(model, coded.background, fast=True)
+
+    @property
+    def frame_renderer(self) -> FrameRenderer:
+        return self._renderer
 
     def render(self, camera: Camera, t: float) -> torch.Tensor:
         return self._renderer.render(camera, t)
