@@ -7,13 +7,13 @@ canonical primitives, f_v's share of F_omega's first layer (its Linear(f_v ⊕ f
 f_v and f_t columns) and, per time-table row, the f_t share plus bias of both networks (f_t is a
 linear interpolation of table rows, so interpolating these rows gives W_t f_t + b exactly). Each
 network's heads run as two GEMMs: first layers stacked, last layers block-diagonal. On CUDA the
-frame replays from one CUDA graph (t a 0-d device tensor), as 4dgs's decoded deformation.
+frame replays from one CUDA graph (``render.frame_graph``, t a 0-d device tensor), as 4dgs's decoded
+deformation.
 Module structure, state_dict and bitstream are untouched; these are derived tensors.
 """
 from __future__ import annotations
 
 import warnings
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -21,6 +21,7 @@ from torch.nn import functional as F
 
 from evalkit.methods.adc_gs.model import ADCModel, Primitives, flat
 from evalkit.methods.adc_gs.nets import MultiHead
+from evalkit.render.frame_graph import FrameGraph
 
 Flat = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]  # means, quats, scales, opacities, colours
 
@@ -76,12 +77,12 @@ class FastFrame:
         with torch.no_grad():
             self._prepare(model, canonical, fv)
         self.graph_status = "eager, not on CUDA"
-        self._graph: _FrameGraph | None = None
+        self._graph: FrameGraph | None = None
         if self.mode == "none":
             self.graph_status = "static, no deformation"
         elif fv.is_cuda and cuda_graph:
             try:
-                self._graph = _FrameGraph(self.frame, fv.device)
+                self._graph = FrameGraph(self.frame, fv.device)
                 self.graph_status = "CUDA graph"
             except RuntimeError as exc:  # rendering stays correct, only slower
                 warnings.warn(f"CUDA-graph capture of the ADC-GS frame failed ({exc}); rendering eagerly")
@@ -149,25 +150,3 @@ class FastFrame:
         f = self.fine(torch.addmm(row, fp, self.w_pe))
         s = self.fine.slices
         return f[:, s["opacity"]], f[:, s["color"]].reshape(-1, self.k, 3)
-
-
-class _FrameGraph:
-    """``fn(t)`` captured once as a CUDA graph for a 0-d device tensor t; a call fills t and
-    replays (as ``models.fourdgs.model._GraphedActivated``). Outputs are static buffers."""
-
-    def __init__(self, fn: Callable[[Tensor], Flat], device: torch.device) -> None:
-        self.t = torch.zeros((), device=device)
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side), torch.no_grad():
-            for _ in range(2):  # warm-up outside the graph (allocator, cuBLAS handles)
-                fn(self.t)
-        torch.cuda.current_stream(device).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.no_grad():
-            self.out = fn(self.t)
-
-    def __call__(self, t: float) -> Flat:
-        self.t.fill_(float(t))
-        self.graph.replay()
-        return self.out

@@ -12,6 +12,7 @@ from evalkit.data.scene import Camera, PointCloud
 from evalkit.models.fourdgs.deformation import DeformationConfig, DeformationField
 from evalkit.render import RenderOutput, rasterize
 from evalkit.render.api import ViewsOutput, check_intrinsics, rasterize_views
+from evalkit.render.frame_graph import FrameGraph
 
 C0 = 0.28209479177387814  # SH band-0 constant
 
@@ -49,32 +50,6 @@ def init_gaussians(points: PointCloud, sh_degree: int, device: torch.device) -> 
     })
 
 
-class _GraphedActivated:
-    """A captured CUDA graph of deformation + activations at time ``t`` for a frozen model.
-
-    Rendering a decoded model launches ~60 small kernels for the deformation field before the
-    rasteriser; replaying them as one graph removes the launch overhead. The outputs are static
-    buffers overwritten by the next replay, so they must be consumed before calling again."""
-
-    def __init__(self, model: "FourDGSModel") -> None:
-        dev = model.device
-        self.t = torch.zeros((), device=dev)
-        side = torch.cuda.Stream(dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side), torch.no_grad():
-            for _ in range(2):  # warm-up outside the graph (allocator, lazy init)
-                model.activated(self.t)
-        torch.cuda.current_stream(dev).wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph), torch.no_grad():
-            self.out = model.activated(self.t)
-
-    def __call__(self, t: float):
-        self.t.fill_(float(t))
-        self.graph.replay()
-        return self.out
-
-
 class FourDGSModel(nn.Module):
     """Renders the scene at time t. ``deform=False`` renders the canonical (coarse-stage) set."""
 
@@ -86,7 +61,7 @@ class FourDGSModel(nn.Module):
         self.sh_degree = sh_degree
         self.near_plane = near_plane  # FourDGSConfig.near_plane: in training and in every render
         self.register_buffer("background", background.float().reshape(3))
-        self._graphed: _GraphedActivated | None = None
+        self._graphed: FrameGraph | None = None
         self._cameras: dict[int, tuple[Camera, torch.Tensor, torch.Tensor]] = {}
 
     def freeze_for_rendering(self) -> None:
@@ -95,7 +70,7 @@ class FourDGSModel(nn.Module):
         self.requires_grad_(False)
         if self.device.type == "cuda":
             try:
-                self._graphed = _GraphedActivated(self)
+                self._graphed = FrameGraph(self.activated, self.device)
             except RuntimeError as exc:  # rendering stays correct, only slower
                 warnings.warn(f"CUDA-graph capture of the deformation failed ({exc}); rendering eagerly")
                 self._graphed = None
