@@ -22,6 +22,7 @@ import time
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
+from torch.profiler import record_function
 
 from evalkit.data.scene import Scene
 from evalkit.metrics.image import ssim
@@ -245,39 +246,46 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
         rate_on = rd and step > cfg.rate_from and cfg.lambda_e > 0
         in_window = cfg.refinement and cfg.refine_from < step <= cfg.refine_until
         feats, bits = model.features(), None
-        if quant_on:
-            feats, bits = quantise(model.mem, feats, "noise")
-        prim = model.canonical(feats)
+        with record_function("adc-gs: quantise + F_theta"):
+            if quant_on:
+                feats, bits = quantise(model.mem, feats, "noise")
+            prim = model.canonical(feats)
         loss = prim.means.new_zeros(())
         renders = []
         for v in views:
-            p = model.at_time(prim, feats["fv"], frames[v].time, deform_on)
-            means, quats, scales, opac, colors = flat(p)
+            with record_function("adc-gs: deformation"):
+                p = model.at_time(prim, feats["fv"], frames[v].time, deform_on)
+                means, quats, scales, opac, colors = flat(p)
             if in_window:
                 colors = torch.cat([colors, torch.ones_like(colors[:, :1])], dim=1)
                 colors.retain_grad()
             cam = frames[v].camera
-            out = rasterize(means, quats, scales, opac, colors, *cams[v], cam.width, cam.height,
-                            background=bg4 if in_window else bg3, near=cfg.near_plane)
+            with record_function("adc-gs: rasterise"):
+                out = rasterize(means, quats, scales, opac, colors, *cams[v], cam.width, cam.height,
+                                background=bg4 if in_window else bg3, near=cfg.near_plane)
             img, gt = out.image[..., :3], bank.get(v)
-            l = (1 - cfg.lambda_ssim) * (img - gt).abs().mean() + cfg.lambda_ssim * (1 - ssim(img, gt))
+            with record_function("adc-gs: image loss"):
+                l = (1 - cfg.lambda_ssim) * (img - gt).abs().mean() + cfg.lambda_ssim * (1 - ssim(img, gt))
             loss = loss + l / len(views)
             if in_window:
                 loss = loss + PSI_EPS * out.image[..., 3].sum()
                 renders.append((out, colors, opac, cam))
         if rate_on:
-            r = bits_per_value(model.mem, bits, model.num_anchors)
+            with record_function("adc-gs: rate"):
+                r = bits_per_value(model.mem, bits, model.num_anchors)
             loss = loss + cfg.lambda_e * r
             if step % 100 == 0:
-                rate_log.append(float(r))
+                rate_log.append(float(r.detach()))
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        with record_function("adc-gs: backward"):
+            loss.backward()
         for out, colors, opac, cam in renders:
             psi = colors.grad[:, 3] / PSI_EPS
             # the loss averages the batch's views: x len(views) gives each frame's own 2D gradient
             stats.add(out.info["means2d"].grad.reshape(-1, 2) * len(views), out.info["radii"].reshape(-1, 2), psi,
                       opac.detach(), cam.width, cam.height)
-        opt.step()
+        with record_function("adc-gs: optimiser"):
+            opt.step()
         if cfg.refinement and cfg.refine_from < step <= cfg.refine_until and step % cfg.refine_interval == 0:
             grown, pruned = refine(model, opt, stats, cfg, step)
             history["grown"] += grown
