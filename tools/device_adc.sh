@@ -56,6 +56,12 @@ case "$1" in
     python3 -m evalkit.bench.fourdgs_cc_step /tmp/data/dnerf/"${2:-lego}" --dataset dnerf --rate high \
       --coarse 3000 --grow-to 95000 --steps 300 --split-steps 100 --warmup 30 --device cuda 2>&1 | tee /tmp/res/ccstep.txt
     ;;
+  adcstep)
+    # issue 26: adc-gs late training step at a fixed anchor count, split by phase (alone): adcstep SCENE [ANCHORS]
+    cd /tmp/code
+    python3 -m evalkit.bench.adc_gs_step /tmp/data/dnerf/"${2:-jumpingjacks}" --dataset dnerf --rate mid \
+      --anchors "${3:-31000}" --steps 300 --warmup 100 --profile-steps 20 --device cuda 2>&1 | tee /tmp/res/adcstep.txt
+    ;;
   stop)
     pkill -f "evalkit" || true; sleep 2
     ;;
