@@ -175,6 +175,19 @@ class WindowCrossAttention(nn.Module):
         logits = (self.q(h)[:, :, None, :] * kw).sum(-1) * kw.shape[-1] ** -0.5 + self.logit_bias(valid)
         return (logits.softmax(-1)[..., None] * vw).sum(2)
 
+    def packed_window(self, widths: tuple[int, ...], device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(key token index (N, 2w+1), validity (N, 2w+1)) for rows of ``widths`` positions laid
+        side by side as N = sum(widths) tokens: each query's window of its own row, positions
+        outside the row clamped to its ends and marked invalid (as ``window``'s)."""
+        offs = torch.arange(-self.reach, self.reach + 1)
+        idx, valid, start = [], [], 0
+        for w in widths:
+            pos = torch.arange(w)[:, None] + offs[None, :]
+            idx.append(start + pos.clamp(0, w - 1))
+            valid.append((pos >= 0) & (pos < w))
+            start += w
+        return torch.cat(idx).to(device), torch.cat(valid).to(device)
+
     def logit_bias(self, valid: torch.Tensor) -> torch.Tensor:
         """Relative-position bias plus the window mask (-1e4 outside the row)."""
         return self.rel_bias - 1e4 * (~valid).to(self.rel_bias.dtype)
@@ -338,30 +351,25 @@ class NVCC(nn.Module):
 
     def _temporal_priors(self, V: list[torch.Tensor]) -> list[torch.Tensor]:
         """Temporal priors for rows 1..T-1 of every level: V[s] (3, T, W_s, C) value units ->
-        (3, T-1, W_s, C). All levels run through the recurrence together (padded to one width)."""
+        (3, T-1, W_s, C). All levels run through the recurrence together, their positions packed
+        side by side (no padding to one width: every token the recurrence carries is a real one)."""
         if not self.hidden_update:
             return [v[:, :-1] for v in V]
-        T = V[0].shape[1]
-        wmax = max(v.shape[2] for v in V)
-        Fp = torch.cat([F.pad(v, (0, 0, 0, wmax - v.shape[2])) for v in V], 0)  # (3S, T, Wmax, C)
-        widths = tuple(v.shape[2] for v in V for _ in range(v.shape[0]))
-        idx, valid = self._constant(("window", wmax, widths, str(Fp.device)),
-                                    lambda: self.attn.window(wmax, torch.tensor(widths), Fp.device))
-        B, T1, C = Fp.shape[0], T - 1, Fp.shape[-1]
+        T, C = V[0].shape[1], V[0].shape[-1]
+        widths = tuple(v.shape[2] for v in V for _ in range(v.shape[0]))  # one entry per (level, plane) row
+        idx, valid = self._constant(("window", widths, str(V[0].device)),
+                                    lambda: self.attn.packed_window(widths, V[0].device))
         # Teacher forcing: every previous row is known, so keys and values for all rows come from
-        # one batched projection, laid out row-major (T-1 first) as the recurrence reads them; only
-        # the query side of the recurrence runs step by step.
-        rows = Fp[:, :-1].transpose(0, 1).contiguous()  # one copy, read by both projections
-        kq, vw = self.attn.recurrence_inputs(rows, idx)  # (T-1, 3S, W, 2w+1, C)
-        K = kq.shape[-2]
-        bias = self.attn.logit_bias(valid).reshape(B * wmax, K)
-        H = recurrence(Fp[:, 0].reshape(B * wmax, C), kq.reshape(T1, B * wmax, K, C), bias,
-                       vw.reshape(T1, B * wmax, K, C))
-        H = H.reshape(T1, B, wmax, C).transpose(0, 1)  # (3S, T-1, W, C)
+        # one batched projection, laid out row-major (time first) as the recurrence reads them;
+        # only the query side of the recurrence runs step by step.
+        rows = torch.cat([v.transpose(0, 1).reshape(T, -1, C) for v in V], 1)  # (T, N, C), one copy
+        kq, vw = self.attn.recurrence_inputs(rows[:-1], idx)  # (T-1, N, 2w+1, C)
+        H = recurrence(rows[0], kq, self.attn.logit_bias(valid), vw)  # (T-1, N, C)
         out, b = [], 0
         for v in V:
-            out.append(H[b:b + v.shape[0], :, :v.shape[2]])
-            b += v.shape[0]
+            n = v.shape[0] * v.shape[2]
+            out.append(H[:, b:b + n].reshape(T - 1, v.shape[0], v.shape[2], C).transpose(0, 1))
+            b += n
         return out
 
     def bits(self, planes: list[list[torch.Tensor]], mode: str = "noise") -> tuple[torch.Tensor, int]:
