@@ -62,6 +62,7 @@ def run(
     partition: Optional[str] = typer.Option(None, "--partition", help="slurm partition."),
     slurm_cluster: Optional[str] = typer.Option(None, "--slurm-cluster", help="submitit cluster: default slurm; 'local' runs the array here (tests)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="ray.init(address=...), e.g. auto or ray://head:10001; default: a local Ray."),
+    eval_split: str = typer.Option("test", "--eval-split", help="Views to score: test (the protocol) or val (tuning runs: the records say so; reports and gates leave them out)."),
     allow_corrupt_video: bool = typer.Option(False, "--allow-corrupt-video", metavar=FLAG, help="Neu3D: train on videos whose decoder reported damage (concealed frames); the record notes it."),
     offline: bool = typer.Option(False, "--offline", metavar=FLAG, help="Never download (LPIPS weights missing -> LPIPS recorded as missing, with the reason)."),
 ) -> None:
@@ -88,7 +89,7 @@ def run(
         ray_address=ray_address)
     opts = RunOptions(out=out, iterations=iterations, quick=quick, resolution_scale=resolution_scale,
                       device=device, seed=seed, force=force, threads=threads, sweep=sweep,
-                      allow_corrupt_video=allow_corrupt_video)
+                      allow_corrupt_video=allow_corrupt_video, eval_split=eval_split)
     # The bar starts with the first job, so an error found while planning prints no empty bar.
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                         TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),

@@ -68,6 +68,8 @@ class Record:
     # How the training schedule was chosen: "protocol", "quick", "--iterations N" or "--quick
     # --iterations N" (None in records made before it was stored). A resumed sweep compares it.
     schedule: str | None = None
+    # The views scored: "test" (the protocol) or "val" (a tuning run; reports and gates leave it out)
+    eval_split: str = "test"
     metrics: dict[str, float | None] = field(default_factory=lambda: {m: None for m in METRIC_NAMES})
     metrics_missing: dict[str, str] = field(default_factory=dict)
     per_frame: list[dict[str, Any]] = field(default_factory=list)
@@ -94,6 +96,8 @@ class Record:
         """
         out = {"schema_version": self.schema_version,
                **{f.name: getattr(self, f.name) for f in fields(self) if f.name != "schema_version"}}
+        if out["eval_split"] == "test":  # the protocol's views: the key only on tuning runs (older readers)
+            del out["eval_split"]
         # Always write every metric key so a reader sees null, not an absent key.
         out["metrics"] = {**{m: None for m in METRIC_NAMES}, **(self.metrics or {})}
         try:
@@ -193,6 +197,7 @@ def _validate(data: Any, src: str | Path) -> None:
     want("iterations", _is_int(g("iterations")), "an int")
     want("seed", _is_int(g("seed")), "an int")
     want("schedule", g("schedule") is None or isinstance(g("schedule"), str), "a string or null")
+    want("eval_split", g("eval_split", "test") in ("test", "val"), "'test' or 'val'")
     want("resolution_scale", _is_num(g("resolution_scale")), "a number")
     want("resolution", g("resolution") is None or (
         isinstance(g("resolution"), list) and len(g("resolution")) == 2

@@ -64,6 +64,9 @@ class Job:
         return f"{self.method} / {self.dataset} / {self.scene} / {self.rate.name}"
 
 
+EVAL_SPLITS = ("test", "val")  # the views a run scores (RunOptions.eval_split)
+
+
 @dataclass
 class RunOptions:
     out: Path = Path("results")
@@ -80,6 +83,8 @@ class RunOptions:
     threads: int | None = None
     # Neu3D: train on videos whose decoder reported damage (concealed frames); noted in the record
     allow_corrupt_video: bool = False
+    # The views scored: "test" (the protocol) or "val" (tuning runs: records say so, reports leave them out)
+    eval_split: str = "test"
     # How the jobs are spread (evalkit.sweep.dispatch.SweepOptions: local workers, SLURM, Ray);
     # None runs them here, one after the other.
     sweep: object | None = None
@@ -185,6 +190,8 @@ def settings_changed(old: Record, job: Job, opts: RunOptions) -> list[str]:
     out = []
     if old.seed != opts.seed:
         out.append(f"seed {old.seed} (this run: {opts.seed})")
+    if old.eval_split != opts.eval_split:
+        out.append(f"evaluated on the {old.eval_split} views (this run: {opts.eval_split})")
     if old.schedule is not None and old.schedule != schedule_label(opts):
         out.append(f"schedule {old.schedule} (this run: {schedule_label(opts)})")
     elif old.schedule is None and old.quick != (opts.quick or opts.iterations is not None):
@@ -241,10 +248,11 @@ def scene_scale(dspec: DatasetSpec, opts: RunOptions) -> float | None:
 def _load_scene(job: Job, dspec: DatasetSpec, opts: RunOptions) -> Scene:
     from evalkit.data.detect import load_scene
 
-    return load_scene(job.scene_dir, format=dspec.format, resolution_scale=scene_scale(dspec, opts),
-                      background=dspec.background, cache_dir=default_cache_dir() / "frames",
-                      **({"split": dspec.split} if dspec.split else {}),
-                      **({"allow_corrupt_video": True} if opts.allow_corrupt_video and dspec.format == "neu3d" else {}))
+    scene = load_scene(job.scene_dir, format=dspec.format, resolution_scale=scene_scale(dspec, opts),
+                       background=dspec.background, cache_dir=default_cache_dir() / "frames",
+                       **({"split": dspec.split} if dspec.split else {}),
+                       **({"allow_corrupt_video": True} if opts.allow_corrupt_video and dspec.format == "neu3d" else {}))
+    return scene.evaluated_on(opts.eval_split)
 
 
 def _budget(mspec: MethodSpec, opts: RunOptions) -> Budget:
@@ -265,7 +273,10 @@ def _new_record(job: Job, opts: RunOptions) -> Record:
                     schedule=schedule_label(opts),
                     # Anything but the protocol schedule is flagged: tables mark it, the gate
                     # never compares it with a full run.
-                    quick=opts.quick or opts.iterations is not None)
+                    quick=opts.quick or opts.iterations is not None, eval_split=opts.eval_split)
+    if opts.eval_split != "test":
+        record.notes.append(f"evaluated on the {opts.eval_split} views, not the test views: a tuning run, "
+                            "left out of reports and gates")
     if not job.in_spec:
         record.notes.append(f"scene {job.scene!r} is not in datasets/{job.dataset}.toml: no paper numbers")
     if opts.quick:
@@ -548,6 +559,8 @@ def run(method: str | list[str], dataset: str, *, scenes: list[str] | None = Non
     reporter = reporter or Reporter()
     if opts.threads is not None and opts.threads < 1:
         raise RunError(f"--threads {opts.threads}: needs a positive number of CPU threads")
+    if opts.eval_split not in EVAL_SPLITS:
+        raise RunError(f"--eval-split {opts.eval_split!r}: one of {', '.join(EVAL_SPLITS)}")
     jobs, notes = [], []
     try:
         for m in [method] if isinstance(method, str) else list(dict.fromkeys(method)):

@@ -9,6 +9,7 @@ the recorded PSNR tells whether the runner evaluated the decoded file or the tra
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -149,6 +150,55 @@ def _status(bench: ToyBench) -> dict[tuple[str, str], str]:
 
 
 ALL_JOBS = {(s, r) for s in SCENES for r in RATES}
+
+
+# -- tuning runs on the val views ----------------------------------------------------------------
+def test_a_val_run_scores_the_val_views_and_says_so(toy_bench: ToyBench) -> None:
+    """--eval-split val: the record scores the val views (not the test views) and says so; a later
+    test-split run into the same folder is told the settings differ instead of skipping it."""
+    from evalkit.data.detect import load_scene
+    from evalkit.results import read_record
+
+    result = run("toy", "toy", scenes=["alpha"], rates=["high"], data_root=toy_bench.data_root,
+                 opts=toy_bench.opts(eval_split="val"))
+    assert [o.status for o in result.outcomes] == ["ok"]
+    path = toy_bench.out / "toy" / "alpha" / "toy" / "high.json"
+    rec = read_record(path)
+    scene = load_scene(toy_bench.data_root / "toyset" / "alpha")
+    assert [f["name"] for f in rec.per_frame] == [f.image_name for f in scene.split("val")]
+    assert rec.eval_split == "val" and any("val views" in n for n in rec.notes)
+    assert json.loads(path.read_text())["eval_split"] == "val"
+    with pytest.raises(RunError, match="evaluated on the val views .this run: test"):
+        run("toy", "toy", scenes=["alpha"], rates=["high"], data_root=toy_bench.data_root, opts=toy_bench.opts())
+    with pytest.raises(RunError, match="--eval-split 'train'"):
+        run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts(eval_split="train"))
+
+
+def test_reports_and_gates_leave_tuning_runs_out(toy_bench: ToyBench, tmp_path: Path) -> None:
+    from evalkit.report import build_report
+    from evalkit.report.check import check, write_reference
+
+    run("toy", "toy", scenes=["alpha"], rates=["low"], data_root=toy_bench.data_root,
+        opts=toy_bench.opts(eval_split="val"))
+    run("toy", "toy", scenes=["alpha"], rates=["high"], data_root=toy_bench.data_root, opts=toy_bench.opts())
+    index = build_report(toy_bench.out, tmp_path / "report").read_text()
+    assert "1 records" in index and "Left out: 1 tuning record(s)" in index and "low on val" in index
+    ref = write_reference(toy_bench.out, tmp_path / "ref.json")
+    assert [(r["rate"]) for r in json.loads(ref.read_text())["records"]] == ["high"]
+    assert check(toy_bench.out, ref).ok
+
+
+def test_evaluated_on_swaps_the_scored_views(synth_scene_dir) -> None:
+    from evalkit.data.detect import load_scene
+    from evalkit.data.scene import DatasetError
+
+    scene = load_scene(synth_scene_dir("dnerf", size=(32, 32), num_frames=NUM_TRAIN))
+    val = scene.evaluated_on("val")
+    assert [f.image_name for f in val.test] == [f.image_name for f in scene.split("val")]
+    assert [f.image_name for f in val.train] == [f.image_name for f in scene.train]
+    assert not val.split("val") and scene.evaluated_on("test") is scene
+    with pytest.raises(DatasetError, match=r"no 'val' frames.*splits present: train\)"):
+        dataclasses.replace(scene, frames=scene.train).evaluated_on("val")
 
 
 # -- resumability ---------------------------------------------------------------------------

@@ -19,7 +19,7 @@ Camera convention (documented once, used everywhere):
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Literal
 
@@ -113,6 +113,18 @@ class Scene:
     @property
     def train(self) -> list[Frame]:
         return self.split("train")
+
+    def evaluated_on(self, split: str) -> "Scene":
+        """The scene with ``split``'s frames as its test views (its own test frames left out), so
+        that tuning runs score on held-out views that are not the test set (e.g. D-NeRF's val)."""
+        if split == "test":
+            return self
+        frames = self.split(split)
+        if not frames:
+            present = sorted({f.split for f in self.frames})
+            raise DatasetError(self.path, f"no '{split}' frames to evaluate on (splits present: {', '.join(present)})")
+        rest = [f for f in self.frames if f.split not in ("test", split)]
+        return replace(self, frames=rest + [replace(f, split="test") for f in frames])
 
     @property
     def test(self) -> list[Frame]:

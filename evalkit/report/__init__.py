@@ -79,6 +79,8 @@ def build_report(results_dir: str | Path, out_dir: str | Path, anchor: str | Non
     results_dir, out_dir = Path(results_dir), Path(out_dir)
     specs = dataset_specs or {}
     records = read_records(results_dir)
+    tuning = [r for r in records if r.eval_split != "test"]  # scored on other views: not comparable
+    records = [r for r in records if r.eval_split == "test"]
     df = records_to_frame(records)
     comps = components_frame([r for r in records if r.status == "ok"])
     sections: list["DatasetSection"] = []
@@ -180,7 +182,7 @@ def build_report(results_dir: str | Path, out_dir: str | Path, anchor: str | Non
         sections.append(section)
 
     index = out_dir / "index.md"
-    atomic_write_bytes(index, render_index(out_dir, results_dir, records, sections).encode("utf-8"))
+    atomic_write_bytes(index, render_index(out_dir, results_dir, records, sections, tuning).encode("utf-8"))
     if html is not None:
         from evalkit.report.html import write_site
 

@@ -217,6 +217,9 @@ def _read_current(results_dir: Path) -> tuple[dict[tuple, Record], list[str]]:
                             "gated as what it says")
         if r.key in current:
             raise CheckError(p, f"a second record of job {'/'.join(r.key)}")
+        if r.eval_split != "test":  # a tuning run: its PSNR is not the test views'
+            warnings.append(f"{p}: evaluated on the {r.eval_split} views (a tuning run); not gated")
+            continue
         current[r.key] = r
     return current, warnings
 
