@@ -94,16 +94,19 @@ class MethodSpec:
     rates: dict[str, dict[str, Any]]  # rate name -> params (may hold per-dataset sub-tables)
     quick: dict[str, Any] = field(default_factory=dict)
     resources: dict[str, Any] = field(default_factory=dict)  # per-job limits for executors (evalkit.sweep.resources)
+    variant_options: dict[str, Any] = field(default_factory=dict)  # a variant's settings: over every table
     uncompressed: bool = False
     path: Path | None = None
 
     def config(self, dataset: str, scene: str) -> dict[str, Any]:
-        """defaults <- datasets.<dataset> <- datasets.<dataset>.scenes.<scene>."""
+        """defaults <- datasets.<dataset> <- datasets.<dataset>.scenes.<scene> <- the variant's options
+        (a variant is the method with its settings changed, on every dataset and scene)."""
         cfg = copy.deepcopy(self.defaults)
         ds = copy.deepcopy(self.datasets.get(dataset, {}))
         scenes = ds.pop("scenes", {})
         cfg.update(ds)
         cfg.update(scenes.get(scene, {}))
+        cfg.update(copy.deepcopy(self.variant_options))
         return cfg
 
     def rate_points(self, dataset: str, names: list[str] | None = None) -> list[RatePoint]:
@@ -142,7 +145,8 @@ def load_dataset_spec(key: str, root: Path | None = None) -> DatasetSpec:
 def load_method_spec(key: str, root: Path | None = None) -> MethodSpec:
     """``key`` is a spec name (``methods/<key>.toml``) or ``<name>:<variant>``, a variant declared
     in that spec's ``[variants.<variant>]`` table (e.g. an ablation): the same method and rate
-    points with the variant's options over the spec's defaults, recorded under its own name. A
+    points with the variant's options over the spec's defaults and its dataset and scene tables,
+    recorded under its own name. A
     variant's own ``[variants.<variant>.rates.<r>]`` tables replace the spec's rate points (e.g.
     one ``default`` point for a variant that is not rate-scalable)."""
     root = root or specs_dir()
@@ -154,6 +158,7 @@ def load_method_spec(key: str, root: Path | None = None) -> MethodSpec:
     rates = d.get("rates") or {"default": {}}
     defaults = dict(d.get("defaults", {}))
     title = d.get("title", base)
+    options: dict[str, Any] = {}
     if variant:
         variants = d.get("variants", {})
         if variant not in variants:
@@ -166,11 +171,10 @@ def load_method_spec(key: str, root: Path | None = None) -> MethodSpec:
             if not (isinstance(rates, dict) and rates and all(isinstance(v, dict) for v in rates.values())):
                 raise SpecError(path, f"variant {variant!r}: 'rates' must be one or more "
                                       f"[variants.{variant}.rates.<name>] tables")
-        defaults.update(options)
     return MethodSpec(key=key, name=key if variant else d.get("name", key), title=title, paper=d.get("paper", ""),
                       defaults=defaults, datasets=d.get("datasets", {}), rates=rates,
                       quick=d.get("quick", {}), resources=dict(d.get("resources", {})), uncompressed=bool(d.get("uncompressed", False)) and not variant,
-                      path=path)
+                      variant_options=options, path=path)
 
 
 def method_variants(key: str, root: Path | None = None) -> list[str]:

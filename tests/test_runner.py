@@ -274,6 +274,18 @@ def test_variant_with_its_own_rate_points(toy_bench: ToyBench) -> None:
         load_method_spec("toy:bad")
 
 
+def test_a_variant_overrides_the_dataset_and_scene_tables(toy_bench: ToyBench) -> None:
+    """A variant is the method with its settings changed everywhere: its options win over the
+    dataset's and a scene's own values (e.g. a tuning variant of a per-dataset threshold)."""
+    spec = toy_bench.specs / "methods" / "toy.toml"
+    spec.write_text(spec.read_text() + '[datasets.toy]\ngain = 0.8\nknob = 4\n[datasets.toy.scenes.beta]\n'
+                    'gain = 0.9\n[variants.up]\ngain = 2.0\n')
+    assert load_method_spec("toy").config("toy", "alpha") == {"knob": 4, "gain": 0.8}
+    assert load_method_spec("toy").config("toy", "beta")["gain"] == 0.9
+    up = load_method_spec("toy:up")
+    assert up.config("toy", "alpha") == {"knob": 4, "gain": 2.0} and up.config("toy", "beta")["gain"] == 2.0
+
+
 def test_unreadable_record_is_redone(toy_bench: ToyBench) -> None:
     run("toy", "toy", scenes=["alpha"], rates=["low"], data_root=toy_bench.data_root, opts=toy_bench.opts())
     rec = record_path(toy_bench.out, "toy", "alpha", "toy", "low")
