@@ -62,6 +62,13 @@ case "$1" in
     python3 -m evalkit.bench.adc_gs_step /tmp/data/dnerf/"${2:-jumpingjacks}" --dataset dnerf --rate mid \
       --anchors "${3:-31000}" --steps 300 --warmup 100 --profile-steps 20 --device cuda 2>&1 | tee /tmp/res/adcstep.txt
     ;;
+  variant)
+    # a tuning variant in the device's copy of a spec (not committed): variant METHOD NAME KEY=VALUE...
+    spec=/tmp/code/methods/$2.toml; name=$3; shift 3
+    printf '\n[variants.%s]\ntitle = "tuning: %s"\n' "$name" "$*" >> "$spec"
+    for kv in "$@"; do printf '%s = %s\n' "${kv%%=*}" "${kv#*=}" >> "$spec"; done
+    tail -n $(( $# + 2 )) "$spec"
+    ;;
   stop)
     pkill -f "evalkit" || true; sleep 2
     ;;
