@@ -347,7 +347,7 @@ def read_records(results_dir: str | Path) -> list[Record]:
 
 # -- DataFrames ------------------------------------------------------------------------
 RECORD_COLUMNS: tuple[str, ...] = (
-    "method", "dataset", "scene", "rate", "status", "quick", *METRIC_NAMES,
+    "method", "dataset", "scene", "rate", "status", "quick", "eval_split", *METRIC_NAMES,
     "size_bytes", "size_mb", "num_primitives", "fps", "ms_per_frame", "gpu_name",
     *TIMING_NAMES, "timings_contended", "iterations", "seed", "error")
 
@@ -370,7 +370,7 @@ def records_to_frame(records: list[Record]) -> pd.DataFrame:
             metrics["dssim"] = (1.0 - metrics["ms_ssim"]) / 2.0  # D-SSIM's definition (4DGaussians)
         rows.append({
             "method": r.method, "dataset": r.dataset, "scene": r.scene, "rate": r.rate,
-            "status": r.status, "quick": r.quick,
+            "status": r.status, "quick": r.quick, "eval_split": r.eval_split,
             **metrics,
             "size_bytes": _nan(size), "size_mb": _nan(size) / MB,
             "num_primitives": _nan(r.num_primitives),
