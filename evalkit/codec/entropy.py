@@ -235,8 +235,9 @@ def _ndtr_backward(grad: Tensor, t: Tensor) -> Tensor:
 _2_SQRTPI, _SQRT1_2 = 2.0 / math.sqrt(math.pi), math.sqrt(0.5)
 
 
-def _sum_to(grad: Tensor, like: Tensor) -> Tensor:
-    return grad if grad.shape == like.shape else grad.sum_to_size(like.shape)
+def _sum_to(grad: Tensor, like: Tensor | torch.Size) -> Tensor:
+    shape = like if isinstance(like, torch.Size) else like.shape
+    return grad if grad.shape == shape else grad.sum_to_size(shape)
 
 
 class _GaussianBits(torch.autograd.Function):
@@ -255,14 +256,14 @@ class _GaussianBits(torch.autograd.Function):
         upper, lower = (0.5 - d) / s, (-0.5 - d) / s
         lik = torch.special.ndtr(upper) - torch.special.ndtr(lower)
         bits = -torch.log2(lik.clamp_min(LIKELIHOOD_BOUND)).sum()
-        ctx.bound = bound
-        ctx.save_for_backward(x, mean, scale, r, s, upper, lower, lik)
+        ctx.bound, ctx.x_shape, ctx.mean_shape = bound, x.shape, mean.shape
+        ctx.save_for_backward(scale, r, s, upper, lower, lik)
         return bits
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g: Tensor):
-        x, mean, scale, r, s, upper, lower, lik = ctx.saved_tensors
+        scale, r, s, upper, lower, lik = ctx.saved_tensors
         need_x, need_mean, need_scale = ctx.needs_input_grad[:3]
         # The chain rule in autograd's own order of operations (each factor divided by s before
         # the two sides are combined, as the divisions' backward does), so that float32 rounds
@@ -275,13 +276,12 @@ class _GaussianBits(torch.autograd.Function):
         gl = _ndtr_backward(glik, lower)  # -d bits / d lower
         gx = gmean = gscale = None
         if need_scale:  # d upper / d s = -upper / s, d lower / d s = -lower / s
-            gs = (gl * (lower / s)).sub_(gu * (upper / s))
-            gs.mul_((scale >= ctx.bound) | (gs < 0))  # the scale floor's backward
-            gscale = _sum_to(gs, scale)
+            gscale = _sum_to((gl * (lower / s)).sub_(gu * (upper / s)), scale)
+            gscale.mul_((scale >= ctx.bound) | (gscale < 0))  # the scale floor's backward, on scale's own shape
         if need_x or need_mean:  # d upper / d|r| = d lower / d|r| = -1 / s
             gr = gl.div_(s).sub_(gu.div_(s)).mul_(torch.sign(r))
-            gx = _sum_to(gr, x) if need_x else None
-            gmean = _sum_to(-gr, mean) if need_mean else None
+            gx = _sum_to(gr, ctx.x_shape) if need_x else None
+            gmean = _sum_to(-gr, ctx.mean_shape) if need_mean else None
         return gx, gmean, gscale, None
 
 

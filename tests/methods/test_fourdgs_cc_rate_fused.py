@@ -56,9 +56,14 @@ def test_fused_gaussian_bits_equal_autograd_through_the_likelihood(upstream) -> 
         assert _close(a, b), float((a - b).abs().max())
 
 
-def test_fused_gaussian_bits_broadcast_and_partial_gradients() -> None:
+@pytest.mark.parametrize("scale_value", [None, 0.05])  # 0.05: a broadcast scale under the floor
+def test_fused_gaussian_bits_broadcast_and_partial_gradients(scale_value) -> None:
+    """Broadcast mean and scale: the floor's rule applies to the summed scale gradient (as
+    lower_bound on the broadcast scale does), not element by element."""
     gc = GaussianConditional()
     x, mean, scale = _gaussian_inputs(n=4 * 250, mean_shape=(250,), scale_shape=(1,))
+    if scale_value is not None:
+        scale = torch.full((1,), scale_value, dtype=torch.float64, requires_grad=True)
     x = x.detach().reshape(4, 250)  # no gradient for the symbols (as with mode "round")
     got = gc.bits(x, mean, scale)
     want = _reference_gaussian_bits(gc, x, mean, scale)
