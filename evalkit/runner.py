@@ -215,13 +215,15 @@ def settings_changed(old: Record, job: Job, opts: RunOptions) -> list[str]:
 
 def refused_configs(jobs: list[Job], opts: RunOptions) -> list[str]:
     """Each job whose configuration its method refuses (``Method.effective_config`` raising
-    ``ValueError``), checked at planning so a wrong spec stops the sweep before hours of other jobs."""
+    ``ValueError``, ``TypeError``, ``KeyError`` or ``SpecError``: an unknown option, a value of the
+    wrong type, a missing base spec), checked at planning so a wrong spec stops the sweep before
+    hours of other jobs."""
     out = []
     for job in jobs:
         ctx = _train_context(job, opts, load_method_spec(job.method), torch.device("cpu"))
         try:
             get_method(job.method).effective_config(job.rate, ctx)
-        except ValueError as exc:
+        except (ValueError, TypeError, KeyError, SpecError) as exc:  # a bad option, type or base spec
             out.append(f"{job.label}: {exc}")
     return out
 

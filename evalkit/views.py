@@ -70,7 +70,8 @@ def _scene_of(record, data_root: Path | None):
     scale = None if dspec.resolution_scale is None and record.resolution_scale == 1.0 else record.resolution_scale
     try:
         scene = load_scene(scene_dir, format=dspec.format, resolution_scale=scale, background=dspec.background,
-                           cache_dir=default_cache_dir() / "frames")
+                           cache_dir=default_cache_dir() / "frames",
+                           **({"split": dspec.split} if dspec.split else {})).evaluated_on(record.eval_split)
     except DatasetError as exc:
         raise ViewsError(str(exc)) from None
     if not scene.test:

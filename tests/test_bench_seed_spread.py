@@ -62,6 +62,10 @@ def test_runs_with_other_settings_are_refused(tmp_path):
     write_record(rec, path)
     with pytest.raises(RecordError, match=r"with other settings than in .*seed0 \(quick, iterations differ\)"):
         spread([a, b])
+    rec.quick, rec.iterations, rec.eval_split = False, read_record(MUTANT).iterations, "val"  # a tuning run
+    write_record(rec, path)
+    with pytest.raises(RecordError, match=r"\(eval_split differ\)"):
+        spread([a, b])
 
 
 def test_a_missing_psnr_leaves_every_psnr_statistic_missing(tmp_path):

@@ -53,6 +53,12 @@ def test_paper_target_fails_beyond_tolerance(tmp_path):
     assert "-0.31" in text and "paper ±0.3 dB MISSED" in text
 
 
+def test_tuning_runs_are_not_compared_with_the_paper(tmp_path):
+    """A record scored on the val views says nothing about the paper's test-view numbers."""
+    text = compare_text(edited_record(tmp_path, "mutant", lambda r: setattr(r, "eval_split", "val")))
+    assert "mutant" not in text and "MISSED" not in text and "met" not in text
+
+
 def test_contended_records_are_not_compared(tmp_path):
     def contend(rec):
         rec.env["contention"] = {"contended": True, "annotated": "two jobs on one GPU"}

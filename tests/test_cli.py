@@ -232,13 +232,15 @@ def test_run_says_when_a_jobs_times_are_contended(toy_bench: ToyBench, monkeypat
 
 
 # -- views -----------------------------------------------------------------------------------
-def test_views_write_the_scored_renders(toy_bench: ToyBench, tmp_path: Path) -> None:
+@pytest.mark.parametrize("split", ["test", "val"])
+def test_views_write_the_scored_renders(toy_bench: ToyBench, tmp_path: Path, split: str) -> None:
     """Each panel is ground truth | render | error; PSNR recomputed from the PNG's own pixels equals
-    the PSNR the run recorded for that frame (the render panel is the image that was scored)."""
+    the PSNR the run recorded for that frame (the render panel is the image that was scored), also
+    for a tuning run scored on the val views."""
     import numpy as np
     from PIL import Image
 
-    assert run_toy(toy_bench, "--scene", "alpha", "--rate", "low").exit_code == 0
+    assert run_toy(toy_bench, "--scene", "alpha", "--rate", "low", "--eval-split", split).exit_code == 0
     rec = record_path(toy_bench.out, "toy", "alpha", "toy", "low")
     recorded = {f["name"]: f["psnr"] for f in json.loads(rec.read_text())["per_frame"]}
     res = invoke("views", rec, "--out", tmp_path / "v", "--data-root", toy_bench.data_root, "--device", "cpu")

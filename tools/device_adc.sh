@@ -65,6 +65,7 @@ case "$1" in
   variant)
     # a tuning variant in the device's copy of a spec (not committed): variant METHOD NAME KEY=VALUE...
     spec=/tmp/code/methods/$2.toml; name=$3; shift 3
+    if grep -q "^\[variants\.$name\]" "$spec"; then echo "variant $name already in $spec"; exit 1; fi
     printf '\n[variants.%s]\ntitle = "tuning: %s"\n' "$name" "$*" >> "$spec"
     for kv in "$@"; do printf '%s = %s\n' "${kv%%=*}" "${kv#*=}" >> "$spec"; done
     tail -n $(( $# + 2 )) "$spec"

@@ -12,7 +12,7 @@ of a run that has grown that many (31,031 on jumpingjacks at the full schedule).
 * wall: ms per step between step ``--warmup`` and ``--warmup + --steps`` (both multiples of
   100, where the trainer reports progress), unsynchronised as training runs.
 * split: ``--profile-steps`` steps after ``--warmup`` ones, under ``torch.profiler``; device time per phase (the
-  trainer's ``record_function`` ranges: quantise + F_theta, deformation, rasteriser, image loss,
+  trainer's ``record_function`` ranges: quantise + F_theta, deformation, rasterise, image loss,
   rate, backward, optimiser) and all device time, per step. On CUDA the backward's kernels are
   launched from autograd's own thread, so the "backward" range may hold little of them: all
   device time minus the forward ranges is the backward's upper bound.
@@ -46,7 +46,8 @@ def late_stage(cfg: ADCConfig, iterations: int) -> ADCConfig:
 
 def with_anchors(scene: Scene, n: int, seed: int = 0) -> Scene:
     """The scene with ``n`` initial points: its own, drawn with replacement, each jittered by a
-    tenth of its nearest-neighbour distance (so no two coincide)."""
+    tenth of its nearest-neighbour distance (copies of one point do not coincide, unless the scene
+    repeats a point)."""
     xyz = np.asarray(scene.points.xyz, dtype=np.float64)
     rgb = scene.points.rgb
     rng = np.random.default_rng(seed)

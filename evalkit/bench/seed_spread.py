@@ -26,7 +26,7 @@ from evalkit.results import Record, RecordError, json_plain, read_records
 
 
 # What makes two records runs of the same experiment, besides the job key (as ``runner.settings_changed``).
-SETTINGS = ("quick", "schedule", "iterations", "resolution_scale", "config", "rate_params")
+SETTINGS = ("quick", "schedule", "eval_split", "iterations", "resolution_scale", "config", "rate_params")
 
 
 def _settings_diff(a: Record, b: Record) -> list[str]:

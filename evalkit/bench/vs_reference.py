@@ -35,7 +35,7 @@ def compare(results: Path, method: str) -> Table:
                   "PSNR (ref)", "ΔPSNR", "PSNR (paper)", "Δpaper", "targets", title=f"{method} vs the reference code")
     specs: dict = {}
     for rec in sorted(read_records(results), key=lambda r: (r.dataset, r.scene)):
-        if rec.method != method or rec.status != "ok":
+        if rec.method != method or rec.status != "ok" or rec.eval_split != "test":  # papers score the test views
             continue
         spec = specs.setdefault(rec.dataset, load_dataset_spec(rec.dataset))
         ref = spec.scene_reference.get(rec.scene, {}).get(method, {}).get("default")

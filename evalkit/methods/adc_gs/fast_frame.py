@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from evalkit.methods.adc_gs.model import ADCModel, Primitives, flat
-from evalkit.methods.adc_gs.nets import MultiHead
+from evalkit.methods.adc_gs.nets import MultiHead, encode_angles, pe_inverse_frequencies
 from evalkit.render.frame_graph import FrameGraph
 
 Flat = tuple[Tensor, Tensor, Tensor, Tensor, Tensor]  # means, quats, scales, opacities, colours
@@ -112,9 +112,7 @@ class FastFrame:
             self.w_pe, rows_f = split_trunk(deform.fine.trunk, table)
             rows.append(rows_f)
             self.fine = FusedHeads(deform.fine)
-            d = 6 * cfg.pe_frequencies  # as nets.positional_encoding
-            i = torch.arange(cfg.pe_frequencies, device=table.device, dtype=table.dtype)
-            self.pe_inv = torch.pow(torch.tensor(10000.0, device=table.device, dtype=table.dtype), -2.0 * i / d)
+            self.pe_inv = pe_inverse_frequencies(cfg.pe_frequencies, table.device, table.dtype)
         self.rows = torch.cat(rows, dim=1)  # (table rows, w_coarse [+ w_fine]): f_t W_t^T + b
 
     def __call__(self, t: float) -> Flat:
@@ -146,7 +144,7 @@ class FastFrame:
     def _fine(self, dxyz: Tensor, row: Tensor) -> tuple[Tensor, Tensor]:
         """F_varpi on f_p (PE of the deformed anchor) ⊕ f_t: (N, K) opacity and (N, K, 3) colour shifts."""
         ang = (self.xyz + dxyz)[..., None] * self.pe_inv
-        fp = torch.cat([torch.sin(ang), torch.cos(ang)], dim=-1).flatten(-2)
+        fp = encode_angles(ang)
         f = self.fine(torch.addmm(row, fp, self.w_pe))
         s = self.fine.slices
         return f[:, s["opacity"]], f[:, s["color"]].reshape(-1, self.k, 3)

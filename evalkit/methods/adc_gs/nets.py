@@ -43,14 +43,21 @@ class MultiHead(nn.Module):
         return {k: head(h) for k, head in self.heads.items()}
 
 
-def positional_encoding(x: Tensor, frequencies: int) -> Tensor:
-    """(N, 3) -> (N, 3 * 2 * frequencies): sin / cos of x / 10000^(2i / (6 * frequencies)) per axis,
-    i = 0..frequencies-1 (Vaswani's formula with d = 72 for 12 frequencies, as the code)."""
-    d = 6 * frequencies
-    i = torch.arange(frequencies, device=x.device, dtype=x.dtype)
-    inv = torch.pow(torch.tensor(10000.0, device=x.device, dtype=x.dtype), -2.0 * i / d)
-    ang = x[..., None] * inv  # (N, 3, F)
+def pe_inverse_frequencies(frequencies: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """1 / 10000^(2i / (6 * frequencies)), i = 0..frequencies-1 (Vaswani's formula with d = 72 for
+    12 frequencies, as the code)."""
+    i = torch.arange(frequencies, device=device, dtype=dtype)
+    return torch.pow(torch.tensor(10000.0, device=device, dtype=dtype), -2.0 * i / (6 * frequencies))
+
+
+def encode_angles(ang: Tensor) -> Tensor:
+    """(N, 3, F) angles -> (N, 6F): sin then cos per axis."""
     return torch.cat([torch.sin(ang), torch.cos(ang)], dim=-1).flatten(-2)
+
+
+def positional_encoding(x: Tensor, frequencies: int) -> Tensor:
+    """(N, 3) -> (N, 3 * 2 * frequencies): sin / cos of x times ``pe_inverse_frequencies`` per axis."""
+    return encode_angles(x[..., None] * pe_inverse_frequencies(frequencies, x.device, x.dtype))
 
 
 class TimeTable(nn.Module):
