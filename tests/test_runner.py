@@ -478,13 +478,14 @@ def test_unknown_scene_names_folder_and_lists_present(toy_bench: ToyBench) -> No
     assert "present: alpha, beta" in msg
 
 
-def test_a_refused_configuration_stops_the_sweep_before_any_job(toy_bench: ToyBench,
+@pytest.mark.parametrize("error", [ValueError, TypeError])  # a refused value; a value of the wrong type
+def test_a_refused_configuration_stops_the_sweep_before_any_job(toy_bench: ToyBench, error: type,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """A rate point the method refuses (``effective_config`` raises) is found at planning: the sweep
     names that job and the reason, and no job trains (not hours later, when its turn comes)."""
     def refuse_high(self, rate, ctx):
         if rate.name == "high":
-            raise ValueError("high is not for this toy")
+            raise error("high is not for this toy")
         return {**ctx.config, **rate.params}
 
     monkeypatch.setattr(ToyMethod, "effective_config", refuse_high)
