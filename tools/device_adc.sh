@@ -70,6 +70,17 @@ case "$1" in
     for kv in "$@"; do printf '%s = %s\n' "${kv%%=*}" "${kv#*=}" >> "$spec"; done
     tail -n $(( $# + 2 )) "$spec"
     ;;
+  cc27)
+    # issue 27 diagnostics, quality only (times contended): cc27 SCENE -> 4dgs, 4dgs-cc high and its
+    # vq-early / vq-once variants, all four at once on the one GPU (background; `wait`, then `collect`)
+    sc=${2:-mutant}; mkdir -p /tmp/res/cc27; cd /tmp/code
+    setsid nohup python3 -m evalkit.cli run --method 4dgs --dataset dnerf --scene "$sc" --data-root /tmp/data \
+      --out /tmp/res/cc27 --device cuda --threads 4 > /tmp/res/cc27_4dgs.out 2>&1 < /dev/null &
+    setsid nohup python3 -m evalkit.cli run --method 4dgs-cc --method 4dgs-cc:vq-early --method 4dgs-cc:vq-once \
+      --dataset dnerf --scene "$sc" --rate high --data-root /tmp/data --out /tmp/res/cc27 --gpus 0 \
+      --jobs-per-gpu 3 --threads 4 > /tmp/res/cc27_cc.out 2>&1 < /dev/null &
+    echo "launched cc27 on $sc"
+    ;;
   stop)
     pkill -f "evalkit" || true; sleep 2
     ;;
