@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 import torch
 
 from evalkit.codec.container import Bitstream
-from evalkit.data.scene import Scene
+from evalkit.data.scene import DatasetError, Scene
 from evalkit.methods.base import (Budget, ContractError, Method, Model, RatePoint, TrainContext, TrainedModel,
                                  check_contract)
 from evalkit.methods.registry import UnknownMethod, get_method
@@ -247,14 +247,35 @@ def scene_scale(dspec: DatasetSpec, opts: RunOptions) -> float | None:
     return (dspec.resolution_scale or 1.0) * extra
 
 
-def _load_scene(job: Job, dspec: DatasetSpec, opts: RunOptions) -> Scene:
+def _load_scene(job: Job, dspec: DatasetSpec, opts: RunOptions, *, frames: bool = True) -> Scene:
+    """The job's scene as the protocol loads it, scored on ``opts.eval_split``; ``frames=False``:
+    the layout only (no video is decoded)."""
     from evalkit.data.detect import load_scene
 
+    neu3d = dspec.format == "neu3d"
     scene = load_scene(job.scene_dir, format=dspec.format, resolution_scale=scene_scale(dspec, opts),
                        background=dspec.background, cache_dir=default_cache_dir() / "frames",
                        **({"split": dspec.split} if dspec.split else {}),
-                       **({"allow_corrupt_video": True} if opts.allow_corrupt_video and dspec.format == "neu3d" else {}))
+                       **({"allow_corrupt_video": True} if opts.allow_corrupt_video and neu3d else {}),
+                       **({"prefetch": False} if neu3d and not frames else {}))
     return scene.evaluated_on(opts.eval_split)
+
+
+def unscorable_scenes(jobs: list[Job], opts: RunOptions) -> list[str]:
+    """With ``--eval-split`` other than test: each scene without those views, found at planning
+    (the layout is read, no frame decoded) rather than by every job in turn."""
+    if opts.eval_split == "test":
+        return []
+    out, seen = [], set()
+    for job in jobs:
+        if job.scene_dir in seen:
+            continue
+        seen.add(job.scene_dir)
+        try:
+            _load_scene(job, load_dataset_spec(job.dataset), opts, frames=False)
+        except DatasetError as exc:
+            out.append(str(exc))
+    return out
 
 
 def _budget(mspec: MethodSpec, opts: RunOptions) -> Budget:
@@ -571,9 +592,9 @@ def run(method: str | list[str], dataset: str, *, scenes: list[str] | None = Non
             notes += [x for x in n if x not in notes]
     except (SpecError, UnknownMethod, ContractError) as exc:  # a spec without a registry entry, or the reverse
         raise RunError(str(exc)) from None
-    config_errors = refused_configs(jobs, opts)
+    config_errors = refused_configs(jobs, opts) + unscorable_scenes(jobs, opts)
     if config_errors:
-        raise RunError(f"{len(config_errors)} job(s) refused before any ran:\n  " + "\n  ".join(config_errors))
+        raise RunError(f"refused before any job ran ({len(config_errors)} problem(s)):\n  " + "\n  ".join(config_errors))
     # Existing ok records, read once: skipped when made with this sweep's settings; otherwise
     # skipping would report other settings as this run and rerunning would lose them.
     existing = {} if opts.force else {job.label: old for job in jobs if (old := _existing_ok(job, opts))}

@@ -174,6 +174,23 @@ def test_a_val_run_scores_the_val_views_and_says_so(toy_bench: ToyBench) -> None
         run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts(eval_split="train"))
 
 
+def test_a_val_run_on_a_scene_without_val_views_is_refused_at_planning(toy_bench: ToyBench) -> None:
+    """A scene without val views is named once, before any job trains (not by each job in turn)."""
+    import shutil
+
+    beta = toy_bench.data_root / "toyset" / "beta"
+    copy = toy_bench.data_root / "beta_copy"
+    shutil.copytree(beta.resolve(), copy)
+    beta.unlink()
+    (copy / "transforms_val.json").unlink()
+    beta.symlink_to(copy)
+    with pytest.raises(RunError) as exc:
+        run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts(eval_split="val"))
+    msg = str(exc.value)
+    assert "refused before any job ran (1 problem(s))" in msg and "no 'val' frames" in msg and "beta" in msg
+    assert STATE.train_calls == []
+
+
 def test_reports_and_gates_leave_tuning_runs_out(toy_bench: ToyBench, tmp_path: Path) -> None:
     from evalkit.report import build_report
     from evalkit.report.check import check, write_reference
@@ -492,7 +509,7 @@ def test_a_refused_configuration_stops_the_sweep_before_any_job(toy_bench: ToyBe
     with pytest.raises(RunError) as exc:
         run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts())
     msg = str(exc.value)
-    assert "2 job(s) refused" in msg and "alpha" in msg and "beta" in msg and "high is not for this toy" in msg
+    assert "refused before any job ran (2 problem(s))" in msg and "alpha" in msg and "beta" in msg and "high is not for this toy" in msg
     assert STATE.train_calls == [] and not toy_bench.out.exists()
 
 
