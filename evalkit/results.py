@@ -45,6 +45,9 @@ def _now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+EVAL_SPLITS = ("test", "val")  # the views a run scores: the protocol's test views, or val for tuning runs
+
+
 @dataclass
 class Record:
     """Everything one (method, dataset, scene, rate) job produced. See module docstring."""
@@ -197,7 +200,7 @@ def _validate(data: Any, src: str | Path) -> None:
     want("iterations", _is_int(g("iterations")), "an int")
     want("seed", _is_int(g("seed")), "an int")
     want("schedule", g("schedule") is None or isinstance(g("schedule"), str), "a string or null")
-    want("eval_split", g("eval_split", "test") in ("test", "val"), "'test' or 'val'")
+    want("eval_split", g("eval_split", "test") in EVAL_SPLITS, " or ".join(repr(x) for x in EVAL_SPLITS))
     want("resolution_scale", _is_num(g("resolution_scale")), "a number")
     want("resolution", g("resolution") is None or (
         isinstance(g("resolution"), list) and len(g("resolution")) == 2
@@ -488,7 +491,7 @@ def collect_env() -> dict[str, Any]:
 
 
 __all__ = [
-    "MB", "METRIC_NAMES", "RECORD_COLUMNS", "Record", "RecordError", "SCHEMA_VERSION",
+    "EVAL_SPLITS", "MB", "METRIC_NAMES", "RECORD_COLUMNS", "Record", "RecordError", "SCHEMA_VERSION",
     "bitstream_path", "collect_env", "components_frame", "git_commit", "git_dirty", "load_components",
     "load_per_frame", "load_records", "per_frame_frame", "read_record", "read_records",
     "path_component", "record_files", "record_path", "records_to_frame", "write_record",

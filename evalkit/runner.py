@@ -29,7 +29,7 @@ from evalkit.methods.base import (Budget, ContractError, Method, Model, RatePoin
                                  check_contract)
 from evalkit.methods.registry import UnknownMethod, get_method
 from evalkit.metrics.contention import ContentionWatch
-from evalkit.results import (Record, bitstream_path, collect_env, json_plain, read_record, record_path,
+from evalkit.results import (EVAL_SPLITS, Record, bitstream_path, collect_env, json_plain, read_record, record_path,
                              write_record)
 from evalkit.specs import DatasetSpec, MethodSpec, SpecError, load_dataset_spec, load_method_spec
 from evalkit.metrics.fps import synced_clock
@@ -62,9 +62,6 @@ class Job:
     @property
     def label(self) -> str:
         return f"{self.method} / {self.dataset} / {self.scene} / {self.rate.name}"
-
-
-EVAL_SPLITS = ("test", "val")  # the views a run scores (RunOptions.eval_split)
 
 
 @dataclass
@@ -218,11 +215,14 @@ def refused_configs(jobs: list[Job], opts: RunOptions) -> list[str]:
     ``ValueError``, ``TypeError``, ``KeyError`` or ``SpecError``: an unknown option, a value of the
     wrong type, a missing base spec), checked at planning so a wrong spec stops the sweep before
     hours of other jobs."""
-    out = []
+    out, specs = [], {}
     for job in jobs:
-        ctx = _train_context(job, opts, load_method_spec(job.method), torch.device("cpu"))
+        if job.method not in specs:  # read once per method, not per job
+            specs[job.method] = (load_method_spec(job.method), get_method(job.method))
+        mspec, method = specs[job.method]
+        ctx = _train_context(job, opts, mspec, torch.device("cpu"))
         try:
-            get_method(job.method).effective_config(job.rate, ctx)
+            method.effective_config(job.rate, ctx)
         except (ValueError, TypeError, KeyError, SpecError) as exc:  # a bad option, type or base spec
             out.append(f"{job.label}: {exc}")
     return out
@@ -247,18 +247,25 @@ def scene_scale(dspec: DatasetSpec, opts: RunOptions) -> float | None:
     return (dspec.resolution_scale or 1.0) * extra
 
 
-def _load_scene(job: Job, dspec: DatasetSpec, opts: RunOptions, *, frames: bool = True) -> Scene:
-    """The job's scene as the protocol loads it, scored on ``opts.eval_split``; ``frames=False``:
-    the layout only (no video is decoded)."""
+def protocol_scene(scene_dir: Path, dspec: DatasetSpec, resolution_scale: float | None, eval_split: str = "test",
+                   *, allow_corrupt_video: bool = False, frames: bool = True) -> Scene:
+    """A scene as the protocol loads it (the spec's format, background and split), scored on
+    ``eval_split``; ``frames=False``: the layout only (no video is decoded). The runner and
+    ``evalkit views`` load through here, so a record's views are the ones it scored."""
     from evalkit.data.detect import load_scene
 
     neu3d = dspec.format == "neu3d"
-    scene = load_scene(job.scene_dir, format=dspec.format, resolution_scale=scene_scale(dspec, opts),
+    scene = load_scene(scene_dir, format=dspec.format, resolution_scale=resolution_scale,
                        background=dspec.background, cache_dir=default_cache_dir() / "frames",
                        **({"split": dspec.split} if dspec.split else {}),
-                       **({"allow_corrupt_video": True} if opts.allow_corrupt_video and neu3d else {}),
+                       **({"allow_corrupt_video": True} if allow_corrupt_video and neu3d else {}),
                        **({"prefetch": False} if neu3d and not frames else {}))
-    return scene.evaluated_on(opts.eval_split)
+    return scene.evaluated_on(eval_split)
+
+
+def _load_scene(job: Job, dspec: DatasetSpec, opts: RunOptions, *, frames: bool = True) -> Scene:
+    return protocol_scene(job.scene_dir, dspec, scene_scale(dspec, opts), opts.eval_split,
+                          allow_corrupt_video=opts.allow_corrupt_video, frames=frames)
 
 
 def unscorable_scenes(jobs: list[Job], opts: RunOptions) -> list[str]:

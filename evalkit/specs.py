@@ -146,9 +146,8 @@ def load_method_spec(key: str, root: Path | None = None) -> MethodSpec:
     """``key`` is a spec name (``methods/<key>.toml``) or ``<name>:<variant>``, a variant declared
     in that spec's ``[variants.<variant>]`` table (e.g. an ablation): the same method and rate
     points with the variant's options over the spec's defaults and its dataset and scene tables,
-    recorded under its own name. A
-    variant's own ``[variants.<variant>.rates.<r>]`` tables replace the spec's rate points (e.g.
-    one ``default`` point for a variant that is not rate-scalable)."""
+    recorded under its own name. A variant's own ``[variants.<variant>.rates.<r>]`` tables replace
+    the spec's rate points (e.g. one ``default`` point for a variant that is not rate-scalable)."""
     root = root or specs_dir()
     base, _, variant = key.partition(":")
     path = root / "methods" / f"{base}.toml"

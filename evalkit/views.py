@@ -52,9 +52,8 @@ def panel(gt: np.ndarray, render: np.ndarray) -> np.ndarray:
 
 
 def _scene_of(record, data_root: Path | None):
-    from evalkit.data.detect import load_scene
     from evalkit.data.scene import DatasetError
-    from evalkit.runner import default_cache_dir, default_data_root, ensure_synthetic
+    from evalkit.runner import default_cache_dir, default_data_root, ensure_synthetic, protocol_scene
     from evalkit.specs import load_dataset_spec
 
     dspec = load_dataset_spec(record.dataset)
@@ -69,9 +68,7 @@ def _scene_of(record, data_root: Path | None):
     # The loader's own default where the spec sets no scale and the run added none, as the runner.
     scale = None if dspec.resolution_scale is None and record.resolution_scale == 1.0 else record.resolution_scale
     try:
-        scene = load_scene(scene_dir, format=dspec.format, resolution_scale=scale, background=dspec.background,
-                           cache_dir=default_cache_dir() / "frames",
-                           **({"split": dspec.split} if dspec.split else {})).evaluated_on(record.eval_split)
+        scene = protocol_scene(scene_dir, dspec, scale, record.eval_split)
     except DatasetError as exc:
         raise ViewsError(str(exc)) from None
     if not scene.test:

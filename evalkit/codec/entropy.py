@@ -226,17 +226,17 @@ class GaussianConditional:
         return torch.from_numpy(v).reshape(tuple(np.shape(mean)))
 
 
+_2_SQRTPI, _SQRT1_2 = 2.0 / math.sqrt(math.pi), math.sqrt(0.5)
+
+
 def _ndtr_backward(grad: Tensor, t: Tensor) -> Tensor:
     """grad * Phi'(t), rounded as autograd's backward of ``torch.special.ndtr`` rounds it
     (grad * (2 / sqrt(pi) * exp(-(t / sqrt 2)^2)) / sqrt 2 / 2; checked bit for bit in the tests)."""
     return (t * _SQRT1_2).square_().neg_().exp_().mul_(_2_SQRTPI).mul_(grad).mul_(_SQRT1_2 * 0.5)
 
 
-_2_SQRTPI, _SQRT1_2 = 2.0 / math.sqrt(math.pi), math.sqrt(0.5)
 
-
-def _sum_to(grad: Tensor, like: Tensor | torch.Size) -> Tensor:
-    shape = like if isinstance(like, torch.Size) else like.shape
+def _sum_to(grad: Tensor, shape: torch.Size) -> Tensor:
     return grad if grad.shape == shape else grad.sum_to_size(shape)
 
 
@@ -276,7 +276,7 @@ class _GaussianBits(torch.autograd.Function):
         gl = _ndtr_backward(glik, lower)  # -d bits / d lower
         gx = gmean = gscale = None
         if need_scale:  # d upper / d s = -upper / s, d lower / d s = -lower / s
-            gscale = _sum_to((gl * (lower / s)).sub_(gu * (upper / s)), scale)
+            gscale = _sum_to((gl * (lower / s)).sub_(gu * (upper / s)), scale.shape)
             gscale.mul_((scale >= ctx.bound) | (gscale < 0))  # the scale floor's backward, on scale's own shape
         if need_x or need_mean:  # d upper / d|r| = d lower / d|r| = -1 / s
             gr = gl.div_(s).sub_(gu.div_(s)).mul_(torch.sign(r))

@@ -88,7 +88,8 @@ def padded_temporal_priors(m: NVCC, V: list[torch.Tensor]) -> list[torch.Tensor]
     wmax = max(v.shape[2] for v in V)
     Fp = torch.cat([F.pad(v, (0, 0, 0, wmax - v.shape[2])) for v in V], 0)
     widths = torch.tensor([v.shape[2] for v in V for _ in range(v.shape[0])])
-    idx, valid = m.attn.window(wmax, widths, Fp.device)
+    pos = torch.arange(wmax)[:, None] + torch.arange(-m.attn.reach, m.attn.reach + 1)[None, :]
+    idx, valid = pos.clamp(0, wmax - 1), (pos[None] >= 0) & (pos[None] < widths[:, None, None])
     B, T1, C = Fp.shape[0], T - 1, Fp.shape[-1]
     rows = Fp[:, :-1].transpose(0, 1)
     kq = (m.attn.k(rows) @ m.attn.q.weight) * m.attn.dim ** -0.5

@@ -149,18 +149,16 @@ class WindowCrossAttention(nn.Module):
         bias[window] = 4.0  # starts as mostly the identity alignment (93% of the weight for window 2)
         self.rel_bias = nn.Parameter(bias)
 
-    def window(self, width: int, widths: torch.Tensor | None, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """(key index (W, 2w+1), validity (B or 1, W, 2w+1)) for rows of ``width`` positions
-        (``widths``: true lengths of padded rows). Computed once per row layout."""
+    def window(self, width: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """(key index (W, 2w+1), validity (1, W, 2w+1)) for rows of ``width`` positions."""
         offs = torch.arange(-self.reach, self.reach + 1, device=device)
         pos = torch.arange(width, device=device)[:, None] + offs[None, :]
-        limit = widths.to(device)[:, None, None] if widths is not None else width
-        return pos.clamp(0, width - 1), (pos[None] >= 0) & (pos[None] < limit)
+        return pos.clamp(0, width - 1), (pos[None] >= 0) & (pos[None] < width)
 
     def forward(self, h: torch.Tensor, f: torch.Tensor,
                 window: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """h, f: (B, W, C) -> new hidden state (B, W, C); ``window`` from ``self.window``."""
-        idx, valid = window if window is not None else self.window(f.shape[1], None, f.device)
+        idx, valid = window if window is not None else self.window(f.shape[1], f.device)
         kw, vw = self.windowed_kv(f, idx)
         return self.step(h, kw, vw, valid)
 
