@@ -56,6 +56,12 @@ case "$1" in
     python3 -m evalkit.bench.fourdgs_cc_step /tmp/data/dnerf/"${2:-lego}" --dataset dnerf --rate high \
       --coarse 3000 --grow-to 95000 --steps 300 --split-steps 100 --warmup 30 --device cuda 2>&1 | tee /tmp/res/ccstep.txt
     ;;
+  cckern)
+    # issue 27: the NVCC rate step's kernels (eager profile) and rate timings, alone: cckern [SCENE]
+    cd /tmp/code
+    python3 -m evalkit.bench.fourdgs_cc /tmp/data/dnerf/"${2:-jumpingjacks}" --dataset dnerf --rate high \
+      --coarse 1000 --steps 50 --reps 30 --kernels --device cuda 2>&1 | tee /tmp/res/cckern.txt
+    ;;
   adcstep)
     # issue 26: adc-gs late training step at a fixed anchor count, split by phase (alone): adcstep SCENE [ANCHORS]
     cd /tmp/code

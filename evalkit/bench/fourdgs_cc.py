@@ -2,12 +2,14 @@
 recurrence, VQCC), the k-means start of VQ, and whole fine-stage steps against plain 4DGS steps.
 
     python -m evalkit.bench.fourdgs_cc SCENE_DIR [--dataset dnerf] [--rate high] [--steps 300]
-                                       [--profile]
+                                       [--profile] [--kernels]
 
 A short coarse stage (``--coarse`` iterations) gives a realistic Gaussian set; rate terms are
 timed synchronised (forward + backward); the fine-stage comparison runs the same number of steps
 of both methods from the same coarse model, VQ active from the first step. ``--profile`` prints
-the busiest operators of the 4DGS-CC steps (torch.profiler).
+the busiest operators of the 4DGS-CC steps (torch.profiler). ``--kernels`` profiles the NVCC
+rate forward + backward alone (eager, so each kernel keeps its operator's name) and prints the
+kernels per step, their device time per step, and the busiest kernels and operators.
 """
 from __future__ import annotations
 
@@ -85,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--reps", type=int, default=30)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--kernels", action="store_true", help="profile the NVCC rate step's kernels")
     ap.add_argument("--sync-debug", action="store_true", help="list where the loop synchronises (CUDA)")
     a = ap.parse_args(argv)
     device = torch.device(a.device)
@@ -118,6 +121,10 @@ def main(argv: list[str] | None = None) -> None:
                 ms = _time(rate_step, device, a.reps)
             print(f"rate fwd+bwd, {label:11s}, CUDA graphs {'on ' if enabled else 'off'}: {ms:7.2f} ms"
                   + (f"  (capture failed: {graphs.failed})" if enabled and graphs.failed else ""))
+    if a.kernels:
+        graphs.enabled = False
+        with one_coder(model, "nvcc"):
+            print("\n".join(kernel_profile(rate_step, device)))
     graphs.enabled = cc.cuda_graphs
     for p in model.parameters():
         p.grad = None
@@ -145,6 +152,36 @@ def main(argv: list[str] | None = None) -> None:
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
     if a.sync_debug and device.type == "cuda":
         sync_sources(scene, replace(fcfg, iterations=40), cc_short, base, ctx, bank)
+
+
+def kernel_profile(step, device: torch.device, steps: int = 5) -> list[str]:
+    """Kernels per ``step`` and their device time (torch.profiler, after a warm-up), then the busiest
+    kernels and the operators that launch the most device time."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        step()
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    kernels = [e for e in prof.events() if e.device_type == DeviceType.CUDA]
+    busy = sum(getattr(e, "device_time", 0.0) for e in kernels) / 1e3 / steps
+    ev = prof.key_averages()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    lines = [f"NVCC rate fwd+bwd, eager: {len(kernels) / steps:.0f} kernels per step, {busy:.2f} ms of "
+             f"kernel time per step ({steps} steps profiled)",
+             ev.table(sort_by=key, row_limit=30)]
+    if device.type == "cuda":
+        ops = [e for e in ev if e.key.startswith("aten::") or "Backward" in e.key]
+        ops.sort(key=lambda e: getattr(e, "device_time_total", 0.0), reverse=True)
+        lines.append("operators by device time (incl. children), ms per step / calls per step:")
+        lines += [f"  {e.key:45s} {getattr(e, 'device_time_total', 0.0) / 1e3 / steps:8.3f} "
+                  f"{e.count / steps:6.0f}" for e in ops[:25]]
+    return lines
 
 
 def sync_sources(scene, fcfg, cc, base, ctx, bank) -> None:
