@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from evalkit.codec.entropy import LIKELIHOOD_BOUND, FactorizedPrior, lower_bound, stacked_factorized_likelihood
 from evalkit.codec.quantize import add_uniform_noise, round_ste
 from evalkit.models.fourdgs.hexplane import SPACE_PLANES, TIME_PLANES, HexPlaneConfig
-from evalkit.methods.fourdgs_cc.nvcc import NVCC, grid_planes, plane_offset, ste_plane
+from evalkit.methods.fourdgs_cc.nvcc import NVCC, grid_planes, lerp_matrix, plane_offset, ste_plane
 
 from tests.methods.fourdgs_cc_common import single_thread_torch  # noqa: F401
 
@@ -131,7 +131,10 @@ def test_batched_nvcc_rate_equals_the_unit_by_unit_rate(variant, mode) -> None:
 
 
 def test_batched_rate_in_float32_stays_within_float_tolerance() -> None:
-    """Training runs in float32: the batched sums differ from the per-unit ones by rounding only."""
+    """Training runs in float32: the batched sums differ from the per-unit ones by rounding only.
+    Gradients are sums of thousands of terms that cancel (entries up to ~1e4 beside entries near
+    0), so their rounding is bounded relative to each gradient's scale; exactness is the float64
+    test's job."""
     m, planes = _model({})
     m = m.float()
     planes = [[torch.nn.Parameter(p.detach().float()) for p in level] for level in planes]
@@ -140,7 +143,7 @@ def test_batched_rate_in_float32_stays_within_float_tolerance() -> None:
     ref = reference_bits(m, planes, "ste")
     assert torch.allclose(bits, ref, rtol=1e-5)
     for a, b in zip(torch.autograd.grad(bits, flat), torch.autograd.grad(ref, flat)):
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6)
+        assert float((a - b).abs().max()) <= 1e-4 * float(b.abs().max())
 
 
 def test_stacked_factorized_priors_equal_each_prior_alone() -> None:
@@ -173,3 +176,13 @@ def test_grid_planes_equal_ste_planes_bit_for_bit() -> None:
     for o, r, a, b in zip(out, ref, got, want):
         assert torch.equal(o, r)
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("w_in,w_out", [(64, 128), (25, 50), (3, 7), (5, 5), (1, 4), (8, 3), (4, 1)])
+def test_lerp_matrix_upsamples_as_the_linear_interpolation(w_in: int, w_out: int) -> None:
+    """Training upsamples a level's time rows with a GEMM; the coder uses F.interpolate."""
+    x = torch.randn(3, 5, w_in, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(w_in))
+    want = F.interpolate(x.reshape(-1, w_in, 4).transpose(1, 2), size=w_out, mode="linear",
+                         align_corners=True).transpose(1, 2).reshape(3, 5, w_out, 4)
+    got = torch.matmul(lerp_matrix(w_in, w_out, x.dtype, "cpu"), x)
+    assert torch.allclose(got, want, rtol=0, atol=1e-12)
