@@ -207,8 +207,12 @@ class ContentionWatch:
             where = ", ".join(f"{p}: {n}" for p, n in shared)
             out.append(f"the GPU was shared: other compute processes on it ({where}); train, encode, "
                        "decode and FPS times are contended, not measurements of the method")
-        if self.peer_samples:
-            where = ", ".join(f"{p}: {k}" for p, k in self.peer_samples)
+        if self.peer_samples:  # one entry per phase (a long phase samples every few seconds)
+            by_phase: dict[str, list[int]] = {}
+            for p, k in self.peer_samples:
+                by_phase.setdefault(p, []).append(k)
+            where = ", ".join(f"{p}: {ks[0]}" if len(ks) == 1 else f"{p} (in {len(ks)} samples): up to {max(ks)}"
+                              for p, ks in by_phase.items())
             out.append(f"other evalkit jobs ran on this host ({where}); times are contended")
         # A CPU job loads its own torch threads' cores: only the load beyond them counts
         own = 0 if self.device.type == "cuda" else min(torch.get_num_threads(), self.cpus)

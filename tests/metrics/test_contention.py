@@ -163,6 +163,21 @@ def test_cpu_jobs_are_flagged_for_a_busy_host_and_other_evalkit_jobs(monkeypatch
     assert shared.summary()["other_evalkit_jobs_max"] == 1
 
 
+def test_other_evalkit_jobs_are_noted_once_per_phase():
+    """A long phase samples its peers every few seconds: the note names the phase once, with the
+    number of samples that saw other jobs and the most seen (a 20-minute training phase once
+    wrote "training: 1" 120 times)."""
+    cpu = torch.device("cpu")
+    peers = iter([1, 1, 2, 1, 3])
+    w = ContentionWatch(cpu, count_gpu=lambda d: None, load=lambda: 0.0, cpus=64, peers=lambda: next(peers))
+    w.sample("start")
+    w.peer_samples += [("training", 1), ("training", 2), ("training", 1)]
+    w.sample("trained")
+    note = [n for n in w.notes() if "other evalkit jobs" in n]
+    assert note == ["other evalkit jobs ran on this host (start: 1, training (in 3 samples): up to 2, "
+                    "trained: 1); times are contended"]
+
+
 def test_other_evalkit_jobs_counts_a_running_evalkit_process():
     import subprocess
     import sys
