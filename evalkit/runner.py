@@ -24,6 +24,7 @@ from typing import Callable, Iterator
 import torch
 
 from evalkit.codec.container import Bitstream
+from evalkit.data.detect import EXPECTED, is_layout
 from evalkit.data.scene import DatasetError, Scene
 from evalkit.methods.base import (Budget, ContractError, Method, Model, RatePoint, TrainContext, TrainedModel,
                                  check_contract)
@@ -150,12 +151,18 @@ def plan_jobs(method: str, dataset: str, data_root: Path | None = None, scenes: 
             if s not in dspec.scenes:
                 notes.append(f"scene {s!r} is not in datasets/{dataset}.toml: no paper numbers exist for it")
             chosen.append(s)
-    else:
+    else:  # every scene present: the spec's first, then other folders in the dataset's layout
         chosen = [s for s in dspec.scenes if (base / s).is_dir()]
+        others = [] if dspec.generated else [p.name for p in sorted(base.iterdir()) if p.is_dir()
+                                             and p.name not in dspec.scenes and is_layout(p, dspec.format)]
+        notes += [f"scene {s!r} is not in datasets/{dataset}.toml: no paper numbers exist for it" for s in others]
+        chosen += others
         if not chosen:
             present = sorted(p.name for p in base.iterdir() if p.is_dir())
             raise RunError(f"none of the {dspec.name} scenes of the spec ({', '.join(dspec.scenes)}) is in {base}"
-                           + (f"; present: {', '.join(present)} (name them with --scene)" if present else "")
+                           + (f"; present: {', '.join(present)}, none in the {dspec.format} layout "
+                              f"({EXPECTED.get(dspec.format, dspec.format)}; name a scene with --scene to "
+                              "see what its folder lacks)" if present else "")
                            + f". Download: {dspec.download}")
     jobs = [Job(method, dataset, s, r, base / s, in_spec=s in dspec.scenes)
             for s in chosen for r in mspec.rate_points(dataset, rates)]

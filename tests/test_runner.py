@@ -528,7 +528,23 @@ def test_spec_scenes_absent_lists_present_folders(toy_bench: ToyBench, tmp_path:
     with pytest.raises(RunError) as exc:
         plan_jobs("toy", "toy", root)
     msg = str(exc.value)
-    assert "alpha, beta" in msg and "present: mine" in msg and "--scene" in msg
+    assert "alpha, beta" in msg and "present: mine, none in the dnerf layout" in msg and "--scene" in msg
+
+
+def test_scenes_present_outside_the_spec_run_when_no_scene_is_named(toy_bench: ToyBench, synth_scene_dir,
+                                                                     tmp_path: Path) -> None:
+    """The headline use (``evalkit run --method M --dataset D``) runs every scene present in the
+    dataset's layout: the spec's first, then the others with a note (no paper numbers); a folder
+    in another layout is left out."""
+    root = tmp_path / "mixed"
+    (root / "toyset" / "notes").mkdir(parents=True)  # not a scene
+    (root / "toyset" / "zeta").symlink_to(synth_scene_dir("dnerf", size=(32, 32), num_frames=NUM_TRAIN))
+    jobs, notes = plan_jobs("toy", "toy", root, rates=["low"])
+    assert [(j.scene, j.in_spec) for j in jobs] == [("zeta", False)]
+    assert notes == ["scene 'zeta' is not in datasets/toy.toml: no paper numbers exist for it"]
+    (root / "toyset" / "beta").symlink_to(toy_bench.data_root / "toyset" / "beta")
+    jobs, notes = plan_jobs("toy", "toy", root, rates=["low"])
+    assert [(j.scene, j.in_spec) for j in jobs] == [("beta", True), ("zeta", False)]
 
 
 def test_unknown_rate_and_method_are_run_errors(toy_bench: ToyBench) -> None:

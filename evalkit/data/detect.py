@@ -19,6 +19,12 @@ EXPECTED = {
 }
 
 
+def is_layout(path: Path, format: str) -> bool:
+    """Whether the folder has the files of ``format``'s layout (False for a format without a test)."""
+    test = {"dnerf": is_dnerf, "hypernerf": is_hypernerf, "neu3d": is_neu3d}.get(format)
+    return bool(test and test(path))
+
+
 def detect_format(path: Path | str) -> str:
     """'dnerf' | 'hypernerf' | 'neu3d', judged from the files in the folder."""
     root = Path(path)

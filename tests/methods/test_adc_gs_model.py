@@ -5,7 +5,7 @@ import torch
 
 from evalkit.methods.adc_gs.mem import bits_per_value, quantise
 from evalkit.methods.adc_gs.model import flat
-from evalkit.methods.adc_gs.refine import PSI_EPS, RefineStats
+from evalkit.methods.adc_gs.refine import PSI_EPS, RefineStats, in_frustum
 from evalkit.methods.adc_gs.training import refine, snap_positions, _groups
 from evalkit.render.api import camera_tensors, rasterize
 
@@ -75,10 +75,37 @@ def test_eq11_significance_on_a_hand_example() -> None:
     psi = [torch.tensor([1.0, 2.0]), torch.tensor([3.0, 0.5])]
     radii = torch.ones(2, 2)
     for gi, pi in zip(g, psi):
-        stats.add(gi, radii, pi, torch.tensor([0.5, 0.5]), 2, 2)
+        stats.add(gi, radii, pi, torch.tensor([0.5, 0.5]), 2, 2, torch.ones(2, dtype=torch.bool))
     # primitive 0: (1*5 + 3*1) / 4 = 2; primitive 1: (2*1 + 0.5*10) / 2.5 = 2.8
     assert torch.allclose(stats.significance(True), torch.tensor([2.0, 2.8]))
     assert torch.allclose(stats.significance(False), torch.tensor([3.0, 5.5]))  # plain means
+
+
+def test_in_frustum_agrees_with_the_camera_projection_of_known_points() -> None:
+    cam = look_at_camera((0.0, -4.0, 0.0), size=24, focal=30.0)
+    pts = torch.tensor([[0.0, 0.0, 0.0],     # the centre of the image
+                        [0.2, 0.0, 0.3],     # inside
+                        [3.0, 0.0, 0.0],     # u = 30 * 3 / 4 + 12 = 34.5: right of the image
+                        [0.0, 0.0, -2.0],    # below it
+                        [0.0, -5.0, 0.0],    # behind the camera
+                        [0.0, -3.9, 0.0]])   # in front of it, but nearer than the near plane 0.2
+    got = in_frustum(pts, *camera_tensors(cam), 24, 24, near=0.2)
+    uv, z = cam.project(pts.numpy())
+    want = (z > 0.2) & (uv[:, 0] >= 0) & (uv[:, 0] < 24) & (uv[:, 1] >= 0) & (uv[:, 1] < 24)
+    assert got.tolist() == want.tolist() == [True, True, False, False, False, False]
+
+
+def test_a_faint_anchor_in_view_is_pruned_though_the_rasteriser_culls_it() -> None:
+    """Anchor 0's primitives (opacity 0.001 < 1/255) are culled by the rasteriser (radii 0) but in
+    view: its accumulated opacity is under tau_o and it is pruned. Anchor 1 is drawn and opaque;
+    anchor 2 is never in view, so nothing is known about it and it stays."""
+    stats = RefineStats(num_anchors=3, k=2, device=torch.device("cpu"))
+    opac = torch.tensor([0.001, 0.001, 0.5, 0.4, 0.0, 0.0])
+    radii = torch.tensor([[0, 0], [0, 0], [3, 3], [2, 2], [0, 0], [0, 0]])
+    in_view = torch.tensor([True, True, True, True, False, False])
+    for _ in range(100):
+        stats.add(torch.zeros(6, 2), radii, torch.zeros(6), opac, 8, 8, in_view)
+    assert stats.prune_mask(0.003, 80).tolist() == [True, False, False]
 
 
 def test_psi_from_the_colour_gradient_is_the_blending_weight() -> None:

@@ -78,8 +78,10 @@ def test_triton_recurrence_on_cuda_matches_autograd() -> None:
 
 
 @pytest.mark.gpu
-def test_graphed_rate_terms_equal_eager_rate_terms() -> None:
-    """The CUDA-graph replay of the rate terms gives the eager bits and gradients, call after call."""
+@pytest.mark.parametrize("stream", [False, True], ids=["one stream", "rate stream"])
+def test_graphed_rate_terms_equal_eager_rate_terms(stream: bool) -> None:
+    """The CUDA-graph replay of the rate terms gives the eager bits and gradients, call after call,
+    also on a second stream beside a main-stream term on the same planes (as the render's)."""
     from evalkit.models.fourdgs.deformation import DeformationConfig, DeformationField
     from evalkit.models.fourdgs.model import FourDGSModel
     from evalkit.methods.fourdgs_cc.config import CCConfig
@@ -97,7 +99,7 @@ def test_graphed_rate_terms_equal_eager_rate_terms() -> None:
     models = []
     for graphs in (True, False):
         cc = CCConfig(codebook_size=64, vqcc_hidden=8, vqcc_latent=4, nvcc_hidden=8, quantization="ste",
-                      cuda_graphs=graphs)
+                      cuda_graphs=graphs, rate_stream=stream and graphs)
         m = FourDGSCCModel(base, cc)
         m.vq.pending = "init"
         m.canonical_sh()
@@ -108,8 +110,9 @@ def test_graphed_rate_terms_equal_eager_rate_terms() -> None:
         results = []
         for m in models:
             params = [p for p in m.parameters() if p.requires_grad]
+            main_term = sum((q * q).sum() for q in m.deformation.grid.parameters())  # queued on the main stream
             terms = m.rate_terms("ste")
-            loss = terms["nvcc"][0] / terms["nvcc"][1] + terms["vqcc"][0] / terms["vqcc"][1]
+            loss = main_term + terms["nvcc"][0] / terms["nvcc"][1] + terms["vqcc"][0] / terms["vqcc"][1]
             results.append((loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)))
         graphed = models[0]._graphs
         assert graphed.failed is None and len(graphed._graphed) == 1  # captured once, then replayed

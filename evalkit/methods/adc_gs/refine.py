@@ -18,7 +18,11 @@ Gaussian attributes"); one new anchor per voxel of ``grow_voxel`` that holds no 
 (choice, Scaffold-GS's rule: the paper and code add every such primitive, which multiplied the
 anchors tenfold within a few refinements on the synthetic scene). Pruning: anchors whose K primitives' opacities, summed per frame and
 averaged over the frames the anchor was visible in, stay under tau_o (paper: accumulated
-opacity; choice: Scaffold-GS's accumulation, visible in > 0.8 x interval frames). Statistics
+opacity; choice: Scaffold-GS's accumulation, visible in > 0.8 x interval frames). "Visible" for
+pruning is "in the view frustum" (a primitive's mean in front of the near plane and inside the
+image; Scaffold-GS's anchor visibility), not the rasteriser's radii > 0: the rasteriser culls
+primitives under opacity 1/255, so an anchor counted only when drawn always summed >= 1/255 >
+tau_o and was never pruned (jumpingjacks: 0 of 31,031 anchors in 30,000 steps). Statistics
 reset after each refinement.
 """
 from __future__ import annotations
@@ -29,6 +33,19 @@ import torch
 from torch import Tensor
 
 PSI_EPS = 2.0 ** -32
+
+
+@torch.no_grad()
+def in_frustum(means: Tensor, viewmat: Tensor, K: Tensor, width: int, height: int, near: float) -> Tensor:
+    """(M,) bool: the points ``means`` (M, 3) lie in front of the near plane and project inside
+    the ``width`` x ``height`` image of the camera (``viewmat`` world-to-camera, OpenCV axes; ``K``
+    pinhole intrinsics, pixel centres at +0.5 as the rasteriser's)."""
+    pc = means @ viewmat[:3, :3].T + viewmat[:3, 3]
+    z = pc[:, 2]
+    zs = z.clamp_min(1e-12)
+    u = K[0, 0] * pc[:, 0] / zs + K[0, 2]
+    v = K[1, 1] * pc[:, 1] / zs + K[1, 2]
+    return (z > near) & (u >= 0) & (u < width) & (v >= 0) & (v < height)
 
 
 @dataclass
@@ -50,16 +67,18 @@ class RefineStats:
         self.frames = 0
 
     @torch.no_grad()
-    def add(self, grad2d: Tensor, radii: Tensor, psi: Tensor, opacities: Tensor, width: int, height: int) -> None:
+    def add(self, grad2d: Tensor, radii: Tensor, psi: Tensor, opacities: Tensor, width: int, height: int,
+            in_view: Tensor) -> None:
         """One rendered frame: ``grad2d`` (M, 2) pixel-space position gradient, ``radii`` (M, 2),
-        ``psi`` (M,) blending weights, ``opacities`` (M,) of the frame's primitives."""
+        ``psi`` (M,) blending weights, ``opacities`` (M,) of the frame's primitives, ``in_view``
+        (M,) whether each primitive's mean is in the view frustum (``in_frustum``)."""
         g = torch.hypot(grad2d[:, 0] * (width / 2.0), grad2d[:, 1] * (height / 2.0))
         visible = (radii > 0).all(dim=-1)
         self.psi_grad += psi * g
         self.psi += psi
         self.grad += g * visible
         self.seen += visible
-        vis_anchor = visible.view(-1, self.k).any(dim=1)
+        vis_anchor = in_view.view(-1, self.k).any(dim=1)
         self.opacity += opacities.view(-1, self.k).sum(dim=1) * vis_anchor
         self.anchor_seen += vis_anchor
         self.frames += 1

@@ -32,7 +32,7 @@ from evalkit.train.schedules import log_lerp
 from evalkit.methods.adc_gs.config import ADCConfig
 from evalkit.methods.adc_gs.mem import bits_per_value, quantise
 from evalkit.methods.adc_gs.model import ADCModel, flat
-from evalkit.methods.adc_gs.refine import PSI_EPS, RefineStats
+from evalkit.methods.adc_gs.refine import PSI_EPS, RefineStats, in_frustum
 
 
 def init_model(scene: Scene, cfg: ADCConfig, device: torch.device) -> ADCModel:
@@ -269,7 +269,7 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
             loss = loss + l / len(views)
             if in_window:
                 loss = loss + PSI_EPS * out.image[..., 3].sum()
-                renders.append((out, colors, opac, cam))
+                renders.append((out, colors, opac, cam, means, v))
         if rate_on:
             with record_function("adc-gs: rate"):
                 r = bits_per_value(model.mem, bits, model.num_anchors)
@@ -279,11 +279,12 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
         opt.zero_grad(set_to_none=True)
         with record_function("adc-gs: backward"):
             loss.backward()
-        for out, colors, opac, cam in renders:
+        for out, colors, opac, cam, means, v in renders:
             psi = colors.grad[:, 3] / PSI_EPS
+            in_view = in_frustum(means.detach(), *cams[v], cam.width, cam.height, cfg.near_plane)
             # the loss averages the batch's views: x len(views) gives each frame's own 2D gradient
             stats.add(out.info["means2d"].grad.reshape(-1, 2) * len(views), out.info["radii"].reshape(-1, 2), psi,
-                      opac.detach(), cam.width, cam.height)
+                      opac.detach(), cam.width, cam.height, in_view)
         with record_function("adc-gs: optimiser"):
             opt.step()
         if cfg.refinement and cfg.refine_from < step <= cfg.refine_until and step % cfg.refine_interval == 0:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import weakref
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -89,7 +90,8 @@ class FourDGSCCModel(FourDGSModel):
             return {}
         levels = len(self.nvcc.hp.multires) if self.nvcc is not None else 0
         key = (mode, len(planes), codebook is not None)
-        bits = self._graphs(key, lambda: _RateTerms(self.nvcc, self.vqcc, mode, levels), *tensors)
+        bits = self._beside_render(lambda: self._graphs(key, lambda: _RateTerms(self.nvcc, self.vqcc, mode, levels),
+                                                        *tensors), tensors[0].device)
         out, k = {}, 0
         if planes:
             out["nvcc"] = (bits[k], sum(p.numel() for p in planes))
@@ -106,6 +108,28 @@ class FourDGSCCModel(FourDGSModel):
         if graphs is None or not graphs.captured:
             return "eager (no CUDA graph: not on CUDA, or cuda_graphs off)"
         return f"replayed from CUDA graphs ({graphs.captured} captured)"
+
+    def _beside_render(self, rate: Callable[[], tuple[torch.Tensor, ...]], device: torch.device
+                       ) -> tuple[torch.Tensor, ...]:
+        """``rate()`` on a second CUDA stream (``rate_stream``), so that its hundreds of small
+        kernels, forward and backward (autograd runs a backward op on its forward's stream), share
+        the GPU with the render's instead of queueing behind them. The side stream starts after
+        what the main stream has queued (this step's writes to the planes and the codebook); the
+        main stream waits for the rates before it uses them. Same numbers as on one stream."""
+        if not (self.cc.rate_stream and device.type == "cuda" and torch.is_grad_enabled()
+                and not torch.cuda.is_current_stream_capturing()):
+            return rate()
+        side = _STREAMS.get(self)
+        if side is None:
+            side = _STREAMS[self] = torch.cuda.Stream(device)
+        main = torch.cuda.current_stream(device)
+        side.wait_stream(main)
+        with torch.cuda.stream(side):
+            out = rate()
+        main.wait_stream(side)
+        for t in out:
+            t.record_stream(main)  # allocated on the side stream, used and freed on the main one
+        return out
 
     @property
     def _graphs(self) -> GraphedCalls:
@@ -140,3 +164,4 @@ class _RateTerms(nn.Module):
 
 # Graph caches live outside the model so that copying or saving the model never touches them.
 _GRAPHS: "weakref.WeakKeyDictionary[FourDGSCCModel, GraphedCalls]" = weakref.WeakKeyDictionary()
+_STREAMS: "weakref.WeakKeyDictionary[FourDGSCCModel, torch.cuda.Stream]" = weakref.WeakKeyDictionary()
