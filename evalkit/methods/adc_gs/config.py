@@ -22,6 +22,8 @@ class ADCConfig:
     time_rows_divisor: float = 2.0    # D-NeRF frames/2 (choice), HyperNeRF ~frames/10 (code)
     time_dim: int = 256               # f_t (paper)
     time_init_std: float = 0.0        # 0: zeros (code, HyperNeRF); Neu3D 0.01/16 (code)
+    fg_init_std: float = 0.0          # f_g init: 0 = zeros (code; the K primitives of an anchor start identical
+                                      # and only blending order tells them apart); > 0: N(0, std) (tuning)
     deform_width: int = 128           # F_omega / F_varpi width (code)
     pe_frequencies: int = 12          # f_p = sin/cos of 12 frequencies per axis = 72-d (paper 72, code formula)
     init_voxel: float = 0.0           # voxel size to down-sample the init cloud; 0 = every point (choice for D-NeRF)

@@ -73,7 +73,8 @@ class ADCModel(nn.Module):
         n = xyz.shape[0]
         self.xyz = nn.Parameter(xyz.float().clone())
         self.fv = nn.Parameter(torch.zeros(n, cfg.fv_dim, device=xyz.device))
-        self.fg = nn.Parameter(torch.zeros(n, cfg.k, cfg.fg_dim, device=xyz.device))
+        fg = torch.zeros(n, cfg.k, cfg.fg_dim, device=xyz.device)
+        self.fg = nn.Parameter(fg.normal_(0.0, cfg.fg_init_std) if cfg.fg_init_std > 0 else fg)
         self.sigma = nn.Parameter(sigma.float().clone())
         self.color = nn.Parameter(color.float().clone())
         self.theta = PredictionNet(cfg).to(xyz.device)
