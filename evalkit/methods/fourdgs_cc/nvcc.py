@@ -149,6 +149,12 @@ def _uniform_bits(x: torch.Tensor) -> torch.Tensor:
     return torch.log2(q.max() - q.min() + 1.0) * float(x.numel())
 
 
+def _window_gather(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``x[..., idx, :]`` for x (..., W, C) and idx (N, K): (..., N, K, C). One ``index_select``:
+    its backward is one scatter-add, where advanced indexing's sorts the indices every step."""
+    return x.index_select(-2, idx.reshape(-1)).reshape(*x.shape[:-2], *idx.shape, x.shape[-1])
+
+
 class WindowCrossAttention(nn.Module):
     """Eq. (1) over the W positions of a row, each query seeing keys within +-window positions."""
 
@@ -212,7 +218,7 @@ class WindowCrossAttention(nn.Module):
         sqrt(d)) and values, both gathered per query window, (..., W, 2w+1, C). The keys are mapped
         before the gather (a product 2w+1 times smaller than mapping the windows)."""
         kq = (self.k(f) @ self.q.weight) * self.dim ** -0.5
-        return kq[..., idx, :], self.v(f)[..., idx, :]
+        return _window_gather(kq, idx), _window_gather(self.v(f), idx)
 
 
 class ParamHead(nn.Module):
@@ -228,7 +234,7 @@ class ParamHead(nn.Module):
 
     def forward(self, x: torch.Tensor, plane_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (P, ..., in_dim), plane_ids (P,) -> two (P, ..., C)."""
-        e = self.embed[plane_ids].reshape(len(plane_ids), *([1] * (x.dim() - 2)), -1)
+        e = self.embed.index_select(0, plane_ids).reshape(len(plane_ids), *([1] * (x.dim() - 2)), -1)
         out = self.l2(F.leaky_relu(self.l1(x) + e))
         delta, log_scale = out.chunk(2, dim=-1)
         return delta, log_scale.clamp(-12.0, 12.0)
