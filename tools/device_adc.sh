@@ -76,6 +76,21 @@ case "$1" in
     for kv in "$@"; do printf '%s = %s\n' "${kv%%=*}" "${kv#*=}" >> "$spec"; done
     tail -n $(( $# + 2 )) "$spec"
     ;;
+  tune26)
+    # issue 26 tuning on the val views, mid (quality only: the jobs share the GPU; one adc-gs job kept
+    # it 29 % busy): tune26 SCENE NAME... with NAME from base, pr03, lrpos, fgrand, g004 (stop 35's review)
+    sc=$2; shift 2; me=$(realpath "$0")
+    for n in "$@"; do
+      case $n in
+        base) kv="";; pr03) kv="prune_opacity=0.03";; fgrand) kv="fg_init_std=0.05";;
+        lrpos) kv="lr_position=0.00016 lr_position_final=0.0000016";; g004) kv="grow_threshold=0.004";;
+        *) echo "unknown tuning run $n"; exit 1;;
+      esac
+      m=adc-gs
+      if [ -n "$kv" ]; then bash "$me" variant adc-gs "$n" $kv; m=adc-gs:$n; fi
+      bash "$me" launch "t_$n" --method "$m" --dataset dnerf --scene "$sc" --rate mid --eval-split val --threads 4
+    done
+    ;;
   cc27)
     # issue 27 diagnostics, quality only (times contended): cc27 SCENE -> 4dgs, 4dgs-cc high and its
     # vq-early / vq-once variants, all four at once on the one GPU (background; `wait`, then `collect`)
