@@ -40,7 +40,7 @@ def _percent(value: str) -> float:
 def run(
     method: list[str] = typer.Option(..., "--method", "-m", help="Method name(s) (see `evalkit methods`), e.g. 4dgs-cc and its variants."),
     dataset: str = typer.Option(..., "--dataset", "-d", help="Dataset spec name: dnerf, hypernerf, neu3d, synthetic."),
-    scene: Optional[list[str]] = typer.Option(None, "--scene", "-s", help="Scene folder(s); default: all spec scenes present."),
+    scene: Optional[list[str]] = typer.Option(None, "--scene", "-s", help="Scene folder(s); default: every scene present (spec scenes first, then other folders in the layout)."),
     rate: Optional[list[str]] = typer.Option(None, "--rate", "-r", help="Rate point name(s); default: all of the method's."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Folder with <dataset>/<scene>/ (default $EVALKIT_DATA_ROOT or ~/evalkit-data)."),
     out: Path = typer.Option(Path("results"), "--out", "-o", help="Results folder (records, bitstreams, logs)."),

@@ -87,6 +87,7 @@ def _lpips() -> list[Check]:
 
 def _data() -> list[Check]:
     from evalkit.runner import default_data_root
+    from evalkit.data.detect import is_layout
     from evalkit.specs import SpecError, list_specs, load_dataset_spec, specs_dir
 
     checks = []
@@ -115,9 +116,12 @@ def _data() -> list[Check]:
         wanted = list(spec.scenes)
         have = [s for s in wanted if s in present]
         extra = [s for s in present if s not in wanted]
+        runnable = [s for s in extra if is_layout(folder / s, spec.format)]  # `evalkit run` takes these too
         detail = (f"{folder}: {len(have)}/{len(wanted)} spec scenes" + (f" ({', '.join(have)})" if have else "")
-                  + (f"; also {', '.join(extra)}" if extra else ""))
-        checks.append(Check(f"dataset {key}", bool(have) if folder.is_dir() else False,
+                  + (f"; also {', '.join(extra)}" if extra else "")
+                  + (f" ({', '.join(runnable)} in the {spec.format} layout: runs without paper numbers)"
+                     if runnable else ""))
+        checks.append(Check(f"dataset {key}", bool(have or runnable) if folder.is_dir() else False,
                             detail if folder.is_dir() else f"{folder}: missing"))
     return checks
 

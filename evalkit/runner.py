@@ -155,8 +155,14 @@ def plan_jobs(method: str, dataset: str, data_root: Path | None = None, scenes: 
         chosen = [s for s in dspec.scenes if (base / s).is_dir()]
         others = [] if dspec.generated else [p.name for p in sorted(base.iterdir()) if p.is_dir()
                                              and p.name not in dspec.scenes and is_layout(p, dspec.format)]
-        notes += [f"scene {s!r} is not in datasets/{dataset}.toml: no paper numbers exist for it" for s in others]
-        chosen += others
+        seen = {(base / s).resolve() for s in chosen}
+        for s in others:  # a link or second name of a folder already chosen would train it twice
+            if (base / s).resolve() in seen:
+                notes.append(f"scene folder {base / s} is the same folder as another scene: left out")
+                continue
+            seen.add((base / s).resolve())
+            notes.append(f"scene {s!r} is not in datasets/{dataset}.toml: no paper numbers exist for it")
+            chosen.append(s)
         if not chosen:
             present = sorted(p.name for p in base.iterdir() if p.is_dir())
             raise RunError(f"none of the {dspec.name} scenes of the spec ({', '.join(dspec.scenes)}) is in {base}"

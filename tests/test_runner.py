@@ -545,6 +545,9 @@ def test_scenes_present_outside_the_spec_run_when_no_scene_is_named(toy_bench: T
     (root / "toyset" / "beta").symlink_to(toy_bench.data_root / "toyset" / "beta")
     jobs, notes = plan_jobs("toy", "toy", root, rates=["low"])
     assert [(j.scene, j.in_spec) for j in jobs] == [("beta", True), ("zeta", False)]
+    (root / "toyset" / "zeta2").symlink_to(root / "toyset" / "zeta")  # a second name: not trained twice
+    jobs, notes = plan_jobs("toy", "toy", root, rates=["low"])
+    assert [j.scene for j in jobs] == ["beta", "zeta"] and "is the same folder as another scene" in notes[-1]
 
 
 def test_unknown_rate_and_method_are_run_errors(toy_bench: ToyBench) -> None:

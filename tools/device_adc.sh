@@ -80,15 +80,21 @@ case "$1" in
     # issue 26 tuning on the val views, mid (quality only: the jobs share the GPU; one adc-gs job kept
     # it 29 % busy): tune26 SCENE NAME... with NAME from base, pr03, lrpos, fgrand, g004 (stop 35's review)
     sc=$2; shift 2; me=$(realpath "$0")
-    for n in "$@"; do
-      case $n in
-        base) kv="";; pr03) kv="prune_opacity=0.03";; fgrand) kv="fg_init_std=0.05";;
-        lrpos) kv="lr_position=0.00016 lr_position_final=0.0000016";; g004) kv="grow_threshold=0.004";;
-        *) echo "unknown tuning run $n"; exit 1;;
+    settings() {
+      case $1 in
+        base) echo "";; pr03) echo "prune_opacity=0.03";; fgrand) echo "fg_init_std=0.05";;
+        lrpos) echo "lr_position=0.00016 lr_position_final=0.0000016";; g004) echo "grow_threshold=0.004";;
+        *) return 1;;
       esac
-      m=adc-gs
-      if [ -n "$kv" ]; then bash "$me" variant adc-gs "$n" $kv; m=adc-gs:$n; fi
-      bash "$me" launch "t_$n" --method "$m" --dataset dnerf --scene "$sc" --rate mid --eval-split val --threads 4
+    }
+    for n in "$@"; do settings "$n" > /dev/null || { echo "unknown tuning run $n: nothing launched"; exit 1; }; done
+    for n in "$@"; do
+      kv=$(settings "$n"); m=adc-gs
+      if [ -n "$kv" ]; then
+        grep -q "^\[variants\.$n\]" /tmp/code/methods/adc-gs.toml || bash "$me" variant adc-gs "$n" $kv
+        m=adc-gs:$n
+      fi
+      bash "$me" launch "t_${sc}_$n" --method "$m" --dataset dnerf --scene "$sc" --rate mid --eval-split val --threads 4
     done
     ;;
   cc27)

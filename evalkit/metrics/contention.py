@@ -211,7 +211,7 @@ class ContentionWatch:
             by_phase: dict[str, list[int]] = {}
             for p, k in self.peer_samples:
                 by_phase.setdefault(p, []).append(k)
-            where = ", ".join(f"{p}: {ks[0]}" if len(ks) == 1 else f"{p} (in {len(ks)} samples): up to {max(ks)}"
+            where = ", ".join(f"{p}: {ks[0]}" if len(ks) == 1 else f"{p} (seen in {len(ks)} samples): up to {max(ks)}"
                               for p, ks in by_phase.items())
             out.append(f"other evalkit jobs ran on this host ({where}); times are contended")
         # A CPU job loads its own torch threads' cores: only the load beyond them counts

@@ -78,14 +78,15 @@ def test_triton_recurrence_on_cuda_matches_autograd() -> None:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("stream", [False, True], ids=["one stream", "rate stream"])
-def test_graphed_rate_terms_equal_eager_rate_terms(stream: bool) -> None:
+@pytest.mark.parametrize("graphed,stream", [(True, False), (True, True), (False, True)],
+                         ids=["graphs", "graphs on the rate stream", "eager on the rate stream"])
+def test_graphed_rate_terms_equal_eager_rate_terms(graphed: bool, stream: bool) -> None:
     """The CUDA-graph replay of the rate terms gives the eager bits and gradients, call after call,
     also on a second stream beside a main-stream term on the same planes (as the render's)."""
     from evalkit.models.fourdgs.deformation import DeformationConfig, DeformationField
     from evalkit.models.fourdgs.model import FourDGSModel
     from evalkit.methods.fourdgs_cc.config import CCConfig
-    from evalkit.methods.fourdgs_cc.model import FourDGSCCModel
+    from evalkit.methods.fourdgs_cc.model import _STREAMS, FourDGSCCModel
 
     torch.manual_seed(0)
     dev = torch.device("cuda")
@@ -97,9 +98,9 @@ def test_graphed_rate_terms_equal_eager_rate_terms(stream: bool) -> None:
         sh0=torch.rand(n, 1, 3), shN=0.1 * torch.randn(n, 15, 3)).items()})
     base = FourDGSModel(g, deform, 3, torch.zeros(3), 0.2).to(dev)
     models = []
-    for graphs in (True, False):
+    for first in (True, False):  # the model under test, then the reference: eager on one stream
         cc = CCConfig(codebook_size=64, vqcc_hidden=8, vqcc_latent=4, nvcc_hidden=8, quantization="ste",
-                      cuda_graphs=graphs, rate_stream=stream and graphs)
+                      cuda_graphs=graphed and first, rate_stream=stream and first)
         m = FourDGSCCModel(base, cc)
         m.vq.pending = "init"
         m.canonical_sh()
@@ -114,9 +115,10 @@ def test_graphed_rate_terms_equal_eager_rate_terms(stream: bool) -> None:
             terms = m.rate_terms("ste")
             loss = main_term + terms["nvcc"][0] / terms["nvcc"][1] + terms["vqcc"][0] / terms["vqcc"][1]
             results.append((loss.detach(), torch.autograd.grad(loss, params, allow_unused=True)))
-        graphed = models[0]._graphs
-        assert graphed.failed is None and len(graphed._graphed) == 1  # captured once, then replayed
-        assert not models[1]._graphs._graphed  # the eager side really ran eagerly
+        graphs = models[0]._graphs
+        assert graphs.failed is None and len(graphs._graphed) == (1 if graphed else 0)  # captured once, replayed
+        assert not models[1]._graphs._graphed  # the reference really ran eagerly
+        assert (models[0] in _STREAMS) == stream and models[1] not in _STREAMS  # the side stream was used
         assert torch.allclose(results[0][0], results[1][0], rtol=1e-5)
         for a, b in zip(results[0][1], results[1][1]):
             assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, rtol=1e-4, atol=1e-7))

@@ -174,7 +174,7 @@ def test_other_evalkit_jobs_are_noted_once_per_phase():
     w.peer_samples += [("training", 1), ("training", 2), ("training", 1)]
     w.sample("trained")
     note = [n for n in w.notes() if "other evalkit jobs" in n]
-    assert note == ["other evalkit jobs ran on this host (start: 1, training (in 3 samples): up to 2, "
+    assert note == ["other evalkit jobs ran on this host (start: 1, training (seen in 3 samples): up to 2, "
                     "trained: 1); times are contended"]
 
 

@@ -111,11 +111,12 @@ class FourDGSCCModel(FourDGSModel):
 
     def _beside_render(self, rate: Callable[[], tuple[torch.Tensor, ...]], device: torch.device
                        ) -> tuple[torch.Tensor, ...]:
-        """``rate()`` on a second CUDA stream (``rate_stream``), so that its hundreds of small
-        kernels, forward and backward (autograd runs a backward op on its forward's stream), share
-        the GPU with the render's instead of queueing behind them. The side stream starts after
-        what the main stream has queued (this step's writes to the planes and the codebook); the
-        main stream waits for the rates before it uses them. Same numbers as on one stream."""
+        """``rate()`` on a second CUDA stream (``rate_stream``). The side stream starts after what
+        the main stream has queued (the optimiser's writes to the planes, this step's render with
+        its writes to the codebook), and the main stream waits for the rates before it uses them,
+        so the forward does not overlap the render's; the backward does (autograd runs a backward
+        op on its forward's stream): the rates' hundreds of small kernels share the GPU with the
+        render's backward instead of queueing behind it. Same numbers as on one stream."""
         if not (self.cc.rate_stream and device.type == "cuda" and torch.is_grad_enabled()
                 and not torch.cuda.is_current_stream_capturing()):
             return rate()
