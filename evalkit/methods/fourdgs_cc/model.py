@@ -59,7 +59,17 @@ class FourDGSCCModel(FourDGSModel):
 
     def canonical_sh(self) -> torch.Tensor:
         sh = super().canonical_sh()
-        return self.vq(sh) if self.vq is not None else sh
+        out = self.vq(sh) if self.vq is not None else sh
+        if self.cc.rate_stream and out.is_cuda and torch.is_grad_enabled() \
+                and not torch.cuda.is_current_stream_capturing():
+            # what the rates read is ready here (planes after the optimiser, this step's codebook):
+            # the rest of the render (deformation, rasteriser) may overlap their forward
+            ready = _READY.get(self)
+            if ready is None:
+                ready = _READY[self] = [torch.cuda.Event(), False]
+            ready[0].record()
+            ready[1] = True
+        return out
 
     def extra_parameters(self) -> list[dict]:
         groups = []
@@ -72,8 +82,10 @@ class FourDGSCCModel(FourDGSModel):
         """(bits, coded values) of the HexPlane (NVCC) and of the codebook (VQCC, once VQ runs).
         On CUDA the computation replays from a CUDA graph (``cuda_graphs``; same numbers)."""
         planes = [p for scale in self.deformation.grid.grids for p in scale] if self.nvcc is not None else []
+        computed_now = False  # inputs or weights written on the main stream after this step's render began
         if self.nvcc is not None and not self.nvcc.initialised:
             self.nvcc.initialise(_levels(planes, len(self.nvcc.hp.multires)))
+            computed_now = True
         codebook = None
         if self.vqcc is not None and self.vq is not None and self.vq.active:
             # The codes as this step's render used them (member means). By default the rate trains
@@ -85,13 +97,15 @@ class FourDGSCCModel(FourDGSModel):
                         if self.cc.vqcc_rate_moves_codes else self.vq.codebook[:self.vq.n_codes])
             if not self.vqcc.initialised:
                 self.vqcc.initialise(codebook.detach())
+                computed_now = True
+            computed_now |= self.cc.vqcc_rate_moves_codes
         tensors = tuple(planes) + ((codebook,) if codebook is not None else ())
         if not tensors:
             return {}
         levels = len(self.nvcc.hp.multires) if self.nvcc is not None else 0
         key = (mode, len(planes), codebook is not None)
         bits = self._beside_render(lambda: self._graphs(key, lambda: _RateTerms(self.nvcc, self.vqcc, mode, levels),
-                                                        *tensors), tensors[0].device)
+                                                        *tensors), tensors[0].device, computed_now)
         out, k = {}, 0
         if planes:
             out["nvcc"] = (bits[k], sum(p.numel() for p in planes))
@@ -109,14 +123,16 @@ class FourDGSCCModel(FourDGSModel):
             return "eager (no CUDA graph: not on CUDA, or cuda_graphs off)"
         return f"replayed from CUDA graphs ({graphs.captured} captured)"
 
-    def _beside_render(self, rate: Callable[[], tuple[torch.Tensor, ...]], device: torch.device
-                       ) -> tuple[torch.Tensor, ...]:
-        """``rate()`` on a second CUDA stream (``rate_stream``). The side stream starts after what
-        the main stream has queued (the optimiser's writes to the planes, this step's render with
-        its writes to the codebook), and the main stream waits for the rates before it uses them,
-        so the forward does not overlap the render's; the backward does (autograd runs a backward
-        op on its forward's stream): the rates' hundreds of small kernels share the GPU with the
-        render's backward instead of queueing behind it. Same numbers as on one stream."""
+    def _beside_render(self, rate: Callable[[], tuple[torch.Tensor, ...]], device: torch.device,
+                       wait_for_all: bool = False) -> tuple[torch.Tensor, ...]:
+        """``rate()`` on a second CUDA stream (``rate_stream``), so that the rates' hundreds of
+        small kernels share the GPU with the render's instead of queueing behind them: forward
+        and backward (autograd runs a backward op on its forward's stream). The side stream starts
+        once what the rates read is written: at the event ``canonical_sh`` recorded in this step's
+        render (after the optimiser's writes to the planes and this step's codebook; used once),
+        else (or with ``wait_for_all``: the rates read something computed since) after everything
+        the main stream has queued. The main stream waits for the rates before it uses them. Same
+        numbers as on one stream."""
         if not (self.cc.rate_stream and device.type == "cuda" and torch.is_grad_enabled()
                 and not torch.cuda.is_current_stream_capturing()):
             return rate()
@@ -124,7 +140,13 @@ class FourDGSCCModel(FourDGSModel):
         if side is None:
             side = _STREAMS[self] = torch.cuda.Stream(device)
         main = torch.cuda.current_stream(device)
-        side.wait_stream(main)
+        ready = _READY.get(self)
+        if ready is not None and ready[1] and not wait_for_all:
+            side.wait_event(ready[0])
+        else:
+            side.wait_stream(main)
+        if ready is not None:
+            ready[1] = False  # one step's event: a later call without a render waits for everything
         with torch.cuda.stream(side):
             out = rate()
         main.wait_stream(side)
@@ -166,3 +188,4 @@ class _RateTerms(nn.Module):
 # Graph caches live outside the model so that copying or saving the model never touches them.
 _GRAPHS: "weakref.WeakKeyDictionary[FourDGSCCModel, GraphedCalls]" = weakref.WeakKeyDictionary()
 _STREAMS: "weakref.WeakKeyDictionary[FourDGSCCModel, torch.cuda.Stream]" = weakref.WeakKeyDictionary()
+_READY: "weakref.WeakKeyDictionary[FourDGSCCModel, list]" = weakref.WeakKeyDictionary()  # [event, fresh]
