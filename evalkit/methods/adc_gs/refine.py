@@ -22,8 +22,7 @@ opacity; choice: Scaffold-GS's accumulation, visible in > 0.8 x interval frames)
 pruning is "in the view frustum" (a primitive's mean in front of the near plane and inside the
 image; Scaffold-GS's anchor visibility), not the rasteriser's radii > 0: the rasteriser culls
 primitives under opacity 1/255, so an anchor counted only when drawn always summed >= 1/255 >
-tau_o and was never pruned (jumpingjacks: 0 of 31,031 anchors in 30,000 steps). Statistics
-reset after each refinement.
+tau_o and was never pruned. Statistics reset after each refinement.
 """
 from __future__ import annotations
 
