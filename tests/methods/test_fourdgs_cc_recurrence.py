@@ -86,7 +86,7 @@ def test_graphed_rate_terms_equal_eager_rate_terms(graphed: bool, stream: bool) 
     from evalkit.models.fourdgs.deformation import DeformationConfig, DeformationField
     from evalkit.models.fourdgs.model import FourDGSModel
     from evalkit.methods.fourdgs_cc.config import CCConfig
-    from evalkit.methods.fourdgs_cc.model import _STREAMS, FourDGSCCModel
+    from evalkit.methods.fourdgs_cc.model import _READY, _STREAMS, FourDGSCCModel
 
     torch.manual_seed(0)
     dev = torch.device("cuda")
@@ -108,6 +108,14 @@ def test_graphed_rate_terms_equal_eager_rate_terms(graphed: bool, stream: bool) 
     models[1].load_state_dict(models[0].state_dict())
     models[1].nvcc.initialised = models[1].vqcc.initialised = False
     for step in range(3):  # capture, then replays
+        # As after an optimiser step, still running when the rates are launched: planes and SH
+        # change (so the codebook too) behind a long kernel on the main stream; a rate stream that
+        # did not wait for them would read the old values. (The models share the Gaussians and grid.)
+        torch.cuda._sleep(100_000_000)
+        with torch.no_grad():
+            for p in models[0].deformation.grid.parameters():
+                p.add_(0.01)
+            g["shN"].add_(0.01)
         results = []
         for m in models:
             params = [p for p in m.parameters() if p.requires_grad]
@@ -120,10 +128,7 @@ def test_graphed_rate_terms_equal_eager_rate_terms(graphed: bool, stream: bool) 
         assert graphs.failed is None and len(graphs._graphed) == (1 if graphed else 0)  # captured once, replayed
         assert not models[1]._graphs._graphed  # the reference really ran eagerly
         assert (models[0] in _STREAMS) == stream and models[1] not in _STREAMS  # the side stream was used
+        assert not stream or _READY[models[0]][1] is False  # the render's event, used once
         assert torch.allclose(results[0][0], results[1][0], rtol=1e-5)
         for a, b in zip(results[0][1], results[1][1]):
             assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, rtol=1e-4, atol=1e-7))
-        with torch.no_grad():  # the next step sees changed planes, as after an optimiser step
-            for m in models:
-                for p in m.deformation.grid.parameters():
-                    p.add_(0.01)

@@ -67,7 +67,7 @@ class FourDGSCCModel(FourDGSModel):
             ready = _READY.get(self)
             if ready is None:
                 ready = _READY[self] = [torch.cuda.Event(), False]
-            ready[0].record()
+            ready[0].record(torch.cuda.current_stream(out.device))
             ready[1] = True
         return out
 
@@ -122,6 +122,14 @@ class FourDGSCCModel(FourDGSModel):
         if graphs is None or not graphs.captured:
             return "eager (no CUDA graph: not on CUDA, or cuda_graphs off)"
         return f"replayed from CUDA graphs ({graphs.captured} captured)"
+
+    def forget_render_event(self) -> None:
+        """The rates must not start at this step's render event: something they read may be
+        written before they next run without another render (the trainer calls this on steps whose
+        rate is skipped)."""
+        ready = _READY.get(self)
+        if ready is not None:
+            ready[1] = False
 
     def _beside_render(self, rate: Callable[[], tuple[torch.Tensor, ...]], device: torch.device,
                        wait_for_all: bool = False) -> tuple[torch.Tensor, ...]:
