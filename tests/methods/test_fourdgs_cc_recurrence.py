@@ -107,11 +107,13 @@ def test_graphed_rate_terms_equal_eager_rate_terms(graphed: bool, stream: bool) 
         models.append(m)
     models[1].load_state_dict(models[0].state_dict())
     models[1].nvcc.initialised = models[1].vqcc.initialised = False
+    busy = torch.randn(4096, 4096, device=dev)
     for step in range(3):  # capture, then replays
         # As after an optimiser step, still running when the rates are launched: planes and SH
         # change (so the codebook too) behind a long kernel on the main stream; a rate stream that
         # did not wait for them would read the old values. (The models share the Gaussians and grid.)
-        torch.cuda._sleep(100_000_000)
+        for _ in range(20):  # ~50 ms of matrix products queued on the main stream
+            busy = busy @ busy.T * 1e-3
         with torch.no_grad():
             for p in models[0].deformation.grid.parameters():
                 p.add_(0.01)
