@@ -86,8 +86,7 @@ def _lpips() -> list[Check]:
 
 
 def _data() -> list[Check]:
-    from evalkit.runner import default_data_root
-    from evalkit.data.detect import is_layout
+    from evalkit.runner import default_data_root, scenes_present
     from evalkit.specs import SpecError, list_specs, load_dataset_spec, specs_dir
 
     checks = []
@@ -116,7 +115,7 @@ def _data() -> list[Check]:
         wanted = list(spec.scenes)
         have = [s for s in wanted if s in present]
         extra = [s for s in present if s not in wanted]
-        runnable = [s for s in extra if is_layout(folder / s, spec.format)]  # `evalkit run` takes these too
+        runnable = [s for s in scenes_present(folder, spec)[0] if s not in wanted] if folder.is_dir() else []
         detail = (f"{folder}: {len(have)}/{len(wanted)} spec scenes" + (f" ({', '.join(have)})" if have else "")
                   + (f"; also {', '.join(extra)}" if extra else "")
                   + (f" ({', '.join(runnable)} in the {spec.format} layout: runs without paper numbers)"

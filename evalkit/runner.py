@@ -125,6 +125,36 @@ def ensure_synthetic(spec: DatasetSpec, root: Path) -> None:
         ensure_generated(spec.format, root / spec.folder / scene)
 
 
+def _folders(base: Path) -> list[str]:
+    return sorted(p.name for p in base.iterdir() if p.is_dir())
+
+
+def _not_in_spec(scene: str, dataset: str) -> str:
+    return f"scene {scene!r} is not in datasets/{dataset}.toml: no paper numbers exist for it"
+
+
+def scenes_present(base: Path, dspec: DatasetSpec) -> tuple[list[str], list[str]]:
+    """The scenes a run without ``--scene`` takes from ``base`` (the dataset's folder), and notes:
+    the spec's scenes present, then other folders in the dataset's layout (none for a generated
+    dataset), leaving out a second name (link) of a folder already taken."""
+    chosen = [s for s in dspec.scenes if (base / s).is_dir()]
+    notes: list[str] = []
+    if dspec.generated:
+        return chosen, notes
+    seen = {(base / s).resolve() for s in chosen}
+    for s in _folders(base):
+        path = base / s
+        if s in dspec.scenes or not is_layout(path, dspec.format):
+            continue
+        if path.resolve() in seen:  # it would train the same folder twice
+            notes.append(f"scene folder {path} is the same folder as another scene: left out")
+            continue
+        seen.add(path.resolve())
+        notes.append(_not_in_spec(s, dspec.key))
+        chosen.append(s)
+    return chosen, notes
+
+
 def plan_jobs(method: str, dataset: str, data_root: Path | None = None, scenes: list[str] | None = None,
               rates: list[str] | None = None) -> tuple[list[Job], list[str]]:
     """Expand a request into jobs. Returns (jobs, notes). Raises RunError with guidance when data is missing."""
@@ -146,25 +176,15 @@ def plan_jobs(method: str, dataset: str, data_root: Path | None = None, scenes: 
         chosen = []
         for s in scenes:
             if not (base / s).is_dir():
-                present = sorted(p.name for p in base.iterdir() if p.is_dir())
-                raise RunError(f"scene folder {base / s} not found; present: {', '.join(present) or 'none'}")
+                raise RunError(f"scene folder {base / s} not found; present: {', '.join(_folders(base)) or 'none'}")
             if s not in dspec.scenes:
-                notes.append(f"scene {s!r} is not in datasets/{dataset}.toml: no paper numbers exist for it")
+                notes.append(_not_in_spec(s, dataset))
             chosen.append(s)
-    else:  # every scene present: the spec's first, then other folders in the dataset's layout
-        chosen = [s for s in dspec.scenes if (base / s).is_dir()]
-        others = [] if dspec.generated else [p.name for p in sorted(base.iterdir()) if p.is_dir()
-                                             and p.name not in dspec.scenes and is_layout(p, dspec.format)]
-        seen = {(base / s).resolve() for s in chosen}
-        for s in others:  # a link or second name of a folder already chosen would train it twice
-            if (base / s).resolve() in seen:
-                notes.append(f"scene folder {base / s} is the same folder as another scene: left out")
-                continue
-            seen.add((base / s).resolve())
-            notes.append(f"scene {s!r} is not in datasets/{dataset}.toml: no paper numbers exist for it")
-            chosen.append(s)
+    else:
+        chosen, found = scenes_present(base, dspec)
+        notes += found
         if not chosen:
-            present = sorted(p.name for p in base.iterdir() if p.is_dir())
+            present = _folders(base)
             raise RunError(f"none of the {dspec.name} scenes of the spec ({', '.join(dspec.scenes)}) is in {base}"
                            + (f"; present: {', '.join(present)}, none in the {dspec.format} layout "
                               f"({EXPECTED.get(dspec.format, dspec.format)}; name a scene with --scene to "

@@ -168,8 +168,7 @@ def test_other_evalkit_jobs_are_noted_once_per_phase():
     number of samples that saw other jobs and the most seen (a 20-minute training phase once
     wrote "training: 1" 120 times)."""
     cpu = torch.device("cpu")
-    peers = iter([1, 1, 2, 1, 3])
-    w = ContentionWatch(cpu, count_gpu=lambda d: None, load=lambda: 0.0, cpus=64, peers=lambda: next(peers))
+    w = ContentionWatch(cpu, count_gpu=lambda d: None, load=lambda: 0.0, cpus=64, peers=lambda: 1)
     w.sample("start")
     w.peer_samples += [("training", 1), ("training", 2), ("training", 1)]
     w.sample("trained")

@@ -60,15 +60,12 @@ class FourDGSCCModel(FourDGSModel):
     def canonical_sh(self) -> torch.Tensor:
         sh = super().canonical_sh()
         out = self.vq(sh) if self.vq is not None else sh
-        if self.cc.rate_stream and out.is_cuda and torch.is_grad_enabled() \
-                and not torch.cuda.is_current_stream_capturing():
-            # what the rates read is ready here (planes after the optimiser, this step's codebook):
-            # the rest of the render (deformation, rasteriser) may overlap their forward
-            ready = _READY.get(self)
-            if ready is None:
-                ready = _READY[self] = [torch.cuda.Event(), False]
-            ready[0].record(torch.cuda.current_stream(out.device))
-            ready[1] = True
+        if self._rate_stream_on(out.device):
+            # what the rates read is written by now (planes after the optimiser, this step's
+            # codebook): the rest of the render (deformation, rasteriser) may overlap their forward
+            ready = torch.cuda.Event()
+            ready.record(torch.cuda.current_stream(out.device))
+            _READY[self] = ready
         return out
 
     def extra_parameters(self) -> list[dict]:
@@ -127,9 +124,11 @@ class FourDGSCCModel(FourDGSModel):
         """The rates must not start at this step's render event: something they read may be
         written before they next run without another render (the trainer calls this on steps whose
         rate is skipped)."""
-        ready = _READY.get(self)
-        if ready is not None:
-            ready[1] = False
+        _READY.pop(self, None)
+
+    def _rate_stream_on(self, device: torch.device) -> bool:
+        return (self.cc.rate_stream and device.type == "cuda" and torch.is_grad_enabled()
+                and not torch.cuda.is_current_stream_capturing())
 
     def _beside_render(self, rate: Callable[[], tuple[torch.Tensor, ...]], device: torch.device,
                        wait_for_all: bool = False) -> tuple[torch.Tensor, ...]:
@@ -141,20 +140,17 @@ class FourDGSCCModel(FourDGSModel):
         else (or with ``wait_for_all``: the rates read something computed since) after everything
         the main stream has queued. The main stream waits for the rates before it uses them. Same
         numbers as on one stream."""
-        if not (self.cc.rate_stream and device.type == "cuda" and torch.is_grad_enabled()
-                and not torch.cuda.is_current_stream_capturing()):
+        if not self._rate_stream_on(device):
             return rate()
         side = _STREAMS.get(self)
         if side is None:
             side = _STREAMS[self] = torch.cuda.Stream(device)
         main = torch.cuda.current_stream(device)
-        ready = _READY.get(self)
-        if ready is not None and ready[1] and not wait_for_all:
-            side.wait_event(ready[0])
+        ready = _READY.pop(self, None)  # one step's event: a later call without a render waits for all
+        if ready is not None and not wait_for_all:
+            side.wait_event(ready)
         else:
             side.wait_stream(main)
-        if ready is not None:
-            ready[1] = False  # one step's event: a later call without a render waits for everything
         with torch.cuda.stream(side):
             out = rate()
         main.wait_stream(side)
@@ -196,4 +192,4 @@ class _RateTerms(nn.Module):
 # Graph caches live outside the model so that copying or saving the model never touches them.
 _GRAPHS: "weakref.WeakKeyDictionary[FourDGSCCModel, GraphedCalls]" = weakref.WeakKeyDictionary()
 _STREAMS: "weakref.WeakKeyDictionary[FourDGSCCModel, torch.cuda.Stream]" = weakref.WeakKeyDictionary()
-_READY: "weakref.WeakKeyDictionary[FourDGSCCModel, list]" = weakref.WeakKeyDictionary()  # [event, fresh]
+_READY: "weakref.WeakKeyDictionary[FourDGSCCModel, torch.cuda.Event]" = weakref.WeakKeyDictionary()

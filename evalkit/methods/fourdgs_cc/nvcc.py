@@ -121,20 +121,11 @@ def _up1d(x: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def lerp_matrix(w_in: int, w_out: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """(w_out, w_in) matrix of linear interpolation with align_corners=True: ``M @ x`` upsamples
-    x (..., w_in, C) along its second-last axis as ``_up1d`` does. Training uses it because a GEMM
-    and its transpose are far faster on a GPU than PyTorch's 1-D upsample kernel and its backward,
-    which parallelise over the output width only (results/MEASUREMENTS.md, stop 35)."""
-    pos = torch.linspace(0.0, float(w_in - 1), w_out, dtype=torch.float64) if w_out > 1 \
-        else torch.zeros(1, dtype=torch.float64)
-    i0 = pos.floor().long().clamp(max=w_in - 1)
-    i1 = (i0 + 1).clamp(max=w_in - 1)
-    w = pos - i0
-    m = torch.zeros(w_out, w_in, dtype=torch.float64)
-    rows = torch.arange(w_out)
-    m.index_put_((rows, i0), 1.0 - w, accumulate=True)
-    m.index_put_((rows, i1), w, accumulate=True)
-    return m.to(device=device, dtype=dtype)
+    """(w_out, w_in) matrix M with ``M @ x`` = ``_up1d(x, w_out)`` for x (..., w_in, C): ``_up1d``
+    of the identity, so the weights are F.interpolate's own. Training uses it because a GEMM and
+    its transpose are far faster on a GPU than PyTorch's 1-D upsample kernel and its backward
+    (results/MEASUREMENTS.md, stop 35)."""
+    return _up1d(torch.eye(w_in, dtype=torch.float64), w_out).to(device=device, dtype=dtype)
 
 
 def _up2d(x: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
