@@ -2,6 +2,7 @@
 # GPU runs of adc-gs on the lent device (see the device tool's README). Code and data are copied to
 # /tmp first so later calls (which replace the working tree) do not disturb running jobs.
 #   tools/device_adc.sh setup            install carried wheels, copy code + .devdata, build gsplat/torchac
+#   tools/device_adc.sh gputest [SECONDS] the tests marked gpu
 #   tools/device_adc.sh smoke SCENE N    N iterations of adc-gs mid on SCENE (checks, step time)
 #   tools/device_adc.sh launch NAME ARGS launch `evalkit run ARGS --out /tmp/res/NAME` in the background (setsid)
 #   tools/device_adc.sh collect          tar /tmp/res into $OUT
@@ -17,6 +18,11 @@ case "$1" in
     cd /tmp/code
     time python3 -c "import torch, gsplat; from gsplat.cuda._backend import _C; print('gsplat ok', torch.cuda.get_device_name())"
     time python3 -c "from evalkit.codec import arith; arith.ensure_backend(); print('torchac ok')"
+    ;;
+  gputest)
+    # every test marked gpu, against the code in /tmp/code (tests copied beside it)
+    rm -rf /tmp/code/tests && cp -r tests /tmp/code/ && cd /tmp/code
+    timeout "${2:-300}" python3 -m pytest -m gpu tests -q -x -p no:cacheprovider 2>&1 | tail -n 25 | tee /tmp/res/gputest.txt
     ;;
   smoke)
     cd /tmp/code
