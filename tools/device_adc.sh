@@ -37,6 +37,16 @@ case "$1" in
       > /tmp/res/$name.out 2>&1 < /dev/null &
     echo "launched $name"
     ;;
+  pair27)
+    # issue 27 (and 26's "faster than 4dgs"): 4dgs, then 4dgs-cc high, one after the other, each alone
+    # on the GPU (train time ratio, FPS): pair27 SCENE [SEED]
+    sc=$2; seed=${3:-0}; mkdir -p /tmp/res/pair27; cd /tmp/code
+    setsid nohup bash -c "python3 -m evalkit.cli run --method 4dgs --dataset dnerf --scene $sc --seed $seed \
+      --data-root /tmp/data --out /tmp/res/pair27 --device cuda && python3 -m evalkit.cli run --method 4dgs-cc \
+      --dataset dnerf --scene $sc --rate high --seed $seed --data-root /tmp/data --out /tmp/res/pair27 --device cuda" \
+      > /tmp/res/pair27.out 2>&1 < /dev/null &
+    echo "launched pair27 on $sc (seed $seed)"
+    ;;
   jpg)
     # issue 29: --jobs-per-gpu throughput, 4dgs on four copies of lego (one scene fits the carry limit)
     for i in 2 3 4; do ln -sfn /tmp/data/dnerf/lego /tmp/data/dnerf/lego_$i; done
