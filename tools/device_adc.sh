@@ -21,8 +21,10 @@ case "$1" in
     ;;
   gputest)
     # every test marked gpu, against the code in /tmp/code (tests copied beside it)
+    # (only the files that hold GPU tests: collecting all would import CPU-only extras such as av)
     rm -rf /tmp/code/tests && cp -r tests /tmp/code/ && cd /tmp/code
-    timeout "${2:-300}" python3 -m pytest -m gpu tests -q -x -p no:cacheprovider 2>&1 | tail -n 25 | tee /tmp/res/gputest.txt
+    timeout "${2:-300}" python3 -m pytest -m gpu $(grep -rl "mark.gpu" tests) -v -p no:cacheprovider 2>&1 \
+      | grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed" | tee /tmp/res/gputest.txt
     ;;
   smoke)
     cd /tmp/code
@@ -144,7 +146,7 @@ case "$1" in
   wait)
     # sleep up to $2 seconds or until no evalkit run is left
     end=$((SECONDS + $2))
-    while [ $SECONDS -lt $end ] && pgrep -f "evalkit.cli run|evalkit.bench.jobs_per_gpu|evalkit.sweep" > /dev/null; do sleep 10; done
+    while [ $SECONDS -lt $end ] && pgrep -f "^python3 -m (evalkit.cli run|evalkit.bench.jobs_per_gpu|evalkit.sweep)" > /dev/null; do sleep 10; done
     grep -h -E "PSNR .* bytes|FAILED" /tmp/res/*/*/*/*/*.log /tmp/res/*/*/*/*/*/*.log 2>/dev/null || true
     for f in /tmp/res/*/*/*/*/*.log /tmp/res/*/*/*/*/*/*.log; do [ -f "$f" ] && echo "$f: $(tail -n 1 "$f" | cut -c1-150)"; done 2>/dev/null | tail -n 12
     cat /tmp/res/jpg.out 2>/dev/null | tail -n 8 || true

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import weakref
-from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -59,14 +58,7 @@ class FourDGSCCModel(FourDGSModel):
 
     def canonical_sh(self) -> torch.Tensor:
         sh = super().canonical_sh()
-        out = self.vq(sh) if self.vq is not None else sh
-        if self._rate_stream_on(out.device):
-            # what the rates read is written by now (planes after the optimiser, this step's
-            # codebook): the rest of the render (deformation, rasteriser) may overlap their forward
-            ready = torch.cuda.Event()
-            ready.record(torch.cuda.current_stream(out.device))
-            _READY[self] = ready
-        return out
+        return self.vq(sh) if self.vq is not None else sh
 
     def extra_parameters(self) -> list[dict]:
         groups = []
@@ -79,10 +71,8 @@ class FourDGSCCModel(FourDGSModel):
         """(bits, coded values) of the HexPlane (NVCC) and of the codebook (VQCC, once VQ runs).
         On CUDA the computation replays from a CUDA graph (``cuda_graphs``; same numbers)."""
         planes = [p for scale in self.deformation.grid.grids for p in scale] if self.nvcc is not None else []
-        computed_now = False  # inputs or weights written on the main stream after this step's render began
         if self.nvcc is not None and not self.nvcc.initialised:
             self.nvcc.initialise(_levels(planes, len(self.nvcc.hp.multires)))
-            computed_now = True
         codebook = None
         if self.vqcc is not None and self.vq is not None and self.vq.active:
             # The codes as this step's render used them (member means). By default the rate trains
@@ -94,15 +84,12 @@ class FourDGSCCModel(FourDGSModel):
                         if self.cc.vqcc_rate_moves_codes else self.vq.codebook[:self.vq.n_codes])
             if not self.vqcc.initialised:
                 self.vqcc.initialise(codebook.detach())
-                computed_now = True
-            computed_now |= self.cc.vqcc_rate_moves_codes
         tensors = tuple(planes) + ((codebook,) if codebook is not None else ())
         if not tensors:
             return {}
         levels = len(self.nvcc.hp.multires) if self.nvcc is not None else 0
         key = (mode, len(planes), codebook is not None)
-        bits = self._beside_render(lambda: self._graphs(key, lambda: _RateTerms(self.nvcc, self.vqcc, mode, levels),
-                                                        *tensors), tensors[0].device, computed_now)
+        bits = self._graphs(key, lambda: _RateTerms(self.nvcc, self.vqcc, mode, levels), *tensors)
         out, k = {}, 0
         if planes:
             out["nvcc"] = (bits[k], sum(p.numel() for p in planes))
@@ -119,44 +106,6 @@ class FourDGSCCModel(FourDGSModel):
         if graphs is None or not graphs.captured:
             return "eager (no CUDA graph: not on CUDA, or cuda_graphs off)"
         return f"replayed from CUDA graphs ({graphs.captured} captured)"
-
-    def forget_render_event(self) -> None:
-        """The rates must not start at this step's render event: something they read may be
-        written before they next run without another render (the trainer calls this on steps whose
-        rate is skipped)."""
-        _READY.pop(self, None)
-
-    def _rate_stream_on(self, device: torch.device) -> bool:
-        return (self.cc.rate_stream and device.type == "cuda" and torch.is_grad_enabled()
-                and not torch.cuda.is_current_stream_capturing())
-
-    def _beside_render(self, rate: Callable[[], tuple[torch.Tensor, ...]], device: torch.device,
-                       wait_for_all: bool = False) -> tuple[torch.Tensor, ...]:
-        """``rate()`` on a second CUDA stream (``rate_stream``), so that the rates' hundreds of
-        small kernels share the GPU with the render's instead of queueing behind them: forward
-        and backward (autograd runs a backward op on its forward's stream). The side stream starts
-        once what the rates read is written: at the event ``canonical_sh`` recorded in this step's
-        render (after the optimiser's writes to the planes and this step's codebook; used once),
-        else (or with ``wait_for_all``: the rates read something computed since) after everything
-        the main stream has queued. The main stream waits for the rates before it uses them. Same
-        numbers as on one stream."""
-        if not self._rate_stream_on(device):
-            return rate()
-        side = _STREAMS.get(self)
-        if side is None:
-            side = _STREAMS[self] = torch.cuda.Stream(device)
-        main = torch.cuda.current_stream(device)
-        ready = _READY.pop(self, None)  # one step's event: a later call without a render waits for all
-        if ready is not None and not wait_for_all:
-            side.wait_event(ready)
-        else:
-            side.wait_stream(main)
-        with torch.cuda.stream(side):
-            out = rate()
-        main.wait_stream(side)
-        for t in out:
-            t.record_stream(main)  # allocated on the side stream, used and freed on the main one
-        return out
 
     @property
     def _graphs(self) -> GraphedCalls:
@@ -191,5 +140,3 @@ class _RateTerms(nn.Module):
 
 # Graph caches live outside the model so that copying or saving the model never touches them.
 _GRAPHS: "weakref.WeakKeyDictionary[FourDGSCCModel, GraphedCalls]" = weakref.WeakKeyDictionary()
-_STREAMS: "weakref.WeakKeyDictionary[FourDGSCCModel, torch.cuda.Stream]" = weakref.WeakKeyDictionary()
-_READY: "weakref.WeakKeyDictionary[FourDGSCCModel, torch.cuda.Event]" = weakref.WeakKeyDictionary()

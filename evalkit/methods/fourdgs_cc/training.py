@@ -74,8 +74,6 @@ def rate_loss(cc: CCConfig, schedule: VQSchedule, last: dict[str, float]
     def extra_loss(m: FourDGSCCModel, stage: str, step: int) -> torch.Tensor:
         loss = None
         terms = m.rate_terms(cc.quantization) if step % cc.rate_interval == 0 else {}
-        if not terms:
-            m.forget_render_event()
         for name, (bits, count) in terms.items():
             weight = (cc.lambda_e if name == "nvcc" else cc.lambda_c) * cc.rate_interval
             term = bits * (weight / count)  # one kernel: the factor is a host number
