@@ -19,15 +19,24 @@ class GraphedCalls:
     """``call(key, make_module, *tensors)``: the module ``make_module()`` builds, applied to
     ``tensors``, replayed from a graph captured for ``key`` and the tensors' signature."""
 
-    def __init__(self, enabled: bool = True) -> None:
+    def __init__(self, enabled: bool = True, evict_stale: bool = False) -> None:
         self.enabled = bool(enabled)
+        # a key's graphs for other tensor signatures are dropped when it captures a new one (inputs
+        # whose shapes change for good, as a growing model's): their memory pools go with them
+        self.evict_stale = bool(evict_stale)
         self.failed: str | None = None
+        self.captures = 0  # captures so far (evicted ones included)
         self._graphed: dict[tuple, nn.Module] = {}
 
     @property
     def captured(self) -> int:
-        """How many graphs were captured (one per key and tensor signature)."""
+        """How many graphs are held (one per key and tensor signature)."""
         return len(self._graphed)
+
+    def status(self) -> str:
+        if self.failed is not None:
+            return f"eager: CUDA-graph capture failed ({self.failed})"
+        return f"replayed from CUDA graphs ({self.captures} captured)" if self.captures else "eager"
 
     def usable(self, tensors: tuple[torch.Tensor, ...]) -> bool:
         return (self.enabled and self.failed is None and torch.is_grad_enabled()
@@ -39,6 +48,9 @@ class GraphedCalls:
         sig = (key, tuple((tuple(t.shape), t.dtype, t.requires_grad) for t in tensors))
         module = self._graphed.get(sig)
         if module is None:
+            if self.evict_stale:
+                for stale in [s for s in self._graphed if s[0] == key]:
+                    del self._graphed[stale]
             module = make_module()
             samples = tuple(t.detach().clone().requires_grad_(t.requires_grad) for t in tensors)
             try:
@@ -47,6 +59,7 @@ class GraphedCalls:
                 self.failed = f"{type(exc).__name__}: {exc}"
                 return make_module()(*tensors)
             self._graphed[sig] = module
+            self.captures += 1
         out = module(*tensors)
         # Outputs are static buffers that the next replay overwrites.
         return tuple(o.clone() for o in out) if isinstance(out, tuple) else out.clone()

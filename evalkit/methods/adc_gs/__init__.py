@@ -27,7 +27,9 @@ evalkit follows the paper; where it is silent, the authors' code; else a choice.
   the code adds every candidate, which multiplied the synthetic scene's anchors tenfold]; pruning
   on the K primitives' opacity summed per frame and averaged over the frames an anchor was seen in
   (> 0.8 x interval) [choice, Scaffold-GS's accumulation]; snapping to 0.001 and freezing X_v
-  [code]; the lambda-independent steps shared by the rate points [choice].
+  [code]; the lambda-independent steps shared by the rate points [choice]; on CUDA a step's
+  quantisation + F_theta replay from a CUDA graph, recaptured when the anchors change (``cuda_graphs``)
+  [choice: the same computation, fewer launches].
 * Geometry (``geometry``): lossless integer coding, the smallest of octree / LAZ / Draco [choice;
   paper G-PCC is not installable].
 * File (``codec``): MEM streams + float32 networks (not h_a) [paper].
@@ -188,7 +190,8 @@ class ADCGS(Method):
         cfg = resolve_config(ctx, rate)
         model, stats = train(scene, cfg, ctx.device, seed=ctx.budget.seed, progress=ctx.progress, log=ctx.log,
                              cache=ctx.cache)
-        ctx.log(f"trained: {model.num_anchors} anchors, refinement {stats['refinement']}")
+        ctx.log(f"trained: {model.num_anchors} anchors, refinement {stats['refinement']}; "
+                f"quantisation + F_theta {stats['canonical_step']}")
         reused = ({"lambda_independent_steps": f"steps 1-{cfg.rate_from} shared between rate points of this scene"}
                   if stats["reused_shared_steps"] else None)
         return ADCGSTrained(model, model.deform.table.weight.shape[0], scene.background, stats, reused)

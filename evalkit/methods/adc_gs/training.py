@@ -22,6 +22,7 @@ import time
 import numpy as np
 import torch
 from scipy.spatial import cKDTree
+from torch import Tensor, nn
 from torch.profiler import record_function
 
 from evalkit.data.scene import Scene
@@ -29,9 +30,10 @@ from evalkit.metrics.image import ssim
 from evalkit.render.api import camera_tensors, rasterize
 from evalkit.train.images import ImageBank
 from evalkit.train.schedules import log_lerp
+from evalkit.train.cuda_graphs import GraphedCalls
 from evalkit.methods.adc_gs.config import ADCConfig
-from evalkit.methods.adc_gs.mem import bits_per_value, quantise
-from evalkit.methods.adc_gs.model import ADCModel, flat
+from evalkit.methods.adc_gs.mem import bits_per_value, quantise, stream_names
+from evalkit.methods.adc_gs.model import ADCModel, Primitives, flat
 from evalkit.methods.adc_gs.refine import PSI_EPS, RefineStats, in_frustum
 
 
@@ -55,6 +57,40 @@ def init_model(scene: Scene, cfg: ADCConfig, device: torch.device) -> ADCModel:
     sigma = np.repeat(log_d[:, None], 6, axis=1)
     t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)
     return ADCModel(cfg, t(xyz), t(rgb), t(sigma), cfg.rows_for(scene.num_time_steps), with_mem=True)
+
+
+class CanonicalStep(nn.Module):
+    """A training step's canonical part: anchor attributes -> (with ``quant``) features with
+    quantisation noise and each MEM stream's bits, then F_theta's primitives. Its shapes only change
+    when the anchors do, so the trainer replays it from a CUDA graph (``cuda_graphs``): a few hundred
+    small kernels, forward and backward, for one launch each way. Not part of the model tree."""
+
+    def __init__(self, model: ADCModel, quant: bool, mode: str = "noise") -> None:
+        super().__init__()
+        self.theta = model.theta
+        self.mem = model.mem if quant else None
+        self.names = stream_names(model.cfg) if quant else []
+        self.mode = mode  # "noise" in training; "round" (deterministic) for tests
+
+    def forward(self, xyz: Tensor, fv: Tensor, fg: Tensor, sigma: Tensor, color: Tensor) -> tuple[Tensor, ...]:
+        feats = {"fv": fv, "fg": fg, "sigma": sigma, "color": color}
+        extra: tuple[Tensor, ...] = ()
+        if self.mem is not None:
+            feats, bits = quantise(self.mem, feats, self.mode)
+            extra = (feats["fv"], *(bits[k] for k in self.names))
+        p = self.theta(xyz, feats)
+        return (p.means, p.quats, p.scales, p.opacity_logits, p.colors, *extra)
+
+
+def canonical_step(graphs: GraphedCalls, model: ADCModel, quant: bool,
+                   mode: str = "noise") -> tuple[Primitives, Tensor, dict | None]:
+    """(primitives, f_v as the deformation reads it, bits per stream or None) of this step."""
+    out = graphs((quant, mode), lambda: CanonicalStep(model, quant, mode), model.xyz, model.fv, model.fg,
+                 model.sigma, model.color)
+    prim = Primitives(*out[:5])
+    if not quant:
+        return prim, model.fv, None
+    return prim, out[5], dict(zip(stream_names(model.cfg), out[6:]))
 
 
 # -- optimiser --------------------------------------------------------------------------
@@ -232,6 +268,7 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
         history, shared_s = {"grown": 0, "pruned": 0, "merged": 0}, 0.0
     log(f"adc-gs: {model.num_anchors} initial anchors x {cfg.k} primitives, {model.deform.table.weight.shape[0]} "
         f"time rows, lambda_e={cfg.lambda_e}")
+    graphs = GraphedCalls(cfg.cuda_graphs, evict_stale=True)
     t0 = time.perf_counter()
     rate_log: list[float] = []
     for step in range(start + 1, cfg.iterations + 1):
@@ -245,16 +282,13 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
         quant_on = rd and step > cfg.quant_from
         rate_on = rd and step > cfg.rate_from and cfg.lambda_e > 0
         in_window = cfg.refinement and cfg.refine_from < step <= cfg.refine_until
-        feats, bits = model.features(), None
         with record_function("adc-gs: quantise + F_theta"):
-            if quant_on:
-                feats, bits = quantise(model.mem, feats, "noise")
-            prim = model.canonical(feats)
+            prim, fv, bits = canonical_step(graphs, model, quant_on)
         loss = prim.means.new_zeros(())
         renders = []
         for v in views:
             with record_function("adc-gs: deformation"):
-                p = model.at_time(prim, feats["fv"], frames[v].time, deform_on)
+                p = model.at_time(prim, fv, frames[v].time, deform_on)
                 means, quats, scales, opac, colors = flat(p)
             if in_window:
                 colors = torch.cat([colors, torch.ones_like(colors[:, :1])], dim=1)
@@ -308,5 +342,6 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
     # the shared steps count in full (their time measured when they ran) for every rate point
     train_stats = {"seconds": time.perf_counter() - t0 + shared_s, "shared_steps_s": shared_s if reused else None, "anchors": model.num_anchors,
                    "primitives": model.num_anchors * cfg.k, "refinement": history, "reused_shared_steps": reused,
-                   "rate_bits_per_value": rate_log[-1] if rate_log else None}
+                   "rate_bits_per_value": rate_log[-1] if rate_log else None,
+                   "canonical_step": graphs.status()}
     return model, train_stats

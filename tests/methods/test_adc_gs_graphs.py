@@ -1,0 +1,122 @@
+"""ADC-GS's canonical training step (quantisation + F_theta) as one module, replayed from CUDA graphs."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from evalkit.methods.adc_gs.mem import quantise, stream_names
+from evalkit.methods.adc_gs.training import CanonicalStep, canonical_step
+from evalkit.train.cuda_graphs import GraphedCalls
+from tests.methods.adc_gs_common import random_model
+
+ANCHORS = ("xyz", "fv", "fg", "sigma", "color")
+
+
+def _loss(prim, fv, bits) -> torch.Tensor:
+    """A scalar that reads every output (weights break symmetries between them)."""
+    total = sum((i + 1) * t.sin().sum() for i, t in enumerate(
+        (prim.means, prim.quats, prim.scales, prim.opacity_logits, prim.colors, fv)))
+    return total + (0.01 * sum(bits.values()) if bits else 0.0)
+
+
+def _reference(model, quant: bool, mode: str):
+    feats, bits = model.features(), None
+    if quant:
+        feats, bits = quantise(model.mem, feats, mode)
+    return model.canonical(feats), feats["fv"], bits
+
+
+def _grads(model, loss):
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.autograd.grad(loss, params, allow_unused=True)
+
+
+@pytest.mark.parametrize("quant,mode", [(False, "noise"), (True, "round"), (True, "noise")])
+def test_canonical_step_is_the_models_quantisation_and_canonical(quant: bool, mode: str) -> None:
+    """The trainer's unit gives what quantise + ADCModel.canonical give, gradients included (noise:
+    under the same seed)."""
+    model = random_model(n=40, seed=1)
+    torch.manual_seed(5)
+    ref = _reference(model, quant, mode)
+    ref_grads = _grads(model, _loss(*ref))
+    torch.manual_seed(5)
+    out = canonical_step(GraphedCalls(), model, quant, mode)
+    grads = _grads(model, _loss(*out))
+    for a, b in zip((out[0].means, out[0].colors, out[0].opacity_logits, out[1]),
+                    (ref[0].means, ref[0].colors, ref[0].opacity_logits, ref[1])):
+        assert torch.equal(a, b)
+    if quant:
+        assert list(out[2]) == stream_names(model.cfg)
+        assert all(torch.equal(out[2][k], ref[2][k]) for k in ref[2])
+    else:
+        assert out[2] is None and out[1] is model.fv
+    for g, r in zip(grads, ref_grads):
+        assert (g is None) == (r is None) and (g is None or torch.equal(g, r))
+    if quant:  # the rate's gradient reaches the entropy model through the unit
+        bits = canonical_step(GraphedCalls(), model, quant, mode)[2]
+        assert all(g is not None and g.abs().sum() > 0 for g in _grads(model.mem.e_fv, sum(bits.values())))
+
+
+class _Double(nn.Module):
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor]:
+        return (2 * x,)
+
+
+def test_graphed_calls_recapture_on_new_shapes_and_drop_stale_ones(monkeypatch) -> None:
+    """With ``evict_stale``, a key keeps only its newest capture (a growing model's old graphs go);
+    replays return copies, not the graph's static buffers."""
+    captured = []
+
+    def fake_capture(module, samples, allow_unused_input=False):
+        captured.append(tuple(s.shape for s in samples))
+        static = {}
+
+        def replay(*xs):  # one static output buffer per capture, as a CUDA graph has
+            static.setdefault("out", torch.empty_like(xs[0])).copy_(module(*xs)[0])
+            return (static["out"],)
+        return replay
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", fake_capture)
+    monkeypatch.setattr(GraphedCalls, "usable", lambda self, tensors: True)
+    for evict, held in ((True, 1), (False, 2)):
+        captured.clear()
+        g = GraphedCalls(evict_stale=evict)
+        a, b = torch.ones(3), torch.ones(5)
+        first = g(("k",), _Double, a)[0]
+        second = g(("k",), _Double, a + 1)[0]
+        assert torch.equal(first, 2 * a) and torch.equal(second, 2 * (a + 1))  # a copy survives the next replay
+        g(("k",), _Double, b)
+        g(("other",), _Double, a)
+        assert captured == [(torch.Size([3]),), (torch.Size([5]),), (torch.Size([3]),)]
+        assert g.captures == 3 and g.captured == held + 1
+        assert g.status() == "replayed from CUDA graphs (3 captured)"
+
+
+@pytest.mark.gpu
+def test_graphed_canonical_step_equals_eager() -> None:
+    """Replays equal the eager unit (round mode: deterministic) as the anchors and networks change
+    between steps and when the anchor count changes (a recapture); noise replays draw fresh noise."""
+    dev = torch.device("cuda")
+    model = random_model(n=64, seed=2).to(dev)
+    graphs, eager = GraphedCalls(True, evict_stale=True), GraphedCalls(False)
+    for step in range(4):
+        if step == 2:  # growth: new anchor parameters with more rows
+            with torch.no_grad():
+                for k in ANCHORS:
+                    old = getattr(model, k)
+                    setattr(model, k, nn.Parameter(torch.cat([old, old[:8] + 0.01])))
+        with torch.no_grad():  # as after an optimiser step
+            for p in model.parameters():
+                p.add_(0.001 * torch.randn_like(p))
+        res = []
+        for calls in (graphs, eager):
+            out = canonical_step(calls, model, True, "round")
+            res.append((_loss(*out).detach(), _grads(model, _loss(*out))))
+        assert torch.allclose(res[0][0], res[1][0], rtol=1e-5)
+        for a, b in zip(res[0][1], res[1][1]):
+            assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, rtol=1e-4, atol=1e-6))
+    assert graphs.failed is None and graphs.captures == 2 and graphs.captured == 1
+    fv1 = canonical_step(graphs, model, True, "noise")[1]
+    fv2 = canonical_step(graphs, model, True, "noise")[1]
+    assert not torch.equal(fv1, fv2)  # fresh noise on each replay
