@@ -10,7 +10,8 @@ with replacement and jittered by a tenth of their nearest-neighbour distance, as
 of a run that has grown that many (31,031 on jumpingjacks at the full schedule).
 
 * wall: ms per step between step ``--warmup`` and ``--warmup + --steps`` (both multiples of
-  100, where the trainer reports progress), unsynchronised as training runs.
+  100, where the trainer reports progress), unsynchronised as training runs; on CUDA again with
+  ``cuda_graphs`` toggled (the canonical unit replayed from CUDA graphs or run eagerly).
 * split: ``--profile-steps`` steps after ``--warmup`` ones, under ``torch.profiler``; device time per phase (the
   trainer's ``record_function`` ranges: quantise + F_theta, deformation, rasterise, image loss,
   rate, backward, optimiser) and all device time, per step. On CUDA the backward's kernels are
@@ -119,8 +120,12 @@ def main() -> None:
     print(f"adc-gs rate {args.rate} (lambda_e {cfg.lambda_e}): {args.anchors} anchors x {cfg.k} primitives, "
           f"batch {cfg.batch_size}, every stage on, anchors frozen")
     ms = wall_ms(scene, cfg, device, args.warmup, args.steps)
-    print(f"wall: {ms:.2f} ms per step (trainer, unsynchronised) -> {cfg.iterations * ms / 6e4:.1f} min for "
-          f"{cfg.iterations} steps at this count")
+    print(f"wall: {ms:.2f} ms per step (trainer, unsynchronised, cuda_graphs={cfg.cuda_graphs}) -> "
+          f"{cfg.iterations * ms / 6e4:.1f} min for {cfg.iterations} steps at this count")
+    if device.type == "cuda":  # the same steps with the canonical unit's CUDA graphs toggled
+        other = dataclasses.replace(cfg, cuda_graphs=not cfg.cuda_graphs)
+        ms2 = wall_ms(scene, other, device, args.warmup, args.steps)
+        print(f"wall: {ms2:.2f} ms per step with cuda_graphs={other.cuda_graphs}")
     split = phase_ms(scene, cfg, device, args.warmup, args.profile_steps)
     kind = "device" if device.type == "cuda" else "CPU"
     print(f"split ({kind} ms per step, torch.profiler over {args.profile_steps} steps):")
