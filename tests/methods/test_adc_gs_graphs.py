@@ -1,4 +1,4 @@
-"""ADC-GS's canonical training step (quantisation + F_theta) as one module, replayed from CUDA graphs."""
+"""ADC-GS's training units (quantisation + F_theta; a view's deformation), replayed from CUDA graphs."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from evalkit.methods.adc_gs.mem import quantise, stream_names
-from evalkit.methods.adc_gs.training import CanonicalStep, canonical_step
+from evalkit.methods.adc_gs.model import flat
+from evalkit.methods.adc_gs.training import canonical_step, view_primitives
 from evalkit.train.cuda_graphs import GraphedCalls
 from tests.methods.adc_gs_common import random_model
 
@@ -56,6 +57,25 @@ def test_canonical_step_is_the_models_quantisation_and_canonical(quant: bool, mo
     if quant:  # the rate's gradient reaches the entropy model through the unit
         bits = canonical_step(GraphedCalls(), model, quant, mode)[2]
         assert all(g is not None and g.abs().sum() > 0 for g in _grads(model.mem.e_fv, sum(bits.values())))
+
+
+def test_view_primitives_are_the_models_deformed_frame() -> None:
+    """The trainer's deformation unit gives flat(ADCModel.at_time), gradients included; with the
+    deformation off, the canonical primitives."""
+    model = random_model(n=30, seed=6)
+    for deform in (True, False):
+        prim, fv, _ = canonical_step(GraphedCalls(), model, True, "round")
+        ref = flat(model.at_time(prim, fv, 0.37, deform))
+        ref_grads = _grads(model, sum((i + 1) * t.sin().sum() for i, t in enumerate(ref)))
+        prim, fv, _ = canonical_step(GraphedCalls(), model, True, "round")
+        out = view_primitives(GraphedCalls(), model, prim, fv, 0.37, deform, slot=0)
+        grads = _grads(model, sum((i + 1) * t.sin().sum() for i, t in enumerate(out)))
+        assert all(torch.equal(a, b) for a, b in zip(out, ref))
+        for g, r in zip(grads, ref_grads):
+            assert (g is None) == (r is None) and (g is None or torch.equal(g, r))
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        reached = [g is not None and bool(g.abs().sum() > 0) for n, g in zip(names, grads) if n.startswith("deform.")]
+        assert all(reached) if deform else not any(reached)
 
 
 class _Double(nn.Module):
@@ -112,11 +132,15 @@ def test_graphed_canonical_step_equals_eager() -> None:
         res = []
         for calls in (graphs, eager):
             out = canonical_step(calls, model, True, "round")
-            res.append((_loss(*out).detach(), _grads(model, _loss(*out))))
+            loss = _loss(*out)
+            for slot, t in enumerate((0.1 * step, 0.9 - 0.2 * step)):  # a batch of two views
+                loss = loss + sum((i + 2) * x.cos().sum() for i, x in enumerate(
+                    view_primitives(calls, model, out[0], out[1], t, True, slot)))
+            res.append((loss.detach(), _grads(model, loss)))
         assert torch.allclose(res[0][0], res[1][0], rtol=1e-5)
         for a, b in zip(res[0][1], res[1][1]):
             assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, rtol=1e-4, atol=1e-6))
-    assert graphs.failed is None and graphs.captures == 2 and graphs.captured == 1
+    assert graphs.failed is None and graphs.captures == 6 and graphs.captured == 3  # 3 units, anchors grew once
     fv1 = canonical_step(graphs, model, True, "noise")[1]
     fv2 = canonical_step(graphs, model, True, "noise")[1]
     assert not torch.equal(fv1, fv2)  # fresh noise on each replay

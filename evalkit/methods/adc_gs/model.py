@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from evalkit.methods.adc_gs.config import ADCConfig
-from evalkit.methods.adc_gs.deformation import Deformation
+from evalkit.methods.adc_gs.deformation import AnchorDeformation, Deformation
 from evalkit.methods.adc_gs.mem import MEM
 from evalkit.methods.adc_gs.nets import ResidualMLP
 
@@ -98,16 +98,20 @@ class ADCModel(nn.Module):
         """Eq. 5: the primitives of frame t from the canonical ones (``deform=False``: canonical)."""
         if not deform or self.cfg.deformation == "none":
             return prim
-        d = self.deform(self.xyz, fv, t)
-        colors = prim.colors + d.dcolor[:, None, :]
-        logits = prim.opacity_logits
-        if d.dopacity is not None:
-            logits = logits + d.dopacity
-            colors = colors + d.dcolor_k
-        return Primitives(means=prim.means + d.dxyz[:, None, :],
-                          quats=F.normalize(prim.quats + d.dquat[:, None, :], dim=-1),
-                          scales=prim.scales * torch.exp(d.dlog_scale)[:, None, :],
-                          opacity_logits=logits, colors=colors)
+        return deformed(prim, self.deform(self.xyz, fv, t))
+
+
+def deformed(prim: Primitives, d: AnchorDeformation) -> Primitives:
+    """Eq. 5: canonical primitives moved by an anchor deformation."""
+    colors = prim.colors + d.dcolor[:, None, :]
+    logits = prim.opacity_logits
+    if d.dopacity is not None:
+        logits = logits + d.dopacity
+        colors = colors + d.dcolor_k
+    return Primitives(means=prim.means + d.dxyz[:, None, :],
+                      quats=F.normalize(prim.quats + d.dquat[:, None, :], dim=-1),
+                      scales=prim.scales * torch.exp(d.dlog_scale)[:, None, :],
+                      opacity_logits=logits, colors=colors)
 
 
 def flat(prim: Primitives) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:

@@ -33,7 +33,7 @@ from evalkit.train.schedules import log_lerp
 from evalkit.train.cuda_graphs import GraphedCalls
 from evalkit.methods.adc_gs.config import ADCConfig
 from evalkit.methods.adc_gs.mem import bits_per_value, quantise, stream_names
-from evalkit.methods.adc_gs.model import ADCModel, Primitives, flat
+from evalkit.methods.adc_gs.model import ADCModel, Primitives, deformed, flat
 from evalkit.methods.adc_gs.refine import PSI_EPS, RefineStats, in_frustum
 
 
@@ -91,6 +91,29 @@ def canonical_step(graphs: GraphedCalls, model: ADCModel, quant: bool,
     if not quant:
         return prim, model.fv, None
     return prim, out[5], dict(zip(stream_names(model.cfg), out[6:]))
+
+
+class DeformStep(nn.Module):
+    """One view's deformation (Eqs. 2-5) of the step's canonical primitives, flattened for the
+    rasteriser; t is a tensor, so one CUDA graph serves every frame. Not part of the model tree."""
+
+    def __init__(self, model: ADCModel) -> None:
+        super().__init__()
+        self.deform = model.deform
+
+    def forward(self, xyz: Tensor, fv: Tensor, t: Tensor, *prim: Tensor) -> tuple[Tensor, ...]:
+        return flat(deformed(Primitives(*prim), self.deform(xyz, fv, t)))
+
+
+def view_primitives(graphs: GraphedCalls, model: ADCModel, prim: Primitives, fv: Tensor, t: float,
+                    deform: bool, slot: int) -> tuple[Tensor, ...]:
+    """Flat (means, quats, scales, opacities, colours) of the frame at ``t``; ``slot`` is the view's
+    place in the batch (each slot has its own graph: a graph's buffers hold one call at a time)."""
+    if not deform or model.cfg.deformation == "none":
+        return flat(prim)
+    tt = torch.full((), t, dtype=prim.means.dtype, device=prim.means.device)
+    return graphs(("deform", slot), lambda: DeformStep(model), model.xyz, fv, tt, prim.means, prim.quats,
+                  prim.scales, prim.opacity_logits, prim.colors)
 
 
 # -- optimiser --------------------------------------------------------------------------
@@ -286,10 +309,10 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
             prim, fv, bits = canonical_step(graphs, model, quant_on)
         loss = prim.means.new_zeros(())
         renders = []
-        for v in views:
+        for slot, v in enumerate(views):
             with record_function("adc-gs: deformation"):
-                p = model.at_time(prim, fv, frames[v].time, deform_on)
-                means, quats, scales, opac, colors = flat(p)
+                means, quats, scales, opac, colors = view_primitives(graphs, model, prim, fv, frames[v].time,
+                                                                     deform_on, slot)
             if in_window:
                 colors = torch.cat([colors, torch.ones_like(colors[:, :1])], dim=1)
                 colors.retain_grad()
