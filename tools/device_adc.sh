@@ -23,7 +23,7 @@ case "$1" in
     # every test marked gpu, against the code in /tmp/code (tests copied beside it)
     # (only the files that hold GPU tests: collecting all would import CPU-only extras such as av)
     rm -rf /tmp/code/tests && cp -r tests /tmp/code/ && cd /tmp/code
-    timeout "${2:-300}" python3 -m pytest -m gpu $(grep -rl "mark.gpu" tests) -v -p no:cacheprovider 2>&1 \
+    timeout "${2:-300}" python3 -m pytest -m gpu $(grep -rl "mark.gpu" tests) -v -p no:cacheprovider --timeout 120 2>&1 \
       | grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed" | tee /tmp/res/gputest.txt
     ;;
   smoke)
