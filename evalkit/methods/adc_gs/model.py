@@ -24,7 +24,6 @@ from evalkit.methods.adc_gs.mem import MEM
 from evalkit.methods.adc_gs.nets import ResidualMLP
 
 FEATURES = ("fv", "fg", "sigma", "color")  # the anchor attributes MEM codes (X_v goes to the geometry coder)
-_IDENTITY_QUAT = (1.0, 0.0, 0.0, 0.0)
 
 
 @dataclass
@@ -53,7 +52,8 @@ class PredictionNet(nn.Module):
         n, k, _ = fg.shape
         x = torch.cat([fv[:, None, :].expand(n, k, -1), fg], dim=-1)
         cov = self.cov(x)
-        quat = F.normalize(cov[..., 3:] + cov.new_tensor(_IDENTITY_QUAT), dim=-1)
+        # + (1, 0, 0, 0) without a host-to-device copy (capturable in a CUDA graph)
+        quat = F.normalize(torch.cat([cov[..., 3:4] + 1.0, cov[..., 4:]], dim=-1), dim=-1)
         return Primitives(
             means=xyz[:, None, :] + torch.exp(sigma[:, None, :3]) * self.offsets(x),
             quats=quat,

@@ -47,7 +47,8 @@ def pe_inverse_frequencies(frequencies: int, device: torch.device, dtype: torch.
     """1 / 10000^(2i / (6 * frequencies)), i = 0..frequencies-1 (Vaswani's formula with d = 72 for
     12 frequencies, as the code)."""
     i = torch.arange(frequencies, device=device, dtype=dtype)
-    return torch.pow(torch.tensor(10000.0, device=device, dtype=dtype), -2.0 * i / (6 * frequencies))
+    # (torch.full, not torch.tensor: no host-to-device copy, so a CUDA graph can capture it)
+    return torch.pow(torch.full((), 10000.0, device=device, dtype=dtype), -2.0 * i / (6 * frequencies))
 
 
 def encode_angles(ang: Tensor) -> Tensor:
