@@ -21,8 +21,9 @@ class GraphedCalls:
 
     def __init__(self, enabled: bool = True, evict_stale: bool = False) -> None:
         self.enabled = bool(enabled)
-        # a key's graphs for other tensor signatures are dropped when it captures a new one (inputs
-        # whose shapes change for good, as a growing model's): their memory pools go with them
+        # a unit's graphs (keys with the same first element) are dropped when it captures a new one
+        # (inputs whose shapes or settings change for good, as a growing model's): their memory
+        # pools go with them
         self.evict_stale = bool(evict_stale)
         self.failed: str | None = None
         self.captures = 0  # captures so far (evicted ones included)
@@ -49,7 +50,7 @@ class GraphedCalls:
         module = self._graphed.get(sig)
         if module is None:
             if self.evict_stale:
-                for stale in [s for s in self._graphed if s[0] == key]:
+                for stale in [s for s in self._graphed if s[0][0] == key[0]]:
                     del self._graphed[stale]
             module = make_module()
             samples = tuple(t.detach().clone().requires_grad_(t.requires_grad) for t in tensors)

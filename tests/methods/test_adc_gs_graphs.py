@@ -84,8 +84,9 @@ class _Double(nn.Module):
 
 
 def test_graphed_calls_recapture_on_new_shapes_and_drop_stale_ones(monkeypatch) -> None:
-    """With ``evict_stale``, a key keeps only its newest capture (a growing model's old graphs go);
-    replays return copies, not the graph's static buffers."""
+    """With ``evict_stale``, a unit (a key's first element) keeps only its newest capture (a growing
+    model's old graphs go, as do those of a setting it left); replays return copies, not the graph's
+    static buffers."""
     captured = []
 
     def fake_capture(module, samples, allow_unused_input=False):
@@ -111,6 +112,8 @@ def test_graphed_calls_recapture_on_new_shapes_and_drop_stale_ones(monkeypatch) 
         assert captured == [(torch.Size([3]),), (torch.Size([5]),), (torch.Size([3]),)]
         assert g.captures == 3 and g.captured == held + 1
         assert g.status() == "replayed from CUDA graphs (3 captured)"
+        g(("k", "another setting"), _Double, b)
+        assert g.captures == 4 and g.captured == (2 if evict else 4)  # evicting: unit "k"'s old shape went
 
 
 @pytest.mark.gpu

@@ -85,7 +85,7 @@ class CanonicalStep(nn.Module):
 def canonical_step(graphs: GraphedCalls, model: ADCModel, quant: bool,
                    mode: str = "noise") -> tuple[Primitives, Tensor, dict | None]:
     """(primitives, f_v as the deformation reads it, bits per stream or None) of this step."""
-    out = graphs((quant, mode), lambda: CanonicalStep(model, quant, mode), model.xyz, model.fv, model.fg,
+    out = graphs(("canonical", quant, mode), lambda: CanonicalStep(model, quant, mode), model.xyz, model.fv, model.fg,
                  model.sigma, model.color)
     prim = Primitives(*out[:5])
     if not quant:
@@ -112,7 +112,7 @@ def view_primitives(graphs: GraphedCalls, model: ADCModel, prim: Primitives, fv:
     if not deform or model.cfg.deformation == "none":
         return flat(prim)
     tt = torch.full((), t, dtype=prim.means.dtype, device=prim.means.device)
-    return graphs(("deform", slot), lambda: DeformStep(model), model.xyz, fv, tt, prim.means, prim.quats,
+    return graphs((f"deform{slot}",), lambda: DeformStep(model), model.xyz, fv, tt, prim.means, prim.quats,
                   prim.scales, prim.opacity_logits, prim.colors)
 
 
