@@ -19,9 +19,12 @@ EXPECTED = {
 }
 
 
+LAYOUT_TESTS = {"dnerf": is_dnerf, "hypernerf": is_hypernerf, "neu3d": is_neu3d}
+
+
 def is_layout(path: Path, format: str) -> bool:
     """Whether the folder has the files of ``format``'s layout (False for a format without a test)."""
-    test = {"dnerf": is_dnerf, "hypernerf": is_hypernerf, "neu3d": is_neu3d}.get(format)
+    test = LAYOUT_TESTS.get(format)
     return bool(test and test(path))
 
 
@@ -30,8 +33,7 @@ def detect_format(path: Path | str) -> str:
     root = Path(path)
     if not root.is_dir():
         raise DatasetError(root, "dataset folder is missing")
-    found = [name for name, test in (("dnerf", is_dnerf), ("hypernerf", is_hypernerf),
-                                     ("neu3d", is_neu3d)) if test(root)]
+    found = [name for name, test in LAYOUT_TESTS.items() if test(root)]
     if len(found) == 1:
         return found[0]
     if not found:

@@ -34,10 +34,13 @@ class GraphedCalls:
         """How many graphs are held (one per key and tensor signature)."""
         return len(self._graphed)
 
+    EAGER = "eager (no CUDA graph: not on CUDA, or cuda_graphs off)"
+
     def status(self) -> str:
+        """How the calls ran: replayed from CUDA graphs, or eagerly and why."""
         if self.failed is not None:
             return f"eager: CUDA-graph capture failed ({self.failed})"
-        return f"replayed from CUDA graphs ({self.captures} captured)" if self.captures else "eager"
+        return f"replayed from CUDA graphs ({self.captures} captured)" if self.captures else self.EAGER
 
     def usable(self, tensors: tuple[torch.Tensor, ...]) -> bool:
         return (self.enabled and self.failed is None and torch.is_grad_enabled()

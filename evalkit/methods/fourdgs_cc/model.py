@@ -101,11 +101,7 @@ class FourDGSCCModel(FourDGSModel):
     def rate_graph_status(self) -> str:
         """How the rate terms ran: replayed from CUDA graphs, or eagerly and why."""
         graphs = _GRAPHS.get(self)
-        if graphs is not None and graphs.failed:
-            return f"eager: CUDA-graph capture failed ({graphs.failed})"
-        if graphs is None or not graphs.captured:
-            return "eager (no CUDA graph: not on CUDA, or cuda_graphs off)"
-        return f"replayed from CUDA graphs ({graphs.captured} captured)"
+        return graphs.status() if graphs is not None else GraphedCalls.EAGER
 
     @property
     def _graphs(self) -> GraphedCalls:
