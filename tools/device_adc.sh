@@ -3,6 +3,7 @@
 # /tmp first so later calls (which replace the working tree) do not disturb running jobs.
 #   tools/device_adc.sh setup            install carried wheels, copy code + .devdata, build gsplat/torchac
 #   tools/device_adc.sh gputest [SECONDS] the tests marked gpu
+#   tools/device_adc.sh ccstep [SCENE] [--compile] 4dgs-cc fine step against 4dgs's (alone)
 #   tools/device_adc.sh smoke SCENE N    N iterations of adc-gs mid on SCENE (checks, step time)
 #   tools/device_adc.sh launch NAME ARGS launch `evalkit run ARGS --out /tmp/res/NAME` in the background (setsid)
 #   tools/device_adc.sh collect          tar /tmp/res into $OUT
@@ -72,7 +73,7 @@ case "$1" in
     # issue 27: 4dgs-cc fine step against 4dgs's at the same Gaussian count (alone on the GPU)
     cd /tmp/code
     python3 -m evalkit.bench.fourdgs_cc_step /tmp/data/dnerf/"${2:-lego}" --dataset dnerf --rate high \
-      --coarse 3000 --grow-to 95000 --steps 300 --split-steps 100 --warmup 30 --device cuda 2>&1 | tee /tmp/res/ccstep.txt
+      --coarse 3000 --grow-to 95000 --steps 300 --split-steps 100 --warmup 30 --device cuda "${@:3}" 2>&1 | tee -a /tmp/res/ccstep.txt
     ;;
   cckern)
     # issue 27: the NVCC rate step's kernels (eager profile) and rate timings, alone: cckern [SCENE]

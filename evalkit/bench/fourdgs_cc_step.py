@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     add_scene_arguments(ap, warmup=30)  # --steps: timed trainer steps per method
     ap.add_argument("--rate", default="high", help="4dgs-cc rate point")
     ap.add_argument("--split-steps", type=int, default=100, help="synchronised steps per method")
+    ap.add_argument("--compile", action="store_true", help="also time 4dgs-cc with rate_compile on (wall only)")
     a = ap.parse_args(argv)
     if a.steps < 1 or a.split_steps < 1 or a.warmup < 0:
         ap.error("--steps and --split-steps must be >= 1, --warmup >= 0")
@@ -160,6 +161,11 @@ def main(argv: list[str] | None = None) -> None:
     split = {"4dgs": split_ms(scene, cfg, device, plain, bank, a.split_steps, a.warmup),
              "4dgs-cc": split_ms(scene, cfg, device, ccm, bank, a.split_steps, a.warmup, cc)}
     print("\n".join(report(wall, split)))
+    if a.compile:  # the same start, the rate terms compiled (their compile is in the warm-up)
+        cc_c = replace(cc, rate_compile=True)
+        ccc = cc_model(base, cc_c)
+        ms = wall_ms(scene, cfg, device, ccc, bank, a.steps, a.warmup, cc_c)
+        print(f"  4dgs-cc with rate_compile {ms:9.3f}   ratio {ms / wall['4dgs']:.2f} ({ccc.rate_graph_status()})")
     print(f"rate terms: {ccm.rate_graph_status()}")
     if ccm.vq is not None:
         sched = VQSchedule.of(cfg, cc)

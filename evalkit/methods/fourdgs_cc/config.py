@@ -54,6 +54,7 @@ class CCConfig:
 
     rate_interval: int = 1  # rate terms every k-th fine step, weighted by k (GPU-time knob; 1 = paper)
     cuda_graphs: bool = True  # replay the training rate terms from CUDA graphs (same numbers, fewer launches)
+    rate_compile: bool = False  # on CUDA, fuse the rate terms' kernels with torch.compile (same terms; speed knob)
     entropy_lr: float = 1e-3
     entropy_model_dtype: str = "float16"  # entropy-model weights in the bitstream
     mlp_dtype: str = "float32"  # deformation MLP weights in the bitstream

@@ -89,7 +89,9 @@ class FourDGSCCModel(FourDGSModel):
             return {}
         levels = len(self.nvcc.hp.multires) if self.nvcc is not None else 0
         key = (mode, len(planes), codebook is not None)
-        bits = self._graphs(key, lambda: _RateTerms(self.nvcc, self.vqcc, mode, levels), *tensors)
+        compiled = self.cc.rate_compile and tensors[0].is_cuda
+        make = lambda: _rate_module(_RateTerms(self.nvcc, self.vqcc, mode, levels), compiled)  # noqa: E731
+        bits = self._graphs(key + (compiled,), make, *tensors)
         out, k = {}, 0
         if planes:
             out["nvcc"] = (bits[k], sum(p.numel() for p in planes))
@@ -109,6 +111,13 @@ class FourDGSCCModel(FourDGSModel):
         if graphs is None:
             graphs = _GRAPHS[self] = GraphedCalls(self.cc.cuda_graphs)
         return graphs
+
+
+def _rate_module(module: nn.Module, compiled: bool) -> nn.Module:
+    """The rate unit, compiled by torch.compile (``rate_compile``: fused kernels, the same terms)
+    or as it is. The compiled unit compiles on its first call, which ``GraphedCalls`` makes
+    before capturing it."""
+    return torch.compile(module, dynamic=False) if compiled else module
 
 
 def _levels(planes: list[torch.Tensor], levels: int) -> list[list[torch.Tensor]]:
