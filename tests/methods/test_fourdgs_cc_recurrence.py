@@ -78,9 +78,11 @@ def test_triton_recurrence_on_cuda_matches_autograd() -> None:
 
 
 @pytest.mark.gpu
-def test_graphed_rate_terms_equal_eager_rate_terms() -> None:
-    """The CUDA-graph replay of the rate terms gives the eager bits and gradients, call after call,
-    as planes and SH (so the codebook) change between calls."""
+@pytest.mark.parametrize("compiled", [False, True], ids=["graphed", "graphed+compiled"])
+def test_graphed_rate_terms_equal_eager_rate_terms(compiled: bool) -> None:
+    """The CUDA-graph replay of the rate terms (compiled by torch.compile or not, ``rate_compile``)
+    gives the eager bits and gradients, call after call, as planes and SH (so the codebook) change
+    between calls."""
     from evalkit.models.fourdgs.deformation import DeformationConfig, DeformationField
     from evalkit.models.fourdgs.model import FourDGSModel
     from evalkit.methods.fourdgs_cc.config import CCConfig
@@ -98,7 +100,7 @@ def test_graphed_rate_terms_equal_eager_rate_terms() -> None:
     models = []
     for graphed in (True, False):  # the model under test, then the eager reference
         cc = CCConfig(codebook_size=64, vqcc_hidden=8, vqcc_latent=4, nvcc_hidden=8, quantization="ste",
-                      cuda_graphs=graphed)
+                      cuda_graphs=graphed, rate_compile=compiled and graphed)
         m = FourDGSCCModel(base, cc)
         m.vq.pending = "init"
         m.canonical_sh()
@@ -125,3 +127,34 @@ def test_graphed_rate_terms_equal_eager_rate_terms() -> None:
         assert torch.allclose(results[0][0], results[1][0], rtol=1e-5)
         for a, b in zip(results[0][1], results[1][1]):
             assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, rtol=1e-4, atol=1e-7))
+
+
+@pytest.mark.gpu
+def test_compiled_graphed_rate_draws_fresh_noise_each_replay() -> None:
+    """In the training relaxation ("noise"), the compiled rate unit replayed from a CUDA graph draws
+    new noise on every replay (a graph that froze its random numbers would repeat one value), and
+    its mean over replays matches the eager unit's."""
+    from evalkit.models.fourdgs.deformation import DeformationConfig, DeformationField
+    from evalkit.methods.fourdgs_cc.config import CCConfig
+    from evalkit.methods.fourdgs_cc.nvcc import NVCC
+    from evalkit.methods.fourdgs_cc.model import _RateTerms, _levels, _rate_module
+    from evalkit.train.cuda_graphs import GraphedCalls
+
+    torch.manual_seed(0)
+    dev = torch.device("cuda")
+    hp = HexPlaneConfig(feature_dim=8, resolution=[16, 16, 16, 12], multires=[1, 2])
+    grid = DeformationField(DeformationConfig(hexplane=hp, depth=0, width=16),
+                            torch.tensor([[-1.0] * 3, [1.0] * 3])).grid.to(dev)
+    planes = [p for scale in grid.grids for p in scale]
+    nvcc = NVCC(hp, CCConfig().hexplane_qstep, hidden=8).to(dev)
+    nvcc.initialise(_levels(planes, 2))
+    means = {}
+    for compiled in (False, True):
+        calls = GraphedCalls(enabled=compiled)
+        bits = []
+        for _ in range(8):
+            b = calls(("rate", compiled), lambda: _rate_module(_RateTerms(nvcc, None, "noise", 2), compiled), *planes)[0]
+            bits.append(float(b))
+        assert calls.failed is None and len(set(bits)) == len(bits)  # fresh noise every call
+        means[compiled] = sum(bits) / len(bits)
+    assert means[True] == pytest.approx(means[False], rel=0.01)
