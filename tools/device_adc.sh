@@ -6,6 +6,7 @@
 #   tools/device_adc.sh ccstep [SCENE] [--compile] 4dgs-cc fine step against 4dgs's (alone)
 #   tools/device_adc.sh smoke SCENE N    N iterations of adc-gs mid on SCENE (checks, step time)
 #   tools/device_adc.sh launch NAME ARGS launch `evalkit run ARGS --out /tmp/res/NAME` in the background (setsid)
+#   tools/device_adc.sh queue "PHASE ARGS"...  phases one after another in the background
 #   tools/device_adc.sh collect          tar /tmp/res into $OUT
 set -euo pipefail
 export PYTHONPATH=/tmp/code:/tmp/site PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16
@@ -127,6 +128,18 @@ case "$1" in
       --jobs-per-gpu 3 --threads 4 > /tmp/res/cc27_cc.out 2>&1 < /dev/null &
     echo "launched cc27 on $sc"
     ;;
+  queue)
+    # run phases one after another in the background (timings alone first, then launches), so the
+    # call returns at once: queue "adcstep mutant" "ccstep mutant --compile" "launch NAME ARGS" ...
+    # (from a copy of this script: a later call replaces the working tree, and bash reads a script
+    # as it runs; the queued phases use only /tmp)
+    shift; cp "$0" /tmp/device_adc_queue.sh
+    printf '%s\n' "$@" > /tmp/res/queue.txt
+    setsid nohup bash -c 'while IFS= read -r line; do echo "== $line ($(date +%T))"; \
+      eval bash /tmp/device_adc_queue.sh $line; done < /tmp/res/queue.txt; echo "== queue done ($(date +%T))"' \
+      > /tmp/res/queue.out 2>&1 < /dev/null &
+    echo "queued $# phases"
+    ;;
   stop)
     pkill -f "evalkit" || true; sleep 2
     ;;
@@ -147,7 +160,9 @@ case "$1" in
   wait)
     # sleep up to $2 seconds or until no evalkit run is left
     end=$((SECONDS + $2))
-    while [ $SECONDS -lt $end ] && pgrep -f "^python3 -m (evalkit.cli run|evalkit.bench.jobs_per_gpu|evalkit.sweep)" > /dev/null; do sleep 10; done
+    while [ $SECONDS -lt $end ] && { pgrep -f "^python3 -m (evalkit.cli run|evalkit.bench.jobs_per_gpu|evalkit.sweep)" > /dev/null \
+        || { [ -f /tmp/res/queue.txt ] && ! grep -qs "queue done" /tmp/res/queue.out; }; }; do sleep 10; done
+    grep -h "^==\|ms per step\|ratio\|wall" /tmp/res/queue.out 2>/dev/null | tail -n 30 || true
     grep -h -E "PSNR .* bytes|FAILED" /tmp/res/*/*/*/*/*.log /tmp/res/*/*/*/*/*/*.log 2>/dev/null || true
     for f in /tmp/res/*/*/*/*/*.log /tmp/res/*/*/*/*/*/*.log; do [ -f "$f" ] && echo "$f: $(tail -n 1 "$f" | cut -c1-150)"; done 2>/dev/null | tail -n 12
     cat /tmp/res/jpg.out 2>/dev/null | tail -n 8 || true
