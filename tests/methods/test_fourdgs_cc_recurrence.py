@@ -2,6 +2,8 @@
 against the coding path's step-by-step attention."""
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -136,7 +138,6 @@ def test_compiled_graphed_rate_draws_fresh_noise_each_replay() -> None:
     its mean over replays matches the eager unit's."""
     from evalkit.models.fourdgs.deformation import DeformationConfig, DeformationField
     from evalkit.methods.fourdgs_cc.config import CCConfig
-    from evalkit.methods.fourdgs_cc.nvcc import NVCC
     from evalkit.methods.fourdgs_cc.model import _RateTerms, _levels, _rate_module
     from evalkit.train.cuda_graphs import GraphedCalls
 
@@ -158,3 +159,38 @@ def test_compiled_graphed_rate_draws_fresh_noise_each_replay() -> None:
         assert calls.failed is None and len(set(bits)) == len(bits)  # fresh noise every call
         means[compiled] = sum(bits) / len(bits)
     assert means[True] == pytest.approx(means[False], rel=0.01)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="torch.compile on CPU needs a C++ compiler; none found")
+def test_compiled_rate_unit_equals_the_eager_unit_on_cpu() -> None:
+    """``rate_compile``'s unit (torch.compile of the rate terms; on CUDA in training) gives the
+    eager unit's bits and gradients: fused kernels, the same terms."""
+    from evalkit.models.fourdgs.deformation import DeformationConfig, DeformationField
+    from evalkit.methods.fourdgs_cc.config import CCConfig
+    from evalkit.methods.fourdgs_cc.model import _RateTerms, _levels, _rate_module
+    from evalkit.methods.fourdgs_cc.vqcc import VQCC
+
+    torch.manual_seed(0)
+    hp = HexPlaneConfig(feature_dim=4, resolution=[8, 8, 8, 6], multires=[1, 2])
+    grid = DeformationField(DeformationConfig(hexplane=hp, depth=0, width=8), torch.tensor([[-1.0] * 3, [1.0] * 3])).grid
+    with torch.no_grad():  # planes off their start values, so that every context differs
+        for p in grid.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    planes = [p for scale in grid.grids for p in scale]
+    nvcc = NVCC(hp, CCConfig().hexplane_qstep, hidden=8)
+    nvcc.initialise(_levels(planes, 2))
+    codebook = torch.nn.Parameter(0.3 * torch.randn(32, 12))
+    vqcc = VQCC(12, CCConfig().codebook_qstep, 8, 4)
+    vqcc.initialise(codebook.detach())
+    params = [*planes, codebook, *nvcc.parameters(), *vqcc.parameters()]
+    results = []
+    for compiled in (False, True):
+        bits = _rate_module(_RateTerms(nvcc, vqcc, "ste", 2), compiled)(*planes, codebook)
+        loss = bits[0] / 1e4 + bits[1] / 1e3
+        results.append((torch.stack(bits).detach(), torch.autograd.grad(loss, params, allow_unused=True)))
+    (b0, g0), (b1, g1) = results
+    assert torch.allclose(b0, b1, rtol=1e-5)
+    for a, b in zip(g0, g1):
+        assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, rtol=1e-3, atol=1e-5))
