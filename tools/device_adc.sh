@@ -7,6 +7,7 @@
 #   tools/device_adc.sh smoke SCENE N    N iterations of adc-gs mid on SCENE (checks, step time)
 #   tools/device_adc.sh launch NAME ARGS launch `evalkit run ARGS --out /tmp/res/NAME` in the background (setsid)
 #   tools/device_adc.sh queue "PHASE ARGS"...  phases one after another in the background
+#   tools/device_adc.sh plan FILE      queue the phases listed in FILE (tools/plans/)
 #   tools/device_adc.sh collect          tar /tmp/res into $OUT
 set -euo pipefail
 export PYTHONPATH=/tmp/code:/tmp/site PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16
@@ -139,6 +140,11 @@ case "$1" in
       eval bash /tmp/device_adc_queue.sh $line; done < /tmp/res/queue.txt; echo "== queue done ($(date +%T))"' \
       > /tmp/res/queue.out 2>&1 < /dev/null &
     echo "queued $# phases"
+    ;;
+  plan)
+    # queue the phases listed in a committed file, one per line (# comments and blank lines skipped)
+    mapfile -t lines < <(grep -v '^\s*\(#\|$\)' "$2")
+    bash "$0" queue "${lines[@]}"
     ;;
   stop)
     pkill -f "evalkit" || true; sleep 2
