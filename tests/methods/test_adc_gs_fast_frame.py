@@ -35,9 +35,10 @@ def _close(a: torch.Tensor, ref: torch.Tensor, rel: float = 1e-5) -> None:
     torch.testing.assert_close(a, ref, rtol=rel, atol=rel * float(ref.abs().max()))
 
 
-@pytest.mark.parametrize("mode", MODES)
-def test_fast_frame_equals_the_module_path(mode: str) -> None:
+@pytest.mark.parametrize("mode,pe_scale", [(m, 1.0) for m in MODES] + [("coarse-fine", 16.0)])
+def test_fast_frame_equals_the_module_path(mode: str, pe_scale: float) -> None:
     model = strong_model(mode)
+    model.cfg.pe_scale = pe_scale  # (the networks' shapes do not depend on it)
     renderer = FrameRenderer(model, [0.0, 0.0, 0.0], fast=True)
     assert renderer.fast is not None and not renderer.fast.graphed  # CPU: eager
     for t in TIMES:

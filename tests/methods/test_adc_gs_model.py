@@ -1,6 +1,7 @@
 """ADC-GS model pieces: rate gradients, causal steps, Eq. 11, refinement and snapping."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from evalkit.methods.adc_gs.mem import bits_per_value, quantise
@@ -142,13 +143,33 @@ def test_refine_grows_at_the_primitive_and_prunes_transparent_anchors() -> None:
     stats.opacity[5] = 0.0    # anchor 5 is transparent: pruned
     prim = model.canonical()
     expect_xyz, expect_color = prim.means[0, 3].detach().clone(), prim.colors[0, 3].detach().clone()
-    parent_fv = model.fv[0].detach().clone()
+    parent_fv, parent_sigma = model.fv[0].detach().clone(), model.sigma[0].detach().clone()
     grown, pruned = refine(model, opt, stats, model.cfg)
     assert (grown, pruned) == (1, 1) and model.num_anchors == 6
     assert torch.equal(model.xyz[-1], expect_xyz) and torch.equal(model.color[-1], expect_color)
     assert torch.equal(model.fv[-1], parent_fv)
+    assert torch.equal(model.sigma[-1], parent_sigma)  # grow_sigma = "parent" (the default)
     assert all(g["params"][0] is getattr(model, g["name"]) for g in opt.param_groups if g["name"] in
                ("xyz", "fv", "fg", "sigma", "color"))
+
+
+def test_a_grown_anchor_can_take_its_primitives_own_scale() -> None:
+    """grow_sigma = "primitive": the new anchor's base scale e^{Sigma_v[3:6]} is the grown
+    primitive's scale, and its offsets shrink by the same factor per axis."""
+    model = random_model(n=4, seed=5)
+    model.cfg.grow_sigma = "primitive"
+    opt = torch.optim.Adam(_groups(model), eps=1e-15)
+    stats = RefineStats(4, model.cfg.k, torch.device("cpu"))
+    stats.psi_grad[7] = stats.psi[7] = 1.0  # primitive 7 of anchor 0
+    stats.anchor_seen[:] = 100
+    stats.opacity[:] = 1.0
+    scale = model.canonical().scales[0, 7].detach().clone()
+    parent = model.sigma[0].detach().clone()
+    assert refine(model, opt, stats, model.cfg) == (1, 0)
+    child = model.sigma[-1].detach()
+    torch.testing.assert_close(torch.exp(child[3:]), scale)
+    torch.testing.assert_close(torch.exp(child[:3] - parent[:3]), scale / torch.exp(parent[3:]))
+    assert (scale < torch.exp(parent[3:])).all()  # a primitive is never larger than its anchor's base
 
 
 def test_snapping_merges_duplicates_and_freezes_positions() -> None:
@@ -188,3 +209,15 @@ def test_schedule_checks_and_the_decaying_prune_threshold() -> None:
     banana = ADCConfig(prune_opacity=0.005, prune_opacity_final=0.0005, refine_until=50000)
     assert [round(banana.prune_threshold(s), 6) for s in (0, 25000, 50000, 60000)] == [0.005, 0.00275, 0.0005, 0.0005]
     assert ADCConfig(prune_opacity=0.003).prune_threshold(40000) == 0.003
+
+
+def test_pe_scale_multiplies_every_frequency() -> None:
+    """f_p with ``pe_scale`` s is the PE of s * x (the code's frequencies at s = 1: highest 1 rad
+    per unit, lowest 10000^(-22/72))."""
+    from evalkit.methods.adc_gs.nets import pe_inverse_frequencies, positional_encoding
+
+    x = torch.randn(5, 3, dtype=torch.float64)
+    inv = pe_inverse_frequencies(12, x.device, x.dtype)
+    assert float(inv[0]) == 1.0 and float(inv[-1]) == pytest.approx(10000.0 ** (-22 / 72))
+    torch.testing.assert_close(positional_encoding(x, 12, 8.0), positional_encoding(8.0 * x, 12))
+    assert not torch.allclose(positional_encoding(x, 12, 8.0), positional_encoding(x, 12))

@@ -26,6 +26,8 @@ class ADCConfig:
                                       # and only blending order tells them apart); > 0: N(0, std) (tuning)
     deform_width: int = 128           # F_omega / F_varpi width (code)
     pe_frequencies: int = 12          # f_p = sin/cos of 12 frequencies per axis = 72-d (paper 72, code formula)
+    pe_scale: float = 1.0             # every PE frequency x this (1: the code's, highest 1 rad per scene unit,
+                                      # so f_p varies slowly across a D-NeRF scene; > 1: tuning)
     init_voxel: float = 0.0           # voxel size to down-sample the init cloud; 0 = every point (choice for D-NeRF)
     # -- switches (Table 3 variants) --
     deformation: str = "coarse-fine"  # "none" | "coarse" | "coarse-fine"
@@ -54,6 +56,9 @@ class ADCConfig:
     grow_threshold: float = 0.002     # tau_g on the NDC-scaled 2D gradient (code's units)
     prune_opacity: float = 0.003      # tau_o
     prune_opacity_final: float = -1.0  # >= 0: tau_o moves linearly to this by refine_until (code, banana); < 0: constant
+    grow_sigma: str = "parent"        # a new anchor's Sigma_v: "parent" (code; the issue) or "primitive" (the
+                                      # paper's "preserving their own Gaussian attributes": the parent's,
+                                      # shrunk to the primitive's own scale; tuning)
     grow_voxel: float = 0.01          # a new anchor only in a voxel of this size that holds none (choice, Scaffold-GS); 0 = off (code)
     snap_grid: float = 0.001          # code
     # -- learning rates (code; log-linear over `iterations`) --
@@ -85,6 +90,10 @@ class ADCConfig:
                 raise ValueError(f"{SPEC}: {name} must be >= 1")
         if self.rate_distortion and self.quant_from > self.rate_from:
             raise ValueError(f"{SPEC}: quant_from ({self.quant_from}) must not come after rate_from ({self.rate_from})")
+        if self.grow_sigma not in ("parent", "primitive"):
+            raise ValueError(f"{SPEC}: grow_sigma must be 'parent' or 'primitive', got {self.grow_sigma!r}")
+        if not self.pe_scale > 0:
+            raise ValueError(f"{SPEC}: pe_scale must be > 0")
         if self.snap_grid <= 0 or self.lambda_e < 0:
             raise ValueError(f"{SPEC}: snap_grid must be > 0 and lambda_e >= 0")
 

@@ -45,7 +45,7 @@ class Deformation(nn.Module):
         c = self.coarse(torch.cat([fv, ft], dim=-1))
         dop = dck = None
         if self.fine is not None:
-            fp = positional_encoding(xyz + c["xyz"], self.cfg.pe_frequencies)
+            fp = positional_encoding(xyz + c["xyz"], self.cfg.pe_frequencies, self.cfg.pe_scale)
             f = self.fine(torch.cat([fp, ft], dim=-1))
             dop, dck = f["opacity"], f["color"].reshape(n, self.cfg.k, 3)
         return AnchorDeformation(c["xyz"], c["scale"], c["rot"], c["color"], dop, dck)

@@ -112,7 +112,7 @@ class FastFrame:
             self.w_pe, rows_f = split_trunk(deform.fine.trunk, table)
             rows.append(rows_f)
             self.fine = FusedHeads(deform.fine)
-            self.pe_inv = pe_inverse_frequencies(cfg.pe_frequencies, table.device, table.dtype)
+            self.pe_inv = pe_inverse_frequencies(cfg.pe_frequencies, table.device, table.dtype, cfg.pe_scale)
         self.rows = torch.cat(rows, dim=1)  # (table rows, w_coarse [+ w_fine]): f_t W_t^T + b
 
     def __call__(self, t: float) -> Flat:

@@ -43,12 +43,14 @@ class MultiHead(nn.Module):
         return {k: head(h) for k, head in self.heads.items()}
 
 
-def pe_inverse_frequencies(frequencies: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """1 / 10000^(2i / (6 * frequencies)), i = 0..frequencies-1 (Vaswani's formula with d = 72 for
-    12 frequencies, as the code)."""
+def pe_inverse_frequencies(frequencies: int, device: torch.device, dtype: torch.dtype, scale: float = 1.0) -> Tensor:
+    """scale / 10000^(2i / (6 * frequencies)), i = 0..frequencies-1 (Vaswani's formula with d = 72 for
+    12 frequencies, as the code, at scale 1; ``scale`` multiplies every frequency: the PE of
+    scale * x)."""
     i = torch.arange(frequencies, device=device, dtype=dtype)
     # (torch.full, not torch.tensor: no host-to-device copy, so a CUDA graph can capture it)
-    return torch.pow(torch.full((), 10000.0, device=device, dtype=dtype), -2.0 * i / (6 * frequencies))
+    inv = torch.pow(torch.full((), 10000.0, device=device, dtype=dtype), -2.0 * i / (6 * frequencies))
+    return inv * scale if scale != 1.0 else inv
 
 
 def encode_angles(ang: Tensor) -> Tensor:
@@ -56,9 +58,9 @@ def encode_angles(ang: Tensor) -> Tensor:
     return torch.cat([torch.sin(ang), torch.cos(ang)], dim=-1).flatten(-2)
 
 
-def positional_encoding(x: Tensor, frequencies: int) -> Tensor:
+def positional_encoding(x: Tensor, frequencies: int, scale: float = 1.0) -> Tensor:
     """(N, 3) -> (N, 3 * 2 * frequencies): sin / cos of x times ``pe_inverse_frequencies`` per axis."""
-    return encode_angles(x[..., None] * pe_inverse_frequencies(frequencies, x.device, x.dtype))
+    return encode_angles(x[..., None] * pe_inverse_frequencies(frequencies, x.device, x.dtype, scale))
 
 
 class TimeTable(nn.Module):

@@ -192,8 +192,12 @@ def refine(model: ADCModel, opt: torch.optim.Optimizer, stats: RefineStats, cfg:
             idx, parent, pos = idx[fresh], parent[fresh], pos[fresh]
             grow = torch.zeros_like(grow)
             grow[idx] = True
+        sigma = model.sigma[parent]
+        if cfg.grow_sigma == "primitive":  # the parent's Sigma_v shrunk to the primitive's own scale
+            shrink = torch.log(prim.scales.reshape(-1, 3)[idx]) - sigma[:, 3:]
+            sigma = sigma + torch.cat([shrink, shrink], dim=1)
         new = {"xyz": pos, "fv": model.fv[parent], "fg": model.fg[parent],
-               "sigma": model.sigma[parent], "color": prim.colors.reshape(-1, 3)[idx]} if len(idx) else None
+               "sigma": sigma, "color": prim.colors.reshape(-1, 3)[idx]} if len(idx) else None
     keep = ~prune
     if new is not None or prune.any():
         _edit_anchor_params(model, opt, keep, new)
