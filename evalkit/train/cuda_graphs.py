@@ -57,13 +57,26 @@ class GraphedCalls:
                     del self._graphed[stale]
             module = make_module()
             samples = tuple(t.detach().clone().requires_grad_(t.requires_grad) for t in tensors)
+            rng = _cuda_generator(tensors[0].device)
+            rng_state = rng.clone_state() if rng is not None else None
             try:
                 module = torch.cuda.make_graphed_callables(module, samples, allow_unused_input=True)
             except Exception as exc:  # noqa: BLE001 - any capture failure: stay correct, run eagerly
                 self.failed = f"{type(exc).__name__}: {exc}"
+                # A capture that fails midway leaves the CUDA generator in capture mode, and every
+                # later random op would fail ("Offset increment outside graph capture"): restore it.
+                if rng is not None:
+                    rng.graphsafe_set_state(rng_state)
                 return make_module()(*tensors)
             self._graphed[sig] = module
             self.captures += 1
         out = module(*tensors)
         # Outputs are static buffers that the next replay overwrites.
         return tuple(o.clone() for o in out) if isinstance(out, tuple) else out.clone()
+
+
+def _cuda_generator(device: torch.device) -> torch.Generator | None:
+    """The default CUDA generator of ``device`` (None off CUDA)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]

@@ -77,4 +77,9 @@ class TimeTable(nn.Module):
         w = (pos - lo.to(pos.dtype)).clamp(0, 1)
         if rows == 1:
             return self.weight[0]
-        return self.weight[lo] * (1 - w)[..., None] + self.weight[lo + 1] * w[..., None]
+        # index_select, not weight[lo]: indexing by a 0-d tensor reads it on the host (a device
+        # synchronisation, which a CUDA graph cannot capture)
+        idx = lo.reshape(-1)
+        below = self.weight.index_select(0, idx).reshape(*lo.shape, -1)
+        above = self.weight.index_select(0, idx + 1).reshape(*lo.shape, -1)
+        return below * (1 - w)[..., None] + above * w[..., None]

@@ -1,0 +1,53 @@
+"""``GraphedCalls``: a capture that fails leaves the process as it was (eager results, random
+numbers still drawable)."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from evalkit.train.cuda_graphs import GraphedCalls
+
+
+class _HostRead(nn.Module):
+    """Reads a device value on the host: a synchronisation, which CUDA-graph capture refuses."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * float(x.sum()) + torch.rand_like(x)
+
+
+class _Timestep(nn.Module):
+    """A time table read at a 0-d tensor t (as adc-gs's deformation): capturable since it is
+    indexed with index_select, not weight[t_index]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from evalkit.methods.adc_gs.nets import TimeTable
+        self.table = TimeTable(5, 3)
+        with torch.no_grad():
+            self.table.weight.copy_(torch.arange(15.0).reshape(5, 3))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return x * self.table(t)
+
+
+@pytest.mark.gpu
+def test_a_failed_capture_falls_back_to_eager_and_keeps_random_numbers_working() -> None:
+    x = torch.ones(4, device="cuda", requires_grad=True)
+    calls = GraphedCalls(True)
+    y = calls(("host-read",), _HostRead, x)
+    assert calls.failed is not None and calls.status().startswith("eager: CUDA-graph capture failed")
+    assert y.shape == x.shape and bool(((y >= 4) & (y < 5)).all())  # 4 * 1 + U[0, 1)
+    torch.randn(8, device="cuda")  # the generator left capture mode (this raised before the fix)
+    y.sum().backward()
+    assert x.grad is not None
+
+
+@pytest.mark.gpu
+def test_a_time_table_read_at_a_tensor_time_is_captured_and_replayed() -> None:
+    x = torch.ones(3, device="cuda", requires_grad=True)
+    calls, unit = GraphedCalls(True), _Timestep().cuda()
+    for t, row in ((0.25, [3.0, 4.0, 5.0]), (0.625, [7.5, 8.5, 9.5])):  # rows 1 and 2.5 of 5
+        out = calls(("time",), lambda: unit, x, torch.full((), t, device="cuda"))
+        assert calls.failed is None and calls.captures == 1
+        assert torch.allclose(out, torch.tensor(row, device="cuda"))
