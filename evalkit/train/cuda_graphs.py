@@ -76,7 +76,9 @@ class GraphedCalls:
 
 
 def _cuda_generator(device: torch.device) -> torch.Generator | None:
-    """The default CUDA generator of ``device`` (None off CUDA)."""
+    """The default CUDA generator of ``device`` (None off CUDA, or if its state cannot be cloned:
+    then a failed capture is not undone, as before this was added)."""
     if device.type != "cuda":
         return None
-    return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    gen = torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
+    return gen if hasattr(gen, "clone_state") and hasattr(gen, "graphsafe_set_state") else None

@@ -27,9 +27,10 @@ evalkit follows the paper; where it is silent, the authors' code; else a choice.
   the code adds every candidate, which multiplied the synthetic scene's anchors tenfold]; pruning
   on the K primitives' opacity summed per frame and averaged over the frames an anchor was seen in
   (> 0.8 x interval) [choice, Scaffold-GS's accumulation]; snapping to 0.001 and freezing X_v
-  [code]; the lambda-independent steps shared by the rate points [choice]; on CUDA a step's
-  quantisation + F_theta and each view's deformation replay from CUDA graphs, recaptured when the
-  anchors change (``cuda_graphs``) [choice: the same computation, fewer launches].
+  [code]; the lambda-independent steps shared by the rate points [choice]; with ``cuda_graphs``
+  (off by default until its GPU test has passed) a step's quantisation + F_theta and each view's
+  deformation replay from CUDA graphs on CUDA, recaptured when the anchors change [choice: the same
+  computation, fewer launches].
 * Geometry (``geometry``): lossless integer coding, the smallest of octree / LAZ / Draco [choice;
   paper G-PCC is not installable].
 * File (``codec``): MEM streams + float32 networks (not h_a) [paper].
