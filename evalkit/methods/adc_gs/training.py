@@ -1,7 +1,7 @@
 """ADC-GS training (the paper gives the losses; the schedule is the public code's, see config).
 
 Loss (Eq. 10): (1 - lambda_ssim) L1 + lambda_ssim (1 - SSIM) + lambda_e R (paper; the code halves
-the SSIM term), on the render clamped to [0, 1] (code; the paper is silent). Canonical primitives only before ``deform_from``; quantisation noise from
+the SSIM term). Canonical primitives only before ``deform_from``; quantisation noise from
 ``quant_from``; the rate term from ``rate_from`` (code). Refinement every ``refine_interval`` steps
 in (refine_from, refine_until]; at ``refine_until`` X_v snaps to the ``snap_grid`` grid, duplicates
 merge (keeping the anchor with the larger summed canonical opacity) and X_v freezes (code).
@@ -324,7 +324,7 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
             with record_function("adc-gs: rasterise"):
                 out = rasterize(means, quats, scales, opac, colors, *cams[v], cam.width, cam.height,
                                 background=bg4 if in_window else bg3, near=cfg.near_plane)
-            img, gt = out.image[..., :3].clamp(0, 1), bank.get(v)  # the loss sees [0, 1] (code)
+            img, gt = out.image[..., :3], bank.get(v)
             with record_function("adc-gs: image loss"):
                 l = (1 - cfg.lambda_ssim) * (img - gt).abs().mean() + cfg.lambda_ssim * (1 - ssim(img, gt))
             loss = loss + l / len(views)
