@@ -89,9 +89,16 @@ class FourDGSCCModel(FourDGSModel):
             return {}
         levels = len(self.nvcc.hp.multires) if self.nvcc is not None else 0
         key = (mode, len(planes), codebook is not None)
-        compiled = self.cc.rate_compile and tensors[0].is_cuda
-        make = lambda: _rate_module(_RateTerms(self.nvcc, self.vqcc, mode, levels), compiled)  # noqa: E731
-        bits = self._graphs(key + (compiled,), make, *tensors)
+        if self.cc.rate_compile and tensors[0].is_cuda:
+            # one compiled unit per key, kept: a new one per call (an eager fallback calls ``make``
+            # every step) would compile again each time
+            units = _COMPILED.setdefault(self, {})
+            if key not in units:
+                units[key] = _rate_module(_RateTerms(self.nvcc, self.vqcc, mode, levels), True)
+            make = lambda: units[key]  # noqa: E731
+        else:
+            make = lambda: _RateTerms(self.nvcc, self.vqcc, mode, levels)  # noqa: E731
+        bits = self._graphs(key + (self.cc.rate_compile,), make, *tensors)
         out, k = {}, 0
         if planes:
             out["nvcc"] = (bits[k], sum(p.numel() for p in planes))
@@ -143,5 +150,7 @@ class _RateTerms(nn.Module):
         return tuple(out)
 
 
-# Graph caches live outside the model so that copying or saving the model never touches them.
+# Graph caches and compiled units live outside the model so that copying or saving the model never
+# touches them.
 _GRAPHS: "weakref.WeakKeyDictionary[FourDGSCCModel, GraphedCalls]" = weakref.WeakKeyDictionary()
+_COMPILED: "weakref.WeakKeyDictionary[FourDGSCCModel, dict[tuple, nn.Module]]" = weakref.WeakKeyDictionary()
