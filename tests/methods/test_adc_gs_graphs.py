@@ -7,7 +7,7 @@ from torch import nn
 
 from evalkit.methods.adc_gs.mem import quantise, stream_names
 from evalkit.methods.adc_gs.model import flat
-from evalkit.methods.adc_gs.training import canonical_step, view_primitives
+from evalkit.methods.adc_gs.training import DeformStep, canonical_step, view_primitives
 from evalkit.train.cuda_graphs import GraphedCalls
 from tests.methods.adc_gs_common import random_model
 
@@ -147,3 +147,27 @@ def test_graphed_canonical_step_equals_eager() -> None:
     fv1 = canonical_step(graphs, model, True, "noise")[1]
     fv2 = canonical_step(graphs, model, True, "noise")[1]
     assert not torch.equal(fv1, fv2)  # fresh noise on each replay
+
+
+@pytest.mark.parametrize("mode", ["noise", "round"])
+def test_the_graphed_units_have_nothing_a_capture_refuses(mode: str) -> None:
+    """The canonical and deformation units, forward and backward, make no host read and no copy
+    of host data once warm (CUDA-graph capture refuses both; the time table read at a 0-d tensor
+    once did the first, and the first GPU capture failed)."""
+    from tests.train.capture_safety import capture_blockers
+
+    model = random_model(n=16, seed=3)
+    graphs = GraphedCalls(False)
+    t = torch.full((), 0.37)
+
+    def step() -> None:
+        prim, fv, bits = canonical_step(graphs, model, True, mode)
+        loss = _loss(prim, fv, bits)
+        for slot in (0, 1):
+            loss = loss + sum((i + 2) * x.cos().sum() for i, x in enumerate(
+                DeformStep(model)(model.xyz, fv, t, prim.means, prim.quats, prim.scales, prim.opacity_logits,
+                                  prim.colors)))
+        loss.backward()
+
+    step()  # warm-up, as make_graphed_callables runs before capturing
+    assert capture_blockers(step) == []

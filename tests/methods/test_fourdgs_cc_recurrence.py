@@ -194,3 +194,31 @@ def test_compiled_rate_unit_equals_the_eager_unit_on_cpu() -> None:
     assert torch.allclose(b0, b1, rtol=1e-5)
     for a, b in zip(g0, g1):
         assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, rtol=1e-3, atol=1e-5))
+
+
+def test_the_rate_unit_has_nothing_a_capture_refuses() -> None:
+    """The rate unit (NVCC + VQCC, training relaxation), forward and backward, makes no host read
+    and no copy of host data once warm: what lets it replay from a CUDA graph."""
+    from evalkit.models.fourdgs.deformation import DeformationConfig, DeformationField
+    from evalkit.methods.fourdgs_cc.config import CCConfig
+    from evalkit.methods.fourdgs_cc.model import _RateTerms, _levels
+    from evalkit.methods.fourdgs_cc.vqcc import VQCC
+    from tests.train.capture_safety import capture_blockers
+
+    torch.manual_seed(0)
+    hp = HexPlaneConfig(feature_dim=4, resolution=[8, 8, 8, 6], multires=[1, 2])
+    grid = DeformationField(DeformationConfig(hexplane=hp, depth=0, width=8), torch.tensor([[-1.0] * 3, [1.0] * 3])).grid
+    planes = [p for scale in grid.grids for p in scale]
+    nvcc = NVCC(hp, CCConfig().hexplane_qstep, hidden=8)
+    nvcc.initialise(_levels(planes, 2))
+    codebook = torch.nn.Parameter(0.3 * torch.randn(32, 12))
+    vqcc = VQCC(12, CCConfig().codebook_qstep, 8, 4)
+    vqcc.initialise(codebook.detach())
+    unit = _RateTerms(nvcc, vqcc, "noise", 2)
+
+    def step() -> None:
+        nv, vq = unit(*planes, codebook)
+        (nv / 1e4 + vq / 1e3).backward()
+
+    step()  # warm-up: index tables are built once per device, before capture
+    assert capture_blockers(step) == []

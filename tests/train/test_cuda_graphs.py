@@ -51,3 +51,17 @@ def test_a_time_table_read_at_a_tensor_time_is_captured_and_replayed() -> None:
         out = calls(("time",), lambda: unit, x, torch.full((), t, device="cuda"))
         assert calls.failed is None and calls.captures == 1
         assert torch.allclose(out, torch.tensor(row, device="cuda"))
+
+
+def test_the_capture_check_sees_host_reads_and_host_data() -> None:
+    """``capture_blockers`` (used by the graphed units' CPU tests) has teeth: it sees the patterns
+    that break a capture, and not their capturable forms."""
+    from tests.train.capture_safety import capture_blockers
+
+    w = torch.randn(5, 3, requires_grad=True)
+    lo = torch.tensor(2)
+    assert capture_blockers(lambda: w[lo]) == ["aten._local_scalar_dense.default"]
+    assert capture_blockers(lambda: float(w.sum().detach())) == ["aten._local_scalar_dense.default"]
+    assert capture_blockers(lambda: w * torch.tensor([1.0, 0.0, 0.0])) == ["aten.lift_fresh.default"]
+    assert capture_blockers(lambda: w[w > 0]) != []
+    assert capture_blockers(lambda: (w.index_select(0, lo.reshape(-1)) * torch.full((), 2.0)).sum().backward()) == []
