@@ -4,8 +4,9 @@ Loss (Eq. 10): (1 - lambda_ssim) L1 + lambda_ssim (1 - SSIM) + lambda_e R (paper
 the SSIM term), on the unclamped render (choice: the code clamps it to [0, 1], but its colours are
 sigmoid-bounded; with the unbounded C_v + Delta C a clamp stops the gradient of every pixel out of
 range, and a synthetic quick run fell from 17.85 to 12.39 dB, results/MEASUREMENTS.md stop 37).
-Canonical primitives only before ``deform_from``; quantisation noise from ``quant_from``; the rate term from ``rate_from`` (code). Refinement every ``refine_interval`` steps
-in (refine_from, refine_until]; at ``refine_until`` X_v snaps to the ``snap_grid`` grid, duplicates
+Canonical primitives only before ``deform_from``; quantisation noise from ``quant_from``; the rate
+term from ``rate_from`` (code). Refinement every ``refine_interval`` steps in (refine_from,
+refine_until]; at ``refine_until`` X_v snaps to the ``snap_grid`` grid, duplicates
 merge (keeping the anchor with the larger summed canonical opacity) and X_v freezes (code).
 Learning rates decay log-linearly over the run (code; Adam eps 1e-15).
 
