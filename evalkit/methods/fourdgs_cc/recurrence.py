@@ -86,6 +86,7 @@ class AttentionRecurrence(torch.autograd.Function):
         return carry[:, 0], dkq, dbias, dv
 
 
+@torch.compiler.disable  # already fused (Triton on CUDA): ``rate_compile`` compiles around it, not into it
 def recurrence(h0: torch.Tensor, kq: torch.Tensor, bias: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     return AttentionRecurrence.apply(h0, kq, bias, v)
 
