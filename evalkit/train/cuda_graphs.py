@@ -1,11 +1,12 @@
 """Replay a differentiable computation with fixed shapes from CUDA graphs.
 
-4DGS-CC's rate terms are hundreds of tiny kernels (per-plane entropy models, the row recurrence)
-whose launch cost, not their arithmetic, dominates a training step. Their shapes never change
-during training, so ``torch.cuda.make_graphed_callables`` captures forward and backward once per
-input signature and each later step replays two graphs. Numbers are unchanged (a GPU test
-compares with eager execution); random noise inside the graph comes from the graph-safe
-generator. If capture fails, the computation runs eagerly and ``failed`` says why.
+4DGS-CC's rate terms (and ADC-GS's canonical and deformation units) are hundreds of tiny kernels
+whose launch cost, not their arithmetic, dominates a training step. Their shapes change rarely
+(ADC-GS's when the anchors do), so ``torch.cuda.make_graphed_callables`` captures forward and
+backward once per input signature and each later step replays two graphs. Numbers are unchanged
+(GPU tests compare with eager execution); random noise inside the graph comes from the graph-safe
+generator. If capture fails, the computation runs eagerly, ``failed`` says why, and the CUDA
+generator is put back as it was before the capture.
 """
 from __future__ import annotations
 
@@ -76,9 +77,7 @@ class GraphedCalls:
 
 
 def _cuda_generator(device: torch.device) -> torch.Generator | None:
-    """The default CUDA generator of ``device`` (None off CUDA, or if its state cannot be cloned:
-    then a failed capture is not undone, as before this was added)."""
+    """The default CUDA generator of ``device`` (None off CUDA)."""
     if device.type != "cuda":
         return None
-    gen = torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]
-    return gen if hasattr(gen, "clone_state") and hasattr(gen, "graphsafe_set_state") else None
+    return torch.cuda.default_generators[device.index if device.index is not None else torch.cuda.current_device()]

@@ -131,31 +131,45 @@ def test_graphed_rate_terms_equal_eager_rate_terms(compiled: bool) -> None:
             assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, rtol=1e-4, atol=1e-7))
 
 
+def _tiny_rate_unit(device: str = "cpu", spread: float = 0.0):
+    """A small HexPlane's planes (moved off their start by N(0, ``spread``)), a codebook, and the
+    rate unit's NVCC and VQCC, initialised on them."""
+    from evalkit.models.fourdgs.deformation import DeformationConfig, DeformationField
+    from evalkit.methods.fourdgs_cc.config import CCConfig
+    from evalkit.methods.fourdgs_cc.model import _levels
+    from evalkit.methods.fourdgs_cc.vqcc import VQCC
+
+    torch.manual_seed(0)
+    hp = HexPlaneConfig(feature_dim=4, resolution=[8, 8, 8, 6], multires=[1, 2])
+    grid = DeformationField(DeformationConfig(hexplane=hp, depth=0, width=8),
+                            torch.tensor([[-1.0] * 3, [1.0] * 3])).grid.to(device)
+    with torch.no_grad():
+        for p in grid.parameters():
+            p.add_(spread * torch.randn_like(p))
+    planes = [p for scale in grid.grids for p in scale]
+    nvcc = NVCC(hp, CCConfig().hexplane_qstep, hidden=8).to(device)
+    nvcc.initialise(_levels(planes, 2))
+    codebook = torch.nn.Parameter(0.3 * torch.randn(32, 12, device=device))
+    vqcc = VQCC(12, CCConfig().codebook_qstep, 8, 4).to(device)
+    vqcc.initialise(codebook.detach())
+    return planes, codebook, nvcc, vqcc
+
+
 @pytest.mark.gpu
 def test_compiled_graphed_rate_draws_fresh_noise_each_replay() -> None:
     """In the training relaxation ("noise"), the compiled rate unit replayed from a CUDA graph draws
     new noise on every replay (a graph that froze its random numbers would repeat one value), and
     its mean over replays matches the eager unit's."""
-    from evalkit.models.fourdgs.deformation import DeformationConfig, DeformationField
-    from evalkit.methods.fourdgs_cc.config import CCConfig
-    from evalkit.methods.fourdgs_cc.model import _RateTerms, _levels, _rate_module
+    from evalkit.methods.fourdgs_cc.model import _RateTerms, compiled_rate_unit
     from evalkit.train.cuda_graphs import GraphedCalls
 
-    torch.manual_seed(0)
-    dev = torch.device("cuda")
-    hp = HexPlaneConfig(feature_dim=8, resolution=[16, 16, 16, 12], multires=[1, 2])
-    grid = DeformationField(DeformationConfig(hexplane=hp, depth=0, width=16),
-                            torch.tensor([[-1.0] * 3, [1.0] * 3])).grid.to(dev)
-    planes = [p for scale in grid.grids for p in scale]
-    nvcc = NVCC(hp, CCConfig().hexplane_qstep, hidden=8).to(dev)
-    nvcc.initialise(_levels(planes, 2))
+    planes, _, nvcc, _ = _tiny_rate_unit("cuda")
     means = {}
     for compiled in (False, True):
         calls = GraphedCalls(enabled=compiled)
-        bits = []
-        for _ in range(8):
-            b = calls(("rate", compiled), lambda: _rate_module(_RateTerms(nvcc, None, "noise", 2), compiled), *planes)[0]
-            bits.append(float(b))
+        unit = _RateTerms(nvcc, None, "noise", 2)
+        unit = compiled_rate_unit(unit) if compiled else unit
+        bits = [float(calls(("rate",), lambda: unit, *planes)[0]) for _ in range(8)]
         assert calls.failed is None and len(set(bits)) == len(bits)  # fresh noise every call
         means[compiled] = sum(bits) / len(bits)
     assert means[True] == pytest.approx(means[False], rel=0.01)
@@ -167,27 +181,14 @@ def test_compiled_graphed_rate_draws_fresh_noise_each_replay() -> None:
 def test_compiled_rate_unit_equals_the_eager_unit_on_cpu() -> None:
     """``rate_compile``'s unit (torch.compile of the rate terms; on CUDA in training) gives the
     eager unit's bits and gradients: fused kernels, the same terms."""
-    from evalkit.models.fourdgs.deformation import DeformationConfig, DeformationField
-    from evalkit.methods.fourdgs_cc.config import CCConfig
-    from evalkit.methods.fourdgs_cc.model import _RateTerms, _levels, _rate_module
-    from evalkit.methods.fourdgs_cc.vqcc import VQCC
+    from evalkit.methods.fourdgs_cc.model import _RateTerms, compiled_rate_unit
 
-    torch.manual_seed(0)
-    hp = HexPlaneConfig(feature_dim=4, resolution=[8, 8, 8, 6], multires=[1, 2])
-    grid = DeformationField(DeformationConfig(hexplane=hp, depth=0, width=8), torch.tensor([[-1.0] * 3, [1.0] * 3])).grid
-    with torch.no_grad():  # planes off their start values, so that every context differs
-        for p in grid.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    planes = [p for scale in grid.grids for p in scale]
-    nvcc = NVCC(hp, CCConfig().hexplane_qstep, hidden=8)
-    nvcc.initialise(_levels(planes, 2))
-    codebook = torch.nn.Parameter(0.3 * torch.randn(32, 12))
-    vqcc = VQCC(12, CCConfig().codebook_qstep, 8, 4)
-    vqcc.initialise(codebook.detach())
+    planes, codebook, nvcc, vqcc = _tiny_rate_unit(spread=0.05)  # every context differs
     params = [*planes, codebook, *nvcc.parameters(), *vqcc.parameters()]
     results = []
     for compiled in (False, True):
-        bits = _rate_module(_RateTerms(nvcc, vqcc, "ste", 2), compiled)(*planes, codebook)
+        unit = _RateTerms(nvcc, vqcc, "ste", 2)
+        bits = (compiled_rate_unit(unit) if compiled else unit)(*planes, codebook)
         loss = bits[0] / 1e4 + bits[1] / 1e3
         results.append((torch.stack(bits).detach(), torch.autograd.grad(loss, params, allow_unused=True)))
     (b0, g0), (b1, g1) = results
@@ -199,21 +200,10 @@ def test_compiled_rate_unit_equals_the_eager_unit_on_cpu() -> None:
 def test_the_rate_unit_has_nothing_a_capture_refuses() -> None:
     """The rate unit (NVCC + VQCC, training relaxation), forward and backward, makes no host read
     and no copy of host data once warm: what lets it replay from a CUDA graph."""
-    from evalkit.models.fourdgs.deformation import DeformationConfig, DeformationField
-    from evalkit.methods.fourdgs_cc.config import CCConfig
-    from evalkit.methods.fourdgs_cc.model import _RateTerms, _levels
-    from evalkit.methods.fourdgs_cc.vqcc import VQCC
+    from evalkit.methods.fourdgs_cc.model import _RateTerms
     from tests.train.capture_safety import capture_blockers
 
-    torch.manual_seed(0)
-    hp = HexPlaneConfig(feature_dim=4, resolution=[8, 8, 8, 6], multires=[1, 2])
-    grid = DeformationField(DeformationConfig(hexplane=hp, depth=0, width=8), torch.tensor([[-1.0] * 3, [1.0] * 3])).grid
-    planes = [p for scale in grid.grids for p in scale]
-    nvcc = NVCC(hp, CCConfig().hexplane_qstep, hidden=8)
-    nvcc.initialise(_levels(planes, 2))
-    codebook = torch.nn.Parameter(0.3 * torch.randn(32, 12))
-    vqcc = VQCC(12, CCConfig().codebook_qstep, 8, 4)
-    vqcc.initialise(codebook.detach())
+    planes, codebook, nvcc, vqcc = _tiny_rate_unit()
     unit = _RateTerms(nvcc, vqcc, "noise", 2)
 
     def step() -> None:

@@ -94,7 +94,7 @@ class FourDGSCCModel(FourDGSModel):
             # every step) would compile again each time
             units = _COMPILED.setdefault(self, {})
             if key not in units:
-                units[key] = _rate_module(_RateTerms(self.nvcc, self.vqcc, mode, levels), True)
+                units[key] = compiled_rate_unit(_RateTerms(self.nvcc, self.vqcc, mode, levels))
             make = lambda: units[key]  # noqa: E731
         else:
             make = lambda: _RateTerms(self.nvcc, self.vqcc, mode, levels)  # noqa: E731
@@ -120,11 +120,10 @@ class FourDGSCCModel(FourDGSModel):
         return graphs
 
 
-def _rate_module(module: nn.Module, compiled: bool) -> nn.Module:
-    """The rate unit, compiled by torch.compile (``rate_compile``: fused kernels, the same terms)
-    or as it is. The compiled unit compiles on its first call, which ``GraphedCalls`` makes
-    before capturing it."""
-    return torch.compile(module, dynamic=False) if compiled else module
+def compiled_rate_unit(module: nn.Module) -> nn.Module:
+    """The rate unit compiled by torch.compile (``rate_compile``: fused kernels, the same terms). It
+    compiles on its first call, which ``GraphedCalls`` makes before capturing it."""
+    return torch.compile(module, dynamic=False)
 
 
 def _levels(planes: list[torch.Tensor], levels: int) -> list[list[torch.Tensor]]:
