@@ -2,8 +2,8 @@
 # GPU runs of adc-gs on the lent device (see the device tool's README). Code and data are copied to
 # /tmp first so later calls (which replace the working tree) do not disturb running jobs.
 #   tools/device_adc.sh setup            install carried wheels, copy code + .devdata, build gsplat/torchac
-#   tools/device_adc.sh gputest [SECONDS] the tests marked gpu
-#   tools/device_adc.sh ccstep [SCENE] [--compile] 4dgs-cc fine step against 4dgs's (alone)
+#   tools/device_adc.sh gputest [SECONDS] [FILE...] the tests marked gpu
+#   tools/device_adc.sh ccstep [SCENE|PATH] [--compile] 4dgs-cc fine step against 4dgs's (alone)
 #   tools/device_adc.sh smoke SCENE N    N iterations of adc-gs mid on SCENE (checks, step time)
 #   tools/device_adc.sh launch NAME ARGS launch `evalkit run ARGS --out /tmp/res/NAME` in the background (setsid)
 #   tools/device_adc.sh queue "PHASE ARGS"...  phases one after another in the background
@@ -23,11 +23,12 @@ case "$1" in
     time python3 -c "from evalkit.codec import arith; arith.ensure_backend(); print('torchac ok')"
     ;;
   gputest)
-    # every test marked gpu, against the code in /tmp/code (tests copied beside it)
-    # (only the files that hold GPU tests: collecting all would import CPU-only extras such as av)
+    # tests marked gpu, against the code in /tmp/code (tests copied beside it): gputest [SECONDS] [FILE...]
+    # (default: the files that hold GPU tests; collecting all would import CPU-only extras such as av)
     rm -rf /tmp/code/tests && cp -r tests /tmp/code/ && cd /tmp/code
-    timeout "${2:-300}" python3 -m pytest -m gpu $(grep -rl "mark.gpu" tests) -v -p no:cacheprovider --timeout 120 2>&1 \
-      | grep -E "PASSED|FAILED|ERROR|SKIPPED|passed|failed" | tee /tmp/res/gputest.txt
+    files=("${@:3}"); [ ${#files[@]} -gt 0 ] || files=($(grep -rl "mark.gpu" tests))
+    timeout "${2:-300}" python3 -m pytest -m gpu "${files[@]}" -v -p no:cacheprovider --timeout 120 2>&1 \
+      | grep -E "PASSED|FAILED|ERROR|SKIPPED|Error|passed|failed" | tee -a /tmp/res/gputest.txt
     ;;
   smoke)
     cd /tmp/code
@@ -72,9 +73,10 @@ case "$1" in
       --iterations "$2" --data-root /tmp/data --out /tmp/res/cc --device cuda 2>&1 | tail -n 4 || true
     ;;
   ccstep)
-    # issue 27: 4dgs-cc fine step against 4dgs's at the same Gaussian count (alone on the GPU)
-    cd /tmp/code
-    python3 -m evalkit.bench.fourdgs_cc_step /tmp/data/dnerf/"${2:-lego}" --dataset dnerf --rate high \
+    # issue 27: 4dgs-cc fine step against 4dgs's at the same Gaussian count (alone on the GPU):
+    # ccstep [SCENE | PATH] [--compile] (a D-NeRF scene under /tmp/data/dnerf, or a path to one)
+    cd /tmp/code; sc=${2:-lego}; [[ $sc == */* ]] || sc=/tmp/data/dnerf/$sc
+    python3 -m evalkit.bench.fourdgs_cc_step "$sc" --dataset dnerf --rate high \
       --coarse 3000 --grow-to 95000 --steps 300 --split-steps 100 --warmup 30 --device cuda "${@:3}" 2>&1 | tee -a /tmp/res/ccstep.txt
     ;;
   cckern)
