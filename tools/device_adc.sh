@@ -86,9 +86,9 @@ case "$1" in
       --coarse 1000 --steps 50 --reps 30 --kernels --device cuda 2>&1 | tee /tmp/res/cckern.txt
     ;;
   adcstep)
-    # issue 26: adc-gs late training step at a fixed anchor count, split by phase (alone): adcstep SCENE [ANCHORS]
-    cd /tmp/code
-    python3 -m evalkit.bench.adc_gs_step /tmp/data/dnerf/"${2:-jumpingjacks}" --dataset dnerf --rate mid \
+    # issue 26: adc-gs late training step at a fixed anchor count, split by phase (alone): adcstep SCENE|PATH [ANCHORS]
+    cd /tmp/code; sc=${2:-jumpingjacks}; [[ $sc == */* ]] || sc=/tmp/data/dnerf/$sc
+    python3 -m evalkit.bench.adc_gs_step "$sc" --dataset dnerf --rate mid \
       --anchors "${3:-31000}" --steps 300 --warmup 100 --profile-steps 20 --device cuda 2>&1 | tee /tmp/res/adcstep.txt
     ;;
   variant)
