@@ -17,10 +17,10 @@ TIMES = (0.0, 1.0, 1 / 3, 0.5, 0.2, 0.9, 1.25, -0.1)
 NAMES = ("means", "quats", "scales", "opacities", "colors")
 
 
-def strong_model(mode: str, n: int = 60, seed: int = 7) -> ADCModel:
+def strong_model(mode: str, n: int = 60, seed: int = 7, **cfg) -> ADCModel:
     """A random model whose deformation visibly moves every deformed attribute (heads' last
     layers, zero at init, set to random values of a trained model's size)."""
-    model = random_model(n=n, seed=seed, cfg=small_config(deformation=mode))
+    model = random_model(n=n, seed=seed, cfg=small_config(deformation=mode, **cfg))
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for net in (model.deform.coarse, model.deform.fine):
@@ -35,9 +35,10 @@ def _close(a: torch.Tensor, ref: torch.Tensor, rel: float = 1e-5) -> None:
     torch.testing.assert_close(a, ref, rtol=rel, atol=rel * float(ref.abs().max()))
 
 
-@pytest.mark.parametrize("mode,pe_scale", [(m, 1.0) for m in MODES] + [("coarse-fine", 16.0)])
-def test_fast_frame_equals_the_module_path(mode: str, pe_scale: float) -> None:
-    model = strong_model(mode)
+@pytest.mark.parametrize("mode,pe_scale,coarse_pe", [(m, 1.0, False) for m in MODES]
+                         + [("coarse-fine", 16.0, False), ("coarse", 1.0, True), ("coarse-fine", 16.0, True)])
+def test_fast_frame_equals_the_module_path(mode: str, pe_scale: float, coarse_pe: bool) -> None:
+    model = strong_model(mode, coarse_pe=coarse_pe)
     model.cfg.pe_scale = pe_scale  # (the networks' shapes do not depend on it)
     renderer = FrameRenderer(model, [0.0, 0.0, 0.0], fast=True)
     assert renderer.fast is not None and not renderer.fast.graphed  # CPU: eager
@@ -63,8 +64,9 @@ def test_fast_frame_keeps_the_model_unchanged() -> None:
     assert list(after) == list(before) and all(torch.equal(after[k], v) for k, v in before.items())
 
 
-def test_decoded_model_renders_from_the_fast_path() -> None:
-    model = strong_model("coarse-fine", n=80, seed=3)
+@pytest.mark.parametrize("coarse_pe", [False, True])
+def test_decoded_model_renders_from_the_fast_path(coarse_pe: bool) -> None:
+    model = strong_model("coarse-fine", n=80, seed=3, coarse_pe=coarse_pe)
     trained = ADCGSTrained(model, model.deform.table.weight.shape[0], [1.0, 1.0, 1.0], {}, None)
     decoded = ADCGS().decode(Bitstream.from_bytes(trained.encode().to_bytes()), torch.device("cpu"))
     renderer = decoded.frame_renderer

@@ -10,7 +10,7 @@ from evalkit.methods.adc_gs.refine import PSI_EPS, RefineStats, in_frustum
 from evalkit.methods.adc_gs.training import refine, snap_positions, _groups
 from evalkit.render.api import camera_tensors, rasterize
 
-from tests.methods.adc_gs_common import look_at_camera, random_model
+from tests.methods.adc_gs_common import look_at_camera, random_model, small_config
 
 
 def test_rate_gradient_reaches_features_entropy_nets_and_step_heads() -> None:
@@ -221,3 +221,19 @@ def test_pe_scale_multiplies_every_frequency() -> None:
     assert float(inv[0]) == 1.0 and float(inv[-1]) == pytest.approx(10000.0 ** (-22 / 72))
     torch.testing.assert_close(positional_encoding(x, 12, 8.0), positional_encoding(8.0 * x, 12))
     assert not torch.allclose(positional_encoding(x, 12, 8.0), positional_encoding(x, 12))
+
+
+def test_coarse_pe_makes_the_anchor_motion_depend_on_its_position() -> None:
+    """``coarse_pe``: F_omega also reads the PE of the canonical X_v (the code's input), so two
+    anchors with the same f_v at different places move differently; without it (the paper's Eq. 2,
+    f_v and f_t only) they move alike."""
+    for coarse_pe in (False, True):
+        model = random_model(n=8, seed=5, cfg=small_config(deformation="coarse", coarse_pe=coarse_pe))
+        with torch.no_grad():
+            model.fv[1] = model.fv[0]  # anchors 0 and 1: the same feature, different positions
+            for head in model.deform.coarse.heads.values():
+                head[-1].weight.normal_(0, 0.1)
+        assert not torch.equal(model.xyz[0], model.xyz[1])
+        d = model.deform(model.xyz, model.fv, 0.4).dxyz
+        gap = float((d[0] - d[1]).abs().max())  # (equal rows of one matmul may round differently)
+        assert (gap > 1e-3) if coarse_pe else (gap < 1e-6), (coarse_pe, gap)

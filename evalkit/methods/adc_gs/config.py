@@ -28,6 +28,9 @@ class ADCConfig:
     pe_frequencies: int = 12          # f_p = sin/cos of 12 frequencies per axis = 72-d (paper 72, code formula)
     pe_scale: float = 1.0             # every PE frequency x this (1: the code's, highest 1 rad per scene unit,
                                       # so f_p varies slowly across a D-NeRF scene; > 1: tuning)
+    coarse_pe: bool = False           # F_omega also on the PE of the canonical X_v (the code's deformation input;
+                                      # the paper's Eq. 2 has f_v and f_t only, so motion is smooth in space
+                                      # only through f_v, which starts at zero everywhere; tuning)
     init_voxel: float = 0.0           # voxel size to down-sample the init cloud; 0 = every point (choice for D-NeRF)
     # -- switches (Table 3 variants) --
     deformation: str = "coarse-fine"  # "none" | "coarse" | "coarse-fine"

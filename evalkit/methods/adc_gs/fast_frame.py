@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from evalkit.methods.adc_gs.deformation import anchor_code
 from evalkit.methods.adc_gs.model import ADCModel, Primitives, flat
 from evalkit.methods.adc_gs.nets import MultiHead, encode_angles, pe_inverse_frequencies
 from evalkit.render.frame_graph import FrameGraph
@@ -104,7 +105,8 @@ class FastFrame:
         self.xyz = model.xyz.detach()
         table = deform.table.weight.detach()
         w_fv, rows_c = split_trunk(deform.coarse.trunk, table)
-        self.fv_term = fv.detach() @ w_fv  # (N, w): f_v's share of F_omega's first layer
+        # (N, w): the per-anchor share of F_omega's first layer (f_v [⊕ PE(X_v)])
+        self.fv_term = anchor_code(cfg, self.xyz, fv.detach()) @ w_fv
         self.coarse = FusedHeads(deform.coarse)
         rows = [rows_c]
         self.width_c = rows_c.shape[1]
