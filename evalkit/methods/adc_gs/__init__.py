@@ -34,6 +34,10 @@ evalkit follows the paper; where it is silent, the authors' code; else a choice.
 * Geometry (``geometry``): lossless integer coding, the smallest of octree / LAZ / Draco [choice;
   paper G-PCC is not installable].
 * File (``codec``): MEM streams + float32 networks (not h_a) [paper].
+* Tuning knobs, off by default (``config``): ``fg_init_std`` (f_g from N(0, std)), ``pe_scale`` (PE
+  frequencies times it), ``grow_sigma = "primitive"`` (the paper's "own attributes"), ``coarse_pe``
+  (F_omega also on PE(X_v), the code's input). None closed the gap to ``4dgs`` on jumpingjacks
+  (results/experiments/adc_gs_jumpingjacks_quick_cpu).
 * Left out (E-D3DGS extras in the code): kNN regulariser on f_v, camera time offsets, error-driven
   frame sampling.
 
