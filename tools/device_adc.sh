@@ -12,6 +12,8 @@
 set -euo pipefail
 export PYTHONPATH=/tmp/code:/tmp/site PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16
 export EVALKIT_CACHE=/tmp/cache EVALKIT_REQUIRE_GSPLAT=1
+# a D-NeRF scene by name (under /tmp/data/dnerf) or a path to one
+scene_dir() { [[ $1 == */* ]] && echo "$1" || echo "/tmp/data/dnerf/$1"; }
 case "$1" in
   setup)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
@@ -75,7 +77,7 @@ case "$1" in
   ccstep)
     # issue 27: 4dgs-cc fine step against 4dgs's at the same Gaussian count (alone on the GPU):
     # ccstep [SCENE | PATH] [--compile] (a D-NeRF scene under /tmp/data/dnerf, or a path to one)
-    cd /tmp/code; sc=${2:-lego}; [[ $sc == */* ]] || sc=/tmp/data/dnerf/$sc
+    cd /tmp/code; sc=$(scene_dir "${2:-lego}")
     python3 -m evalkit.bench.fourdgs_cc_step "$sc" --dataset dnerf --rate high \
       --coarse 3000 --grow-to 95000 --steps 300 --split-steps 100 --warmup 30 --device cuda "${@:3}" 2>&1 | tee -a /tmp/res/ccstep.txt
     ;;
@@ -87,7 +89,7 @@ case "$1" in
     ;;
   adcstep)
     # issue 26: adc-gs late training step at a fixed anchor count, split by phase (alone): adcstep SCENE|PATH [ANCHORS]
-    cd /tmp/code; sc=${2:-jumpingjacks}; [[ $sc == */* ]] || sc=/tmp/data/dnerf/$sc
+    cd /tmp/code; sc=$(scene_dir "${2:-jumpingjacks}")
     python3 -m evalkit.bench.adc_gs_step "$sc" --dataset dnerf --rate mid \
       --anchors "${3:-31000}" --steps 300 --warmup 100 --profile-steps 20 --device cuda 2>&1 | tee /tmp/res/adcstep.txt
     ;;

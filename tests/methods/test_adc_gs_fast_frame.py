@@ -38,8 +38,7 @@ def _close(a: torch.Tensor, ref: torch.Tensor, rel: float = 1e-5) -> None:
 @pytest.mark.parametrize("mode,pe_scale,coarse_pe", [(m, 1.0, False) for m in MODES]
                          + [("coarse-fine", 16.0, False), ("coarse", 1.0, True), ("coarse-fine", 16.0, True)])
 def test_fast_frame_equals_the_module_path(mode: str, pe_scale: float, coarse_pe: bool) -> None:
-    model = strong_model(mode, coarse_pe=coarse_pe)
-    model.cfg.pe_scale = pe_scale  # (the networks' shapes do not depend on it)
+    model = strong_model(mode, pe_scale=pe_scale, coarse_pe=coarse_pe)
     renderer = FrameRenderer(model, [0.0, 0.0, 0.0], fast=True)
     assert renderer.fast is not None and not renderer.fast.graphed  # CPU: eager
     for t in TIMES:

@@ -163,7 +163,7 @@ def test_the_graphed_units_have_nothing_a_capture_refuses(mode: str) -> None:
     def step() -> None:
         prim, fv, bits = canonical_step(graphs, model, True, mode)
         loss = _loss(prim, fv, bits)
-        for slot in (0, 1):
+        for _view in (0, 1):  # two views a step, as training
             loss = loss + sum((i + 2) * x.cos().sum() for i, x in enumerate(
                 DeformStep(model)(model.xyz, fv, t, prim.means, prim.quats, prim.scales, prim.opacity_logits,
                                   prim.colors)))

@@ -49,8 +49,7 @@ def pe_inverse_frequencies(frequencies: int, device: torch.device, dtype: torch.
     scale * x)."""
     i = torch.arange(frequencies, device=device, dtype=dtype)
     # (torch.full, not torch.tensor: no host-to-device copy, so a CUDA graph can capture it)
-    inv = torch.pow(torch.full((), 10000.0, device=device, dtype=dtype), -2.0 * i / (6 * frequencies))
-    return inv * scale if scale != 1.0 else inv
+    return torch.pow(torch.full((), 10000.0, device=device, dtype=dtype), -2.0 * i / (6 * frequencies)) * scale
 
 
 def encode_angles(ang: Tensor) -> Tensor:
