@@ -127,6 +127,9 @@ def run(
                 f"{rec.fps['fps']:.0f} FPS ({rec.fps['label']}), {rec.num_primitives} primitives"
                 + (" [yellow](times contended: shared GPU or busy host, see the record's notes)[/]"
                    if rec.timings_contended else ""))
+            if rec.draws_nothing:
+                progress.console.print(f"[yellow]warning:[/] {outcome.job.label}: every test render is the "
+                                       "background alone: the model draws nothing (training collapsed?)")
 
     def phase(msg):
         progress.update(it_task, description=msg, visible=True)

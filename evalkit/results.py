@@ -123,6 +123,12 @@ class Record:
 
     # -- convenience --------------------------------------------------------------
     @property
+    def draws_nothing(self) -> bool:
+        """Every test render was the scene's background alone (``env.render_check.empty``, set by
+        the runner, ``evalkit.metrics.flat_render``): a collapsed model, whatever its PSNR says."""
+        return bool(((self.env or {}).get("render_check") or {}).get("empty"))
+
+    @property
     def key(self) -> tuple[str, str, str, str]:
         return (self.method, self.dataset, self.scene, self.rate)
 

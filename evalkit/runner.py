@@ -471,8 +471,11 @@ class _JobRun:
         return decoded
 
     def evaluate(self, decoded: Model, scene: Scene, gts: list[torch.Tensor]) -> None:
+        before = len(self.record.notes)
         with self.clock.phase("evaluating", "eval_s", "evaluated"):
             _evaluate(decoded, scene, gts, self.record, self.device, self.opts)
+        for note in self.record.notes[before:]:  # e.g. a model that draws nothing
+            self.log(note)
         self.record.num_primitives = int(decoded.num_primitives())
 
 
@@ -573,11 +576,15 @@ def _evaluate_stages(stages, scene: Scene, gts: list[torch.Tensor],
 def _evaluate(model, scene: Scene, gts: list[torch.Tensor], record: Record, device: torch.device,
               opts: RunOptions) -> None:
     from evalkit.metrics.evaluate import evaluate_images
+    from evalkit.metrics.flat_render import render_check, render_check_note
     from evalkit.metrics.fps import measure_fps
 
     frames = scene.test
     preds = _renders(model.render, scene)
     ev = evaluate_images(preds, gts, [f.image_name for f in frames], device=device)
+    if (flat := render_check(preds, scene.background)) is not None:  # a collapsed model scores like a weak one
+        record.env["render_check"] = flat
+        record.notes.append(render_check_note(flat))
     missing = {_RECORD_NAME.get(k, k): v for k, v in ev.missing.items()}
 
     def finite(name: str, v):  # JSON has no inf: PSNR of a pixel-exact render is recorded as missing

@@ -388,7 +388,11 @@ def test_ok_record_schema_and_values(toy_bench: ToyBench) -> None:
     run("toy", "toy", scenes=["beta"], rates=["high"], data_root=toy_bench.data_root, opts=toy_bench.opts(seed=7))
     rec = toy_bench.record("beta", "high")
     assert (rec.method, rec.dataset, rec.scene, rec.rate, rec.status) == ("toy", "toy", "beta", "high", "ok")
-    assert rec.error is None and rec.notes == [] and rec.quick is False and rec.seed == 7
+    # the toy's flat colour is its only note (evalkit.metrics.flat_render)
+    assert rec.error is None and rec.notes == ["every test render is one flat colour ("
+                                               + ", ".join(f"{c:.3f}" for c in rec.env["render_check"]["flat_colour"])
+                                               + "): the model draws no structure"]
+    assert rec.quick is False and rec.seed == 7
     assert rec.rate_params == RATES["high"]
     # Method.effective_config's default: methods/toy.toml [defaults] with the rate point's parameters
     assert rec.config == {"knob": 3, **RATES["high"]} and rec.config_effective
@@ -737,3 +741,34 @@ def test_records_without_a_stored_schedule_compare_the_quick_flag(toy_bench: Toy
         run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts(), scenes=["alpha"], rates=["low"])
     result = run("toy", "toy", data_root=toy_bench.data_root, opts=toy_bench.opts(quick=True), scenes=["alpha"], rates=["low"])
     assert [o.status for o in result.outcomes] == ["skipped"]
+
+
+def test_a_model_that_draws_only_the_background_is_flagged_and_fails_the_gate(toy_bench: ToyBench,
+                                                                               tmp_path: Path) -> None:
+    """A collapsed model (every test render the background) keeps its finite PSNR but says so: the
+    record's ``env.render_check``, a note, a failed gate and a refused reference."""
+    from evalkit.report.check import CheckError, check, write_reference
+
+    spec = toy_bench.specs / "methods" / "toy.toml"
+    spec.write_text(spec.read_text() + '[variants.blank]\ngain = 1000.0\n')  # clipped to white
+    assert load_scene(toy_bench.data_root / "toyset" / "alpha").background.tolist() == [1.0, 1.0, 1.0]
+    run("toy", "toy", scenes=["alpha"], rates=["high"], data_root=toy_bench.data_root, opts=toy_bench.opts())
+    good = toy_bench.record("alpha", "high")
+    assert not good.draws_nothing and good.env["render_check"]["empty"] is False  # flat grey, not empty
+    ref = write_reference(toy_bench.out, tmp_path / "ref.json")
+
+    blank_out = tmp_path / "blank"
+    run("toy:blank", "toy", scenes=["alpha"], rates=["high"], data_root=toy_bench.data_root,
+        opts=RunOptions(out=blank_out, device="cpu", fps_warmup=1, fps_repeats=1))
+    rec = read_record(record_path(blank_out, "toy", "alpha", "toy:blank", "high"))
+    assert rec.status == "ok" and rec.metrics["psnr"] is not None and rec.draws_nothing
+    assert rec.env["render_check"] == {"flat_colour": [1.0, 1.0, 1.0], "background": [1.0, 1.0, 1.0], "empty": True}
+    assert any("draws nothing" in n for n in rec.notes)
+    with pytest.raises(CheckError, match="draws nothing"):
+        write_reference(blank_out, tmp_path / "blank_ref.json")
+    ref_json = json.loads(ref.read_text())  # the same job key, gated against the good reference
+    for r in ref_json["records"]:
+        r["method"] = "toy:blank"
+    ref.write_text(json.dumps(ref_json))
+    row = check(blank_out, ref).rows[0]
+    assert row.verdict == "fail" and "background alone" in row.reason

@@ -7,7 +7,7 @@ Reference JSON::
 
 A job fails when its record is missing or failed, when its size grew by more than
 ``max_rate_increase`` (relative), when its PSNR dropped by more than ``max_psnr_drop`` dB,
-when its PSNR is missing, or when it is a quick run checked against a full-run reference
+when its PSNR is missing, when its renders are the background alone (a collapsed model), or when it is a quick run checked against a full-run reference
 (or the other way round). Improvements pass and are noted. Records the reference does not
 know are listed as new and do not fail the gate.
 Tolerances: explicit arguments win, then the reference's "tolerances", then the defaults;
@@ -148,6 +148,8 @@ def _compare(ref: dict[str, Any], cur: Record | None, max_rate: float, max_drop:
             fails.append(f"size +{d_size:.2%} > +{max_rate:.2%}")
         elif d_size < 0:
             notes.append(f"size {d_size:+.2%}")
+        if cur.draws_nothing:
+            fails.append("renders the background alone (the model draws nothing)")
         if d_psnr is None:
             fails.append("no PSNR")
         elif -d_psnr > max_drop + _EPS:
@@ -224,13 +226,25 @@ def _read_current(results_dir: Path) -> tuple[dict[tuple, Record], list[str]]:
     return current, warnings
 
 
+def _unusable(r: Record) -> str | None:
+    """Why a record cannot be frozen as a reference (None: it can)."""
+    if r.status != "ok":
+        return r.error or "failed"
+    if r.metrics.get("psnr") is None:
+        return "no PSNR"
+    if not r.total_bytes:
+        return "no size"
+    if r.draws_nothing:
+        return "draws nothing: its renders are the background alone"
+    return None
+
+
 def write_reference(results_dir: str | Path, path: str | Path, tolerances: dict[str, float] | None = None) -> Path:
-    """Freeze the current records as the reference. Refuses failed or PSNR-less records."""
+    """Freeze the current records as the reference. Refuses failed, PSNR-less, size-less or empty records."""
     records = list(_read_current(Path(results_dir))[0].values()) if Path(results_dir).is_dir() else []
     if not records:
         raise CheckError(results_dir, "no records to make a reference from")
-    bad = [f"{'/'.join(r.key)} ({r.error or 'failed'})" if r.status != "ok" else f"{'/'.join(r.key)} (no PSNR)"
-           for r in records if r.status != "ok" or r.metrics.get("psnr") is None or not r.total_bytes]
+    bad = [f"{'/'.join(r.key)} ({why})" for r in records if (why := _unusable(r))]
     if bad:
         raise CheckError(results_dir, f"refusing to freeze unusable records as the reference: {bad}")
     out: dict[str, Any] = {}
