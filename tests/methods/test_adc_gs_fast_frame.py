@@ -35,10 +35,11 @@ def _close(a: torch.Tensor, ref: torch.Tensor, rel: float = 1e-5) -> None:
     torch.testing.assert_close(a, ref, rtol=rel, atol=rel * float(ref.abs().max()))
 
 
-@pytest.mark.parametrize("mode,pe_scale,coarse_pe", [(m, 1.0, False) for m in MODES]
-                         + [("coarse-fine", 16.0, False), ("coarse", 1.0, True), ("coarse-fine", 16.0, True)])
-def test_fast_frame_equals_the_module_path(mode: str, pe_scale: float, coarse_pe: bool) -> None:
-    model = strong_model(mode, pe_scale=pe_scale, coarse_pe=coarse_pe)
+@pytest.mark.parametrize("mode,knobs", [(m, {}) for m in MODES]
+                         + [("coarse-fine", {"pe_scale": 16.0}), ("coarse", {"coarse_pe": True}),
+                            ("coarse-fine", {"pe_scale": 16.0, "coarse_pe": True}), ("coarse-fine", {"fine_xyz": True})])
+def test_fast_frame_equals_the_module_path(mode: str, knobs: dict) -> None:
+    model = strong_model(mode, **knobs)
     renderer = FrameRenderer(model, [0.0, 0.0, 0.0], fast=True)
     assert renderer.fast is not None and not renderer.fast.graphed  # CPU: eager
     for t in TIMES:
@@ -63,9 +64,9 @@ def test_fast_frame_keeps_the_model_unchanged() -> None:
     assert list(after) == list(before) and all(torch.equal(after[k], v) for k, v in before.items())
 
 
-@pytest.mark.parametrize("coarse_pe", [False, True])
-def test_decoded_model_renders_from_the_fast_path(coarse_pe: bool) -> None:
-    model = strong_model("coarse-fine", n=80, seed=3, coarse_pe=coarse_pe)
+@pytest.mark.parametrize("knobs", [{}, {"coarse_pe": True}, {"fine_xyz": True}])
+def test_decoded_model_renders_from_the_fast_path(knobs: dict) -> None:
+    model = strong_model("coarse-fine", n=80, seed=3, **knobs)
     trained = ADCGSTrained(model, model.deform.table.weight.shape[0], [1.0, 1.0, 1.0], {}, None)
     decoded = ADCGS().decode(Bitstream.from_bytes(trained.encode().to_bytes()), torch.device("cpu"))
     renderer = decoded.frame_renderer

@@ -237,3 +237,20 @@ def test_coarse_pe_makes_the_anchor_motion_depend_on_its_position() -> None:
         d = model.deform(model.xyz, model.fv, 0.4).dxyz
         gap = float((d[0] - d[1]).abs().max())  # (equal rows of one matmul may round differently)
         assert (gap > 1e-3) if coarse_pe else (gap < 1e-6), (coarse_pe, gap)
+
+
+def test_fine_xyz_moves_the_primitives_of_an_anchor_apart() -> None:
+    """Eq. 5 moves an anchor's K primitives together (their offsets to each other never change);
+    ``fine_xyz`` adds F_varpi's per-primitive shift, so the offsets change with t."""
+    for fine_xyz in (False, True):
+        model = random_model(n=8, seed=6, cfg=small_config(deformation="coarse-fine", fine_xyz=fine_xyz))
+        with torch.no_grad():
+            for net in (model.deform.coarse, model.deform.fine):
+                for head in net.heads.values():
+                    head[-1].weight.normal_(0, 0.1)
+        canon = model.canonical()
+        offsets = [(p.means - p.means[:, :1]) for p in (model.at_time(canon, model.fv, t) for t in (0.0, 0.6))]
+        moved = float((offsets[0] - offsets[1]).abs().max())
+        anchor = [model.at_time(canon, model.fv, t).means.mean(1) for t in (0.0, 0.6)]
+        assert float((anchor[0] - anchor[1]).abs().max()) > 1e-3  # the anchors move either way
+        assert (moved > 1e-3) if fine_xyz else (moved < 1e-6), (fine_xyz, moved)

@@ -36,7 +36,8 @@ evalkit follows the paper; where it is silent, the authors' code; else a choice.
 * File (``codec``): MEM streams + float32 networks (not h_a) [paper].
 * Tuning knobs, off by default (``config``): ``fg_init_std`` (f_g from N(0, std)), ``pe_scale`` (PE
   frequencies times it), ``grow_sigma = "primitive"`` (the paper's "own attributes"), ``coarse_pe``
-  (F_omega also on PE(X_v), the code's input). None closed the gap to ``4dgs`` on jumpingjacks
+  (F_omega also on PE(X_v), the code's input), ``fine_xyz`` (F_varpi also shifts each primitive's
+  position, as the code deforms every primitive; diagnostic of Eq. 5's rigid anchor motion). None closed the gap to ``4dgs`` on jumpingjacks
   (results/experiments/adc_gs_jumpingjacks_quick_cpu).
 * Left out (E-D3DGS extras in the code): kNN regulariser on f_v, camera time offsets, error-driven
   frame sampling.

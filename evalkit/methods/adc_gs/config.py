@@ -31,6 +31,9 @@ class ADCConfig:
     coarse_pe: bool = False           # F_omega also on the PE of the canonical X_v (the code's deformation input;
                                       # the paper's Eq. 2 has f_v and f_t only, so motion is smooth in space
                                       # only through f_v, which starts at zero everywhere; tuning)
+    fine_xyz: bool = False            # F_varpi also moves each primitive: K x Delta X_k,t added in Eq. 5 (the code
+                                      # deforms every primitive's position; the paper's Eq. 5 moves the K primitives
+                                      # of an anchor together by Delta X_v,t alone; diagnostic)
     init_voxel: float = 0.0           # voxel size to down-sample the init cloud; 0 = every point (choice for D-NeRF)
     # -- switches (Table 3 variants) --
     deformation: str = "coarse-fine"  # "none" | "coarse" | "coarse-fine"

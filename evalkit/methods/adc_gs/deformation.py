@@ -5,7 +5,7 @@
   ``coarse_pe`` also on the 72-d PE of the canonical X_v, as the code's deformation net (tuning).
 * F_varpi (Eq. 4), per anchor on f_p + f_t, f_p = 72-d PE of the deformed anchor X_v + Delta X_v,t:
   K x Delta O (opacity logit) and K x 3 Delta C, one per primitive (choice: per anchor with K-way
-  heads as Fig. 3, not the code's per-primitive net).
+  heads as Fig. 3, not the code's per-primitive net). With ``fine_xyz`` also K x Delta X (diagnostic).
 * f_t (Eq. 3): a (T_n, 256) table linearly interpolated at t.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ class AnchorDeformation:
     dcolor: Tensor    # (N, 3) anchor colour shift (coarse)
     dopacity: Tensor | None  # (N, K) fine
     dcolor_k: Tensor | None  # (N, K, 3) fine
+    dxyz_k: Tensor | None = None  # (N, K, 3) fine, with ``fine_xyz`` only
 
 
 def anchor_code(cfg: ADCConfig, xyz: Tensor, fv: Tensor) -> Tensor:
@@ -45,16 +46,17 @@ class Deformation(nn.Module):
         self.coarse = MultiHead(cfg.fv_dim + (pe_dim if cfg.coarse_pe else 0) + cfg.time_dim, cfg.deform_width,
                                 {"xyz": 3, "scale": 3, "rot": 4, "color": 3})
         self.fine = (MultiHead(pe_dim + cfg.time_dim, cfg.deform_width,
-                               {"opacity": cfg.k, "color": 3 * cfg.k})
+                               {"opacity": cfg.k, "color": 3 * cfg.k, **({"xyz": 3 * cfg.k} if cfg.fine_xyz else {})})
                      if cfg.deformation == "coarse-fine" else None)
 
     def forward(self, xyz: Tensor, fv: Tensor, t: float) -> AnchorDeformation:
         n = xyz.shape[0]
         ft = self.table(t).expand(n, -1)
         c = self.coarse(torch.cat([anchor_code(self.cfg, xyz, fv), ft], dim=-1))
-        dop = dck = None
+        dop = dck = dxk = None
         if self.fine is not None:
             fp = positional_encoding(xyz + c["xyz"], self.cfg.pe_frequencies, self.cfg.pe_scale)
             f = self.fine(torch.cat([fp, ft], dim=-1))
             dop, dck = f["opacity"], f["color"].reshape(n, self.cfg.k, 3)
-        return AnchorDeformation(c["xyz"], c["scale"], c["rot"], c["color"], dop, dck)
+            dxk = f["xyz"].reshape(n, self.cfg.k, 3) if "xyz" in f else None
+        return AnchorDeformation(c["xyz"], c["scale"], c["rot"], c["color"], dop, dck, dxk)

@@ -138,15 +138,19 @@ class FastFrame:
         if self.mode == "coarse":
             opacities = self.static[3]
         else:
-            dop, dck = self._fine(dxyz, row[self.width_c:])
+            dop, dck, dxk = self._fine(dxyz, row[self.width_c:])
             opacities = torch.sigmoid(b.opacity_logits + dop).reshape(-1)
             colors = colors + dck
+            if dxk is not None:
+                means = means + dxk
         return means.reshape(-1, 3), quats.reshape(-1, 4), scales.reshape(-1, 3), opacities, colors.reshape(-1, 3)
 
-    def _fine(self, dxyz: Tensor, row: Tensor) -> tuple[Tensor, Tensor]:
-        """F_varpi on f_p (PE of the deformed anchor) ⊕ f_t: (N, K) opacity and (N, K, 3) colour shifts."""
+    def _fine(self, dxyz: Tensor, row: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """F_varpi on f_p (PE of the deformed anchor) ⊕ f_t: (N, K) opacity and (N, K, 3) colour shifts,
+        and (``fine_xyz``) (N, K, 3) position shifts."""
         ang = (self.xyz + dxyz)[..., None] * self.pe_inv
         fp = encode_angles(ang)
         f = self.fine(torch.addmm(row, fp, self.w_pe))
         s = self.fine.slices
-        return f[:, s["opacity"]], f[:, s["color"]].reshape(-1, self.k, 3)
+        dxk = f[:, s["xyz"]].reshape(-1, self.k, 3) if "xyz" in s else None
+        return f[:, s["opacity"]], f[:, s["color"]].reshape(-1, self.k, 3), dxk

@@ -108,7 +108,10 @@ def deformed(prim: Primitives, d: AnchorDeformation) -> Primitives:
     if d.dopacity is not None:
         logits = logits + d.dopacity
         colors = colors + d.dcolor_k
-    return Primitives(means=prim.means + d.dxyz[:, None, :],
+    means = prim.means + d.dxyz[:, None, :]
+    if d.dxyz_k is not None:  # fine_xyz (diagnostic)
+        means = means + d.dxyz_k
+    return Primitives(means=means,
                       quats=F.normalize(prim.quats + d.dquat[:, None, :], dim=-1),
                       scales=prim.scales * torch.exp(d.dlog_scale)[:, None, :],
                       opacity_logits=logits, colors=colors)
