@@ -358,7 +358,7 @@ def read_records(results_dir: str | Path) -> list[Record]:
 RECORD_COLUMNS: tuple[str, ...] = (
     "method", "dataset", "scene", "rate", "status", "quick", "eval_split", *METRIC_NAMES,
     "size_bytes", "size_mb", "num_primitives", "fps", "ms_per_frame", "gpu_name",
-    *TIMING_NAMES, "timings_contended", "iterations", "seed", "error")
+    *TIMING_NAMES, "timings_contended", "draws_nothing", "iterations", "seed", "error")
 
 
 def _nan(v: Any) -> float:
@@ -387,6 +387,7 @@ def records_to_frame(records: list[Record]) -> pd.DataFrame:
             "gpu_name": fps.get("gpu_name"),
             **{t: _nan(r.timings.get(t)) for t in TIMING_NAMES},
             "timings_contended": r.timings_contended,
+            "draws_nothing": r.draws_nothing,
             "iterations": r.iterations, "seed": r.seed, "error": r.error,
         })
     return pd.DataFrame(rows, columns=list(RECORD_COLUMNS))

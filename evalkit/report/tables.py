@@ -301,6 +301,7 @@ def scene_table(df: pd.DataFrame, dataset: str, scene: str, spec: dict[str, Any]
               quick=bool(row["quick"]))
     t.footnotes.append("Size: bytes of the bitstream file the decoder reads; MB = 10^6 bytes.")
     _contended_footnote(t, sub)
+    _empty_footnote(t, sub)
     _paper_sources(t, paper, keys)
 
     # The public reference code of a method, measured on our GPU: extra rows, marked as such.
@@ -325,6 +326,14 @@ def _contended_footnote(t: Table, rows: pd.DataFrame) -> None:
     if rows["timings_contended"].astype(bool).any():
         t.footnotes.append("FPS left out (—) where the record's times were taken on a shared GPU or host "
                            "(see its notes): not a measurement of the method.")
+
+
+def _empty_footnote(t: Table, rows: pd.DataFrame) -> None:
+    empty = rows[rows["draws_nothing"].astype(bool)]
+    if len(empty):
+        which = ", ".join(sorted({f"{m} {r} on {s}" for m, r, s in zip(empty["method"], empty["rate"], empty["scene"])}))
+        t.footnotes.append(f"Draws nothing: {which}: every test render is the background alone (training "
+                           "collapsed); the metrics are those of an empty image.")
 
 
 def _paper_sources(t: Table, paper: Any, keys: list[tuple[str, str]]) -> None:
@@ -388,6 +397,7 @@ def summary_table(df: pd.DataFrame, dataset: str, spec: dict[str, Any] | None, a
     t.footnotes.append("Means over scenes of per-scene values; a metric missing in any scene leaves the mean "
                        "missing. Size: bitstream bytes, MB = 10^6 bytes.")
     _contended_footnote(t, sub)
+    _empty_footnote(t, sub)
     if anchor_rate is not None:
         t.footnotes.append(f"Ratio = mean size of {anchor} ({anchor_rate}) / mean size of the row, over the "
                            f"row's scenes.")
