@@ -56,6 +56,17 @@ def test_run_exit_code_reflects_failed_jobs(toy_bench: ToyBench) -> None:
     assert "4 job(s): 4 ok or skipped, 0 failed" in res.output
 
 
+def test_run_warns_about_a_model_that_draws_nothing(toy_bench: ToyBench) -> None:
+    spec = toy_bench.specs / "methods" / "toy.toml"
+    spec.write_text(spec.read_text() + '[variants.blank]\ngain = 1000.0\n')  # clipped to the white background
+    res = invoke("run", "--method", "toy:blank", "--dataset", "toy", "--data-root", toy_bench.data_root,
+                 "--out", toy_bench.out, "--device", "cpu", "--executor", "inline", "--scene", "alpha", "--rate", "low")
+    assert res.exit_code == 0, res.output
+    assert "warning: toy:blank / toy / alpha / low: every test render is the background alone" in res.output
+    res = run_toy(toy_bench, "--scene", "alpha", "--rate", "low")  # flat grey, not the background: no warning
+    assert res.exit_code == 0 and "warning" not in res.output, res.output
+
+
 def test_run_unknown_method_is_a_clear_error(toy_bench: ToyBench) -> None:
     res = invoke("run", "--method", "nope", "--dataset", "toy", "--data-root", toy_bench.data_root,
                  "--out", toy_bench.out)
