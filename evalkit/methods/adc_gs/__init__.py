@@ -28,7 +28,7 @@ evalkit follows the paper; where it is silent, the authors' code; else a choice.
   on the K primitives' opacity summed per frame and averaged over the frames an anchor was seen in
   (> 0.8 x interval) [choice, Scaffold-GS's accumulation]; snapping to 0.001 and freezing X_v
   [code]; the lambda-independent steps shared by the rate points [choice]; with ``cuda_graphs``
-  (off by default until its GPU test has passed) a step's quantisation + F_theta and each view's
+  (on by default since its GPU test passed in stop 39) a step's quantisation + F_theta and each view's
   deformation replay from CUDA graphs on CUDA, recaptured when the anchors change [choice: the same
   computation, fewer launches].
 * Geometry (``geometry``): lossless integer coding, the smallest of octree / LAZ / Draco [choice;
