@@ -190,7 +190,9 @@ def _fmt(v, spec: str) -> str:
 
 @app.command()
 def report(
-    results: Path = typer.Argument(Path("results"), help="Results folder written by `evalkit run`."),
+    results: Optional[list[Path]] = typer.Argument(
+        None, help="Results folder(s) written by `evalkit run` (default: results). Several (e.g. one per machine) "
+                   "are read together; a job recorded in two is an error."),
     out: Path = typer.Option(Path("reports"), "--out", "-o"),
     anchor: Optional[str] = typer.Option(None, "--anchor", help="BD-rate anchor method (default: see index.md)."),
     html: bool = typer.Option(False, "--html", help="Also write the static site (index.html, a page per scene) "
@@ -208,8 +210,10 @@ def report(
     from evalkit.results import RecordError
     from evalkit.specs import SpecError, all_report_specs
 
-    if not results.is_dir():
-        _fail(f"{results}: no such results folder")
+    results = results or [Path("results")]
+    for folder in results:
+        if not folder.is_dir():
+            _fail(f"{folder}: no such results folder")
     site = None
     if html:
         from evalkit.report.html import SiteOptions

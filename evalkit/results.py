@@ -15,6 +15,7 @@ import math
 import os
 import platform
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from importlib import metadata
@@ -336,22 +337,29 @@ def _nested_stores_hint(root: Path, limit: int = 20) -> str:
 
 
 def read_records(results_dir: str | Path) -> list[Record]:
-    root = Path(results_dir)
-    if not root.is_dir():
-        raise RecordError(root, "results directory does not exist")
-    files = record_files(root)
-    if not files and (hint := _nested_stores_hint(root)):  # e.g. a folder of seed folders: not an empty store
-        raise RecordError(root, "no records in the store layout (<dataset>/<scene>/<method>/<rate>.json)" + hint
-                          + " (give one of them; `python -m evalkit.bench.seed_spread` compares several)")
+    return read_stores([results_dir])[0]
+
+
+def read_stores(roots: Sequence[str | Path]) -> tuple[list[Record], dict[tuple[str, str, str, str], Path]]:
+    """The records of one or more stores (e.g. one per machine) and the file each came from. A job
+    (method, dataset, scene, rate) recorded twice, in one store or across two, is an error naming both."""
     records, where = [], {}
-    for p in files:
-        r = read_record(p)
-        if r.key in where:  # e.g. a variant's record kept under an older folder name ("m:v" -> "m_v")
-            raise RecordError(p, f"a second record of job {'/'.join(r.key)} (the other: {where[r.key]}); "
-                                 f"keep one, the runner writes {record_path(root, r.dataset, r.scene, r.method, r.rate)}")
-        where[r.key] = p
-        records.append(r)
-    return records
+    for root in map(Path, roots):
+        if not root.is_dir():
+            raise RecordError(root, "results directory does not exist")
+        files = record_files(root)
+        if not files and (hint := _nested_stores_hint(root)):  # e.g. a folder of seed folders: not an empty store
+            raise RecordError(root, "no records in the store layout (<dataset>/<scene>/<method>/<rate>.json)" + hint
+                              + " (give one of them; `python -m evalkit.bench.seed_spread` compares several)")
+        for p in files:
+            r = read_record(p)
+            if r.key in where:  # e.g. a variant's record kept under an older folder name ("m:v" -> "m_v")
+                raise RecordError(p, f"a second record of job {'/'.join(r.key)} (the other: {where[r.key]}); keep one"
+                                     + (f", the runner writes {record_path(root, r.dataset, r.scene, r.method, r.rate)}"
+                                        if where[r.key].is_relative_to(root) else " (two stores given)"))
+            where[r.key] = p
+            records.append(r)
+    return records, where
 
 
 # -- DataFrames ------------------------------------------------------------------------

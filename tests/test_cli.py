@@ -130,6 +130,17 @@ def test_report_writes_index(toy_bench: ToyBench, tmp_path: Path) -> None:
     assert "toy" in text and "Toy" in text
 
 
+def test_report_reads_several_stores_and_refuses_a_job_in_two(toy_bench: ToyBench, tmp_path: Path) -> None:
+    assert run_toy(toy_bench, "--scene", "alpha").exit_code == 0
+    other = tmp_path / "other"
+    assert run_toy(toy_bench, "--scene", "beta", "--out", other).exit_code == 0  # the last --out wins
+    res = invoke("report", toy_bench.out, other, "--out", tmp_path / "report")
+    assert res.exit_code == 0, res.output
+    assert sorted(p.stem for p in (tmp_path / "report" / "toy" / "scenes").glob("*.md")) == ["alpha", "beta"]
+    res = invoke("report", toy_bench.out, toy_bench.out, "--out", tmp_path / "report2")
+    assert res.exit_code == 2 and "a second record of job toy/toy/alpha" in res.output, res.output
+
+
 def test_report_missing_results_folder(tmp_path: Path) -> None:
     res = invoke("report", tmp_path / "nothing", "--out", tmp_path / "r")
     assert res.exit_code == 2 and f"{tmp_path / 'nothing'}: no such results folder" in res.output

@@ -16,6 +16,7 @@ The gate lives in ``evalkit.report.check`` (imported lazily so ``check`` does no
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -55,10 +56,11 @@ def _paper_points(paper: Any, methods: list[str]) -> "pd.DataFrame":
     return pd.DataFrame(rows, columns=["method", "rate", "size_mb", "psnr"]).astype({"size_mb": float, "psnr": float})
 
 
-def build_report(results_dir: str | Path, out_dir: str | Path, anchor: str | None = None,
+def build_report(results_dir: str | Path | Sequence[str | Path], out_dir: str | Path, anchor: str | None = None,
                  dataset_specs: dict[str, dict[str, Any]] | None = None, bd_anchor: str | None = None,
                  html: "SiteOptions | None" = None) -> Path:
-    """Write all tables, plots and index.md for the records under ``results_dir``; returns index.md.
+    """Write all tables, plots and index.md for the records under ``results_dir`` (one store, or
+    several read together, e.g. one per machine: ``results.read_stores``); returns index.md.
     With ``html`` (``evalkit.report.html.SiteOptions``) also the static site, index.html beside it.
 
     ``anchor``: the compression-ratio anchor (default '4dgs' if present, else the first method).
@@ -74,11 +76,13 @@ def build_report(results_dir: str | Path, out_dir: str | Path, anchor: str | Non
     from evalkit.report.tables import (bd_scene_table, bd_summary_table, coding_steps_table, dataset_label, method_order,
                                        scene_paper, scene_table, spec_scenes, summary_table, survey_csv,
                                        table_metrics, timings_table)
-    from evalkit.results import components_frame, read_records, records_to_frame
+    from evalkit.results import components_frame, read_stores, records_to_frame
 
-    results_dir, out_dir = Path(results_dir), Path(out_dir)
+    roots = [Path(results_dir)] if isinstance(results_dir, (str, Path)) else [Path(p) for p in results_dir]
+    out_dir = Path(out_dir)
     specs = dataset_specs or {}
-    records = read_records(results_dir)
+    records, files = read_stores(roots)
+    source = ", ".join(str(r) for r in roots)
     tuning = [r for r in records if r.eval_split != "test"]  # scored on other views: not comparable
     records = [r for r in records if r.eval_split == "test"]
     df = records_to_frame(records)
@@ -182,11 +186,11 @@ def build_report(results_dir: str | Path, out_dir: str | Path, anchor: str | Non
         sections.append(section)
 
     index = out_dir / "index.md"
-    atomic_write_bytes(index, render_index(out_dir, results_dir, records, sections, tuning).encode("utf-8"))
+    atomic_write_bytes(index, render_index(out_dir, source, records, sections, tuning).encode("utf-8"))
     if html is not None:
         from evalkit.report.html import write_site
 
-        write_site(out_dir, results_dir, records, sections, html)
+        write_site(out_dir, source, records, sections, html, files)
     return index
 
 

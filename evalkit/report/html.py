@@ -278,7 +278,7 @@ CONVENTIONS = [
 ]
 
 
-def _views_html(rec: Record, results_dir: Path, out_dir: Path, page_dir: Path, opts: SiteOptions) -> str:
+def _views_html(rec: Record, src: Path, out_dir: Path, page_dir: Path, opts: SiteOptions) -> str:
     """The record's strip (ground truth | decoded render | error at a few test frames), or why not."""
     if opts.views_frames <= 0:
         return '<p class="unavailable">Views not rendered (--views-frames 0).</p>'
@@ -287,7 +287,7 @@ def _views_html(rec: Record, results_dir: Path, out_dir: Path, page_dir: Path, o
 
     vdir = out_dir / _safe(rec.dataset) / "views" / _safe(rec.scene) / _safe(rec.method) / _safe(rec.rate)
     try:
-        views = write_views(record_path(results_dir, rec.dataset, rec.scene, rec.method, rec.rate), opts.data_root,
+        views = write_views(src, opts.data_root,
                             vdir, max_frames=opts.views_frames, device=resolve_device(opts.device))
     except Exception as exc:  # noqa: BLE001 - any reason (no bitstream, no scene data, ...) goes on the page
         return f'<p class="unavailable">Views not available: {html.escape(str(exc))}</p>'
@@ -300,8 +300,7 @@ def _views_html(rec: Record, results_dir: Path, out_dir: Path, page_dir: Path, o
     return '<div class="strip">' + "".join(figs) + "</div>"
 
 
-def _file_links(rec: Record, results_dir: Path, out_dir: Path, page_dir: Path, opts: SiteOptions) -> str:
-    src = record_path(results_dir, rec.dataset, rec.scene, rec.method, rec.rate)
+def _file_links(rec: Record, src: Path, out_dir: Path, page_dir: Path, opts: SiteOptions) -> str:
     dst = out_dir / _safe(rec.dataset) / "files" / _safe(rec.scene) / _safe(rec.method) / _safe(rec.rate)
     parts = []
     for ext, what in ((".json", "record"), (".log", "log"), (".evk", "bitstream")):
@@ -328,7 +327,7 @@ def _reference_points(t: Table) -> pd.DataFrame:
                         columns=["method", "rate", "size_mb", "psnr"]).astype({"size_mb": float, "psnr": float})
 
 
-def _scene_page(s: DatasetSection, scene: str, recs: list[Record], results_dir: Path, out_dir: Path,
+def _scene_page(s: DatasetSection, scene: str, recs: list[Record], rec_files: dict[tuple, Path], out_dir: Path,
                 opts: SiteOptions) -> Path:
     page = out_dir / _safe(s.dataset) / "scenes" / f"{_safe(scene)}.html"
     pdir = page.parent
@@ -352,9 +351,9 @@ def _scene_page(s: DatasetSection, scene: str, recs: list[Record], results_dir: 
     for rec in sorted(recs, key=lambda r: (r.method, r.rate)):
         B.append(f'<section class="record"><h3>{html.escape(rec.method)} · {html.escape(rec.rate)}'
                  f'{" (failed)" if rec.status != "ok" else ""}</h3>')
-        B.append(f'<p class="files">{_file_links(rec, results_dir, out_dir, pdir, opts)}</p>')
+        B.append(f'<p class="files">{_file_links(rec, rec_files[rec.key], out_dir, pdir, opts)}</p>')
         if rec.status == "ok":
-            B.append(_views_html(rec, results_dir, out_dir, pdir, opts))
+            B.append(_views_html(rec, rec_files[rec.key], out_dir, pdir, opts))
         else:
             B.append(f'<p class="unavailable">The job failed: {html.escape(str(rec.error))}</p>')
         if rec.notes:
@@ -365,12 +364,15 @@ def _scene_page(s: DatasetSection, scene: str, recs: list[Record], results_dir: 
     return page
 
 
-def write_site(out_dir: Path, results_dir: Path, records: list[Record], sections: list[DatasetSection],
-               opts: SiteOptions | None = None) -> Path:
+def write_site(out_dir: Path, results_dir: Path | str, records: list[Record], sections: list[DatasetSection],
+               opts: SiteOptions | None = None, files: dict[tuple, Path] | None = None) -> Path:
     """Write index.html, one page per scene and the assets into ``out_dir`` (the report folder,
-    whose tables and static plots the pages link); returns index.html."""
+    whose tables and static plots the pages link); returns index.html. ``results_dir`` names the
+    store(s) on the page; ``files``: each record's file by job key (default: its place in that store)."""
     opts = opts or SiteOptions()
-    out_dir, results_dir = Path(out_dir), Path(results_dir)
+    out_dir = Path(out_dir)
+    if files is None:
+        files = {r.key: record_path(Path(results_dir), r.dataset, r.scene, r.method, r.rate) for r in records}
     assets = out_dir / ASSETS
     assets.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(plotly_js_path(), assets / PLOTLY_JS)
@@ -412,7 +414,7 @@ def write_site(out_dir: Path, results_dir: Path, records: list[Record], sections
             B.append("<h3>Times</h3>" + table_html(s.timings, f"times-{ds}", row_flags(s.timings, recs)))
         B.append("<h3>Scenes</h3><ul class=\"scenes\">")
         for scene in sorted({r.scene for r in recs}):
-            page = _scene_page(s, scene, [r for r in recs if r.scene == scene], results_dir, out_dir, opts)
+            page = _scene_page(s, scene, [r for r in recs if r.scene == scene], files, out_dir, opts)
             n = sum(r.scene == scene for r in recs)
             B.append(f'<li><a href="{_rel(page, out_dir)}">{html.escape(scene)}</a> ({n} record{"s" if n != 1 else ""})</li>')
         B.append("</ul></section>")

@@ -67,7 +67,7 @@ def _missing_reasons(records: list[Record]) -> list[str]:
     return [f"{k} ({n} record{'s' if n != 1 else ''})" for k, n in sorted(reasons.items())]
 
 
-def render_index(out_dir: Path, results_dir: Path, records: list[Record], sections: list[DatasetSection],
+def render_index(out_dir: Path, results_dir: Path | str, records: list[Record], sections: list[DatasetSection],
                  left_out: list[Record] = ()) -> str:
     """``left_out``: tuning runs (scored on other views than the test views), named but not shown."""
     n_ok = sum(r.status == "ok" for r in records)

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from evalkit.report import build_report
+from evalkit.report.html import SiteOptions
 from evalkit.report.bdrate import bd_pair
 from evalkit.report.tables import SURVEY_HEADER, SpecError, scene_paper, summary_table, table_metrics
 from evalkit.results import load_records
@@ -238,3 +239,30 @@ def test_times_table_leaves_out_contended_times(tmp_path: Path) -> None:
     assert by_rate["high"]["training_setup_s"] == "19.7" and by_rate["low"]["training_setup_s"] == "n/a"
     assert by_rate["low"]["train_s"] == "n/a" and by_rate["low"]["shared"] == "yes"
     assert "### Times" in index.read_text()
+
+
+def test_two_stores_report_as_one_and_a_job_in_both_is_refused(tmp_path: Path, report: Path) -> None:
+    """`evalkit report A B` (e.g. one store per machine) reads both: the BD table equals the one-store
+    report's, and the site's scene pages link each record's files from its own store."""
+    import shutil
+
+    from report_fixtures import make_record
+
+    from evalkit.results import RecordError, record_path, write_record
+
+    one = report.parent.parent / "results"
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(one, a)
+    for p in sorted((a / "dnerf").glob("*/adc-gs")):  # adc-gs's D-NeRF records move to the second store
+        shutil.move(str(p), str(b / "dnerf" / p.parent.name / "adc-gs"))
+    both = build_report([a, b], tmp_path / "report", dataset_specs=SPECS, html=SiteOptions(views_frames=0))
+    for name in ("bd_scenes.csv", "summary.csv"):
+        assert (both.parent / "dnerf" / name).read_text() == (report.parent / "dnerf" / name).read_text()
+    page = (both.parent / "dnerf" / "scenes" / "lego.html").read_text()
+    assert page.count("adc-gs · ") == 3 and "record: not in the results folder" not in page  # found in store b
+    assert f"from `{a}, {b}`" in both.read_text()
+
+    dup = make_record("4dgs", "dnerf", "lego", "default", 1_000, 30.0)
+    write_record(dup, record_path(b, "dnerf", "lego", "4dgs", "default"))
+    with pytest.raises(RecordError, match="a second record of job 4dgs/dnerf/lego/default.*two stores given"):
+        build_report([a, b], tmp_path / "report2", dataset_specs=SPECS)
