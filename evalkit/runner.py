@@ -229,14 +229,16 @@ def settings_changed(old: Record, job: Job, opts: RunOptions) -> list[str]:
     scale = scene_scale(dspec, opts) or 1.0
     if not math.isclose(old.resolution_scale, scale, rel_tol=1e-9):
         out.append(f"image scale {old.resolution_scale:g} (this run: {scale:g})")
+    method = get_method(job.method)
     if old.config_effective:
         ctx = _train_context(job, opts, mspec, torch.device("cpu"))
-        config = get_method(job.method).effective_config(job.rate, ctx)
+        config = method.effective_config(job.rate, ctx)
     else:  # a record made before the effective configuration was stored holds the spec's
         config = mspec.config(job.dataset, job.scene)
     for what, have, want in (("rate point", old.rate_params, dict(job.rate.params)), ("config", old.config, config)):
         have, want = json_plain(have), json_plain(want)
-        keys = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+        keys = sorted(k for k in set(have) | set(want)
+                      if have.get(k) != want.get(k) and k not in method.speed_options)
         if keys:
             shown = ", ".join(f"{k} {have.get(k, '(unset)')!r:.40} -> {want.get(k, '(unset)')!r:.40}" for k in keys[:4])
             out.append(f"{what}: {shown}" + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else ""))

@@ -774,3 +774,17 @@ def test_a_model_that_draws_only_the_background_is_flagged_and_fails_the_gate(to
     ref.write_text(json.dumps(ref_json))
     row = check(blank_out, ref).rows[0]
     assert row.verdict == "fail" and "background alone" in row.reason
+
+
+def test_a_speed_option_change_keeps_existing_records(toy_bench: ToyBench, monkeypatch) -> None:
+    """A method's ``speed_options`` (same computation, e.g. CUDA graphs) do not make a record stale;
+    any other configuration change does."""
+    monkeypatch.setattr(ToyMethod, "speed_options", frozenset({"turbo"}))
+    run("toy", "toy", scenes=["alpha"], rates=["high"], data_root=toy_bench.data_root, opts=toy_bench.opts())
+    spec = toy_bench.specs / "methods" / "toy.toml"
+    spec.write_text(spec.read_text().replace("knob = 3\n", "knob = 3\nturbo = true\n"))
+    result = run("toy", "toy", scenes=["alpha"], rates=["high"], data_root=toy_bench.data_root, opts=toy_bench.opts())
+    assert [o.status for o in result.outcomes] == ["skipped"] and len(STATE.train_calls) == 1
+    spec.write_text(spec.read_text().replace("knob = 3\n", "knob = 4\n"))
+    with pytest.raises(RunError, match=r"made with other settings:\n.*config: knob 3 -> 4"):
+        run("toy", "toy", scenes=["alpha"], rates=["high"], data_root=toy_bench.data_root, opts=toy_bench.opts())

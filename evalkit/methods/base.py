@@ -103,6 +103,10 @@ class Method:
     """A compression method: trains a ``TrainedModel`` per rate point and decodes bitstreams."""
 
     name: str = ""  # the registry name, e.g. "4dgs". Required.
+    # Configuration keys that change how fast a job runs, not what it computes (e.g. replaying
+    # from CUDA graphs): a record made with another value is still this job's, so a resumed sweep
+    # keeps it (``runner.settings_changed``). Its record says which value it ran with.
+    speed_options: frozenset[str] = frozenset()
 
     def train(self, scene: Scene, rate: RatePoint, ctx: TrainContext) -> TrainedModel:
         """Train on ``scene``'s train split at ``rate``. Required."""

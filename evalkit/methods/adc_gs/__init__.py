@@ -191,6 +191,7 @@ def resolve_config(ctx: TrainContext, rate: RatePoint) -> ADCConfig:
 
 class ADCGS(Method):
     name = "adc-gs"
+    speed_options = frozenset({"cuda_graphs"})  # the same computation replayed from CUDA graphs
 
     def train(self, scene: Scene, rate: RatePoint, ctx: TrainContext) -> ADCGSTrained:
         cfg = resolve_config(ctx, rate)

@@ -192,6 +192,7 @@ def merged_config(base: str, fcfg: FourDGSConfig, cc: CCConfig) -> dict:
 
 class FourDGSCC(Method, KernelsInBackground):
     name = "4dgs-cc"
+    speed_options = frozenset({"cuda_graphs"})  # the same computation replayed from CUDA graphs
 
     def train(self, scene: Scene, rate: RatePoint, ctx: TrainContext) -> FourDGSCCTrained:
         fcfg, cc = resolve_config(ctx, rate)
