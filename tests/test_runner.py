@@ -765,7 +765,11 @@ def test_a_model_that_draws_only_the_background_is_flagged_and_fails_the_gate(to
     assert rec.env["render_check"] == {"flat_colour": [1.0, 1.0, 1.0], "background": [1.0, 1.0, 1.0], "empty": True}
     assert any("draws nothing" in n for n in rec.notes)
     from evalkit.report import build_report
-    assert "Draws nothing: toy:blank high on alpha" in build_report(blank_out, tmp_path / "report").read_text()
+    from evalkit.report.html import SiteOptions
+    index = build_report(blank_out, tmp_path / "report", html=SiteOptions(views_frames=0))
+    assert "Draws nothing: toy:blank high on alpha" in index.read_text()
+    page = (tmp_path / "report" / "toy" / "scenes" / "alpha.html").read_text()
+    assert '<tr class="empty">' in page and 'class="badge empty"' in page  # the site marks the row
     with pytest.raises(CheckError, match="draws nothing"):
         write_reference(blank_out, tmp_path / "blank_ref.json")
     ref_json = json.loads(ref.read_text())  # the same job key, gated against the good reference

@@ -118,7 +118,7 @@ def table_html(t: Table, table_id: str, flags: Sequence[set[str]] | None = None)
             badges = ""
             if i == 0:
                 badges = "".join(f' <span class="badge {b}" title="{html.escape(BADGES[b][1])}">{BADGES[b][0]}</span>'
-                                 for b in ("reference", "quick", "contended") if b in fl)
+                                 for b in ("reference", "quick", "contended", "empty") if b in fl)
             cls = " ".join((["paper"] if c.key.startswith("paper_") else []) + (["num"] if c.fmt else []))
             H.append(f'<td class="{cls}" data-v="{html.escape(_sort_value(v))}">{html.escape(text)}{badges}</td>')
         H.append("</tr>")
@@ -137,12 +137,13 @@ def table_html(t: Table, table_id: str, flags: Sequence[set[str]] | None = None)
 
 BADGES = {"reference": ("reference code", "the method's public code, measured by us (not an evalkit record)"),
           "quick": ("short schedule", "quick run: reduced iterations / resolution"),
-          "contended": ("contended", "times taken on a shared GPU or busy host: not reported")}
+          "contended": ("contended", "times taken on a shared GPU or busy host: not reported"),
+          "empty": ("draws nothing", "every test render is the background alone: a collapsed training")}
 
 
 def row_flags(t: Table, records: Iterable[Record], scene: str | None = None) -> list[set[str]]:
     """Per row: 'contended' when a record it stands for was timed under contention (any of them for a
-    dataset mean), 'reference' for rows of the measured public reference code."""
+    dataset mean), 'empty' when one draws nothing, 'reference' for rows of the measured public reference code."""
     recs = list(records)
     out = []
     for row in t.rows:
@@ -155,6 +156,8 @@ def row_flags(t: Table, records: Iterable[Record], scene: str | None = None) -> 
                  and (r.scene == v.get("scene", scene) if (scene or "scene" in v) else True)]
         if any(r.status == "ok" and r.timings_contended for r in match) or v.get("shared") == "yes":
             fl.add("contended")
+        if any(r.status == "ok" and r.draws_nothing for r in match):
+            fl.add("empty")
         out.append(fl)
     return out
 
