@@ -128,8 +128,8 @@ def run(
                 + (" [yellow](times contended: shared GPU or busy host, see the record's notes)[/]"
                    if rec.timings_contended else ""))
             if rec.draws_nothing:
-                progress.console.print(f"[yellow]warning:[/] {outcome.job.label}: every test render is the "
-                                       "background alone: the model draws nothing (training collapsed?)")
+                from evalkit.results import DRAWS_NOTHING
+                progress.console.print(f"[yellow]warning:[/] {outcome.job.label}: {DRAWS_NOTHING}")
 
     def phase(msg):
         progress.update(it_task, description=msg, visible=True)

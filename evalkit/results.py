@@ -157,6 +157,10 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
+# What every note, warning, report and gate says of a record whose ``draws_nothing`` is true.
+DRAWS_NOTHING = "draws nothing: every test render is the background alone (training collapsed?)"
+
+
 # -- validation ------------------------------------------------------------------------
 _REQUIRED = ("schema_version", "method", "dataset", "scene", "rate", "status")
 

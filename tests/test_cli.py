@@ -62,7 +62,7 @@ def test_run_warns_about_a_model_that_draws_nothing(toy_bench: ToyBench) -> None
     res = invoke("run", "--method", "toy:blank", "--dataset", "toy", "--data-root", toy_bench.data_root,
                  "--out", toy_bench.out, "--device", "cpu", "--executor", "inline", "--scene", "alpha", "--rate", "low")
     assert res.exit_code == 0, res.output
-    assert "warning: toy:blank / toy / alpha / low: every test render is the background alone" in res.output
+    assert "warning: toy:blank / toy / alpha / low: draws nothing: every test render is the background" in res.output
     res = run_toy(toy_bench, "--scene", "alpha", "--rate", "low")  # flat grey, not the background: no warning
     assert res.exit_code == 0 and "warning" not in res.output, res.output
 

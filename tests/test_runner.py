@@ -26,6 +26,7 @@ from evalkit.data.detect import load_scene
 from evalkit.data.scene import Camera, Scene
 from evalkit.methods import registry
 from evalkit.methods.base import Method, RatePoint, TrainContext, TrainedModel
+from evalkit.metrics.flat_render import render_check_note
 from evalkit.results import bitstream_path, read_record, read_records, record_path
 from evalkit.runner import RunError, RunOptions, plan_jobs, run
 from evalkit.specs import SpecError, load_method_spec
@@ -388,10 +389,9 @@ def test_ok_record_schema_and_values(toy_bench: ToyBench) -> None:
     run("toy", "toy", scenes=["beta"], rates=["high"], data_root=toy_bench.data_root, opts=toy_bench.opts(seed=7))
     rec = toy_bench.record("beta", "high")
     assert (rec.method, rec.dataset, rec.scene, rec.rate, rec.status) == ("toy", "toy", "beta", "high", "ok")
-    # the toy's flat colour is its only note (evalkit.metrics.flat_render)
-    assert rec.error is None and rec.notes == ["every test render is one flat colour ("
-                                               + ", ".join(f"{c:.3f}" for c in rec.env["render_check"]["flat_colour"])
-                                               + "): the model draws no structure"]
+    # the toy's flat (not background) colour is its only note
+    assert rec.error is None and rec.notes == [render_check_note(rec.env["render_check"])]
+    assert not rec.env["render_check"]["empty"]
     assert rec.quick is False and rec.seed == 7
     assert rec.rate_params == RATES["high"]
     # Method.effective_config's default: methods/toy.toml [defaults] with the rate point's parameters
@@ -767,7 +767,7 @@ def test_a_model_that_draws_only_the_background_is_flagged_and_fails_the_gate(to
     from evalkit.report import build_report
     from evalkit.report.html import SiteOptions
     index = build_report(blank_out, tmp_path / "report", html=SiteOptions(views_frames=0))
-    assert "Draws nothing: toy:blank high on alpha" in index.read_text()
+    assert "toy:blank high on alpha: draws nothing" in index.read_text()
     page = (tmp_path / "report" / "toy" / "scenes" / "alpha.html").read_text()
     assert '<tr class="empty">' in page and 'class="badge empty"' in page  # the site marks the row
     with pytest.raises(CheckError, match="draws nothing"):

@@ -104,7 +104,7 @@ case "$1" in
   tune26)
     # issue 26 tuning on the val views, mid (quality only: the jobs share the GPU; one adc-gs job kept
     # it 29 % busy): tune26 SCENE NAME... with NAME from base, pr03, lrpos, fgrand, g004 (stop 35's review),
-    # pe16, gsprim (stop 37's review), g001, g0005 (stop 39's quick CPU runs), or a variant of the committed spec (rd, coarse-fine, wo-ts, ...)
+    # pe16, gsprim (stop 37's review), g001, g0005, or a variant of the committed spec (rd, coarse-fine, wo-ts, ...)
     sc=$2; shift 2; me=$(realpath "$0")
     settings() {
       case $1 in

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from evalkit.metrics.image import to_uint8_quantised
+from evalkit.results import DRAWS_NOTHING
 
 
 def flat_colour(renders: Sequence[torch.Tensor]) -> list[float] | None:
@@ -41,6 +42,5 @@ def render_check(renders: Sequence[torch.Tensor], background: Sequence[float] | 
 def render_check_note(check: dict) -> str:
     rgb = ", ".join(f"{c:.3f}" for c in check["flat_colour"])
     if check["empty"]:
-        return (f"the model draws nothing: every test render is the scene's background ({rgb}) alone; "
-                "its metrics are those of an empty image (training collapsed?)")
+        return f"the model {DRAWS_NOTHING}; the background is ({rgb}) and the metrics are those of an empty image"
     return f"every test render is one flat colour ({rgb}): the model draws no structure"

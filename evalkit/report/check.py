@@ -7,8 +7,8 @@ Reference JSON::
 
 A job fails when its record is missing or failed, when its size grew by more than
 ``max_rate_increase`` (relative), when its PSNR dropped by more than ``max_psnr_drop`` dB,
-when its PSNR is missing, when its renders are the background alone (a collapsed model), or when it is a quick run checked against a full-run reference
-(or the other way round). Improvements pass and are noted. Records the reference does not
+when its PSNR is missing, when it draws nothing (every render the background), or when it is
+a quick run checked against a full-run reference (or the other way round). Improvements pass and are noted. Records the reference does not
 know are listed as new and do not fail the gate.
 Tolerances: explicit arguments win, then the reference's "tolerances", then the defaults;
 negative ones are refused. A reference without records is an error (a gate that cannot fail),
@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from evalkit.codec.container import atomic_write_bytes
-from evalkit.results import Record, read_record, record_files, record_path
+from evalkit.results import DRAWS_NOTHING, Record, read_record, record_files, record_path
 
 DEFAULT_MAX_RATE_INCREASE = 0.02
 DEFAULT_MAX_PSNR_DROP = 0.1
@@ -149,7 +149,7 @@ def _compare(ref: dict[str, Any], cur: Record | None, max_rate: float, max_drop:
         elif d_size < 0:
             notes.append(f"size {d_size:+.2%}")
         if cur.draws_nothing:
-            fails.append("renders the background alone (the model draws nothing)")
+            fails.append(DRAWS_NOTHING)
         if d_psnr is None:
             fails.append("no PSNR")
         elif -d_psnr > max_drop + _EPS:
@@ -235,7 +235,7 @@ def _unusable(r: Record) -> str | None:
     if not r.total_bytes:
         return "no size"
     if r.draws_nothing:
-        return "draws nothing: its renders are the background alone"
+        return DRAWS_NOTHING
     return None
 
 

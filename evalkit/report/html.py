@@ -35,7 +35,7 @@ from evalkit.codec.container import atomic_write_bytes
 from evalkit.report.index import DatasetSection
 from evalkit.report.plots import bit_table, curve_label, rd_curves
 from evalkit.report.tables import Table, _missing
-from evalkit.results import MB, Record, path_component as _safe, record_path
+from evalkit.results import DRAWS_NOTHING, MB, Record, path_component as _safe
 
 ASSETS = "assets"
 # matplotlib's tab10 (C0..C9), so a method has the same colour in the static and the interactive plots.
@@ -138,7 +138,7 @@ def table_html(t: Table, table_id: str, flags: Sequence[set[str]] | None = None)
 BADGES = {"reference": ("reference code", "the method's public code, measured by us (not an evalkit record)"),
           "quick": ("short schedule", "quick run: reduced iterations / resolution"),
           "contended": ("contended", "times taken on a shared GPU or busy host: not reported"),
-          "empty": ("draws nothing", "every test render is the background alone: a collapsed training")}
+          "empty": ("draws nothing", DRAWS_NOTHING)}
 
 
 def row_flags(t: Table, records: Iterable[Record], scene: str | None = None) -> list[set[str]]:
@@ -367,15 +367,12 @@ def _scene_page(s: DatasetSection, scene: str, recs: list[Record], rec_files: di
     return page
 
 
-def write_site(out_dir: Path, results_dir: Path | str, records: list[Record], sections: list[DatasetSection],
-               opts: SiteOptions | None = None, files: dict[tuple, Path] | None = None) -> Path:
+def write_site(out_dir: Path, source: str, records: list[Record], sections: list[DatasetSection],
+               opts: SiteOptions, files: dict[tuple, Path]) -> Path:
     """Write index.html, one page per scene and the assets into ``out_dir`` (the report folder,
-    whose tables and static plots the pages link); returns index.html. ``results_dir`` names the
-    store(s) on the page; ``files``: each record's file by job key (default: its place in that store)."""
-    opts = opts or SiteOptions()
+    whose tables and static plots the pages link); returns index.html. ``source`` names the
+    store(s) on the page; ``files``: each record's file by job key (``results.read_stores``)."""
     out_dir = Path(out_dir)
-    if files is None:
-        files = {r.key: record_path(Path(results_dir), r.dataset, r.scene, r.method, r.rate) for r in records}
     assets = out_dir / ASSETS
     assets.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(plotly_js_path(), assets / PLOTLY_JS)
@@ -384,7 +381,7 @@ def write_site(out_dir: Path, results_dir: Path | str, records: list[Record], se
         shutil.copyfile(here / name, assets / name)
 
     n_ok = sum(r.status == "ok" for r in records)
-    B = [f"<p>{len(records)} records from <code>{html.escape(str(results_dir))}</code> ({n_ok} ok, "
+    B = [f"<p>{len(records)} records from <code>{html.escape(source)}</code> ({n_ok} ok, "
          f"{len(records) - n_ok} failed, {sum(r.quick for r in records)} quick). "
          f'Markdown / LaTeX / CSV: <a href="index.md">index.md</a>.</p>',
          "<details open><summary>Conventions</summary><ul>"

@@ -67,14 +67,14 @@ def _missing_reasons(records: list[Record]) -> list[str]:
     return [f"{k} ({n} record{'s' if n != 1 else ''})" for k, n in sorted(reasons.items())]
 
 
-def render_index(out_dir: Path, results_dir: Path | str, records: list[Record], sections: list[DatasetSection],
+def render_index(out_dir: Path, source: str, records: list[Record], sections: list[DatasetSection],
                  left_out: list[Record] = ()) -> str:
     """``left_out``: tuning runs (scored on other views than the test views), named but not shown."""
     n_ok = sum(r.status == "ok" for r in records)
     failed = [r for r in records if r.status != "ok"]
     n_quick = sum(r.quick for r in records)
     L: list[str] = ["# evalkit report", "",
-                    f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} from `{results_dir}`: "
+                    f"Generated {datetime.now(timezone.utc).isoformat(timespec='seconds')} from `{source}`: "
                     f"{len(records)} records ({n_ok} ok, {len(failed)} failed, {n_quick} quick).", ""]
     if left_out:
         L += [f"Left out: {len(left_out)} tuning record(s) scored on other views than the test views ("

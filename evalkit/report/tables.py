@@ -17,7 +17,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from evalkit.codec.container import atomic_write_bytes
-from evalkit.results import MB
+from evalkit.results import DRAWS_NOTHING, MB
 
 DEFAULT_TABLE_METRICS = ("psnr", "ssim", "lpips")
 DEFAULT_LPIPS_NET = "vgg"  # 4DGaussians' metrics.py reports VGG LPIPS as "LPIPS"
@@ -332,8 +332,7 @@ def _empty_footnote(t: Table, rows: pd.DataFrame) -> None:
     empty = rows[rows["draws_nothing"].astype(bool)]
     if len(empty):
         which = ", ".join(sorted({f"{m} {r} on {s}" for m, r, s in zip(empty["method"], empty["rate"], empty["scene"])}))
-        t.footnotes.append(f"Draws nothing: {which}: every test render is the background alone (training "
-                           "collapsed); the metrics are those of an empty image.")
+        t.footnotes.append(f"{which}: {DRAWS_NOTHING}; the metrics are those of an empty image.")
 
 
 def _paper_sources(t: Table, paper: Any, keys: list[tuple[str, str]]) -> None:

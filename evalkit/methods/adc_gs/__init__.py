@@ -28,7 +28,7 @@ evalkit follows the paper; where it is silent, the authors' code; else a choice.
   on the K primitives' opacity summed per frame and averaged over the frames an anchor was seen in
   (> 0.8 x interval) [choice, Scaffold-GS's accumulation]; snapping to 0.001 and freezing X_v
   [code]; the lambda-independent steps shared by the rate points [choice]; with ``cuda_graphs``
-  (on by default since its GPU test passed in stop 39) a step's quantisation + F_theta and each view's
+  (on by default) a step's quantisation + F_theta and each view's
   deformation replay from CUDA graphs on CUDA, recaptured when the anchors change [choice: the same
   computation, fewer launches].
 * Geometry (``geometry``): lossless integer coding, the smallest of octree / LAZ / Draco [choice;
@@ -37,8 +37,8 @@ evalkit follows the paper; where it is silent, the authors' code; else a choice.
 * Tuning knobs, off by default (``config``): ``fg_init_std`` (f_g from N(0, std)), ``pe_scale`` (PE
   frequencies times it), ``grow_sigma = "primitive"`` (the paper's "own attributes"), ``coarse_pe``
   (F_omega also on PE(X_v), the code's input), ``fine_xyz`` (F_varpi also shifts each primitive's
-  position, as the code deforms every primitive; diagnostic of Eq. 5's rigid anchor motion). None closed the gap to ``4dgs`` on jumpingjacks
-  (results/experiments/adc_gs_jumpingjacks_quick_cpu).
+  position, as the code deforms every primitive; diagnostic of Eq. 5's rigid anchor motion). Their runs:
+  results/experiments/adc_gs_jumpingjacks_quick_cpu.
 * Left out (E-D3DGS extras in the code): kNN regulariser on f_v, camera time offsets, error-driven
   frame sampling.
 

@@ -85,8 +85,7 @@ class ADCConfig:
     lr_entropy_final: float = 1e-5
     near_plane: float = 0.2           # as 4DGaussians' rasteriser (evalkit's 4dgs)
     cuda_graphs: bool = True          # replay a step's quantisation + F_theta and each view's deformation from CUDA graphs
-                                      # (same computation; choice). GPU test of stop 39: graphed step equals eager; step
-                                      # 33.45 -> 20.73 ms at 31k anchors on an H100 (results/MEASUREMENTS.md)
+                                      # (the same computation in fewer launches; choice)
 
     def __post_init__(self) -> None:
         if self.deformation not in ("none", "coarse", "coarse-fine"):
