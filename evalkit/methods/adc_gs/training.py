@@ -301,6 +301,7 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
     graphs = GraphedCalls(cfg.cuda_graphs, evict_stale=True)
     t0 = time.perf_counter()
     rate_log: list[float] = []
+    ema_psnr: float | None = None  # train PSNR of the 100th steps' renders, smoothed as 4dgs's trace
     for step in range(start + 1, cfg.iterations + 1):
         if rd and cache is not None and step == share_until and not reused and share_until > 1:
             cache[key] = _snapshot(model, opt, stats, step - 1, frozen, perm, history, time.perf_counter() - t0)
@@ -315,6 +316,8 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
         with record_function("adc-gs: quantise + F_theta"):
             prim, fv, bits = canonical_step(graphs, model, quant_on)
         loss = prim.means.new_zeros(())
+        report = step % 100 == 0 or step == cfg.iterations
+        mse = prim.means.new_zeros(())
         renders = []
         for slot, v in enumerate(views):
             with record_function("adc-gs: deformation"):
@@ -331,6 +334,8 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
             with record_function("adc-gs: image loss"):
                 l = (1 - cfg.lambda_ssim) * (img - gt).abs().mean() + cfg.lambda_ssim * (1 - ssim(img, gt))
             loss = loss + l / len(views)
+            if report:  # of the image as evaluation scores it
+                mse = mse + (img.detach().clamp(0, 1) - gt).square().mean() / len(views)
             if in_window:
                 loss = loss + PSI_EPS * out.image[..., 3].sum()
                 renders.append((out, colors, opac, cam, means, v))
@@ -362,16 +367,19 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
             stats.reset(model.num_anchors)
             log(f"step {step}: anchors snapped to the {cfg.snap_grid} grid and frozen ({model.num_anchors} anchors, "
                 f"{history['merged']} merged)")
-        if step % 100 == 0 or step == cfg.iterations:
-            progress(step, cfg.iterations, {"loss": float(loss.detach()), "anchors": model.num_anchors})
+        if report:
+            pv = float(-10.0 * torch.log10(mse.clamp_min(1e-10)))
+            ema_psnr = pv if ema_psnr is None else 0.6 * ema_psnr + 0.4 * pv
+            progress(step, cfg.iterations, {"loss": float(loss.detach()), "psnr": ema_psnr,
+                                            "anchors": model.num_anchors})
         if step % 1000 == 0:
-            log(f"step {step}: loss {float(loss.detach()):.4f}, {model.num_anchors} anchors")
+            log(f"step {step}: loss {float(loss.detach()):.4f}, {model.num_anchors} anchors, train PSNR ~{ema_psnr:.2f}")
     if rd and not frozen:
         history["merged"] += snap_positions(model, opt, cfg)
     model.eval()
     # the shared steps count in full (their time measured when they ran) for every rate point
     train_stats = {"seconds": time.perf_counter() - t0 + shared_s, "shared_steps_s": shared_s if reused else None, "anchors": model.num_anchors,
                    "primitives": model.num_anchors * cfg.k, "refinement": history, "reused_shared_steps": reused,
-                   "rate_bits_per_value": rate_log[-1] if rate_log else None,
+                   "rate_bits_per_value": rate_log[-1] if rate_log else None, "train_psnr": ema_psnr,
                    "canonical_step": graphs.status()}
     return model, train_stats
