@@ -1,0 +1,92 @@
+"""Does a finished ADC-GS job under-fit its training views, and what does each part of the
+deformation (Eqs. 2-5) add? Decodes the job's bitstream and scores, per split, the decoded model's
+renders:
+
+    python -m evalkit.bench.adc_gs_fit RECORD.json [RECORD.json ...] --data-root DATA [--every 8]
+
+For the training views (every ``--every``-th, in time order) and the test views it prints the mean
+PSNR; for the training views also with parts of the deformation left out: ``coarse`` (F_varpi's
+Delta O and Delta C zero), ``position`` (the anchor's Delta X alone) and ``canonical`` (no
+deformation). A train PSNR far under the scene's other methods' says the model under-fits (capacity
+or optimisation), not that it generalises poorly to the test cameras.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from evalkit.codec.container import Bitstream
+from evalkit.methods.adc_gs import ADCGS, ADCGSDecoded
+from evalkit.methods.adc_gs.model import AnchorDeformation, deformed, flat
+from evalkit.render.api import camera_tensors, rasterize
+
+PARTS = ("full", "coarse", "position", "canonical")
+
+
+def _zero(x: torch.Tensor | None) -> torch.Tensor | None:
+    return None if x is None else torch.zeros_like(x)
+
+
+@torch.no_grad()
+def part_primitives(decoded: ADCGSDecoded, t: float, part: str) -> tuple[torch.Tensor, ...]:
+    """Flat primitives of frame t with only ``part`` of the deformation (see ``PARTS``)."""
+    fr = decoded.frame_renderer
+    model, can = fr.model, fr.canonical
+    if part == "canonical" or model.cfg.deformation == "none":
+        return flat(can)
+    d = model.deform(model.xyz, fr.feats["fv"], t)
+    if part == "coarse":
+        d = AnchorDeformation(d.dxyz, d.dlog_scale, d.dquat, d.dcolor, _zero(d.dopacity), _zero(d.dcolor_k),
+                              _zero(d.dxyz_k))
+    elif part == "position":
+        d = AnchorDeformation(d.dxyz, _zero(d.dlog_scale), _zero(d.dquat), _zero(d.dcolor), _zero(d.dopacity),
+                              _zero(d.dcolor_k), _zero(d.dxyz_k))
+    elif part != "full":
+        raise ValueError(f"unknown deformation part {part!r} (one of {PARTS})")
+    return flat(deformed(can, d))
+
+
+@torch.no_grad()
+def render_part(decoded: ADCGSDecoded, camera, t: float, part: str) -> torch.Tensor:
+    fr = decoded.frame_renderer
+    viewmat, K = camera_tensors(camera, fr.model.xyz.device)
+    out = rasterize(*part_primitives(decoded, t, part), viewmat, K, camera.width, camera.height,
+                    background=fr.background, near=fr.model.cfg.near_plane)
+    return out.image.clamp(0, 1)
+
+
+def main() -> None:
+    from evalkit.results import read_record
+    from evalkit.views import _scene_of, _u8, psnr_u8
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("records", type=Path, nargs="+")
+    ap.add_argument("--data-root", type=Path, required=True)
+    ap.add_argument("--every", type=int, default=8, help="every k-th training view, in time order")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    dev = torch.device(args.device)
+    for path in args.records:
+        record = read_record(path)
+        scene = _scene_of(record, args.data_root)
+        bits_path = path.with_suffix(".evk")
+        decoded = ADCGS().decode(Bitstream.read(bits_path), dev, str(bits_path))
+        train = sorted(scene.train, key=lambda f: f.time)[::max(args.every, 1)]
+        scores: dict[str, list[float]] = {p: [] for p in PARTS}
+        for f in train:
+            gt = _u8(torch.from_numpy(f.load()))
+            for p in PARTS:
+                scores[p].append(psnr_u8(_u8(render_part(decoded, f.camera, f.time, p).float().cpu()), gt))
+        test = [psnr_u8(_u8(decoded.render(f.camera, f.time).float().cpu()), _u8(torch.from_numpy(f.load())))
+                for f in scene.test]
+        parts = ", ".join(f"{p} {np.mean(scores[p]):.3f}" for p in PARTS[1:])
+        print(f"{path}: train ({len(train)} views) {np.mean(scores['full']):.3f} dB [without parts of the "
+              f"deformation: {parts}]; test ({len(test)} views) {np.mean(test):.3f} dB")
+        print("  train PSNR by time: " + " ".join(f"{f.time:.2f}:{s:.1f}" for f, s in zip(train, scores["full"])))
+
+
+if __name__ == "__main__":
+    main()
