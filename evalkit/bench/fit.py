@@ -1,14 +1,13 @@
-"""Does a finished ADC-GS job under-fit its training views, and what does each part of the
-deformation (Eqs. 2-5) add? Decodes the job's bitstream and scores, per split, the decoded model's
-renders:
+"""Does a finished job under-fit its training views? Decodes the job's bitstream (any method) and
+scores the decoded model's renders of the training and the test views:
 
-    python -m evalkit.bench.adc_gs_fit RECORD.json [RECORD.json ...] --data-root DATA [--every 8]
+    python -m evalkit.bench.fit RECORD.json [RECORD.json ...] --data-root DATA [--every 8]
 
 For the training views (every ``--every``-th, in time order) and the test views it prints the mean
-PSNR; for the training views also with parts of the deformation left out: ``coarse`` (F_varpi's
-Delta O and Delta C zero), ``position`` (the anchor's Delta X alone) and ``canonical`` (no
-deformation). A train PSNR far under the scene's other methods' says the model under-fits (capacity
-or optimisation), not that it generalises poorly to the test cameras.
+PSNR. A train PSNR far under the scene's other methods' says the model under-fits (capacity or
+optimisation), not that it generalises poorly to the test cameras. For an adc-gs job also what each
+part of the deformation (Eqs. 2-5) adds, on the training views: ``coarse`` (F_varpi's Delta O and
+Delta C zero), ``position`` (the anchor's Delta X alone) and ``canonical`` (no deformation).
 """
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from evalkit.codec.container import Bitstream
-from evalkit.methods.adc_gs import ADCGS, ADCGSDecoded
+from evalkit.methods.adc_gs import ADCGSDecoded
 from evalkit.methods.adc_gs.model import AnchorDeformation, deformed, flat
 from evalkit.render.api import camera_tensors, rasterize
 
@@ -59,8 +58,11 @@ def render_part(decoded: ADCGSDecoded, camera, t: float, part: str) -> torch.Ten
 
 
 def main() -> None:
-    from evalkit.results import read_record
-    from evalkit.views import _scene_of, _u8, psnr_u8
+    from evalkit.codec.container import BitstreamError
+    from evalkit.methods.base import ContractError
+    from evalkit.methods.registry import UnknownMethod, get_method
+    from evalkit.results import RecordError, read_record
+    from evalkit.views import ViewsError, _scene_of, _u8, psnr_u8
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("records", type=Path, nargs="+")
@@ -70,21 +72,27 @@ def main() -> None:
     args = ap.parse_args()
     dev = torch.device(args.device)
     for path in args.records:
-        record = read_record(path)
-        scene = _scene_of(record, args.data_root)
         bits_path = path.with_suffix(".evk")
-        decoded = ADCGS().decode(Bitstream.read(bits_path), dev, str(bits_path))
+        try:
+            scene = _scene_of(read_record(path), args.data_root)
+            bits = Bitstream.read(bits_path)
+            decoded = get_method(bits.header.get("method", "?")).decode(bits, dev, str(bits_path))
+        except (RecordError, ViewsError, BitstreamError, UnknownMethod, ContractError) as exc:
+            raise SystemExit(f"error: {exc}") from None
+        parts = PARTS if isinstance(decoded, ADCGSDecoded) else PARTS[:1]
         train = sorted(scene.train, key=lambda f: f.time)[::max(args.every, 1)]
-        scores: dict[str, list[float]] = {p: [] for p in PARTS}
+        scores: dict[str, list[float]] = {p: [] for p in parts}
         for f in train:
             gt = _u8(torch.from_numpy(f.load()))
-            for p in PARTS:
-                scores[p].append(psnr_u8(_u8(render_part(decoded, f.camera, f.time, p).float().cpu()), gt))
+            for p in parts:
+                img = render_part(decoded, f.camera, f.time, p) if p != "full" else decoded.render(f.camera, f.time)
+                scores[p].append(psnr_u8(_u8(img.float().cpu()), gt))
         test = [psnr_u8(_u8(decoded.render(f.camera, f.time).float().cpu()), _u8(torch.from_numpy(f.load())))
                 for f in scene.test]
-        parts = ", ".join(f"{p} {np.mean(scores[p]):.3f}" for p in PARTS[1:])
-        print(f"{path}: train ({len(train)} views) {np.mean(scores['full']):.3f} dB [without parts of the "
-              f"deformation: {parts}]; test ({len(test)} views) {np.mean(test):.3f} dB")
+        extra = ", ".join(f"{p} {np.mean(scores[p]):.3f}" for p in parts[1:])
+        extra = f" [without parts of the deformation: {extra}]" if extra else ""
+        print(f"{path}: train ({len(train)} views) {np.mean(scores['full']):.3f} dB{extra}; "
+              f"test ({len(test)} views) {np.mean(test):.3f} dB")
         print("  train PSNR by time: " + " ".join(f"{f.time:.2f}:{s:.1f}" for f, s in zip(train, scores["full"])))
 
 

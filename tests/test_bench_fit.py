@@ -1,4 +1,4 @@
-"""evalkit.bench.adc_gs_fit: each part of the deformation is left out as its name says, and the full
+"""evalkit.bench.fit (adc-gs parts): each part of the deformation is left out as its name says, and the full
 part is the decoder's own frame."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from evalkit.bench.adc_gs_fit import part_primitives, render_part
+from evalkit.bench.fit import part_primitives, render_part
 from evalkit.methods.adc_gs import ADCGSDecoded
 from evalkit.methods.adc_gs.model import flat
 from tests.methods.adc_gs_common import look_at_camera, random_model
@@ -43,3 +43,14 @@ def test_position_moves_the_means_only_and_coarse_drops_the_fine_terms() -> None
     assert not torch.allclose(coarse[4], full[4])  # colour without F_varpi's Delta C
     with pytest.raises(ValueError, match="unknown deformation part"):
         part_primitives(dec, 0.7, "fine")
+
+
+def test_a_missing_bitstream_is_a_clear_error_naming_the_file(tmp_path, monkeypatch) -> None:
+    import sys
+
+    from evalkit.bench import fit
+
+    missing = tmp_path / "job.json"
+    monkeypatch.setattr(sys, "argv", ["fit", str(missing), "--data-root", str(tmp_path)])
+    with pytest.raises(SystemExit, match=f"error: {missing}"):
+        fit.main()
