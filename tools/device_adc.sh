@@ -104,7 +104,7 @@ case "$1" in
   tune26)
     # issue 26 tuning on the val views, mid (quality only: the jobs share the GPU; one adc-gs job kept
     # it 29 % busy): tune26 SCENE NAME... with NAME from base, pr03, lrpos, fgrand, g004 (stop 35's review),
-    # pe16, gsprim (stop 37's review), g001, g0005, or a variant of the committed spec (rd, coarse-fine, wo-ts, ...)
+    # pe16, gsprim (stop 37's review), g001, g0005, t25, t10 (stop 40), or a variant of the committed spec (rd, coarse-fine, wo-ts, ...)
     sc=$2; shift 2; me=$(realpath "$0")
     settings() {
       case $1 in
@@ -112,6 +112,7 @@ case "$1" in
         lrpos) echo "lr_position=0.00016 lr_position_final=0.0000016";; g004) echo "grow_threshold=0.004";;
         pe16) echo "pe_scale=16.0";; gsprim) echo 'grow_sigma="primitive"';;
         g001) echo "grow_threshold=0.001";; g0005) echo "grow_threshold=0.0005";;
+        t25) echo "time_rows=25";; t10) echo "time_rows=10";;
         *) grep -q "^\[variants\.$1\]" /tmp/code/methods/adc-gs.toml && echo "=spec" || return 1;;
       esac
     }
