@@ -88,10 +88,11 @@ case "$1" in
       --coarse 1000 --steps 50 --reps 30 --kernels --device cuda 2>&1 | tee /tmp/res/cckern.txt
     ;;
   adcstep)
-    # issue 26: adc-gs late training step at a fixed anchor count, split by phase (alone): adcstep SCENE|PATH [ANCHORS]
+    # issue 26: adc-gs late training step at a fixed anchor count, split by phase (alone):
+    # adcstep SCENE|PATH [ANCHORS] [DATASET] (a PATH for a dataset other than dnerf)
     cd /tmp/code; sc=$(scene_dir "${2:-jumpingjacks}")
-    python3 -m evalkit.bench.adc_gs_step "$sc" --dataset dnerf --rate mid \
-      --anchors "${3:-31000}" --steps 300 --warmup 100 --profile-steps 20 --device cuda 2>&1 | tee /tmp/res/adcstep.txt
+    python3 -m evalkit.bench.adc_gs_step "$sc" --dataset "${4:-dnerf}" --rate mid \
+      --anchors "${3:-31000}" --steps 300 --warmup 100 --profile-steps 20 --device cuda 2>&1 | tee -a /tmp/res/adcstep.txt
     ;;
   variant)
     # a tuning variant in the device's copy of a spec (not committed): variant METHOD NAME KEY=VALUE...
