@@ -3,9 +3,10 @@ scores the decoded model's renders of the training and the test views:
 
     python -m evalkit.bench.fit RECORD.json [RECORD.json ...] --data-root DATA [--every 8]
 
-For the training views (every ``--every``-th, in time order) and the test views it prints the mean
-PSNR. A train PSNR far under the scene's other methods' says the model under-fits (capacity or
-optimisation), not that it generalises poorly to the test cameras. For an adc-gs job also what each
+For the training views (every ``--every``-th, in time order) and the test views (the job's
+evaluation split: val for a run with ``--eval-split val``) it prints the mean PSNR. A train PSNR
+far under the scene's other methods' says the model under-fits (capacity or optimisation), not
+that it generalises poorly to the test cameras. For an adc-gs job also what each
 part of the deformation (Eqs. 2-5) adds, on the training views: ``coarse`` (F_varpi's Delta O and
 Delta C zero), ``position`` (the anchor's Delta X alone) and ``canonical`` (no deformation).
 """
@@ -74,7 +75,8 @@ def main() -> None:
     for path in args.records:
         bits_path = path.with_suffix(".evk")
         try:
-            scene = _scene_of(read_record(path), args.data_root)
+            record = read_record(path)
+            scene = _scene_of(record, args.data_root)
             bits = Bitstream.read(bits_path)
             decoded = get_method(bits.header.get("method", "?")).decode(bits, dev, str(bits_path))
         except (RecordError, ViewsError, BitstreamError, UnknownMethod, ContractError) as exc:
@@ -92,7 +94,7 @@ def main() -> None:
         extra = ", ".join(f"{p} {np.mean(scores[p]):.3f}" for p in parts[1:])
         extra = f" [without parts of the deformation: {extra}]" if extra else ""
         print(f"{path}: train ({len(train)} views) {np.mean(scores['full']):.3f} dB{extra}; "
-              f"test ({len(test)} views) {np.mean(test):.3f} dB")
+              f"{record.eval_split or 'test'} ({len(test)} views) {np.mean(test):.3f} dB")
         print("  train PSNR by time: " + " ".join(f"{f.time:.2f}:{s:.1f}" for f, s in zip(train, scores["full"])))
 
 
