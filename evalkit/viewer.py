@@ -96,10 +96,10 @@ def fit_size(width: int, height: int, max_side: int) -> tuple[int, int]:
 # -- frames -------------------------------------------------------------------------------
 def render_frame(model: Any, camera: Camera, t: float) -> np.ndarray:
     """The model's render at time ``t`` as the 8-bit image the metrics score, (H, W, 3) uint8."""
-    from evalkit.views import _u8
+    from evalkit.views import image_u8
 
     with torch.no_grad():
-        return _u8(model.render(camera, float(t)))
+        return image_u8(model.render(camera, float(t)))
 
 
 # -- loading ------------------------------------------------------------------------------
@@ -129,10 +129,10 @@ def dataset_presets(record: Path | None, data_root: Path | None) -> tuple[list[P
         return [], "no record beside the bitstream: no dataset cameras"
     from evalkit.results import RecordError, read_record
     from evalkit.specs import SpecError
-    from evalkit.views import ViewsError, _scene_of
+    from evalkit.views import ViewsError, record_scene
 
     try:
-        scene = _scene_of(read_record(record), data_root)
+        scene = record_scene(read_record(record), data_root)
     except (RecordError, ViewsError, SpecError) as exc:
         return [], str(exc)
     return [Preset(f.image_name, f.camera, float(f.time)) for f in scene.test], None

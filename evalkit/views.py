@@ -33,7 +33,7 @@ class ViewImage:
     path: Path
 
 
-def _u8(img: torch.Tensor) -> np.ndarray:
+def image_u8(img: torch.Tensor) -> np.ndarray:
     """(H, W, 3) float in [0, 1] -> uint8 on the host, quantised as the metrics do (``to_uint8`` in
     float64), computed where ``img`` lives so a GPU render crosses to the host as bytes."""
     return to_uint8(img.double()).cpu().numpy()
@@ -51,7 +51,9 @@ def panel(gt: np.ndarray, render: np.ndarray) -> np.ndarray:
     return np.concatenate([gt, render, np.repeat(err[:, :, None], 3, axis=2)], axis=1)
 
 
-def _scene_of(record, data_root: Path | None):
+def record_scene(record, data_root: Path | None):
+    """The scene a record was evaluated on (its dataset, evaluation split and image scale) under
+    ``data_root``; ``ViewsError`` names the folder when it is missing or loads at another size."""
     from evalkit.data.scene import DatasetError
     from evalkit.runner import default_cache_dir, default_data_root, ensure_synthetic, protocol_scene
     from evalkit.specs import load_dataset_spec
@@ -102,7 +104,7 @@ def write_views(record_path: Path, data_root: Path | None, out: Path, *, every: 
     if not bits_path.is_file():
         raise ViewsError(f"{bits_path}: the record's bitstream is missing (records kept without their "
                          ".evk, as under results/reference, cannot be rendered)")
-    scene = _scene_of(record, data_root)
+    scene = record_scene(record, data_root)
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         bits = Bitstream.read(bits_path)
@@ -120,8 +122,8 @@ def write_views(record_path: Path, data_root: Path | None, out: Path, *, every: 
         if max_frames is not None and 0 < max_frames < len(frames):
             frames = [frames[round(i * (len(frames) - 1) / max(max_frames - 1, 1))] for i in range(max_frames)]
         for frame in frames:
-            render = _u8(model.render(frame.camera, frame.time).float().cpu())
-            gt = _u8(torch.from_numpy(frame.load()))
+            render = image_u8(model.render(frame.camera, frame.time).float().cpu())
+            gt = image_u8(torch.from_numpy(frame.load()))
             path = out / f"{frame.image_name.replace('/', '_')}.png"
             Image.fromarray(panel(gt, render)).save(path)
             view = ViewImage(frame.image_name, float(frame.time), psnr_u8(render, gt),

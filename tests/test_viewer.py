@@ -192,12 +192,12 @@ def test_frame_bytes_are_the_metrics_quantisation():
     """The viewer's 8-bit frame (quantised where the render lives) holds the same levels the metrics
     score: round half up of the clamped value, checked at every level, every half-level and out of range."""
     from evalkit.metrics.image import to_uint8_quantised
-    from evalkit.views import _u8
+    from evalkit.views import image_u8
 
     k = torch.arange(256, dtype=torch.float64)
     x = torch.cat([k / 255, (k + 0.5) / 255, (k + 0.4999) / 255, torch.tensor([-0.3, 1.7]),
                    torch.rand(3000, dtype=torch.float64)]).float()
     expected = (to_uint8_quantised(x.double()) * 255).round().to(torch.uint8).numpy()
-    got = _u8(x)
+    got = image_u8(x)
     assert got.dtype == np.uint8 and (got == expected).all()
     assert got[:256].tolist() == list(range(256))

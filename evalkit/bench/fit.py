@@ -21,7 +21,6 @@ import torch
 from evalkit.codec.container import Bitstream
 from evalkit.methods.adc_gs import ADCGSDecoded
 from evalkit.methods.adc_gs.model import AnchorDeformation, deformed, flat
-from evalkit.render.api import camera_tensors, rasterize
 
 PARTS = ("full", "coarse", "position", "canonical")
 
@@ -49,13 +48,8 @@ def part_primitives(decoded: ADCGSDecoded, t: float, part: str) -> tuple[torch.T
     return flat(deformed(can, d))
 
 
-@torch.no_grad()
 def render_part(decoded: ADCGSDecoded, camera, t: float, part: str) -> torch.Tensor:
-    fr = decoded.frame_renderer
-    viewmat, K = camera_tensors(camera, fr.model.xyz.device)
-    out = rasterize(*part_primitives(decoded, t, part), viewmat, K, camera.width, camera.height,
-                    background=fr.background, near=fr.model.cfg.near_plane)
-    return out.image.clamp(0, 1)
+    return decoded.frame_renderer.draw(part_primitives(decoded, t, part), camera)
 
 
 def main() -> None:
@@ -63,7 +57,7 @@ def main() -> None:
     from evalkit.methods.base import ContractError
     from evalkit.methods.registry import UnknownMethod, get_method
     from evalkit.results import RecordError, read_record
-    from evalkit.views import ViewsError, _scene_of, _u8, psnr_u8
+    from evalkit.views import ViewsError, record_scene, image_u8, psnr_u8
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("records", type=Path, nargs="+")
@@ -76,7 +70,7 @@ def main() -> None:
         bits_path = path.with_suffix(".evk")
         try:
             record = read_record(path)
-            scene = _scene_of(record, args.data_root)
+            scene = record_scene(record, args.data_root)
             bits = Bitstream.read(bits_path)
             decoded = get_method(bits.header.get("method", "?")).decode(bits, dev, str(bits_path))
         except (RecordError, ViewsError, BitstreamError, UnknownMethod, ContractError) as exc:
@@ -85,11 +79,11 @@ def main() -> None:
         train = sorted(scene.train, key=lambda f: f.time)[::max(args.every, 1)]
         scores: dict[str, list[float]] = {p: [] for p in parts}
         for f in train:
-            gt = _u8(torch.from_numpy(f.load()))
+            gt = image_u8(torch.from_numpy(f.load()))
             for p in parts:
-                img = render_part(decoded, f.camera, f.time, p) if p != "full" else decoded.render(f.camera, f.time)
-                scores[p].append(psnr_u8(_u8(img.float().cpu()), gt))
-        test = [psnr_u8(_u8(decoded.render(f.camera, f.time).float().cpu()), _u8(torch.from_numpy(f.load())))
+                img = decoded.render(f.camera, f.time) if p == "full" else render_part(decoded, f.camera, f.time, p)
+                scores[p].append(psnr_u8(image_u8(img.float().cpu()), gt))
+        test = [psnr_u8(image_u8(decoded.render(f.camera, f.time).float().cpu()), image_u8(torch.from_numpy(f.load())))
                 for f in scene.test]
         extra = ", ".join(f"{p} {np.mean(scores[p]):.3f}" for p in parts[1:])
         extra = f" [without parts of the deformation: {extra}]" if extra else ""

@@ -105,8 +105,13 @@ class FrameRenderer:
 
     @torch.no_grad()
     def render(self, camera: Camera, t: float) -> torch.Tensor:
+        return self.draw(self.frame(t), camera)
+
+    @torch.no_grad()
+    def draw(self, prims: tuple[torch.Tensor, ...], camera: Camera) -> torch.Tensor:
+        """Flat (means, quats, scales, opacities, colours) rasterised as this model's frames are."""
         viewmat, K = camera_tensors(camera, self.model.xyz.device)
-        out = rasterize(*self.frame(t), viewmat, K, camera.width, camera.height,
+        out = rasterize(*prims, viewmat, K, camera.width, camera.height,
                         background=self.background, near=self.model.cfg.near_plane)
         return out.image.clamp(0, 1)
 

@@ -317,7 +317,7 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
             prim, fv, bits = canonical_step(graphs, model, quant_on)
         loss = prim.means.new_zeros(())
         report = step % 100 == 0 or step == cfg.iterations
-        mse = prim.means.new_zeros(())
+        mse = 0.0  # of the reporting steps' renders only (no work on the others)
         renders = []
         for slot, v in enumerate(views):
             with record_function("adc-gs: deformation"):
