@@ -33,6 +33,7 @@ from evalkit.metrics.contention import ContentionWatch
 from evalkit.results import (EVAL_SPLITS, Record, bitstream_path, collect_env, json_plain, read_record, record_path,
                              write_record)
 from evalkit.specs import DatasetSpec, MethodSpec, SpecError, load_dataset_spec, load_method_spec
+from evalkit.train.checkpoint import TrainCheckpoint
 from evalkit.metrics.fps import synced_clock
 
 
@@ -83,6 +84,9 @@ class RunOptions:
     allow_corrupt_video: bool = False
     # The views scored: "test" (the protocol) or "val" (tuning runs: records say so, reports leave them out)
     eval_split: str = "test"
+    # Minutes between training checkpoints (beside each job's record; a rerun resumes from it,
+    # removed when the job ends ok). 0: none. Only methods that support it write them.
+    checkpoint_minutes: float = 10.0
     # How the jobs are spread (evalkit.sweep.dispatch.SweepOptions: local workers, SLURM, Ray);
     # None runs them here, one after the other.
     sweep: object | None = None
@@ -396,6 +400,7 @@ class _JobRun:
     clock: _Clock
     log: Callable[[str], None]
     bits_path: Path
+    checkpoint: TrainCheckpoint
 
     def load(self, scene_cache: dict) -> tuple[Scene, dict]:
         """The scene (one in memory at a time) and what its rate points share."""
@@ -409,8 +414,10 @@ class _JobRun:
         return scene_cache[key]["scene"], scene_cache[key]["shared"]
 
     def train(self, scene: Scene, shared: dict) -> TrainedModel:
+        if self.opts.force:  # a forced job starts over
+            self.checkpoint.discard()
         ctx = _train_context(self.job, self.opts, self.mspec, self.device, progress=self.clock.reporter.iteration,
-                             log=self.log, cache=shared)
+                             log=self.log, cache=shared, checkpoint=self.checkpoint)
         predicted = self.method.effective_config(self.job.rate, ctx)
         # one-time setup (e.g. compiling GPU kernels on first use) is not training: timed apart
         with self.clock.phase("preparing training", "training_setup_s"):
@@ -427,6 +434,16 @@ class _JobRun:
         self.record.config, self.record.config_effective = (predicted if config is None else config), True
         self.record.iterations = int(trained.iterations or ctx.budget.iterations or 0)
         self.record.reused = trained.reused
+        if self.checkpoint.rejected:
+            self.record.notes.append(self.checkpoint.rejected)
+        if trained.resumed:
+            earlier = float(trained.resumed.get("earlier_train_s", 0.0))
+            self.clock.timings["train_s"] += earlier
+            self.clock.timings["train_resumed_part_s"] = self.clock.timings["train_s"] - earlier
+            self.record.notes.append(
+                f"training resumed from a checkpoint at step {trained.resumed.get('from_step')}: train_s adds "
+                f"{earlier:.1f} s of earlier runs (other processes, contention not watched); not a timing of "
+                f"one uninterrupted run")
         self.log(f"trained in {self.clock.timings['train_s']:.1f} s, {trained.num_primitives()} primitives")
         return trained
 
@@ -498,12 +515,13 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict,
     device = resolve_device(opts.device)
     clock = _Clock(device, reporter, ContentionWatch(device))
     clock.watch.sample("start")
+    checkpoint = TrainCheckpoint(rec_path.with_suffix(".ckpt"), opts.checkpoint_minutes * 60.0)
     with _job_log(rec_path.with_suffix(".log")) as log:
         log(f"job {job.label} on {device}")
         try:
             run = _JobRun(job, opts, get_method(job.method), load_method_spec(job.method),
                           load_dataset_spec(job.dataset), device, record, clock, log,
-                          bitstream_path(opts.out, job.dataset, job.scene, job.method, job.rate.name))
+                          bitstream_path(opts.out, job.dataset, job.scene, job.method, job.rate.name), checkpoint)
             scene, shared = run.load(scene_cache)
             trained = run.train(scene, shared)
             nbytes = run.encode_and_write(trained)
@@ -515,6 +533,7 @@ def run_job(job: Job, opts: RunOptions, reporter: Reporter, scene_cache: dict,
             run.evaluate(decoded, scene, gts)
             del decoded
             record.status = "ok"
+            checkpoint.discard()
             log(f"PSNR {record.metrics.get('psnr')} dB, {nbytes} bytes, FPS {record.fps['fps']:.1f} ({record.fps['label']})")
         except Exception as exc:  # the sweep goes on; the record says what failed
             record.status, record.error = "failed", f"{type(exc).__name__}: {exc}"

@@ -18,6 +18,7 @@ import torch
 
 from evalkit.codec.container import Bitstream
 from evalkit.data.scene import Camera, Scene
+from evalkit.train.checkpoint import TrainCheckpoint
 
 
 @dataclass
@@ -48,6 +49,9 @@ class TrainContext:
     cache: dict[str, Any] = field(default_factory=dict)  # shared between rate points of one scene
     dataset: str = ""  # dataset spec name (e.g. "dnerf"), for methods that build on another's spec
     scene_name: str = ""
+    # where this job's training checkpoint lives (off by default); a method that supports it resumes
+    # from it and says so in ``TrainedModel.resumed``
+    checkpoint: TrainCheckpoint = field(default_factory=TrainCheckpoint)
 
 
 RenderFn = Callable[[Camera, float], torch.Tensor]
@@ -78,6 +82,9 @@ class TrainedModel(Model):
     #: what was reused from an earlier rate point of the same scene (e.g. a shared coarse stage);
     #: stored in the record as ``reused``. None: nothing.
     reused: dict[str, Any] | None = None
+    #: training continued from a checkpoint of an earlier, interrupted run of this job:
+    #: ``{"from_step": N, "earlier_train_s": seconds trained before it}``. None: trained in one go.
+    resumed: dict[str, Any] | None = None
 
     def encode(self) -> Bitstream:
         """The bitstream the decoder rebuilds the model from. Required."""

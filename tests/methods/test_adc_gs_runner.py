@@ -125,3 +125,94 @@ def test_variant_without_rate_distortion_trains_once_and_records_one_point(tmp_p
     assert rec.iterations == 20 and rec.stage_metrics == {} and rec.metrics["psnr"] > 8
     assert "anchors_float32" in rec.size["components"] and not {"hyper", "fv", "fg0"} & set(rec.size["components"])
     assert not (out / "synthetic" / "spheres" / "adc-gs_base" / "mid.json").exists()
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_an_interrupted_run_resumes_from_its_checkpoint_and_ends_where_one_run_ends(synth_scene_dir, tmp_path) -> None:
+    """Training killed right after its checkpoint at step 9 (refinement on, before the snap), then run
+    again: it continues from step 9 and ends with the model of an uninterrupted run (CPU is
+    deterministic); the stats say where it resumed."""
+    from evalkit.data.detect import load_scene
+    from evalkit.methods.adc_gs.config import ADCConfig
+    from evalkit.methods.adc_gs.training import train
+    from evalkit.train.checkpoint import TrainCheckpoint
+
+    scene = load_scene(synth_scene_dir("dnerf"), resolution_scale=0.25)
+    cfg = ADCConfig(iterations=14, deform_from=3, quant_from=4, rate_from=6, refine_from=2, refine_until=10,
+                    refine_interval=2, init_voxel=0.6, time_rows=4, lambda_e=1e-3)
+    cpu = torch.device("cpu")
+    path = tmp_path / "mid.ckpt"
+
+    def kill_after_step_9(msg: str) -> None:
+        if msg.startswith("step 9: checkpoint written"):
+            raise _Killed
+
+    with pytest.raises(_Killed):
+        train(scene, cfg, cpu, log=kill_after_step_9, checkpoint=TrainCheckpoint(path, every_s=1e-9))
+    assert path.is_file()
+    torch.manual_seed(1234)  # as a new process would be: the random streams come from the checkpoint
+    lines: list[str] = []
+    resumed, stats = train(scene, cfg, cpu, log=lines.append, checkpoint=TrainCheckpoint(path, every_s=1e-9))
+    assert stats["resumed"]["from_step"] == 9 and stats["resumed"]["earlier_train_s"] > 0
+    assert any(line.startswith("resuming from the checkpoint at step 9") for line in lines)
+    alone, one_go = train(scene, cfg, cpu)
+    assert one_go["resumed"] is None and stats["refinement"] == one_go["refinement"]
+    a, b = resumed.state_dict(), alone.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_checkpoint_of_another_rate_point_is_not_resumed(synth_scene_dir, tmp_path) -> None:
+    from evalkit.data.detect import load_scene
+    from evalkit.methods.adc_gs.config import ADCConfig
+    from evalkit.methods.adc_gs.training import train
+    from evalkit.train.checkpoint import TrainCheckpoint
+
+    scene = load_scene(synth_scene_dir("dnerf"), resolution_scale=0.25)
+    base = dict(iterations=6, deform_from=3, quant_from=4, rate_from=5, refine_from=2, refine_until=5,
+                refine_interval=2, init_voxel=0.6, time_rows=4)
+    path = tmp_path / "job.ckpt"
+    with pytest.raises(_Killed):
+        train(scene, ADCConfig(**base, lambda_e=1e-2), torch.device("cpu"),
+              log=lambda m: (_ for _ in ()).throw(_Killed) if "checkpoint written" in m else None,
+              checkpoint=TrainCheckpoint(path, every_s=1e-9))
+    lines: list[str] = []
+    _, stats = train(scene, ADCConfig(**base, lambda_e=1e-4), torch.device("cpu"), log=lines.append,
+                     checkpoint=TrainCheckpoint(path, every_s=1e-9))
+    assert stats["resumed"] is None
+    assert any(str(path) in line and "another configuration" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_runner_resumes_a_killed_job_from_its_checkpoint(tmp_path, synthetic_data_root, monkeypatch) -> None:
+    """A job killed in training leaves a failed record and its checkpoint; the same command again
+    resumes it, records that it did (train_s adds the earlier part) and removes the checkpoint."""
+    from evalkit.results import read_record, record_path
+    from evalkit.runner import RunOptions, run
+    from evalkit.train.checkpoint import TrainCheckpoint
+
+    out = tmp_path / "results"
+    opts = RunOptions(out=out, iterations=30, resolution_scale=1 / 4, device="cpu", fps_warmup=1, fps_repeats=1,
+                      checkpoint_minutes=1e-9)  # a checkpoint after every step
+    real_save, saves = TrainCheckpoint.save, []
+
+    def save_then_die(self, key, state):
+        real_save(self, key, state)
+        saves.append(state["step"])
+        if len(saves) == 20:
+            raise _Killed("machine lost")
+
+    monkeypatch.setattr(TrainCheckpoint, "save", save_then_die)
+    [first] = run("adc-gs", "synthetic", rates=["low"], data_root=synthetic_data_root, opts=opts).outcomes
+    rec_path = record_path(out, "synthetic", "spheres", "adc-gs", "low")
+    ckpt = rec_path.with_suffix(".ckpt")
+    assert first.status == "failed" and "machine lost" in first.error and ckpt.is_file()
+    monkeypatch.setattr(TrainCheckpoint, "save", real_save)
+    [second] = run("adc-gs", "synthetic", rates=["low"], data_root=synthetic_data_root, opts=opts).outcomes
+    rec = read_record(rec_path)
+    assert second.status == "ok" and not ckpt.exists()
+    assert any(n.startswith("training resumed from a checkpoint at step 20") for n in rec.notes)
+    assert rec.timings["train_s"] > rec.timings["train_resumed_part_s"] > 0
+    assert "resuming from the checkpoint at step 20" in rec_path.with_suffix(".log").read_text()

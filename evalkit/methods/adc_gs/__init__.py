@@ -201,12 +201,14 @@ class ADCGS(Method):
     def train(self, scene: Scene, rate: RatePoint, ctx: TrainContext) -> ADCGSTrained:
         cfg = resolve_config(ctx, rate)
         model, stats = train(scene, cfg, ctx.device, seed=ctx.budget.seed, progress=ctx.progress, log=ctx.log,
-                             cache=ctx.cache)
+                             cache=ctx.cache, checkpoint=ctx.checkpoint)
         ctx.log(f"trained: {model.num_anchors} anchors, refinement {stats['refinement']}; "
                 f"quantisation + F_theta {stats['canonical_step']}")
         reused = ({"lambda_independent_steps": f"steps 1-{cfg.rate_from} shared between rate points of this scene"}
                   if stats["reused_shared_steps"] else None)
-        return ADCGSTrained(model, model.deform.table.weight.shape[0], scene.background, stats, reused)
+        trained = ADCGSTrained(model, model.deform.table.weight.shape[0], scene.background, stats, reused)
+        trained.resumed = stats["resumed"]
+        return trained
 
     def effective_config(self, rate: RatePoint, ctx: TrainContext) -> dict:
         return resolve_config(ctx, rate).to_dict()

@@ -65,6 +65,13 @@ class RefineStats:
         self.opacity, self.anchor_seen = z(num_anchors), z(num_anchors)
         self.frames = 0
 
+    def to(self, device: torch.device | str) -> "RefineStats":
+        """These statistics with every tensor on ``device`` (in place; for snapshots)."""
+        self.device = torch.device(device)
+        for name in ("psi_grad", "psi", "grad", "seen", "opacity", "anchor_seen"):
+            setattr(self, name, getattr(self, name).to(self.device))
+        return self
+
     @torch.no_grad()
     def add(self, grad2d: Tensor, radii: Tensor, psi: Tensor, opacities: Tensor, width: int, height: int,
             in_view: Tensor) -> None:

@@ -12,7 +12,8 @@ Learning rates decay log-linearly over the run (code; Adam eps 1e-15).
 
 The lambda-independent steps (everything before ``rate_from``) are trained once per scene and
 shared by the rate points through ``TrainContext.cache`` (the snapshot holds the model, the
-optimiser, the statistics and the random states).
+optimiser, the statistics and the random states). The same snapshot, written every few minutes to
+the job's ``TrainCheckpoint``, lets an interrupted job continue where it stopped.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from evalkit.metrics.image import ssim
 from evalkit.render.api import camera_tensors, rasterize
 from evalkit.train.images import ImageBank
 from evalkit.train.schedules import log_lerp
+from evalkit.train.checkpoint import TrainCheckpoint
 from evalkit.train.cuda_graphs import GraphedCalls
 from evalkit.methods.adc_gs.config import ADCConfig
 from evalkit.methods.adc_gs.mem import bits_per_value, quantise, stream_names
@@ -231,10 +233,10 @@ def snap_positions(model: ADCModel, opt: torch.optim.Optimizer, cfg: ADCConfig) 
 
 # -- the loop ---------------------------------------------------------------------------
 def _snapshot(model: ADCModel, opt, stats: RefineStats, step: int, frozen: bool, perm: list[int],
-              history: dict, seconds: float) -> dict:
+              history: dict, seconds: float, trace: dict | None = None) -> dict:
     return {"model": copy.deepcopy(model).cpu(), "opt": copy.deepcopy(opt.state_dict()),
-            "stats": copy.deepcopy(stats), "step": step, "frozen": frozen, "perm": list(perm),
-            "history": dict(history), "seconds": seconds,
+            "stats": copy.deepcopy(stats).to("cpu"), "step": step, "frozen": frozen, "perm": list(perm),
+            "history": dict(history), "seconds": seconds, "trace": copy.deepcopy(trace or {}),
             "rng": (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                     random.getstate(), np.random.get_state())}
 
@@ -247,7 +249,7 @@ def _restore(snap: dict, device: torch.device, cfg: ADCConfig):
         model.mem.cfg = cfg
     opt = torch.optim.Adam(_groups(model), eps=1e-15, fused=device.type == "cuda")
     opt.load_state_dict(copy.deepcopy(snap["opt"]))
-    stats = copy.deepcopy(snap["stats"])
+    stats = copy.deepcopy(snap["stats"]).to(device)
     cpu, cuda, py, npy = snap["rng"]
     torch.set_rng_state(cpu)
     if cuda is not None and torch.cuda.is_available():
@@ -256,6 +258,13 @@ def _restore(snap: dict, device: torch.device, cfg: ADCConfig):
     np.random.set_state(npy)
     return (model, opt, stats, snap["step"], snap["frozen"], list(snap["perm"]), dict(snap["history"]),
             float(snap["seconds"]))
+
+
+def checkpoint_key(cfg: ADCConfig, seed: int) -> str:
+    """A job's checkpoint key: every setting that changes what is computed, and the seed."""
+    d = cfg.to_dict()
+    d.pop("cuda_graphs", None)  # the same computation replayed
+    return "adc-gs/" + hashlib.sha1(json.dumps([d, seed], sort_keys=True).encode()).hexdigest()[:16]
 
 
 def shared_key(cfg: ADCConfig, seed: int) -> str:
@@ -267,7 +276,7 @@ def shared_key(cfg: ADCConfig, seed: int) -> str:
 
 
 def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, progress=None, log=None,
-          cache: dict | None = None) -> tuple[ADCModel, dict]:
+          cache: dict | None = None, checkpoint: TrainCheckpoint | None = None) -> tuple[ADCModel, dict]:
     progress = progress or (lambda it, total, stats: None)
     log = log or (lambda msg: None)
     frames = scene.train
@@ -282,8 +291,27 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
     bg3 = torch.as_tensor(np.asarray(scene.background), dtype=torch.float32, device=device)
     bg4 = torch.cat([bg3, bg3.new_zeros(1)])
     extent = scene.camera_extent()
+    checkpoint = checkpoint or TrainCheckpoint()
+    ckpt_key = checkpoint_key(cfg, seed)
+    state, _ = checkpoint.load(ckpt_key)
+    restored = None
+    if state is not None:
+        try:
+            restored = _restore(state, device, cfg)
+        except Exception as exc:  # e.g. saved by other code: start over, saying why
+            log(checkpoint.reject(f"cannot be restored ({type(exc).__name__}: {exc})"))
+    elif checkpoint.rejected:
+        log(checkpoint.rejected)
+    own_s = 0.0  # training seconds of this job's earlier processes (a resumed checkpoint)
+    trace: dict = {}
+    shared_s = 0.0
     # (a sweep's shared store claims a missing key: ask only when there is a stage to share)
-    if rd and share_until > 1 and cache is not None and key in cache:
+    if restored is not None:
+        model, opt, stats, start, frozen, perm, history, own_s = restored
+        trace = dict(state["trace"])
+        reused, shared_s = trace.get("reused", False), trace.get("shared_s", 0.0)
+        log(f"resuming from the checkpoint at step {start} ({own_s:.1f} s trained before): {checkpoint.path}")
+    elif rd and share_until > 1 and cache is not None and key in cache:
         model, opt, stats, start, frozen, perm, history, shared_s = _restore(cache[key], device, cfg)
         reused = True
         log(f"reusing the lambda-independent steps 1-{start} of this scene (shared between rate points)")
@@ -300,11 +328,12 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
         f"time rows, lambda_e={cfg.lambda_e}")
     graphs = GraphedCalls(cfg.cuda_graphs, evict_stale=True)
     t0 = time.perf_counter()
-    rate_log: list[float] = []
-    ema_psnr: float | None = None  # train PSNR of the 100th steps' renders, smoothed as 4dgs's trace
+    rate_log: list[float] = list(trace.get("rate_log", []))
+    ema_psnr: float | None = trace.get("ema_psnr")  # train PSNR of the 100th steps' renders, smoothed as 4dgs's trace
+    resumed_from = start if restored is not None else None
     for step in range(start + 1, cfg.iterations + 1):
         if rd and cache is not None and step == share_until and not reused and share_until > 1:
-            cache[key] = _snapshot(model, opt, stats, step - 1, frozen, perm, history, time.perf_counter() - t0)
+            cache[key] = _snapshot(model, opt, stats, step - 1, frozen, perm, history, own_s + time.perf_counter() - t0)
         set_learning_rates(opt, cfg, step, extent, frozen)
         if len(perm) < cfg.batch_size:
             perm += random.sample(range(len(frames)), len(frames))
@@ -374,11 +403,19 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
                                             "anchors": model.num_anchors})
         if step % 1000 == 0:
             log(f"step {step}: loss {float(loss.detach()):.4f}, {model.num_anchors} anchors, train PSNR ~{ema_psnr:.2f}")
+        if checkpoint.due() and step < cfg.iterations:
+            checkpoint.save(ckpt_key, _snapshot(model, opt, stats, step, frozen, perm, history,
+                                                own_s + time.perf_counter() - t0,
+                                                {"rate_log": rate_log, "ema_psnr": ema_psnr, "reused": reused,
+                                                 "shared_s": shared_s}))
+            log(f"step {step}: checkpoint written")
     if rd and not frozen:
         history["merged"] += snap_positions(model, opt, cfg)
     model.eval()
     # the shared steps count in full (their time measured when they ran) for every rate point
-    train_stats = {"seconds": time.perf_counter() - t0 + shared_s, "shared_steps_s": shared_s if reused else None, "anchors": model.num_anchors,
+    train_stats = {"seconds": time.perf_counter() - t0 + own_s + shared_s,
+                   "shared_steps_s": shared_s if reused else None, "anchors": model.num_anchors,
+                   "resumed": None if resumed_from is None else {"from_step": resumed_from, "earlier_train_s": own_s},
                    "primitives": model.num_anchors * cfg.k, "refinement": history, "reused_shared_steps": reused,
                    "rate_bits_per_value": rate_log[-1] if rate_log else None, "train_psnr": ema_psnr,
                    "canonical_step": graphs.status()}
