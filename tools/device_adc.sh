@@ -91,8 +91,8 @@ case "$1" in
     # issue 26: adc-gs late training step at a fixed anchor count, split by phase (alone):
     # adcstep SCENE|PATH [ANCHORS] [DATASET] (a PATH for a dataset other than dnerf)
     cd /tmp/code; sc=$(scene_dir "${2:-jumpingjacks}")
-    python3 -m evalkit.bench.adc_gs_step "$sc" --dataset "${4:-dnerf}" --rate mid \
-      --anchors "${3:-31000}" --steps 300 --warmup 100 --profile-steps 20 --device cuda 2>&1 | tee -a /tmp/res/adcstep.txt
+    timeout "${ADCSTEP_TIMEOUT:-400}" python3 -m evalkit.bench.adc_gs_step "$sc" --dataset "${4:-dnerf}" --rate mid \
+      --anchors "${3:-31000}" --steps 300 --warmup 100 --profile-steps 20 --device cuda 2>&1 | tee -a /tmp/res/adcstep.txt || true
     ;;
   variant)
     # a tuning variant in the device's copy of a spec (not committed): variant METHOD NAME KEY=VALUE...
@@ -186,7 +186,9 @@ case "$1" in
   collect)
     tail -n 3 /tmp/res/*.out || true
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv || true
-    tar czf "$OUT/res.tgz" --exclude='*.evk' --exclude='*.pt' -C /tmp res || true
+    # `collect evk` keeps the bitstreams (small captures); checkpoints (.ckpt) always come back
+    ex=(--exclude='*.pt'); [ "${2:-}" = evk ] || ex+=(--exclude='*.evk')
+    tar czf "$OUT/res.tgz" "${ex[@]}" -C /tmp res || true
     ls -la "$OUT"
     ;;
 esac
