@@ -251,9 +251,10 @@ def _restore(snap: dict, device: torch.device, cfg: ADCConfig):
     opt.load_state_dict(copy.deepcopy(snap["opt"]))
     stats = copy.deepcopy(snap["stats"]).to(device)
     cpu, cuda, py, npy = snap["rng"]
-    torch.set_rng_state(cpu)
+    # (a sweep's shared store loads snapshots onto the training device; RNG states live on the CPU)
+    torch.set_rng_state(cpu.cpu())
     if cuda is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
     random.setstate(py)
     np.random.set_state(npy)
     return (model, opt, stats, snap["step"], snap["frozen"], list(snap["perm"]), dict(snap["history"]),
