@@ -54,8 +54,14 @@ class GraphedCalls:
         module = self._graphed.get(sig)
         if module is None:
             if self.evict_stale:
-                for stale in [s for s in self._graphed if s[0][0] == key[0]]:
-                    del self._graphed[stale]
+                stale = [s for s in self._graphed if s[0][0] == key[0]]
+                for s in stale:
+                    del self._graphed[s]
+                if stale:
+                    # A dropped graph's private memory pool stays reserved by this process's caching
+                    # allocator until emptied; over a growing model's hundreds of captures that piled
+                    # up to tens of GB and starved the other jobs on the GPU (out of memory).
+                    torch.cuda.empty_cache()
             module = make_module()
             samples = tuple(t.detach().clone().requires_grad_(t.requires_grad) for t in tensors)
             rng = _cuda_generator(tensors[0].device)
