@@ -20,7 +20,8 @@ evalkit follows the paper; where it is silent, the authors' code; else a choice.
   f_v^ [paper]; f_g in M = 4 channel chunks [paper; channel axis: choice]; softplus sigma >= 0.11
   symbols, the same in training and coding [choice]; R in bits per coded value [choice]; the rate
   has gradients [paper; the code detaches it].
-* Training (``training``): Eq. 10 with (1 - SSIM) [paper]; schedule, learning rates, thresholds [code];
+* Training (``training``): Eq. 10 with (1 - SSIM) [paper]; schedule, learning rates, thresholds [code;
+  the converted basketball captures grow at tau_g 0.009 in both layouts: choice, methods/adc-gs.toml];
   refinement with Eq. 11's temporal significance [paper; the code's branch is off and broken], Psi
   read from a fourth colour channel of the training render rather than a second render [choice,
   the same numbers]; growth adds one anchor per free ``grow_voxel`` (0.01) voxel [choice, Scaffold-GS:
