@@ -38,13 +38,22 @@ class TrainCheckpoint:
         """Time to write one (``every_s`` since the last write or since the job started)."""
         return self.enabled and time.monotonic() - self._last >= self.every_s
 
-    def save(self, key: str, state: dict[str, Any]) -> None:
+    def save(self, key: str, state: dict[str, Any]) -> str | None:
+        """Write the checkpoint; None, or why it could not be written (a full disk, a read-only
+        folder: training goes on without checkpoints, and the caller logs the reason)."""
         assert self.path is not None
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")
-        torch.save({"format": FORMAT, "key": key, "state": state}, tmp)
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"format": FORMAT, "key": key, "state": state}, tmp)
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            if tmp.parent.is_dir():
+                tmp.unlink(missing_ok=True)
+            self.every_s = 0.0  # off for the rest of the job
+            return f"checkpoint {self.path} not written ({type(exc).__name__}: {exc}); training goes on without checkpoints"
         self._last = time.monotonic()
+        return None
 
     def load(self, key: str) -> tuple[dict[str, Any] | None, str | None]:
         """``(state, None)`` for a checkpoint of this ``key``; ``(None, why)`` when there is one that

@@ -42,3 +42,14 @@ def test_off_when_no_path_or_no_interval(tmp_path) -> None:
     assert not TrainCheckpoint().enabled and not TrainCheckpoint().due()
     ck = TrainCheckpoint(tmp_path / "job.ckpt", every_s=0)
     assert not ck.enabled and not ck.due() and ck.load("k") == (None, None)
+
+
+def test_a_failed_write_turns_checkpoints_off_and_says_why(tmp_path) -> None:
+    """A checkpoint that cannot be written (here its folder is a file) does not stop training: the
+    reason names the file, and no further write is attempted."""
+    blocker = tmp_path / "results"
+    blocker.write_text("not a folder")
+    ck = TrainCheckpoint(blocker / "job.ckpt", every_s=1e-9)
+    why = ck.save("k", {"step": 1})
+    assert why is not None and str(blocker / "job.ckpt") in why and "training goes on" in why
+    assert not ck.enabled and not ck.due()

@@ -405,11 +405,11 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
         if step % 1000 == 0:
             log(f"step {step}: loss {float(loss.detach()):.4f}, {model.num_anchors} anchors, train PSNR ~{ema_psnr:.2f}")
         if checkpoint.due() and step < cfg.iterations:
-            checkpoint.save(ckpt_key, _snapshot(model, opt, stats, step, frozen, perm, history,
-                                                own_s + time.perf_counter() - t0,
-                                                {"rate_log": rate_log, "ema_psnr": ema_psnr, "reused": reused,
-                                                 "shared_s": shared_s}))
-            log(f"step {step}: checkpoint written")
+            failed = checkpoint.save(ckpt_key, _snapshot(model, opt, stats, step, frozen, perm, history,
+                                                         own_s + time.perf_counter() - t0,
+                                                         {"rate_log": rate_log, "ema_psnr": ema_psnr,
+                                                          "reused": reused, "shared_s": shared_s}))
+            log(f"step {step}: {failed or 'checkpoint written'}")
     if rd and not frozen:
         history["merged"] += snap_positions(model, opt, cfg)
     model.eval()
