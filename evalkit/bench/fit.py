@@ -1,7 +1,7 @@
 """Does a finished job under-fit its training views? Decodes the job's bitstream (any method) and
 scores the decoded model's renders of the training and the test views:
 
-    python -m evalkit.bench.fit RECORD.json [RECORD.json ...] --data-root DATA [--every 8]
+    python -m evalkit.bench.fit RECORD.json [RECORD.json ...] --data-root DATA [--every 8] [--test-every 1] [--full-only]
 
 For the training views (every ``--every``-th, in time order) and the test views (the job's
 evaluation split: val for a run with ``--eval-split val``) it prints the mean PSNR. A train PSNR
@@ -63,6 +63,10 @@ def main() -> None:
     ap.add_argument("records", type=Path, nargs="+")
     ap.add_argument("--data-root", type=Path, required=True)
     ap.add_argument("--every", type=int, default=8, help="every k-th training view, in time order")
+    ap.add_argument("--test-every", type=int, default=1,
+                    help="every k-th test view, in time order (default all; the printout says how many)")
+    ap.add_argument("--full-only", action="store_true",
+                    help="adc-gs: score only the full model, not its parts (a quicker bench on CPU)")
     ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
     dev = torch.device(args.device)
@@ -75,7 +79,7 @@ def main() -> None:
             decoded = get_method(bits.header.get("method", "?")).decode(bits, dev, str(bits_path))
         except (RecordError, ViewsError, BitstreamError, UnknownMethod, ContractError) as exc:
             raise SystemExit(f"error: {exc}") from None
-        parts = PARTS if isinstance(decoded, ADCGSDecoded) else PARTS[:1]
+        parts = PARTS if isinstance(decoded, ADCGSDecoded) and not args.full_only else PARTS[:1]
         train = sorted(scene.train, key=lambda f: f.time)[::max(args.every, 1)]
         scores: dict[str, list[float]] = {p: [] for p in parts}
         for f in train:
@@ -84,7 +88,7 @@ def main() -> None:
                 img = decoded.render(f.camera, f.time) if p == "full" else render_part(decoded, f.camera, f.time, p)
                 scores[p].append(psnr_u8(image_u8(img.float().cpu()), gt))
         test = [psnr_u8(image_u8(decoded.render(f.camera, f.time).float().cpu()), image_u8(torch.from_numpy(f.load())))
-                for f in scene.test]
+                for f in sorted(scene.test, key=lambda f: f.time)[::max(args.test_every, 1)]]
         extra = ", ".join(f"{p} {np.mean(scores[p]):.3f}" for p in parts[1:])
         extra = f" [without parts of the deformation: {extra}]" if extra else ""
         print(f"{path}: train ({len(train)} views) {np.mean(scores['full']):.3f} dB{extra}; "
