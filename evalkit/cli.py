@@ -65,7 +65,7 @@ def run(
     eval_split: str = typer.Option("test", "--eval-split", help="Views to score: test (the protocol) or val (tuning runs: the records say so; reports and gates leave them out)."),
     allow_corrupt_video: bool = typer.Option(False, "--allow-corrupt-video", metavar=FLAG, help="Neu3D: train on videos whose decoder reported damage (concealed frames); the record notes it."),
     offline: bool = typer.Option(False, "--offline", metavar=FLAG, help="Never download (LPIPS weights missing -> LPIPS recorded as missing, with the reason)."),
-    checkpoint_minutes: float = typer.Option(10.0, "--checkpoint-minutes", min=0.0, help="Minutes between training checkpoints (next to each job's record; running the same command again resumes an interrupted job from it; removed when the job ends ok). 0: none. Methods that support it: adc-gs."),
+    checkpoint_minutes: float = typer.Option(10.0, "--checkpoint-minutes", help="Minutes between training checkpoints (next to each job's record; running the same command again resumes an interrupted job from it; removed when the job ends ok). 0: none. Methods that support it: adc-gs."),
 ) -> None:
     """Train, encode, decode, render and measure every (scene, rate point) job; write one record per job."""
     from evalkit.codec.container import BitstreamError
@@ -83,6 +83,8 @@ def run(
     load_plugins()  # $EVALKIT_PLUGINS: out-of-tree methods
     if executor not in EXECUTORS:
         _fail(f"--executor {executor!r}: one of {', '.join(EXECUTORS)}")
+    if not checkpoint_minutes >= 0:
+        _fail(f"--checkpoint-minutes {checkpoint_minutes}: minutes between checkpoints, 0 or more (0: none)")
     sweep = None if executor == "inline" else SweepOptions(
         executor=executor, gpus=[g.strip() for g in gpus.split(",") if g.strip()] if gpus else None,
         jobs_per_gpu=jobs_per_gpu, workers=workers, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job,
