@@ -438,8 +438,8 @@ class _JobRun:
             self.record.notes.append(self.checkpoint.rejected)
         if trained.resumed:
             earlier = float(trained.resumed.get("earlier_train_s", 0.0))
+            self.clock.timings["train_resumed_part_s"] = self.clock.timings["train_s"]
             self.clock.timings["train_s"] += earlier
-            self.clock.timings["train_resumed_part_s"] = self.clock.timings["train_s"] - earlier
             self.record.notes.append(
                 f"training resumed from a checkpoint at step {trained.resumed.get('from_step')}: train_s adds "
                 f"{earlier:.1f} s of earlier runs (other processes, contention not watched); not a timing of "

@@ -10,6 +10,7 @@ and the job starts over; the method says so in its record.
 """
 from __future__ import annotations
 
+import io
 import os
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from evalkit.codec.container import atomic_write_bytes
 
 FORMAT = 1  # bump when what ``save`` writes changes incompatibly
 
@@ -42,34 +45,33 @@ class TrainCheckpoint:
         """Write the checkpoint; None, or why it could not be written (a full disk, a read-only
         folder: training goes on without checkpoints, and the caller logs the reason)."""
         assert self.path is not None
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        buf = io.BytesIO()
+        torch.save({"format": FORMAT, "key": key, "state": state}, buf)
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            torch.save({"format": FORMAT, "key": key, "state": state}, tmp)
-            os.replace(tmp, self.path)
+            atomic_write_bytes(self.path, buf.getvalue())
         except OSError as exc:
-            if tmp.parent.is_dir():
-                tmp.unlink(missing_ok=True)
             self.every_s = 0.0  # off for the rest of the job
             return f"checkpoint {self.path} not written ({type(exc).__name__}: {exc}); training goes on without checkpoints"
         self._last = time.monotonic()
         return None
 
-    def load(self, key: str) -> tuple[dict[str, Any] | None, str | None]:
-        """``(state, None)`` for a checkpoint of this ``key``; ``(None, why)`` when there is one that
-        cannot be used (unreadable, another format or setting: it is moved aside); ``(None, None)``
-        when there is none."""
+    def load(self, key: str) -> dict[str, Any] | None:
+        """The state of a checkpoint of this ``key``, or None: there is none, or it cannot be used
+        (unreadable, another format or setting: moved aside, and ``rejected`` says why)."""
         if not self.enabled or not self.path.is_file():
-            return None, None
+            return None
         try:
             blob = torch.load(self.path, map_location="cpu", weights_only=False)
         except Exception as exc:  # damaged, truncated, not a checkpoint
-            return None, self.reject(f"unreadable ({type(exc).__name__}: {exc})")
+            self.reject(f"unreadable ({type(exc).__name__}: {exc})")
+            return None
         if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-            return None, self.reject("written by another evalkit version")
+            self.reject("written by another evalkit version")
+            return None
         if blob.get("key") != key:
-            return None, self.reject("made with another configuration or seed")
-        return blob["state"], None
+            self.reject("made with another configuration or seed")
+            return None
+        return blob["state"]
 
     def reject(self, why: str) -> str:
         """Move the checkpoint aside (kept for inspection, never resumed) and say why."""
@@ -82,5 +84,4 @@ class TrainCheckpoint:
     def discard(self) -> None:
         """Remove the checkpoint (the job finished, or is forced to start over)."""
         if self.path is not None:
-            for p in (self.path, self.path.with_name(self.path.name + ".tmp")):
-                p.unlink(missing_ok=True)
+            self.path.unlink(missing_ok=True)

@@ -58,9 +58,9 @@ class GraphedCalls:
                 for s in stale:
                     del self._graphed[s]
                 if stale:
-                    # A dropped graph's private memory pool stays reserved by this process's caching
-                    # allocator until emptied; over a growing model's hundreds of captures that piled
-                    # up to tens of GB and starved the other jobs on the GPU (out of memory).
+                    # A dropped graph's private memory pool stays reserved by the caching allocator
+                    # until the cache is emptied (our reading of PyTorch; a GPU test checks it). adc-gs jobs
+                    # that re-capture at every anchor count held 26-55 GiB, and the GPU ran out of memory.
                     torch.cuda.empty_cache()
             module = make_module()
             samples = tuple(t.detach().clone().requires_grad_(t.requires_grad) for t in tensors)

@@ -66,7 +66,7 @@ class _Grow(nn.Module):
 def test_a_growing_input_does_not_pile_up_reserved_memory() -> None:
     """A model that grows is re-captured at every new size (adc-gs: at every refinement): the
     dropped graphs' pools are given back, so the process's reserved memory stays near one
-    capture's, not the sum of all of them (a Neu3D run's 876 captures reserved tens of GB)."""
+    capture's, not the sum of all of them (adc-gs jobs held 26-55 GiB on the captures, stop 41)."""
     calls, unit = GraphedCalls(True, evict_stale=True), _Grow().cuda()
     peaks = []
     for i, n in enumerate(range(200_000, 260_000, 2_000)):  # 30 sizes, ~50 MB of activations each

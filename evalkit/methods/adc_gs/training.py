@@ -261,19 +261,20 @@ def _restore(snap: dict, device: torch.device, cfg: ADCConfig):
             float(snap["seconds"]))
 
 
-def checkpoint_key(cfg: ADCConfig, seed: int) -> str:
-    """A job's checkpoint key: every setting that changes what is computed, and the seed."""
+def _digest(cfg: ADCConfig, seed: int, leave_out: str) -> str:
     d = cfg.to_dict()
-    d.pop("cuda_graphs", None)  # the same computation replayed
-    return "adc-gs/" + hashlib.sha1(json.dumps([d, seed], sort_keys=True).encode()).hexdigest()[:16]
+    d.pop(leave_out, None)
+    return hashlib.sha1(json.dumps([d, seed], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def checkpoint_key(cfg: ADCConfig, seed: int) -> str:
+    """A job's checkpoint key: every setting but ``cuda_graphs`` (the same computation replayed), and the seed."""
+    return f"adc-gs/{_digest(cfg, seed, 'cuda_graphs')}"
 
 
 def shared_key(cfg: ADCConfig, seed: int) -> str:
     """The cache key of the lambda-independent steps: every setting but lambda_e, and the seed."""
-    d = cfg.to_dict()
-    d.pop("lambda_e")
-    digest = hashlib.sha1(json.dumps([d, seed], sort_keys=True).encode()).hexdigest()[:16]
-    return f"adc-gs/before-rate-{digest}"
+    return f"adc-gs/before-rate-{_digest(cfg, seed, 'lambda_e')}"
 
 
 def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, progress=None, log=None,
@@ -294,14 +295,14 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
     extent = scene.camera_extent()
     checkpoint = checkpoint or TrainCheckpoint()
     ckpt_key = checkpoint_key(cfg, seed)
-    state, _ = checkpoint.load(ckpt_key)
+    state = checkpoint.load(ckpt_key)
     restored = None
     if state is not None:
         try:
             restored = _restore(state, device, cfg)
         except Exception as exc:  # e.g. saved by other code: start over, saying why
-            log(checkpoint.reject(f"cannot be restored ({type(exc).__name__}: {exc})"))
-    elif checkpoint.rejected:
+            checkpoint.reject(f"cannot be restored ({type(exc).__name__}: {exc})")
+    if checkpoint.rejected:
         log(checkpoint.rejected)
     own_s = 0.0  # training seconds of this job's earlier processes (a resumed checkpoint)
     trace: dict = {}
