@@ -54,9 +54,12 @@ def test_a_time_table_read_at_a_tensor_time_is_captured_and_replayed() -> None:
 
 
 class _Grow(nn.Module):
-    def __init__(self) -> None:
+    """A fresh wrapper at each capture (as adc-gs's units): ``make_graphed_callables`` patches the
+    module it is given, so re-capturing the same instance would wrap its first graph."""
+
+    def __init__(self, lin: nn.Linear) -> None:
         super().__init__()
-        self.lin = nn.Linear(64, 64)
+        self.lin = lin
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.lin(x)).square()
@@ -67,11 +70,11 @@ def test_a_growing_input_does_not_pile_up_reserved_memory() -> None:
     """A model that grows is re-captured at every new size (adc-gs: at every refinement): the
     dropped graphs' pools are given back, so the process's reserved memory stays near one
     capture's, not the sum of all of them (adc-gs jobs held 26-55 GiB on the captures, stop 41)."""
-    calls, unit = GraphedCalls(True, evict_stale=True), _Grow().cuda()
+    calls, lin = GraphedCalls(True, evict_stale=True), nn.Linear(64, 64).cuda()
     peaks = []
     for i, n in enumerate(range(200_000, 260_000, 2_000)):  # 30 sizes, ~50 MB of activations each
         x = torch.randn(n, 64, device="cuda", requires_grad=True)
-        calls(("grow",), lambda: unit, x).sum().backward()
+        calls(("grow",), lambda: _Grow(lin), x).sum().backward()
         peaks.append(torch.cuda.memory_reserved())
     assert calls.captures == 30 and calls.captured == 1
     assert peaks[-1] < 3 * peaks[2], [p >> 20 for p in peaks]
