@@ -186,8 +186,8 @@ case "$1" in
   collect)
     tail -n 3 /tmp/res/*.out || true
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv || true
-    # `collect evk` keeps the bitstreams (small captures); checkpoints (.ckpt) always come back
-    ex=(--exclude='*.pt'); [ "${2:-}" = evk ] || ex+=(--exclude='*.evk')
+    # `collect evk` keeps the bitstreams (small captures); checkpoints stay (14-108 MB: over $OUT's 16 MiB a file)
+    ex=(--exclude='*.pt' --exclude='*.ckpt' --exclude='*.ckpt.bad'); [ "${2:-}" = evk ] || ex+=(--exclude='*.evk')
     tar czf "$OUT/res.tgz" "${ex[@]}" -C /tmp res || true
     ls -la "$OUT"
     ;;
