@@ -10,7 +10,9 @@ and the job starts over; the method says so in its record.
 """
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -85,3 +87,80 @@ class TrainCheckpoint:
         """Remove the checkpoint (the job finished, or is forced to start over)."""
         if self.path is not None:
             self.path.unlink(missing_ok=True)
+
+
+class ResumeError(RuntimeError):
+    """A checkpoint of the right key whose state does not fit the model (the caller rejects it and
+    starts over)."""
+
+
+def rng_states() -> dict[str, Any]:
+    """Every random stream training draws from (torch CPU and CUDA, Python, NumPy), on the host."""
+    import random
+
+    import numpy as np
+
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    import random
+
+    import numpy as np
+
+    # (RNG states live on the CPU, also when a store loaded the rest onto the GPU)
+    torch.set_rng_state(states["torch"].cpu())
+    if states["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+
+
+def module_state(module: torch.nn.Module) -> dict[str, Any]:
+    """``module.state_dict()`` copied to the host (extra states, e.g. a quantiser's flags, included)."""
+    return {k: (v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v)
+            for k, v in module.state_dict().items()}
+
+
+def load_module_state(module: torch.nn.Module, state: dict[str, Any]) -> None:
+    """Load ``state`` into ``module`` whose tensors may have other sizes (Gaussians densified,
+    pruned or re-assigned since it was built): a parameter or buffer of another shape is replaced
+    by one of the saved shape first (parameters keep their ``requires_grad``), then everything is
+    loaded strictly. Raises ``ResumeError`` if the state does not fit."""
+    try:
+        for name, saved in state.items():
+            if not isinstance(saved, torch.Tensor):
+                continue  # an extra state
+            owner_name, _, attr = name.rpartition(".")
+            owner = module.get_submodule(owner_name)
+            current = getattr(owner, attr)
+            if isinstance(current, torch.Tensor) and current.shape == saved.shape:
+                continue
+            dev = current.device if isinstance(current, torch.Tensor) else saved.device
+            fresh = torch.empty(saved.shape, dtype=saved.dtype, device=dev)
+            if isinstance(current, torch.nn.Parameter):
+                owner.register_parameter(attr, torch.nn.Parameter(fresh, requires_grad=current.requires_grad))
+            else:
+                owner.register_buffer(attr, fresh)
+        module.load_state_dict(state, strict=True)
+    except (AttributeError, KeyError, RuntimeError, TypeError) as exc:
+        raise ResumeError(f"the saved model does not fit this one ({type(exc).__name__}: {exc})") from exc
+
+
+def checkpoint_key(method: str, config: dict, seed: int, speed_options: frozenset[str] = frozenset()) -> str:
+    """A job's checkpoint key: the method, a digest of its effective configuration but its speed
+    options (the same computation, e.g. replayed from CUDA graphs), the seed."""
+    kept = {k: v for k, v in config.items() if k not in speed_options}
+    digest = hashlib.sha1(json.dumps([kept, seed], sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return f"{method}/{digest}"
+
+
+def resumed_info(state: dict | None, before_s: float = 0.0) -> dict | None:
+    """``TrainedModel.resumed`` for a run that continued from the 4DGS trainer's checkpoint
+    ``state`` (``before_s``: training the checkpoint does not count, e.g. an earlier call's stage)."""
+    if state is None:
+        return None
+    earlier = before_s + sum(st["seconds"] for st in state["stats"]) + float(state["seconds"])
+    return {"from_step": int(state["global_step"]), "earlier_train_s": earlier}

@@ -380,3 +380,10 @@ def test_densification_steps_leave_gaussians_unstepped_and_last_step_updates_not
         assert moved_means == (s % 3 != 0 or not densifies), f"step {s}: Gaussians {'moved' if moved_means else 'stayed'}"
         assert moved_grid, f"step {s}: the deformation field was not updated"
     assert torch.equal(final[0], seen[12][0]) and torch.equal(final[1], seen[12][1])
+
+
+def test_training_leaves_the_scene_points_as_loaded(trained, tiny_scene, synth_scene_dir):
+    """The runner keeps one Scene for every job of a scene: training on the CPU must not move its
+    points (the Gaussians once shared the float32 array, and the next job started from them)."""
+    fresh = load_scene(synth_scene_dir("dnerf"), resolution_scale=0.5)
+    np.testing.assert_array_equal(tiny_scene.points.xyz, fresh.points.xyz)

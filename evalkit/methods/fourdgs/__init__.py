@@ -15,6 +15,7 @@ from evalkit.models.fourdgs.export import export_ply
 from evalkit.models.fourdgs.kernel_warmup import KernelsInBackground
 from evalkit.models.fourdgs.model import FourDGSModel
 from evalkit.models.fourdgs.trainer import train
+from evalkit.train.checkpoint import ResumeError, checkpoint_key, resumed_info
 
 
 class FourDGSTrained(TrainedModel):
@@ -56,13 +57,25 @@ class FourDGS(Method, KernelsInBackground):
 
     def train(self, scene: Scene, rate: RatePoint, ctx: TrainContext) -> FourDGSTrained:
         cfg = self.config(rate, ctx)
+        key = checkpoint_key(self.name, cfg.to_dict(), ctx.budget.seed, self.speed_options)
+        resume = ctx.checkpoint.load(key)
+
+        def run(resume):
+            return train(scene, cfg, ctx.device, progress=ctx.progress, log=ctx.log, seed=ctx.budget.seed,
+                         before_fine=lambda: self.kernels_ready(ctx.log), checkpoint=ctx.checkpoint,
+                         checkpoint_key=key, resume=resume)
         try:
-            model, stages = train(scene, cfg, ctx.device, progress=ctx.progress, log=ctx.log, seed=ctx.budget.seed,
-                                  before_fine=lambda: self.kernels_ready(ctx.log))
+            try:
+                model, stages = run(resume)
+            except ResumeError as exc:  # a checkpoint this code cannot continue: start over
+                ctx.log(ctx.checkpoint.reject(str(exc)))
+                model, stages, resume = *run(None), None
         finally:
             self.stop_kernels()
-        return FourDGSTrained(model, cfg, {s.stage: {"iterations": s.iterations, "seconds": s.seconds,
-                                                     "gaussians": s.num_gaussians} for s in stages})
+        trained = FourDGSTrained(model, cfg, {s.stage: {"iterations": s.iterations, "seconds": s.seconds,
+                                                        "gaussians": s.num_gaussians} for s in stages})
+        trained.resumed = resumed_info(resume)
+        return trained
 
     def prepare_training(self, rate: RatePoint, ctx: TrainContext) -> None:
         """One-time setup (timed apart by the runner): start compiling the fine stage's Triton

@@ -63,7 +63,8 @@ from evalkit.methods.fourdgs_cc import codec
 from evalkit.methods.fourdgs_cc.coded import CodedScene, finalize
 from evalkit.methods.fourdgs_cc.config import CCConfig, split_config
 from evalkit.methods.fourdgs_cc.model import FourDGSCCModel
-from evalkit.methods.fourdgs_cc.training import coarse_stage, fine_stage
+from evalkit.methods.fourdgs_cc.training import train_stages
+from evalkit.train.checkpoint import ResumeError, checkpoint_key
 from evalkit.models.fourdgs.config import FourDGSConfig
 
 __all__ = ["FourDGSCC", "FourDGSCCTrained", "FourDGSCCDecoded", "resolve_config"]
@@ -198,18 +199,25 @@ class FourDGSCC(Method, KernelsInBackground):
         fcfg, cc = resolve_config(ctx, rate)
         ctx.log(f"4dgs-cc rate point {rate.name}: lambda_e={cc.lambda_e}, lambda_c={cc.lambda_c}, "
                 f"codebook={cc.codebook_size}")
+        key = checkpoint_key(self.name, merged_config(base_name(ctx), fcfg, cc), ctx.budget.seed, self.speed_options)
+        resume = ctx.checkpoint.load(key)
         try:
-            base, reused, coarse_stats = coarse_stage(scene, fcfg, ctx)
-            self.kernels_ready(ctx.log)
+            try:
+                model, stats, reused, resumed = train_stages(scene, fcfg, cc, ctx, key, resume,
+                                                             lambda: self.kernels_ready(ctx.log))
+            except ResumeError as exc:  # a checkpoint this code cannot continue: start over
+                ctx.log(ctx.checkpoint.reject(str(exc)))
+                model, stats, reused, resumed = train_stages(scene, fcfg, cc, ctx, key, None,
+                                                             lambda: self.kernels_ready(ctx.log))
         finally:
             self.stop_kernels()
-        model, stats = fine_stage(scene, fcfg, cc, base, ctx)
-        stats["coarse"] = coarse_stats
         ctx.log(f"fine stage done: {model.num_primitives()} Gaussians, VQ {stats['vq']}, "
                 f"rate estimates (bits per value) {stats['rate_estimates']}")
         note = ({"coarse_stage": "shared between rate points of this scene (trained by an earlier one)",
                  **({"artefact": reused} if isinstance(reused, str) else {})} if reused else None)
-        return FourDGSCCTrained(model, fcfg, cc, stats, reused=note, base=base_name(ctx))
+        trained = FourDGSCCTrained(model, fcfg, cc, stats, reused=note, base=base_name(ctx))
+        trained.resumed = resumed
+        return trained
 
     def effective_config(self, rate: RatePoint, ctx: TrainContext) -> dict:
         return merged_config(base_name(ctx), *resolve_config(ctx, rate))

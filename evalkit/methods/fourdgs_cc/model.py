@@ -56,6 +56,27 @@ class FourDGSCCModel(FourDGSModel):
         self.vqcc = (VQCC(dim, cc.codebook_qstep, cc.vqcc_hidden, cc.vqcc_latent).to(dev)
                      if cc.compress_canonical and cc.vqcc else None)
 
+    def training_flags(self) -> dict:
+        """The quantiser's and entropy models' host-side state (their tensors are in ``state_dict``;
+        the entropy models' weights are also coded from it, so no extra state goes there)."""
+        flags: dict = {}
+        if self.vq is not None:
+            flags["vq"] = {"n_codes": self.vq.n_codes, "active": self.vq.active, "pending": self.vq.pending,
+                           "round_codes": self.vq.round_codes}
+        for name in ("nvcc", "vqcc"):
+            if getattr(self, name) is not None:
+                flags[f"{name}_initialised"] = getattr(self, name).initialised
+        return flags
+
+    def restore_training_flags(self, flags: dict) -> None:
+        if self.vq is not None:
+            vq = flags["vq"]
+            self.vq.n_codes, self.vq.active = int(vq["n_codes"]), bool(vq["active"])
+            self.vq.pending, self.vq.round_codes = vq["pending"], bool(vq["round_codes"])
+        for name in ("nvcc", "vqcc"):
+            if getattr(self, name) is not None:
+                getattr(self, name).initialised = bool(flags[f"{name}_initialised"])
+
     def canonical_sh(self) -> torch.Tensor:
         sh = super().canonical_sh()
         return self.vq(sh) if self.vq is not None else sh

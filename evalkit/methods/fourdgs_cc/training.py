@@ -13,7 +13,8 @@ from evalkit.data.scene import Scene
 from evalkit.methods.base import TrainContext
 from evalkit.models.fourdgs.config import FourDGSConfig
 from evalkit.models.fourdgs.model import FourDGSModel
-from evalkit.models.fourdgs.trainer import train
+from evalkit.models.fourdgs.trainer import build_model, train
+from evalkit.train.checkpoint import resumed_info
 from evalkit.methods.fourdgs_cc.config import CCConfig
 from evalkit.methods.fourdgs_cc.model import FourDGSCCModel
 
@@ -49,7 +50,8 @@ class VQSchedule:
         return None
 
 
-def coarse_stage(scene: Scene, fcfg: FourDGSConfig, ctx: TrainContext) -> tuple[FourDGSModel, bool | str, dict]:
+def coarse_stage(scene: Scene, fcfg: FourDGSConfig, ctx: TrainContext, checkpoint_key: str = "",
+                 resume: dict | None = None) -> tuple[FourDGSModel, bool | str, dict]:
     """The coarse (static 3DGS) stage; one run per scene and 4DGS configuration, reused by the
     other rate points through ``ctx.cache`` (it does not depend on any 4DGS-CC option). Under a
     sweep the cache is stored beside the records (``evalkit.sweep.shared``): reused, the second
@@ -60,7 +62,8 @@ def coarse_stage(scene: Scene, fcfg: FourDGSConfig, ctx: TrainContext) -> tuple[
         ctx.log("coarse stage: reused from an earlier rate point of this scene")
         return copy.deepcopy(entry["model"]), entry.get("artefact") or True, entry["stats"]
     model, stats = train(scene, fcfg, ctx.device, stages=("coarse",), progress=ctx.progress, log=ctx.log,
-                         seed=ctx.budget.seed)
+                         seed=ctx.budget.seed, checkpoint=ctx.checkpoint, checkpoint_key=checkpoint_key,
+                         resume=resume)
     st = {s.stage: {"iterations": s.iterations, "seconds": s.seconds, "gaussians": s.num_gaussians} for s in stats}
     ctx.cache[COARSE_CACHE_KEY] = {"key": key, "model": copy.deepcopy(model), "stats": st}
     return model, False, st
@@ -96,17 +99,23 @@ def entropy_optimizer(model: FourDGSCCModel) -> torch.optim.Optimizer | None:
 
 
 def fine_stage(scene: Scene, fcfg: FourDGSConfig, cc: CCConfig, base: FourDGSModel,
-               ctx: TrainContext, bank=None) -> tuple[FourDGSCCModel, dict]:
+               ctx: TrainContext, bank=None, checkpoint_key: str = "", resume: dict | None = None,
+               checkpoint_extra: dict | None = None) -> tuple[FourDGSCCModel, dict]:
     """The 4DGS fine stage with L = L_4DGS + lambda_e R_voxels + lambda_c R_code (Eq. 2), rates in
-    bits per coded value (as HAC [5]; the paper does not say how its rates are normalised)."""
+    bits per coded value (as HAC [5]; the paper does not say how its rates are normalised).
+    ``resume``: a fine-stage checkpoint (``base`` is then only the skeleton it is loaded into)."""
     model = FourDGSCCModel(base, cc, seed=ctx.budget.seed)
     schedule = VQSchedule.of(fcfg, cc)
     if model.vq is not None:
         model.vq.pending = schedule.action(1)
     last: dict[str, float] = {}
+    if resume is not None:  # the entropy models' optimiser must hold the loaded parameters
+        from evalkit.train.checkpoint import load_module_state
+        load_module_state(model, resume["model"])
     _, stats = train(scene, fcfg, ctx.device, model=model, stages=("fine",), extra_loss=rate_loss(cc, schedule, last),
                      extra_optimizer=entropy_optimizer(model), progress=ctx.progress, log=ctx.log,
-                     seed=ctx.budget.seed, bank=bank)
+                     seed=ctx.budget.seed, bank=bank, checkpoint=ctx.checkpoint, checkpoint_key=checkpoint_key,
+                     resume=resume, checkpoint_extra=checkpoint_extra)
     st = {s.stage: {"iterations": s.iterations, "seconds": s.seconds, "gaussians": s.num_gaussians} for s in stats}
     st["rate_estimates"] = last
     st["rate_terms"] = model.rate_graph_status()
@@ -115,3 +124,26 @@ def fine_stage(scene: Scene, fcfg: FourDGSConfig, cc: CCConfig, base: FourDGSMod
     if model.vq is not None and model.vq.active:  # how much of the codebook the Gaussians use
         st["vq"].update(model.vq.usage())
     return model, st
+
+
+def train_stages(scene: Scene, fcfg: FourDGSConfig, cc: CCConfig, ctx: TrainContext, key: str,
+                 resume: dict | None, kernels_ready: Callable[[], None]
+                 ) -> tuple[FourDGSCCModel, dict, bool | str, dict | None]:
+    """Coarse stage (shared, or resumed from a coarse-stage checkpoint), then the fine stage (or
+    only the fine stage, from a fine-stage checkpoint). Returns the model, the fine-stage
+    statistics with ``coarse`` added, how the coarse stage was obtained, ``TrainedModel.resumed``."""
+    if resume is not None and resume["stage"] == "fine":
+        extra = resume["extra"]
+        base, reused, coarse_stats = build_model(scene, fcfg, ctx.device), extra["coarse_reused"], extra["coarse_stats"]
+        ctx.log("coarse stage: in the fine-stage checkpoint")
+    else:
+        base, reused, coarse_stats = coarse_stage(scene, fcfg, ctx, key, resume)
+    kernels_ready()
+    # the coarse stage's time counts for this job unless another rate point trained it
+    coarse_s = 0.0 if reused else float(coarse_stats.get("coarse", {}).get("seconds", 0.0))
+    model, stats = fine_stage(scene, fcfg, cc, base, ctx, checkpoint_key=key,
+                              resume=resume if resume is not None and resume["stage"] == "fine" else None,
+                              checkpoint_extra={"coarse_stats": coarse_stats, "coarse_reused": reused})
+    stats["coarse"] = coarse_stats
+    before = coarse_s if resume is not None and resume["stage"] == "fine" else 0.0
+    return model, stats, reused, resumed_info(resume, before)

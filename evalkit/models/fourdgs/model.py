@@ -39,7 +39,9 @@ def init_gaussians(points: PointCloud, sh_degree: int, device: torch.device) -> 
     quats = np.zeros((n, 4), np.float32)
     quats[:, 0] = 1.0
     K = (sh_degree + 1) ** 2
-    t = lambda a: torch.as_tensor(a, dtype=torch.float32, device=device)
+    # copies (torch.tensor, not as_tensor): on the CPU a float32 array would be shared, and training
+    # would move the scene's own points (the runner keeps one Scene for all jobs of a scene)
+    t = lambda a: torch.tensor(a, dtype=torch.float32, device=device)
     return nn.ParameterDict({
         "means": nn.Parameter(t(xyz)),
         "scales": nn.Parameter(t(log_scales)),
@@ -63,6 +65,13 @@ class FourDGSModel(nn.Module):
         self.register_buffer("background", background.float().reshape(3))
         self._graphed: FrameGraph | None = None
         self._cameras: dict[int, tuple[Camera, torch.Tensor, torch.Tensor]] = {}
+
+    def training_flags(self) -> dict:
+        """Training state outside ``state_dict`` (host-side flags) that a checkpoint keeps. None here."""
+        return {}
+
+    def restore_training_flags(self, flags: dict) -> None:
+        """Set what ``training_flags`` returned (a resumed checkpoint)."""
 
     def freeze_for_rendering(self) -> None:
         """For a decoded (never again trained) model on CUDA: capture the deformation as a CUDA

@@ -38,6 +38,8 @@ from gsplat.strategy.ops import remove, reset_opa
 
 from evalkit.data.scene import Frame, Scene
 from evalkit.train.adam_steps import AdamSteps
+from evalkit.train.checkpoint import (ResumeError, TrainCheckpoint, load_module_state, module_state, rng_states,
+                                      set_rng_states)
 from evalkit.train.densify import refine
 from evalkit.train.densify_stats import accumulate_stats
 from evalkit.train.images import ImageBank
@@ -132,14 +134,23 @@ def build_model(scene: Scene, cfg: FourDGSConfig, device: torch.device) -> FourD
 def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=None, log=None,
           seed: int = 0, model: FourDGSModel | None = None, stages: tuple[str, ...] = ("coarse", "fine"),
           extra_loss=None, extra_optimizer=None, bank: "ImageBank | None" = None,
-          before_fine=None) -> tuple[FourDGSModel, list[StageStats]]:
+          before_fine=None, checkpoint: TrainCheckpoint | None = None, checkpoint_key: str = "",
+          resume: dict | None = None, checkpoint_extra: dict | None = None
+          ) -> tuple[FourDGSModel, list[StageStats]]:
     """Train 4DGS on ``scene``'s train split.
 
     Hooks for methods built on 4DGS (4DGS-CC) so they need not copy this loop: ``model`` (a
     ``FourDGSModel`` or subclass to train instead of a fresh one, e.g. after a shared coarse
     stage), ``stages`` (which stages to run), ``extra_loss(model, stage, step) -> Tensor`` (added
     to the loss, e.g. rate terms), ``extra_optimizer`` (stepped with the others) and
-    ``before_fine()`` (called before the fine stage starts, e.g. to wait for its kernels)."""
+    ``before_fine()`` (called before the fine stage starts, e.g. to wait for its kernels).
+
+    Checkpoints: with ``checkpoint``, the loop writes its whole state under ``checkpoint_key``
+    whenever one is due (with ``checkpoint_extra``, the caller's own, e.g. an earlier stage's
+    statistics); ``resume`` (such a state, from ``TrainCheckpoint.load``) continues from it: the
+    model, optimisers, densification statistics, view order and random streams as they were, so
+    the run ends as an uninterrupted one would. ``ResumeError``: the state does not fit the model
+    (nothing trained yet; the caller starts over)."""
     progress = progress or (lambda it, total, stats: None)
     log = log or (lambda msg: None)
     torch.manual_seed(seed)
@@ -156,6 +167,12 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
     extent = scene.camera_extent()
     model = model if model is not None else build_model(scene, cfg, device)
     deform = model.deformation
+    if resume is not None:
+        load_module_state(model, resume["model"])
+        try:
+            model.restore_training_flags(resume["flags"])
+        except (KeyError, TypeError) as exc:
+            raise ResumeError(f"the saved training flags do not fit ({type(exc).__name__}: {exc})") from exc
 
     schedule = [(st, n) for st, n in (("coarse", cfg.coarse_iterations), ("fine", cfg.iterations)) if st in stages]
     total = sum(n for _, n in schedule)
@@ -163,9 +180,18 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
     global_step = cfg.coarse_iterations if "coarse" not in stages else 0
     total += global_step
     stats: list[StageStats] = []
+    done_before: list[str] = []  # stages a resumed run finished before its checkpoint
+    if resume is not None:
+        names = [st for st, _ in schedule]
+        if resume["stage"] not in names:
+            raise ResumeError(f"saved in the {resume['stage']} stage, which this run does not train")
+        done_before = names[:names.index(resume["stage"])]
+        stats = [StageStats(**d) for d in resume["stats"]]
+        global_step = resume["global_step"] - resume["step"]  # where the resumed stage began
     for stage, iters in schedule:
-        if iters <= 0:
+        if iters <= 0 or stage in done_before:
             continue
+        resuming = resume is not None and stage == resume["stage"]
         if stage == "fine" and before_fine is not None:
             before_fine()
         t0 = time.perf_counter()
@@ -190,7 +216,26 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
         state = strategy.initialize_state(scene_scale=extent)
         order: list[int] = []
         ema_loss, ema_psnr = None, None
-        for step in range(1, iters + 1):
+        first, earlier_s = 1, 0.0
+        if resuming:
+            try:
+                for name, opt in opts.items():
+                    opt.load_state_dict(resume["optimizers"][name])
+                for opt, saved in ((dopt, resume["deformation_optimizer"]), (extra_optimizer, resume["extra_optimizer"])):
+                    if (opt is None) != (saved is None):
+                        raise ResumeError("the saved optimisers do not match this run's")
+                    if opt is not None:
+                        opt.load_state_dict(saved)
+            except (KeyError, ValueError, RuntimeError) as exc:
+                raise ResumeError(f"the saved optimiser state does not fit ({type(exc).__name__}: {exc})") from exc
+            state.update({k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+                          for k, v in resume["strategy"].items()})
+            order, (ema_loss, ema_psnr) = list(resume["order"]), resume["ema"]
+            first, earlier_s = resume["step"] + 1, float(resume["seconds"])
+            global_step += resume["step"]
+            set_rng_states(resume["rng"])
+            log(f"{stage} stage: resuming from the checkpoint at step {resume['step']} ({earlier_s:.1f} s trained before)")
+        for step in range(first, iters + 1):
             global_step += 1
             for g in opts["means"].param_groups:
                 g["lr"] = log_lerp(cfg.position_lr_init * extent, cfg.position_lr_final * extent,
@@ -230,7 +275,7 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
             if not (fine and step == iters):  # the reference's `iteration < opt.iterations`
                 optimizers.step()
             optimizers.zero_grad()
-            if step == 1:  # one synchronisation: first-use costs (lazy loading, compiles) show here
+            if step == first:  # one synchronisation: first-use costs (lazy loading, compiles) show here
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 log(f"{stage} stage: first step done {time.perf_counter() - t0:.2f} s after the stage began")
@@ -244,13 +289,25 @@ def train(scene: Scene, cfg: FourDGSConfig, device: torch.device, *, progress=No
                                               "gaussians": model.num_primitives()})
             if step % max(1, iters // 10) == 0 and step < iters:  # a trace in the job log
                 psnr_note = f", train PSNR ~{ema_psnr:.2f}" if ema_psnr is not None else ""
-                log(f"{stage} stage: step {step}/{iters}, {time.perf_counter() - t0:.1f} s, "
+                log(f"{stage} stage: step {step}/{iters}, {earlier_s + time.perf_counter() - t0:.1f} s, "
                     f"{model.num_primitives()} Gaussians{psnr_note}")
+            if checkpoint is not None and step < iters and checkpoint.due():
+                failed = checkpoint.save(checkpoint_key, {
+                    "stage": stage, "step": step, "global_step": global_step,
+                    "seconds": earlier_s + time.perf_counter() - t0,
+                    "stats": [vars(st) for st in stats], "model": module_state(model), "flags": model.training_flags(),
+                    "optimizers": {k: o.state_dict() for k, o in opts.items()},
+                    "deformation_optimizer": dopt.state_dict() if dopt is not None else None,
+                    "extra_optimizer": extra_optimizer.state_dict() if extra_optimizer is not None else None,
+                    "strategy": {k: (v.detach().cpu() if isinstance(v, torch.Tensor) else v) for k, v in state.items()},
+                    "order": list(order), "ema": (ema_loss, ema_psnr), "rng": rng_states(),
+                    "extra": checkpoint_extra or {}})
+                log(f"{stage} stage: step {step}: {failed or 'checkpoint written'}")
         if regulariser is not None and regulariser.failed:
             log(f"HexPlane regularisers ran eagerly (fused kernel failed: {regulariser.failed})")
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        st = StageStats(stage, iters, time.perf_counter() - t0, model.num_primitives())
+        st = StageStats(stage, iters, earlier_s + time.perf_counter() - t0, model.num_primitives())
         stats.append(st)
         log(f"{stage} stage: {iters} iterations in {st.seconds:.1f} s, {st.num_gaussians} Gaussians")
     model.eval()
