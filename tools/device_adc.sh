@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU runs of adc-gs on the lent device (see the device tool's README). Code and data are copied to
 # /tmp first so later calls (which replace the working tree) do not disturb running jobs.
-#   tools/device_adc.sh setup            install carried wheels, copy code + .devdata, build gsplat/torchac
+#   tools/device_adc.sh setup            install carried wheels (tools/device_wheels.sh), copy code + .devdata, build gsplat/torchac
 #   tools/device_adc.sh gputest [SECONDS] [FILE...] the tests marked gpu
 #   tools/device_adc.sh ccstep [SCENE|PATH] [--compile] 4dgs-cc fine step against 4dgs's (alone)
 #   tools/device_adc.sh smoke SCENE N    N iterations of adc-gs mid on SCENE (checks, step time)
