@@ -23,6 +23,7 @@ case "$1" in
     cd /tmp/code
     time python3 -c "import torch, gsplat; from gsplat.cuda._backend import _C; print('gsplat ok', torch.cuda.get_device_name())"
     time python3 -c "from evalkit.codec import arith; arith.ensure_backend(); print('torchac ok')"
+    python3 -m evalkit.cli methods > /dev/null && echo "evalkit CLI ok"  # the carried wheels are complete
     ;;
   gputest)
     # tests marked gpu, against the code in /tmp/code (tests copied beside it): gputest [SECONDS] [FILE...]
