@@ -14,7 +14,7 @@ from evalkit.methods.base import TrainContext
 from evalkit.models.fourdgs.config import FourDGSConfig
 from evalkit.models.fourdgs.model import FourDGSModel
 from evalkit.models.fourdgs.trainer import build_model, train
-from evalkit.train.checkpoint import resumed_info
+from evalkit.train.checkpoint import load_module_state, resumed_info
 from evalkit.methods.fourdgs_cc.config import CCConfig
 from evalkit.methods.fourdgs_cc.model import FourDGSCCModel
 
@@ -109,8 +109,7 @@ def fine_stage(scene: Scene, fcfg: FourDGSConfig, cc: CCConfig, base: FourDGSMod
     if model.vq is not None:
         model.vq.pending = schedule.action(1)
     last: dict[str, float] = {}
-    if resume is not None:  # the entropy models' optimiser must hold the loaded parameters
-        from evalkit.train.checkpoint import load_module_state
+    if resume is not None:  # loaded before the entropy models' optimiser is built on their parameters
         load_module_state(model, resume["model"])
     _, stats = train(scene, fcfg, ctx.device, model=model, stages=("fine",), extra_loss=rate_loss(cc, schedule, last),
                      extra_optimizer=entropy_optimizer(model), progress=ctx.progress, log=ctx.log,
