@@ -151,3 +151,27 @@ def test_runner_resumes_a_killed_4dgs_cc_job(tmp_path, synthetic_data_root, monk
     coarse = rec.config["coarse_iterations"]
     assert any(n.startswith(f"training resumed from a checkpoint at step {coarse + 20}") for n in rec.notes)
     assert rec.timings["train_s"] > rec.timings["train_resumed_part_s"] > 0
+
+
+@pytest.mark.gpu
+def test_a_killed_4dgs_cc_run_resumes_on_cuda(tiny_scene, tmp_path) -> None:
+    """On CUDA (fused Adam state on the device, CUDA random streams, graphed rate terms re-captured
+    after the resume): the resumed run finishes its schedule. gsplat's backward accumulates with
+    atomics, so it is not bit-equal to an uninterrupted run there; the CPU tests check equality."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    cuda = torch.device("cuda")
+    fcfg, cc = FourDGSConfig(**TINY_4DGS), CCConfig(**TINY_CC, lambda_e=1e-3)
+
+    def ctx_for(log) -> TrainContext:
+        return TrainContext(device=cuda, budget=Budget(seed=0), config={}, log=log,
+                            checkpoint=TrainCheckpoint(tmp_path / "mid.ckpt", every_s=1e-9))
+
+    with pytest.raises(_Killed):
+        train_stages(tiny_scene, fcfg, cc, ctx_for(_kill_at("fine", 35)), "k", None, lambda: None)
+    lines: list[str] = []
+    ctx = ctx_for(lines.append)
+    model, stats, _, resumed = train_stages(tiny_scene, fcfg, cc, ctx, "k", ctx.checkpoint.load("k"), lambda: None)
+    assert resumed["from_step"] == fcfg.coarse_iterations + 35 and model.vq.active
+    assert stats["fine"]["iterations"] == fcfg.iterations
+    assert any("resuming from the checkpoint at step 35" in line for line in lines)
