@@ -65,7 +65,7 @@ def run(
     eval_split: str = typer.Option("test", "--eval-split", help="Views to score: test (the protocol) or val (tuning runs: the records say so; reports and gates leave them out)."),
     allow_corrupt_video: bool = typer.Option(False, "--allow-corrupt-video", metavar=FLAG, help="Neu3D: train on videos whose decoder reported damage (concealed frames); the record notes it."),
     offline: bool = typer.Option(False, "--offline", metavar=FLAG, help="Never download (LPIPS weights missing -> LPIPS recorded as missing, with the reason)."),
-    checkpoint_minutes: float = typer.Option(10.0, "--checkpoint-minutes", help="Minutes between training checkpoints (next to each job's record; running the same command again resumes an interrupted job from it; removed when the job ends ok). 0: none. Methods that support it: adc-gs."),
+    checkpoint_minutes: float = typer.Option(10.0, "--checkpoint-minutes", help="Minutes between training checkpoints (next to each job's record; running the same command again resumes an interrupted job from it; removed when the job ends ok). 0: none. Every built-in method supports it."),
 ) -> None:
     """Train, encode, decode, render and measure every (scene, rate point) job; write one record per job."""
     from evalkit.codec.container import BitstreamError

@@ -119,7 +119,7 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 
 def module_state(module: torch.nn.Module) -> dict[str, Any]:
-    """``module.state_dict()`` copied to the host (extra states, e.g. a quantiser's flags, included)."""
+    """``module.state_dict()`` copied to the host (host-side flags: ``FourDGSModel.training_flags``)."""
     return {k: (v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v)
             for k, v in module.state_dict().items()}
 
@@ -149,12 +149,12 @@ def load_module_state(module: torch.nn.Module, state: dict[str, Any]) -> None:
         raise ResumeError(f"the saved model does not fit this one ({type(exc).__name__}: {exc})") from exc
 
 
-def checkpoint_key(method: str, config: dict, seed: int, speed_options: frozenset[str] = frozenset()) -> str:
-    """A job's checkpoint key: the method, a digest of its effective configuration but its speed
-    options (the same computation, e.g. replayed from CUDA graphs), the seed."""
-    kept = {k: v for k, v in config.items() if k not in speed_options}
+def checkpoint_key(prefix: str, config: dict, seed: int, leave_out: frozenset[str] = frozenset()) -> str:
+    """``prefix/digest``: a digest of ``config`` without the keys ``leave_out`` (a method's speed
+    options: the same computation, e.g. replayed from CUDA graphs), and of the seed."""
+    kept = {k: v for k, v in config.items() if k not in leave_out}
     digest = hashlib.sha1(json.dumps([kept, seed], sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return f"{method}/{digest}"
+    return f"{prefix}/{digest}"
 
 
 def resumed_info(state: dict | None, before_s: float = 0.0) -> dict | None:

@@ -113,7 +113,7 @@ def test_a_checkpoint_that_does_not_fit_is_set_aside_and_training_starts_over(ti
     assert trained.stats["fine"]["iterations"] == cfg.iterations
 
 
-def test_the_checkpoint_key_ignores_speed_options_only() -> None:
+def test_the_checkpoint_key_leaves_out_only_the_named_keys() -> None:
     cfg = dataclasses.asdict(CCConfig())
     base = checkpoint_key("4dgs-cc", cfg, 0, frozenset({"cuda_graphs"}))
     assert checkpoint_key("4dgs-cc", {**cfg, "cuda_graphs": not cfg["cuda_graphs"]}, 0,

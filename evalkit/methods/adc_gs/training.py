@@ -18,8 +18,6 @@ the job's ``TrainCheckpoint``, lets an interrupted job continue where it stopped
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import random
 import time
 
@@ -34,7 +32,7 @@ from evalkit.metrics.image import ssim
 from evalkit.render.api import camera_tensors, rasterize
 from evalkit.train.images import ImageBank
 from evalkit.train.schedules import log_lerp
-from evalkit.train.checkpoint import TrainCheckpoint
+from evalkit.train.checkpoint import TrainCheckpoint, checkpoint_key as digest_key, rng_states, set_rng_states
 from evalkit.train.cuda_graphs import GraphedCalls
 from evalkit.methods.adc_gs.config import ADCConfig
 from evalkit.methods.adc_gs.mem import bits_per_value, quantise, stream_names
@@ -237,8 +235,7 @@ def _snapshot(model: ADCModel, opt, stats: RefineStats, step: int, frozen: bool,
     return {"model": copy.deepcopy(model).cpu(), "opt": copy.deepcopy(opt.state_dict()),
             "stats": copy.deepcopy(stats).to("cpu"), "step": step, "frozen": frozen, "perm": list(perm),
             "history": dict(history), "seconds": seconds, "trace": copy.deepcopy(trace or {}),
-            "rng": (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                    random.getstate(), np.random.get_state())}
+            "rng": rng_states()}
 
 
 def _restore(snap: dict, device: torch.device, cfg: ADCConfig):
@@ -250,31 +247,19 @@ def _restore(snap: dict, device: torch.device, cfg: ADCConfig):
     opt = torch.optim.Adam(_groups(model), eps=1e-15, fused=device.type == "cuda")
     opt.load_state_dict(copy.deepcopy(snap["opt"]))
     stats = copy.deepcopy(snap["stats"]).to(device)
-    cpu, cuda, py, npy = snap["rng"]
-    # (a sweep's shared store loads snapshots onto the training device; RNG states live on the CPU)
-    torch.set_rng_state(cpu.cpu())
-    if cuda is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
-    random.setstate(py)
-    np.random.set_state(npy)
+    set_rng_states(snap["rng"])
     return (model, opt, stats, snap["step"], snap["frozen"], list(snap["perm"]), dict(snap["history"]),
             float(snap["seconds"]))
 
 
-def _digest(cfg: ADCConfig, seed: int, leave_out: str) -> str:
-    d = cfg.to_dict()
-    d.pop(leave_out, None)
-    return hashlib.sha1(json.dumps([d, seed], sort_keys=True).encode()).hexdigest()[:16]
-
-
 def checkpoint_key(cfg: ADCConfig, seed: int) -> str:
     """A job's checkpoint key: every setting but ``cuda_graphs`` (the same computation replayed), and the seed."""
-    return f"adc-gs/{_digest(cfg, seed, 'cuda_graphs')}"
+    return digest_key("adc-gs", cfg.to_dict(), seed, frozenset({"cuda_graphs"}))
 
 
 def shared_key(cfg: ADCConfig, seed: int) -> str:
     """The cache key of the lambda-independent steps: every setting but lambda_e, and the seed."""
-    return f"adc-gs/before-rate-{_digest(cfg, seed, 'lambda_e')}"
+    return digest_key("adc-gs/before-rate", cfg.to_dict(), seed, frozenset({"lambda_e"}))
 
 
 def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, progress=None, log=None,

@@ -14,7 +14,7 @@ from evalkit.methods.base import TrainContext
 from evalkit.models.fourdgs.config import FourDGSConfig
 from evalkit.models.fourdgs.model import FourDGSModel
 from evalkit.models.fourdgs.trainer import build_model, train
-from evalkit.train.checkpoint import load_module_state, resumed_info
+from evalkit.train.checkpoint import resumed_info
 from evalkit.methods.fourdgs_cc.config import CCConfig
 from evalkit.methods.fourdgs_cc.model import FourDGSCCModel
 
@@ -109,8 +109,6 @@ def fine_stage(scene: Scene, fcfg: FourDGSConfig, cc: CCConfig, base: FourDGSMod
     if model.vq is not None:
         model.vq.pending = schedule.action(1)
     last: dict[str, float] = {}
-    if resume is not None:  # loaded before the entropy models' optimiser is built on their parameters
-        load_module_state(model, resume["model"])
     _, stats = train(scene, fcfg, ctx.device, model=model, stages=("fine",), extra_loss=rate_loss(cc, schedule, last),
                      extra_optimizer=entropy_optimizer(model), progress=ctx.progress, log=ctx.log,
                      seed=ctx.budget.seed, bank=bank, checkpoint=ctx.checkpoint, checkpoint_key=checkpoint_key,
@@ -131,8 +129,9 @@ def train_stages(scene: Scene, fcfg: FourDGSConfig, cc: CCConfig, ctx: TrainCont
     """Coarse stage (shared, or resumed from a coarse-stage checkpoint), then the fine stage (or
     only the fine stage, from a fine-stage checkpoint). Returns the model, the fine-stage
     statistics with ``coarse`` added, how the coarse stage was obtained, ``TrainedModel.resumed``."""
-    if resume is not None and resume["stage"] == "fine":
-        extra = resume["extra"]
+    fine_resume = resume if resume is not None and resume["stage"] == "fine" else None
+    if fine_resume is not None:
+        extra = fine_resume["extra"]
         base, reused, coarse_stats = build_model(scene, fcfg, ctx.device), extra["coarse_reused"], extra["coarse_stats"]
         ctx.log("coarse stage: in the fine-stage checkpoint")
     else:
@@ -140,9 +139,7 @@ def train_stages(scene: Scene, fcfg: FourDGSConfig, cc: CCConfig, ctx: TrainCont
     kernels_ready()
     # the coarse stage's time counts for this job unless another rate point trained it
     coarse_s = 0.0 if reused else float(coarse_stats.get("coarse", {}).get("seconds", 0.0))
-    model, stats = fine_stage(scene, fcfg, cc, base, ctx, checkpoint_key=key,
-                              resume=resume if resume is not None and resume["stage"] == "fine" else None,
+    model, stats = fine_stage(scene, fcfg, cc, base, ctx, checkpoint_key=key, resume=fine_resume,
                               checkpoint_extra={"coarse_stats": coarse_stats, "coarse_reused": reused})
     stats["coarse"] = coarse_stats
-    before = coarse_s if resume is not None and resume["stage"] == "fine" else 0.0
-    return model, stats, reused, resumed_info(resume, before)
+    return model, stats, reused, resumed_info(resume, coarse_s if fine_resume is not None else 0.0)
