@@ -89,7 +89,7 @@ def test_graphed_calls_recapture_on_new_shapes_and_drop_stale_ones(monkeypatch) 
     static buffers."""
     captured = []
 
-    def fake_capture(module, samples, allow_unused_input=False):
+    def fake_capture(module, samples, allow_unused_input=False, pool=None):
         captured.append(tuple(s.shape for s in samples))
         static = {}
 
