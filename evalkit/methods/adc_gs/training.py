@@ -262,6 +262,15 @@ def shared_key(cfg: ADCConfig, seed: int) -> str:
     return digest_key("adc-gs/before-rate", cfg.to_dict(), seed, frozenset({"lambda_e"}))
 
 
+def _memory_note(device: torch.device, graphs: GraphedCalls) -> str:
+    """For the periodic log line on CUDA: reserved memory and the graphs' state (a growth of the
+    reserved memory over re-captures ran stop 41's jobs out of memory; a failed capture makes the
+    steps about 3x slower)."""
+    if device.type != "cuda":
+        return ""
+    return f"; {torch.cuda.memory_reserved(device) / 2**30:.1f} GiB reserved; {graphs.status()}"
+
+
 def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, progress=None, log=None,
           cache: dict | None = None, checkpoint: TrainCheckpoint | None = None) -> tuple[ADCModel, dict]:
     progress = progress or (lambda it, total, stats: None)
@@ -389,7 +398,8 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
             progress(step, cfg.iterations, {"loss": float(loss.detach()), "psnr": ema_psnr,
                                             "anchors": model.num_anchors})
         if step % 1000 == 0:
-            log(f"step {step}: loss {float(loss.detach()):.4f}, {model.num_anchors} anchors, train PSNR ~{ema_psnr:.2f}")
+            log(f"step {step}: loss {float(loss.detach()):.4f}, {model.num_anchors} anchors, train PSNR ~{ema_psnr:.2f}"
+                f"{_memory_note(device, graphs)}")
         if checkpoint.due() and step < cfg.iterations:
             failed = checkpoint.save(ckpt_key, _snapshot(model, opt, stats, step, frozen, perm, history,
                                                          own_s + time.perf_counter() - t0,
