@@ -171,3 +171,103 @@ def test_the_graphed_units_have_nothing_a_capture_refuses(mode: str) -> None:
 
     step()  # warm-up, as make_graphed_callables runs before capturing
     assert capture_blockers(step) == []
+
+
+def test_graph_capacity_is_a_few_dozen_sizes_that_hold_the_anchors() -> None:
+    """``graph_capacity_growth``: each count maps to a capacity that holds it, the capacities grow
+    geometrically (a model growing from 2,000 to 60,000 anchors is captured at 16 sizes with 1.25,
+    where exact counts would re-capture at every refinement), and 0 keeps the exact count."""
+    from evalkit.methods.adc_gs.training import graph_capacity
+
+    assert [graph_capacity(n, 0.0) for n in (1, 300, 4097)] == [1, 300, 4097]
+    caps = [graph_capacity(n, 1.25) for n in range(1, 60_001)]
+    assert all(c >= n for n, c in zip(range(1, 60_001), caps))
+    assert caps[0] == 256 and caps == sorted(caps)
+    assert [graph_capacity(n, 1.25) for n in (256, 257, 320, 321)] == [256, 320, 320, 400]
+    assert len(set(caps[1999:])) == 16
+    assert all(b <= 1.25 * a + 1 for a, b in zip(sorted(set(caps)), sorted(set(caps))[1:]))
+
+
+def _padded(model, growth: float):
+    import dataclasses
+    model.cfg = dataclasses.replace(model.cfg, graph_capacity_growth=growth)
+    return model
+
+
+def test_padded_units_give_the_unpadded_outputs_bits_and_gradients() -> None:
+    """With ``graph_capacity_growth`` the units run on zero rows appended up to the capacity: the
+    primitives, f_v, every stream's bits (the padding weighs nothing) and every gradient are the
+    unpadded units' (round mode: deterministic)."""
+    from evalkit.methods.adc_gs.training import graph_capacity
+
+    model = random_model(n=300, seed=4)  # 300 anchors -> capacity 320 at 1.25
+    assert graph_capacity(300, 1.25) == 320
+    results = []
+    for growth in (0.0, 1.25):
+        _padded(model, growth)
+        prim, fv, bits = canonical_step(GraphedCalls(), model, True, "round")
+        frames = [view_primitives(GraphedCalls(), model, prim, fv, t, True, slot=s) for s, t in enumerate((0.2, 0.7))]
+        loss = _loss(prim, fv, bits) + sum((i + 2) * x.cos().sum() for f in frames for i, x in enumerate(f))
+        results.append((prim, fv, bits, frames, _grads(model, loss)))
+    (p0, fv0, b0, f0, g0), (p1, fv1, b1, f1, g1) = results
+    assert p1.means.shape == p0.means.shape and fv1.shape == fv0.shape == (300, model.cfg.fv_dim)
+    for a, b in zip((p0.means, p0.quats, p0.scales, p0.opacity_logits, p0.colors, fv0),
+                    (p1.means, p1.quats, p1.scales, p1.opacity_logits, p1.colors, fv1)):
+        assert torch.allclose(a, b, rtol=1e-6, atol=1e-6)
+    assert list(b1) == list(b0) and all(torch.allclose(b1[k], b0[k], rtol=1e-5) for k in b0)
+    for x0, x1 in zip(f0, f1):
+        assert all(a.shape == b.shape and torch.allclose(a, b, rtol=1e-6, atol=1e-6) for a, b in zip(x0, x1))
+    for a, b in zip(g0, g1):
+        assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, rtol=1e-4, atol=1e-6))
+
+
+def test_padding_recaptures_only_when_the_capacity_changes(monkeypatch) -> None:
+    """A model growing 300 -> 600 anchors in steps of 50 is captured at every count unpadded (7 times
+    a unit), and at its capacities 320 / 400 / 500 / 625 with growth 1.25 (4 times)."""
+    shapes = []
+
+    def fake_capture(module, samples, allow_unused_input=False, pool=None):
+        shapes.append(samples[0].shape[0])
+        return module
+
+    monkeypatch.setattr(torch.cuda, "make_graphed_callables", fake_capture)
+    monkeypatch.setattr(GraphedCalls, "usable", lambda self, tensors: True)
+    for growth, expect in ((0.0, [300, 350, 400, 450, 500, 550, 600]), (1.25, [320, 400, 500, 625])):
+        shapes.clear()
+        model, graphs = _padded(random_model(n=300, seed=5), growth), GraphedCalls(True, evict_stale=True)
+        for n in range(300, 601, 50):
+            with torch.no_grad():
+                for k in ANCHORS:
+                    old = getattr(model, k)
+                    setattr(model, k, nn.Parameter(old[torch.arange(n) % old.shape[0]].clone()))
+            prim = canonical_step(graphs, model, True, "noise")[0]
+            assert prim.means.shape[0] == n
+        assert shapes == expect
+
+
+@pytest.mark.gpu
+def test_padded_graphed_units_equal_the_unpadded_eager_units() -> None:
+    """``graph_capacity_growth`` on CUDA: the graphed units on padded anchors replay what the eager,
+    unpadded units compute (round mode), and growing within one capacity replays, not re-captures."""
+    import copy
+
+    dev = torch.device("cuda")
+    eager_model = random_model(n=300, seed=7).to(dev)
+    model = _padded(copy.deepcopy(eager_model), 1.25)
+    graphs, eager = GraphedCalls(True, evict_stale=True), GraphedCalls(False)
+    for n in (300, 310, 330):  # capacities 320, 320, 400
+        for m in (model, eager_model):
+            with torch.no_grad():
+                for k in ANCHORS:
+                    old = getattr(m, k)
+                    setattr(m, k, nn.Parameter(old[torch.arange(n, device=dev) % old.shape[0]].clone()))
+        res = []
+        for m, calls in ((model, graphs), (eager_model, eager)):
+            prim, fv, bits = canonical_step(calls, m, True, "round")
+            loss = _loss(prim, fv, bits) + sum((i + 2) * x.cos().sum() for s, t in enumerate((0.2, 0.7))
+                                               for i, x in enumerate(view_primitives(calls, m, prim, fv, t, True, s)))
+            res.append((loss.detach(), _grads(m, loss)))
+        assert torch.allclose(res[0][0], res[1][0], rtol=1e-5)
+        for a, b in zip(res[0][1], res[1][1]):
+            assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, rtol=1e-4, atol=1e-6))
+    assert graphs.failed is None and graphs.captures == 6  # 3 units at capacities 320 and 400

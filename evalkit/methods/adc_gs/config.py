@@ -86,6 +86,11 @@ class ADCConfig:
     near_plane: float = 0.2           # as 4DGaussians' rasteriser (evalkit's 4dgs)
     cuda_graphs: bool = True          # replay a step's quantisation + F_theta and each view's deformation from CUDA graphs
                                       # (the same computation in fewer launches; choice)
+    graph_capacity_growth: float = 0.0  # > 1: the graphed units see the anchors padded to a capacity that grows by
+                                      # this factor (from 256), so a growing model is re-captured a few dozen times,
+                                      # not at every anchor count; padded rows are masked out of the bits and
+                                      # sliced off the outputs, but draw their own noise, so a run is not
+                                      # bit-equal to an unpadded one (choice; 0: exact counts)
 
     def __post_init__(self) -> None:
         if self.deformation not in ("none", "coarse", "coarse-fine"):
@@ -101,6 +106,8 @@ class ADCConfig:
             raise ValueError(f"{SPEC}: grow_sigma must be 'parent' or 'primitive', got {self.grow_sigma!r}")
         if not self.pe_scale > 0:
             raise ValueError(f"{SPEC}: pe_scale must be > 0")
+        if self.graph_capacity_growth != 0 and not self.graph_capacity_growth > 1:
+            raise ValueError(f"{SPEC}: graph_capacity_growth must be 0 (off) or > 1, got {self.graph_capacity_growth}")
         if self.snap_grid <= 0 or self.lambda_e < 0:
             raise ValueError(f"{SPEC}: snap_grid must be > 0 and lambda_e >= 0")
 

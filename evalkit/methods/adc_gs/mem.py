@@ -109,9 +109,15 @@ class TrainingQuantiser:
     """f + U(-1/2, 1/2) step ("noise") or round(f / step) step ("round", straight-through), with the
     bits of every stream under the model (differentiable)."""
 
-    def __init__(self, mode: str = "noise") -> None:
+    def __init__(self, mode: str = "noise", row_weight: Tensor | None = None) -> None:
         self.mode = mode
+        self.row_weight = row_weight
         self.bits: dict[str, Tensor] = {}
+
+    def _weighted_bits(self, likelihood: Tensor) -> Tensor:
+        """sum over anchors of row_weight x -log2 likelihood (the padded path; the models floor
+        the likelihood at 1e-9, so the logarithm is finite)."""
+        return -(torch.log2(likelihood) * self.row_weight).sum()
 
     def _q(self, x: Tensor) -> Tensor:
         if self.mode == "noise":
@@ -120,18 +126,22 @@ class TrainingQuantiser:
 
     def hyper(self, mem: MEM, fv: Tensor, n: int) -> Tensor:
         eta = self._q(mem.h_a(fv))
-        self.bits["hyper"] = mem.prior.bits(eta).sum()
+        self.bits["hyper"] = (mem.prior.bits(eta) if self.row_weight is None
+                              else self._weighted_bits(mem.prior.likelihood(eta)))
         return eta
 
     def gauss(self, name: str, x: Tensor, mean: Tensor, scale: Tensor, step: Tensor) -> Tensor:
         s = self._q(x / step)
-        self.bits[name] = GAUSSIAN.bits(s, mean, scale).sum()
+        self.bits[name] = (GAUSSIAN.bits(s, mean, scale) if self.row_weight is None
+                           else self._weighted_bits(GAUSSIAN.likelihood(s, mean, scale)))
         return s * step
 
 
-def quantise(mem: MEM, feats: dict[str, Tensor], mode: str = "noise") -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """(quantised features, bits per stream) for training (``noise``) or estimates (``round``)."""
-    q = TrainingQuantiser(mode)
+def quantise(mem: MEM, feats: dict[str, Tensor], mode: str = "noise",
+             row_weight: Tensor | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(quantised features, bits per stream) for training (``noise``) or estimates (``round``);
+    ``row_weight`` (anchors, 1) weighs each anchor's bits (0 for the padding rows of a graphed unit)."""
+    q = TrainingQuantiser(mode, row_weight)
     out = mem.walk(feats, feats["fv"].shape[0], q)
     return out, q.bits
 

@@ -75,21 +75,48 @@ class CanonicalStep(nn.Module):
         self.names = stream_names(model.cfg) if quant else []
         self.mode = mode  # "noise" in training; "round" (deterministic) for tests
 
-    def forward(self, xyz: Tensor, fv: Tensor, fg: Tensor, sigma: Tensor, color: Tensor) -> tuple[Tensor, ...]:
+    def forward(self, xyz: Tensor, fv: Tensor, fg: Tensor, sigma: Tensor, color: Tensor,
+                *row_weight: Tensor) -> tuple[Tensor, ...]:
         feats = {"fv": fv, "fg": fg, "sigma": sigma, "color": color}
         extra: tuple[Tensor, ...] = ()
         if self.mem is not None:
-            feats, bits = quantise(self.mem, feats, self.mode)
+            feats, bits = quantise(self.mem, feats, self.mode, row_weight[0] if row_weight else None)
             extra = (feats["fv"], *(bits[k] for k in self.names))
         p = self.theta(xyz, feats)
         return (p.means, p.quats, p.scales, p.opacity_logits, p.colors, *extra)
 
 
+def graph_capacity(n: int, growth: float) -> int:
+    """Rows a graphed unit sees for ``n`` anchors: ``n`` (growth 0), else the first of 256,
+    ceil(256 g), ceil(ceil(256 g) g), ... that holds them (``graph_capacity_growth``)."""
+    if growth <= 1:
+        return n
+    cap = 256
+    while cap < n:
+        cap = max(cap + 1, int(np.ceil(cap * growth)))
+    return cap
+
+
+def _pad_rows(t: Tensor, rows: int) -> Tensor:
+    """``t`` with zero rows appended up to ``rows`` (differentiable: the padding gets no gradient)."""
+    return torch.cat([t, t.new_zeros((rows - t.shape[0], *t.shape[1:]))]) if rows > t.shape[0] else t
+
+
 def canonical_step(graphs: GraphedCalls, model: ADCModel, quant: bool,
                    mode: str = "noise") -> tuple[Primitives, Tensor, dict | None]:
     """(primitives, f_v as the deformation reads it, bits per stream or None) of this step."""
-    out = graphs(("canonical", quant, mode), lambda: CanonicalStep(model, quant, mode), model.xyz, model.fv, model.fg,
-                 model.sigma, model.color)
+    tensors: tuple[Tensor, ...] = (model.xyz, model.fv, model.fg, model.sigma, model.color)
+    n = model.xyz.shape[0]
+    padded = model.cfg.graph_capacity_growth > 1
+    if padded:  # zero rows up to the capacity, weighing nothing in the bits, sliced off below (the
+        # weights go in even when no row is padded, so one capacity keeps one signature)
+        cap = graph_capacity(n, model.cfg.graph_capacity_growth)
+        weight = model.xyz.new_zeros((cap, 1))
+        weight[:n] = 1.0
+        tensors = tuple(_pad_rows(t, cap) for t in tensors) + (weight,)
+    out = graphs(("canonical", quant, mode), lambda: CanonicalStep(model, quant, mode), *tensors)
+    if padded:
+        out = tuple(o[:n] for o in out[:6]) + tuple(out[6:])  # per-anchor outputs; the bits are totals
     prim = Primitives(*out[:5])
     if not quant:
         return prim, model.fv, None
@@ -115,8 +142,13 @@ def view_primitives(graphs: GraphedCalls, model: ADCModel, prim: Primitives, fv:
     if not deform or model.cfg.deformation == "none":
         return flat(prim)
     tt = torch.full((), t, dtype=prim.means.dtype, device=prim.means.device)
-    return graphs((f"deform{slot}",), lambda: DeformStep(model), model.xyz, fv, tt, prim.means, prim.quats,
-                  prim.scales, prim.opacity_logits, prim.colors)
+    rows = (model.xyz, fv, prim.means, prim.quats, prim.scales, prim.opacity_logits, prim.colors)
+    n = model.xyz.shape[0]
+    cap = graph_capacity(n, model.cfg.graph_capacity_growth)
+    if cap > n:  # the canonical unit's padding (zero rows), sliced off the flat outputs
+        rows = tuple(_pad_rows(r, cap) for r in rows)
+    out = graphs((f"deform{slot}",), lambda: DeformStep(model), rows[0], rows[1], tt, *rows[2:])
+    return tuple(o[:n * model.cfg.k] for o in out) if cap > n else out
 
 
 # -- optimiser --------------------------------------------------------------------------
