@@ -90,9 +90,11 @@ case "$1" in
     ;;
   adcstep)
     # issue 26: adc-gs late training step at a fixed anchor count, split by phase (alone):
-    # adcstep SCENE|PATH [ANCHORS] [DATASET] (a PATH for a dataset other than dnerf)
+    # adcstep SCENE|PATH [ANCHORS] [DATASET] (a PATH for a dataset other than dnerf; ADCSTEP_METHOD=adc-gs:padded
+    # for a variant)
     cd /tmp/code; sc=$(scene_dir "${2:-jumpingjacks}")
     timeout "${ADCSTEP_TIMEOUT:-400}" python3 -m evalkit.bench.adc_gs_step "$sc" --dataset "${4:-dnerf}" --rate mid \
+      --method "${ADCSTEP_METHOD:-adc-gs}" \
       --anchors "${3:-31000}" --steps 300 --warmup 100 --profile-steps 20 --device cuda 2>&1 | tee -a /tmp/res/adcstep.txt || true
     ;;
   variant)

@@ -102,6 +102,7 @@ def main() -> None:
     ap.add_argument("scene", type=Path, help="scene folder")
     ap.add_argument("--dataset", default="dnerf")
     ap.add_argument("--rate", default="mid")
+    ap.add_argument("--method", default="adc-gs", help="adc-gs or one of its variants, e.g. adc-gs:padded")
     ap.add_argument("--anchors", type=int, default=31000)
     ap.add_argument("--steps", type=int, default=300, help="timed steps (a multiple of 100)")
     ap.add_argument("--warmup", type=int, default=100, help="untimed steps first (a multiple of 100)")
@@ -113,11 +114,13 @@ def main() -> None:
         raise SystemExit("error: --steps and --warmup must be positive multiples of 100 (the trainer's progress interval)")
     device = torch.device(args.device)
     scene, _ = load_bench_scene(args.scene, args.dataset, device, args.resolution_scale)
-    mspec = load_method_spec("adc-gs")
+    if args.method.partition(":")[0] != "adc-gs":
+        raise SystemExit(f"error: --method must be adc-gs or a variant of it, got {args.method!r}")
+    mspec = load_method_spec(args.method)
     (rate,) = mspec.rate_points(args.dataset, [args.rate])
     cfg = ADCConfig.from_dict({**mspec.config(args.dataset, args.scene.name), **rate.params})
     scene = with_anchors(scene, args.anchors)
-    print(f"adc-gs rate {args.rate} (lambda_e {cfg.lambda_e}): {args.anchors} anchors x {cfg.k} primitives, "
+    print(f"{args.method} rate {args.rate} (lambda_e {cfg.lambda_e}): {args.anchors} anchors x {cfg.k} primitives, "
           f"batch {cfg.batch_size}, every stage on, anchors frozen")
     ms = wall_ms(scene, cfg, device, args.warmup, args.steps)
     print(f"wall: {ms:.2f} ms per step (trainer, unsynchronised, cuda_graphs={cfg.cuda_graphs}) -> "
