@@ -29,9 +29,6 @@ class GraphedCalls:
         self.evict_stale = bool(evict_stale)
         self.collect_every = max(1, int(collect_every))
         self._dropped = 0  # dropped since the last collection
-        # with eviction, each unit captures into one memory pool of its own, so a new capture reuses
-        # the blocks its dropped graphs freed (safe: a dropped graph is never replayed again)
-        self._pools: dict = {}
         self.failed: str | None = None
         self.captures = 0  # captures so far (evicted ones included)
         self._graphed: dict[tuple, nn.Module] = {}
@@ -54,15 +51,6 @@ class GraphedCalls:
         gc.collect()
         torch.cuda.empty_cache()
         self._dropped = 0
-
-    def _pool(self, unit):
-        """The unit's memory pool when graphs are evicted (one live graph per unit), else None (a
-        private pool per capture: graphs replayed in any order must not share one)."""
-        if not self.evict_stale:
-            return None
-        if unit not in self._pools:
-            self._pools[unit] = torch.cuda.graph_pool_handle()
-        return self._pools[unit]
 
     def status(self) -> str:
         """How the calls ran: replayed from CUDA graphs, or eagerly and why."""
@@ -92,8 +80,7 @@ class GraphedCalls:
             rng = _cuda_generator(tensors[0].device)
             rng_state = rng.clone_state() if rng is not None else None
             try:
-                module = torch.cuda.make_graphed_callables(module, samples, allow_unused_input=True,
-                                                           pool=self._pool(key[0]))
+                module = torch.cuda.make_graphed_callables(module, samples, allow_unused_input=True)
             except Exception as exc:  # noqa: BLE001 - any capture failure: stay correct, run eagerly
                 self.failed = f"{type(exc).__name__}: {exc}"
                 # A capture that fails midway leaves the CUDA generator in capture mode, and every

@@ -11,8 +11,10 @@ from evalkit.render.synthetic import look_at_w2c
 
 
 def small_config(**kw) -> ADCConfig:
+    # exact anchor counts in the graphed units: the unit tests compare them with the model's own
+    # computation; the padded units (graph_capacity_growth) have tests of their own
     base = dict(iterations=100, deform_from=10, quant_from=20, rate_from=30, refine_from=5, refine_until=80,
-                refine_interval=10, time_rows=4)
+                refine_interval=10, time_rows=4, graph_capacity_growth=0.0)
     base.update(kw)
     return ADCConfig(**base)
 

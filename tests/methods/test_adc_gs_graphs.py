@@ -149,14 +149,15 @@ def test_graphed_canonical_step_equals_eager() -> None:
     assert not torch.equal(fv1, fv2)  # fresh noise on each replay
 
 
+@pytest.mark.parametrize("growth", [0.0, 1.25], ids=["exact", "padded"])
 @pytest.mark.parametrize("mode", ["noise", "round"])
-def test_the_graphed_units_have_nothing_a_capture_refuses(mode: str) -> None:
+def test_the_graphed_units_have_nothing_a_capture_refuses(mode: str, growth: float) -> None:
     """The canonical and deformation units, forward and backward, make no host read and no copy
     of host data once warm (CUDA-graph capture refuses both; the time table read at a 0-d tensor
     once did the first, and the first GPU capture failed)."""
     from tests.train.capture_safety import capture_blockers
 
-    model = random_model(n=16, seed=3)
+    model = _padded(random_model(n=16, seed=3), growth)
     graphs = GraphedCalls(False)
     t = torch.full((), 0.37)
 

@@ -31,10 +31,10 @@ evalkit follows the paper; where it is silent, the authors' code; else a choice.
   [code]; the lambda-independent steps shared by the rate points [choice]; with ``cuda_graphs``
   (on by default) a step's quantisation + F_theta and each view's
   deformation replay from CUDA graphs on CUDA, recaptured when the anchors change [choice: the same
-  computation, fewer launches]; with ``graph_capacity_growth`` (off by default; variant ``padded``)
-  they run on anchors padded with zero rows to capacities growing geometrically, so they are
-  recaptured a few dozen times, not at every refinement [choice: padded rows weigh nothing in the
-  bits and are sliced off, but draw their own noise].
+  computation, fewer launches]; they run on anchors padded with zero rows to capacities growing
+  by ``graph_capacity_growth`` (1.25), so they are recaptured at a few dozen sizes, not at every
+  refinement (variant ``unpadded``: exact counts) [choice: padded rows weigh nothing in the bits and
+  are sliced off, but draw their own noise].
 * Geometry (``geometry``): lossless integer coding, the smallest of octree / LAZ / Draco [choice;
   paper G-PCC is not installable].
 * File (``codec``): MEM streams + float32 networks (not h_a) [paper].

@@ -86,11 +86,12 @@ class ADCConfig:
     near_plane: float = 0.2           # as 4DGaussians' rasteriser (evalkit's 4dgs)
     cuda_graphs: bool = True          # replay a step's quantisation + F_theta and each view's deformation from CUDA graphs
                                       # (the same computation in fewer launches; choice)
-    graph_capacity_growth: float = 0.0  # > 1: the graphed units see the anchors padded to a capacity that grows by
-                                      # this factor (from 256), so a growing model is re-captured a few dozen times,
-                                      # not at every anchor count; padded rows are masked out of the bits and
-                                      # sliced off the outputs, but draw their own noise, so a run is not
-                                      # bit-equal to an unpadded one (choice; 0: exact counts)
+    graph_capacity_growth: float = 1.25  # the graphed units see the anchors padded with zero rows to a capacity that
+                                      # grows by this factor (from 256): a growing model is re-captured at a few
+                                      # dozen sizes, not at every refinement (each re-capture left GPU memory
+                                      # reserved: stop 41's jobs ran out of it; stop 43's GPU test). Padded rows
+                                      # weigh nothing in the bits and are sliced off, but draw their own noise
+                                      # (choice; 0: exact counts, re-captured at every count)
 
     def __post_init__(self) -> None:
         if self.deformation not in ("none", "coarse", "coarse-fine"):

@@ -112,7 +112,7 @@ def canonical_step(graphs: GraphedCalls, model: ADCModel, quant: bool,
         # weights go in even when no row is padded, so one capacity keeps one signature)
         cap = graph_capacity(n, model.cfg.graph_capacity_growth)
         weight = model.xyz.new_zeros((cap, 1))
-        weight[:n] = 1.0
+        weight[:n].fill_(1.0)
         tensors = tuple(_pad_rows(t, cap) for t in tensors) + (weight,)
     out = graphs(("canonical", quant, mode), lambda: CanonicalStep(model, quant, mode), *tensors)
     if padded:
