@@ -90,7 +90,7 @@ case "$1" in
     ;;
   adcstep)
     # issue 26: adc-gs late training step at a fixed anchor count, split by phase (alone):
-    # adcstep SCENE|PATH [ANCHORS] [DATASET] (a PATH for a dataset other than dnerf; ADCSTEP_METHOD=adc-gs:padded
+    # adcstep SCENE|PATH [ANCHORS] [DATASET] (a PATH for a dataset other than dnerf; ADCSTEP_METHOD=adc-gs:unpadded
     # for a variant)
     cd /tmp/code; sc=$(scene_dir "${2:-jumpingjacks}")
     timeout "${ADCSTEP_TIMEOUT:-400}" python3 -m evalkit.bench.adc_gs_step "$sc" --dataset "${4:-dnerf}" --rate mid \

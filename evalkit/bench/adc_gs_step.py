@@ -102,7 +102,7 @@ def main() -> None:
     ap.add_argument("scene", type=Path, help="scene folder")
     ap.add_argument("--dataset", default="dnerf")
     ap.add_argument("--rate", default="mid")
-    ap.add_argument("--method", default="adc-gs", help="adc-gs or one of its variants, e.g. adc-gs:padded")
+    ap.add_argument("--method", default="adc-gs", help="adc-gs or one of its variants, e.g. adc-gs:unpadded")
     ap.add_argument("--anchors", type=int, default=31000)
     ap.add_argument("--steps", type=int, default=300, help="timed steps (a multiple of 100)")
     ap.add_argument("--warmup", type=int, default=100, help="untimed steps first (a multiple of 100)")
