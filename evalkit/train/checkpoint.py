@@ -14,11 +14,13 @@ import hashlib
 import io
 import json
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from evalkit.codec.container import atomic_write_bytes
@@ -96,20 +98,13 @@ class ResumeError(RuntimeError):
 
 def rng_states() -> dict[str, Any]:
     """Every random stream training draws from (torch CPU and CUDA, Python, NumPy), on the host."""
-    import random
-
-    import numpy as np
-
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "python": random.getstate(), "numpy": np.random.get_state()}
 
 
 def set_rng_states(states: dict[str, Any]) -> None:
-    import random
-
-    import numpy as np
-
+    """Put back what ``rng_states`` returned."""
     # (RNG states live on the CPU, also when a store loaded the rest onto the GPU)
     torch.set_rng_state(states["torch"].cpu())
     if states["cuda"] is not None and torch.cuda.is_available():

@@ -24,8 +24,8 @@ class GraphedCalls:
     def __init__(self, enabled: bool = True, evict_stale: bool = False, collect_every: int = 8) -> None:
         self.enabled = bool(enabled)
         # a unit's graphs (keys with the same first element) are dropped when it captures a new one
-        # (inputs whose shapes or settings change for good, as a growing model's), and their memory
-        # pools go back once every ``collect_every`` dropped graphs (``_free_dropped``)
+        # (inputs whose shapes or settings change for good, as a growing model's), and collected once
+        # every ``collect_every`` dropped graphs (``_free_dropped``)
         self.evict_stale = bool(evict_stale)
         self.collect_every = max(1, int(collect_every))
         self._dropped = 0  # dropped since the last collection
@@ -41,13 +41,14 @@ class GraphedCalls:
     EAGER = "eager (no CUDA graph: not on CUDA, or cuda_graphs off)"
 
     def _free_dropped(self) -> None:
-        """Free the dropped graphs and give their memory pools back. A captured graph lives in
-        reference cycles (``make_graphed_callables`` sets the module's ``forward`` to a closure over
-        the module, and builds an autograd Function class per capture whose closures hold the graphs
-        and their static tensors; a class is always in a cycle), so dropping our reference frees
-        nothing until the cycle collector runs: stop 42's GPU test saw reserved memory grow from
-        1,862 to 5,486 MiB over six captures, and adc-gs jobs held 26-55 GiB in stop 41. A full collection costs
-        ~0.17 s in a training process (CPU, adc-gs), hence once per ``collect_every`` drops."""
+        """Collect the dropped graphs and empty the CUDA cache. A captured graph lives in reference
+        cycles (``make_graphed_callables`` sets the module's ``forward`` to a closure over the
+        module, and builds an autograd Function class per capture whose closures hold the graphs and
+        their static tensors), so dropping our reference frees nothing until the cycle collector runs.
+        A full collection costs ~0.17 s in a training process (CPU, adc-gs), hence once per
+        ``collect_every`` drops. Not enough on its own: stop 43's GPU test still saw reserved memory
+        grow over re-captures (930 to 4,042 MiB over six), so growing models re-capture rarely
+        (adc-gs pads its anchors, ``graph_capacity_growth``)."""
         gc.collect()
         torch.cuda.empty_cache()
         self._dropped = 0

@@ -89,7 +89,7 @@ def test_graphed_calls_recapture_on_new_shapes_and_drop_stale_ones(monkeypatch) 
     static buffers."""
     captured = []
 
-    def fake_capture(module, samples, allow_unused_input=False, pool=None):
+    def fake_capture(module, samples, allow_unused_input=False):
         captured.append(tuple(s.shape for s in samples))
         static = {}
 
@@ -227,7 +227,7 @@ def test_padding_recaptures_only_when_the_capacity_changes(monkeypatch) -> None:
     a unit), and at its capacities 320 / 400 / 500 / 625 with growth 1.25 (4 times)."""
     shapes = []
 
-    def fake_capture(module, samples, allow_unused_input=False, pool=None):
+    def fake_capture(module, samples, allow_unused_input=False):
         shapes.append(samples[0].shape[0])
         return module
 

@@ -108,7 +108,7 @@ def test_dropped_graphs_are_freed_every_collect_every_drops(monkeypatch) -> None
 
     statics = []
 
-    def fake_make_graphed_callables(module, samples, allow_unused_input=False, pool=None):
+    def fake_make_graphed_callables(module, samples, allow_unused_input=False):
         static = samples[0].detach().clone()  # stands for the graph and its pool
         statics.append(weakref.ref(static))
 

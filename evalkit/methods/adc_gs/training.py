@@ -102,20 +102,25 @@ def _pad_rows(t: Tensor, rows: int) -> Tensor:
     return torch.cat([t, t.new_zeros((rows - t.shape[0], *t.shape[1:]))]) if rows > t.shape[0] else t
 
 
+def _unit_rows(model: ADCModel) -> tuple[int, int | None]:
+    """(anchors, the capacity the graphed units pad them to, or None for exact counts)."""
+    n = model.xyz.shape[0]
+    growth = model.cfg.graph_capacity_growth
+    return n, (graph_capacity(n, growth) if growth > 1 else None)
+
+
 def canonical_step(graphs: GraphedCalls, model: ADCModel, quant: bool,
                    mode: str = "noise") -> tuple[Primitives, Tensor, dict | None]:
     """(primitives, f_v as the deformation reads it, bits per stream or None) of this step."""
     tensors: tuple[Tensor, ...] = (model.xyz, model.fv, model.fg, model.sigma, model.color)
-    n = model.xyz.shape[0]
-    padded = model.cfg.graph_capacity_growth > 1
-    if padded:  # zero rows up to the capacity, weighing nothing in the bits, sliced off below (the
-        # weights go in even when no row is padded, so one capacity keeps one signature)
-        cap = graph_capacity(n, model.cfg.graph_capacity_growth)
+    n, cap = _unit_rows(model)
+    if cap is not None:  # zero rows up to the capacity, weighing nothing in the bits, sliced off below
+        # (the weights go in even when no row is padded, so one capacity keeps one signature)
         weight = model.xyz.new_zeros((cap, 1))
         weight[:n].fill_(1.0)
         tensors = tuple(_pad_rows(t, cap) for t in tensors) + (weight,)
     out = graphs(("canonical", quant, mode), lambda: CanonicalStep(model, quant, mode), *tensors)
-    if padded:
+    if cap is not None:
         out = tuple(o[:n] for o in out[:6]) + tuple(out[6:])  # per-anchor outputs; the bits are totals
     prim = Primitives(*out[:5])
     if not quant:
@@ -143,12 +148,11 @@ def view_primitives(graphs: GraphedCalls, model: ADCModel, prim: Primitives, fv:
         return flat(prim)
     tt = torch.full((), t, dtype=prim.means.dtype, device=prim.means.device)
     rows = (model.xyz, fv, prim.means, prim.quats, prim.scales, prim.opacity_logits, prim.colors)
-    n = model.xyz.shape[0]
-    cap = graph_capacity(n, model.cfg.graph_capacity_growth)
-    if cap > n:  # the canonical unit's padding (zero rows), sliced off the flat outputs
+    n, cap = _unit_rows(model)
+    if cap is not None:  # the canonical unit's padding (zero rows), sliced off the flat outputs
         rows = tuple(_pad_rows(r, cap) for r in rows)
     out = graphs((f"deform{slot}",), lambda: DeformStep(model), rows[0], rows[1], tt, *rows[2:])
-    return tuple(o[:n * model.cfg.k] for o in out) if cap > n else out
+    return tuple(o[:n * model.cfg.k] for o in out) if cap is not None else out
 
 
 # -- optimiser --------------------------------------------------------------------------
