@@ -8,6 +8,8 @@
 #   tools/device_adc.sh launch NAME ARGS launch `evalkit run ARGS --out /tmp/res/NAME` in the background (setsid)
 #   tools/device_adc.sh queue "PHASE ARGS"...  phases one after another in the background
 #   tools/device_adc.sh plan FILE      queue the phases listed in FILE (tools/plans/)
+#   tools/device_adc.sh resume           copy carried checkpoints (.devresume*/) into /tmp/res
+#   tools/device_adc.sh stopjob NAME RATE  stop one job of a running sweep, keep the others
 #   tools/device_adc.sh collect          tar /tmp/res into $OUT
 set -euo pipefail
 export PYTHONPATH=/tmp/code:/tmp/site PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16
@@ -161,6 +163,20 @@ case "$1" in
     ;;
   stop)
     pkill -f "evalkit" || true; sleep 2
+    ;;
+  resume)
+    # checkpoints carried from an earlier session (ignored .devresume*/ folders laid out as /tmp/res:
+    # NAME/DATASET/SCENE/METHOD/RATE.ckpt): copied in, never over a newer one here; a `launch` of the
+    # same NAME and job then resumes from them (same ADCConfig, or the digest rejects them)
+    for d in .devresume*; do [ -d "$d" ] && cp -rn "$d"/* /tmp/res/; done; find /tmp/res -name "*.ckpt" -printf "%p %s\n"
+    ;;
+  stopjob)
+    # stop one job of a running sweep and keep the others: stopjob NAME RATE (SIGKILL of the worker
+    # that writes its log: the sweep records a crash and goes on; a SIGINT would stop the whole sweep,
+    # as Ctrl-C does: stop 44 lost its three HyperNeRF jobs that way). Its checkpoint stays.
+    for p in $(pgrep -f evalkit.sweep.worker); do
+      ls -l /proc/$p/fd 2>/dev/null | grep -q "/$2/.*/$3\.log" && { kill -9 "$p"; echo "killed worker $p ($2 $3)"; }
+    done
     ;;
   viewer)
     # issue 31: viewer frame time of a decoded model (alone on the GPU)

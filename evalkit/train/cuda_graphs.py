@@ -46,9 +46,9 @@ class GraphedCalls:
         module, and builds an autograd Function class per capture whose closures hold the graphs and
         their static tensors), so dropping our reference frees nothing until the cycle collector runs.
         A full collection costs ~0.17 s in a training process (CPU, adc-gs), hence once per
-        ``collect_every`` drops. Not enough on its own: stop 43's GPU test still saw reserved memory
-        grow over re-captures (930 to 4,042 MiB over six), so growing models re-capture rarely
-        (adc-gs pads its anchors, ``graph_capacity_growth``)."""
+        ``collect_every`` drops. Not enough on its own: in the GPU test reserved and allocated memory
+        still grow with every re-capture (stops 43-44), so growing models re-capture rarely (adc-gs
+        pads its anchors, ``graph_capacity_growth``)."""
         gc.collect()
         torch.cuda.empty_cache()
         self._dropped = 0

@@ -246,29 +246,80 @@ def test_padding_recaptures_only_when_the_capacity_changes(monkeypatch) -> None:
         assert shapes == expect
 
 
-@pytest.mark.gpu
-def test_padded_graphed_units_equal_the_unpadded_eager_units() -> None:
-    """``graph_capacity_growth`` on CUDA: the graphed units on padded anchors replay what the eager,
-    unpadded units compute (round mode), and growing within one capacity replays, not re-captures."""
+def _grow_to(model, n: int) -> None:
+    """The anchors' rows repeated up to n (as a refinement that adds anchors)."""
+    with torch.no_grad():
+        for k in ANCHORS:
+            old = getattr(model, k)
+            setattr(model, k, nn.Parameter(old[torch.arange(n, device=old.device) % old.shape[0]].clone()))
+
+
+def _unit_loss_and_grads(model, calls):
+    prim, fv, bits = canonical_step(calls, model, True, "round")
+    loss = _loss(prim, fv, bits) + sum((i + 2) * x.cos().sum() for s, t in enumerate((0.2, 0.7))
+                                       for i, x in enumerate(view_primitives(calls, model, prim, fv, t, True, s)))
+    return loss.detach(), _grads(model, loss)
+
+
+def _relative_errors(grads, reference, names) -> dict[str, float]:
+    """|g - ref| / |ref| per parameter (float64), the parameters with a gradient."""
+    return {n: float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+            for n, a, b in zip(names, grads, reference) if a is not None and b is not None}
+
+
+def _padded_against_float64(device: str) -> list[tuple[int, dict, dict]]:
+    """The padded units (graphed where the device allows) and the unpadded eager units, both float32,
+    against the unpadded eager units in float64, at 300 / 310 / 330 anchors (capacities 320, 320,
+    400): per parameter, (anchors, padded's relative gradient error, eager float32's)."""
     import copy
 
-    dev = torch.device("cuda")
+    dev = torch.device(device)
     eager_model = random_model(n=300, seed=7).to(dev)
     model = _padded(copy.deepcopy(eager_model), 1.25)
+    ref_model = copy.deepcopy(eager_model).double()
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
     graphs, eager = GraphedCalls(True, evict_stale=True), GraphedCalls(False)
-    for n in (300, 310, 330):  # capacities 320, 320, 400
-        for m in (model, eager_model):
-            with torch.no_grad():
-                for k in ANCHORS:
-                    old = getattr(m, k)
-                    setattr(m, k, nn.Parameter(old[torch.arange(n, device=dev) % old.shape[0]].clone()))
-        res = []
-        for m, calls in ((model, graphs), (eager_model, eager)):
-            prim, fv, bits = canonical_step(calls, m, True, "round")
-            loss = _loss(prim, fv, bits) + sum((i + 2) * x.cos().sum() for s, t in enumerate((0.2, 0.7))
-                                               for i, x in enumerate(view_primitives(calls, m, prim, fv, t, True, s)))
-            res.append((loss.detach(), _grads(m, loss)))
-        assert torch.allclose(res[0][0], res[1][0], rtol=1e-5)
-        for a, b in zip(res[0][1], res[1][1]):
-            assert (a is None) == (b is None) and (a is None or torch.allclose(a, b, rtol=1e-4, atol=1e-6))
-    assert graphs.failed is None and graphs.captures == 6  # 3 units at capacities 320 and 400
+    out = []
+    for n in (300, 310, 330):
+        for m in (model, eager_model, ref_model):
+            _grow_to(m, n)
+        loss_p, grads_p = _unit_loss_and_grads(model, graphs)
+        loss_e, grads_e = _unit_loss_and_grads(eager_model, eager)
+        loss_r, grads_r = _unit_loss_and_grads(ref_model, GraphedCalls(False))
+        assert set(_relative_errors(grads_p, grads_r, names)) == set(_relative_errors(grads_e, grads_r, names))
+        dp, de = (abs(float(x) - float(loss_r)) / abs(float(loss_r)) for x in (loss_p, loss_e))
+        assert dp <= 2 * de + 1e-5, (n, dp, de)  # float32 sums of ~3e5: a few 1e-6 apart
+        out.append((n, _relative_errors(grads_p, grads_r, names), _relative_errors(grads_e, grads_r, names)))
+    if device == "cuda":
+        assert graphs.failed is None and graphs.captures == 6  # 3 units at capacities 320 and 400
+    return out
+
+
+def _assert_as_accurate(results) -> None:
+    """Padded float32 within 2x (+1e-5) of eager float32's distance from float64, parameter by parameter,
+    where float32 eager itself is within 1e-4 of float64. An elementwise match of the two float32 runs
+    is too strict (the padded matrix products sum in another order: stop 44's H100 run failed rtol 1e-4
+    / atol 1e-6 on gradients of magnitude ~100). The parameters left out are those behind a symbol that
+    float64 rounds to another integer (Sigma_v's stream, its entropy and step nets: 0.2-4 apart on the
+    CPU); the networks, f_g's first chunk model and f_v's stay in."""
+    for n, err_p, err_e in results:
+        checked = [k for k in err_e if err_e[k] < 1e-4]
+        assert len(checked) > len(err_e) // 2, (n, len(checked), len(err_e))
+        assert any(k.startswith("mem.e_fv.") for k in checked) and any(k.startswith("deform.") for k in checked)
+        worse = {k: (err_p[k], err_e[k]) for k in checked if not err_p[k] <= 2 * err_e[k] + 1e-5}
+        assert not worse, (n, worse)
+
+
+def test_padded_units_are_as_accurate_as_the_unpadded_ones() -> None:
+    """The GPU test's comparison on the CPU (no graphs): the padded units' gradients are as close to
+    a float64 reference as the unpadded units' are; a padding that leaked into the outputs or bits
+    would be far off."""
+    _assert_as_accurate(_padded_against_float64("cpu"))
+
+
+@pytest.mark.gpu
+def test_padded_graphed_units_are_as_accurate_as_the_unpadded_eager_units() -> None:
+    """``graph_capacity_growth`` on CUDA: the graphed units on padded anchors are as close to a float64
+    reference as the eager, unpadded units (round mode), and growing within one capacity replays,
+    not re-captures."""
+    _assert_as_accurate(_padded_against_float64("cuda"))

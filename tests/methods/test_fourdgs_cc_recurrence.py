@@ -229,7 +229,9 @@ def test_compiled_rate_unit_equals_the_eager_unit_on_cpu() -> None:
     results = []
     for compiled in (False, True):
         unit = _RateTerms(nvcc, vqcc, "ste", 2)
-        bits = (compiled_rate_unit(unit) if compiled else unit)(*planes, codebook)
+        unit = compiled_rate_unit(unit) if compiled else unit
+        bits = unit(*planes, codebook)
+        assert getattr(unit, "failed", None) is None  # compiled, not the eager fallback
         loss = bits[0] / 1e4 + bits[1] / 1e3
         results.append((torch.stack(bits).detach(), torch.autograd.grad(loss, params, allow_unused=True)))
     (b0, g0), (b1, g1) = results
@@ -253,3 +255,22 @@ def test_the_rate_unit_has_nothing_a_capture_refuses() -> None:
 
     step()  # warm-up: index tables are built once per device, before capture
     assert capture_blockers(step) == []
+
+
+def test_a_failed_compilation_leaves_the_eager_rate_terms(monkeypatch) -> None:
+    """``rate_compile`` where torch.compile cannot compile (no compiler, an inductor error): the rate
+    terms run uncompiled, with the same bits, and the reason is kept, not a failed training job."""
+    from evalkit.methods.fourdgs_cc.model import _RateTerms, compiled_rate_unit
+
+    def broken_compile(module, **kw):
+        def call(*a):
+            raise RuntimeError("BackendCompilerFailed: no working C++ compiler\nlong trace")
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    planes, codebook, nvcc, vqcc = _tiny_rate_unit(spread=0.05)
+    eager = _RateTerms(nvcc, vqcc, "ste", 2)
+    unit = compiled_rate_unit(_RateTerms(nvcc, vqcc, "ste", 2))
+    for _ in range(2):  # the second call goes straight to the eager unit
+        assert torch.equal(torch.stack(unit(*planes, codebook)), torch.stack(eager(*planes, codebook)))
+    assert unit.failed == "RuntimeError: BackendCompilerFailed: no working C++ compiler"

@@ -129,9 +129,12 @@ class FourDGSCCModel(FourDGSModel):
         return out
 
     def rate_graph_status(self) -> str:
-        """How the rate terms ran: replayed from CUDA graphs, or eagerly and why."""
+        """How the rate terms ran: replayed from CUDA graphs, or eagerly and why; and whether a
+        ``rate_compile`` compilation failed (the terms then ran uncompiled)."""
         graphs = _GRAPHS.get(self)
-        return graphs.status() if graphs is not None else GraphedCalls.EAGER
+        status = graphs.status() if graphs is not None else GraphedCalls.EAGER
+        failed = [u.failed for u in _COMPILED.get(self, {}).values() if getattr(u, "failed", None)]
+        return status + (f"; torch.compile failed, uncompiled ({failed[0]})" if failed else "")
 
     @property
     def _graphs(self) -> GraphedCalls:
@@ -143,8 +146,28 @@ class FourDGSCCModel(FourDGSModel):
 
 def compiled_rate_unit(module: nn.Module) -> nn.Module:
     """The rate unit compiled by torch.compile (``rate_compile``: fused kernels, the same terms). It
-    compiles on its first call, which ``GraphedCalls`` makes before capturing it."""
-    return torch.compile(module, dynamic=False)
+    compiles on its first call, which ``GraphedCalls`` makes before capturing it; a compilation that
+    fails (no compiler, an inductor error) leaves the eager unit, with the reason in ``failed``."""
+    return _CompiledOrEager(module)
+
+
+class _CompiledOrEager(nn.Module):
+    """``torch.compile(unit)``, or the unit itself from the first call whose compilation raised."""
+
+    def __init__(self, unit: nn.Module) -> None:
+        super().__init__()
+        self.unit, self.compiled = unit, torch.compile(unit, dynamic=False)
+        self.failed: str | None = None
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        if self.failed is None:
+            try:
+                return self.compiled(*tensors)
+            except Exception as exc:  # noqa: BLE001 - any compile failure: the same terms, eagerly
+                if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+                    raise  # inside a capture: GraphedCalls falls back to eager as for any capture failure
+                self.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        return self.unit(*tensors)
 
 
 def _levels(planes: list[torch.Tensor], levels: int) -> list[list[torch.Tensor]]:
