@@ -90,6 +90,11 @@ case "$1" in
     python3 -m evalkit.bench.fourdgs_cc /tmp/data/dnerf/"${2:-jumpingjacks}" --dataset dnerf --rate high \
       --coarse 1000 --steps 50 --reps 30 --kernels --device cuda 2>&1 | tee /tmp/res/cckern.txt
     ;;
+  ssim)
+    # the training image loss alone, by SSIM filter (stop 42's profile: 7.3 ms of an adc-gs step), alone
+    cd /tmp/code; python3 -m evalkit.bench.ssim 2>&1 | tee -a /tmp/res/ssim.txt
+    python3 -m evalkit.bench.ssim --size 800x800 --batch 1 2>&1 | tee -a /tmp/res/ssim.txt
+    ;;
   adcstep)
     # issue 26: adc-gs late training step at a fixed anchor count, split by phase (alone):
     # adcstep SCENE|PATH [ANCHORS] [DATASET] (a PATH for a dataset other than dnerf; ADCSTEP_METHOD=adc-gs:unpadded

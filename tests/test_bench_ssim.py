@@ -1,0 +1,29 @@
+"""The SSIM bench's candidate filters compute the shipped SSIM (a faster one could replace it)."""
+import torch
+
+from evalkit.bench.ssim import WAYS, banded_window, main
+from evalkit.metrics.image import _blur, gaussian_window_1d
+
+
+def test_the_banded_window_is_the_zero_padded_gaussian_filter() -> None:
+    x = torch.rand(1, 1, 23, 9, dtype=torch.float64)
+    conv = _blur(x, gaussian_window_1d(dtype=torch.float64), padding=5)
+    banded = banded_window(23, torch.float64, "cpu") @ x[0, 0] @ banded_window(9, torch.float64, "cpu").T
+    assert torch.allclose(conv[0, 0], banded, atol=1e-14)
+
+
+def test_every_way_gives_the_shipped_loss_and_gradient(capsys) -> None:
+    g = torch.Generator().manual_seed(1)
+    gt = torch.rand(2, 30, 40, 3, generator=g, dtype=torch.float64)
+    pred = (gt + 0.1 * torch.randn(2, 30, 40, 3, generator=g, dtype=torch.float64)).clamp(0, 1)
+    ref = None
+    for way in WAYS.values():
+        p = pred.clone().requires_grad_(True)
+        v = way(p, gt)
+        v.sum().backward()
+        if ref is None:
+            ref = (v.detach(), p.grad)
+        assert torch.allclose(v, ref[0], atol=1e-12) and torch.allclose(p.grad, ref[1], atol=1e-12)
+    main(["--device", "cpu", "--reps", "2", "--size", "24x32", "--batch", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split()[0] for ln in lines[1:]] == list(WAYS)
