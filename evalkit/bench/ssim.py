@@ -8,7 +8,8 @@ three ways of filtering the five local means (the same Gaussian window, zero 'sa
 
 - ``conv``: ``metrics.image.ssim`` as shipped (separable depthwise ``conv2d`` on the channels-last view);
 - ``conv-contiguous``: the same filter on contiguous NCHW input and contiguous weights;
-- ``banded``: the filter as two matrix products with banded matrices (rows, then columns).
+- ``banded``: the filter as two matrix products with banded matrices (rows, then columns);
+- ``shifted``: the filter as 11 shifted, weighted slices of the zero-padded input per direction.
 
 Prints one line per way: median ms per forward + backward (CUDA events on CUDA; wall time on CPU)
 and the largest difference of its loss and gradient from the shipped one. Candidates only: the
@@ -66,8 +67,21 @@ def ssim_banded(pred: torch.Tensor, gt: torch.Tensor, _cache: dict = {}) -> torc
     return _stats_to_ssim(*stack.chunk(5, dim=1))
 
 
+def ssim_shifted(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+    x, y = pred.permute(0, 3, 1, 2), gt.permute(0, 3, 1, 2)
+    stack = torch.cat([x, y, x * x, y * y, x * y], dim=1)
+    g = gaussian_window_1d(dtype=torch.float64).tolist()
+    r = WINDOW_SIZE // 2
+    h, w = stack.shape[-2:]
+    padded = F.pad(stack, (0, 0, r, r))
+    stack = sum(gk * padded[..., k:k + h, :] for k, gk in enumerate(g))
+    padded = F.pad(stack, (r, r, 0, 0))
+    stack = sum(gk * padded[..., k:k + w] for k, gk in enumerate(g))
+    return _stats_to_ssim(*stack.chunk(5, dim=1))
+
+
 WAYS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "conv": ssim, "conv-contiguous": ssim_conv_contiguous, "banded": ssim_banded}
+    "conv": ssim, "conv-contiguous": ssim_conv_contiguous, "banded": ssim_banded, "shifted": ssim_shifted}
 
 
 def _loss(way, pred, gt) -> torch.Tensor:
