@@ -242,6 +242,10 @@ def test_vq_start_fraction_scales_with_the_schedule_and_the_diagnostic_variants_
         CCConfig(vq_start=10, vq_start_fraction=0.5)
 
 
+def base_rate_compile() -> bool:
+    return bool(load_method_spec("4dgs-cc").config("dnerf", "lego").get("rate_compile", False))
+
+
 def test_ablations_are_spec_variants_of_the_method() -> None:
     """Paper Figs. 5-7: each ablation is `4dgs-cc:<variant>`, the same method and rate points with
     one component switched off, recorded under its own name."""
@@ -251,7 +255,12 @@ def test_ablations_are_spec_variants_of_the_method() -> None:
                 "wo-vqcc": ("vqcc", False), "wo-nvcc": ("nvcc", False),
                 "wo-sp": ("nvcc_spatial_prior", False), "wo-hf": ("nvcc_hidden_update", False)}
     diagnostics = {"vq-early", "vq-once"}  # issue 27's experiments, tested below
-    assert sorted(v.partition(":")[2] for v in method_variants("4dgs-cc")) == sorted({*expected, *diagnostics})
+    speed = {"compiled"}  # the same terms, fused by torch.compile (issue 27's timing)
+    assert sorted(v.partition(":")[2] for v in method_variants("4dgs-cc")) == sorted({*expected, *diagnostics, *speed})
+    compiled = load_method_spec("4dgs-cc:compiled").config("dnerf", "lego")
+    assert compiled["rate_compile"] is True and not base_rate_compile()
+    assert {k: v for k, v in compiled.items() if k != "rate_compile"} == {
+        k: v for k, v in load_method_spec("4dgs-cc").config("dnerf", "lego").items() if k != "rate_compile"}
     base = load_method_spec("4dgs-cc")
     for variant, (key, value) in expected.items():
         spec = load_method_spec(f"4dgs-cc:{variant}")
