@@ -80,20 +80,47 @@ class GraphedCalls:
             samples = tuple(t.detach().clone().requires_grad_(t.requires_grad) for t in tensors)
             rng = _cuda_generator(tensors[0].device)
             rng_state = rng.clone_state() if rng is not None else None
+            dev = tensors[0].device
+            # the caller's stream and the capture's pool, to undo what a failed capture leaves
+            stream = torch.cuda.current_stream(dev) if dev.type == "cuda" else None
+            pool = {"pool": torch.cuda.graph_pool_handle()} if dev.type == "cuda" else {}
             try:
-                module = torch.cuda.make_graphed_callables(module, samples, allow_unused_input=True)
+                module = torch.cuda.make_graphed_callables(module, samples, allow_unused_input=True, **pool)
             except Exception as exc:  # noqa: BLE001 - any capture failure: stay correct, run eagerly
                 self.failed = f"{type(exc).__name__}: {exc}"
                 # A capture that fails midway leaves the CUDA generator in capture mode, and every
                 # later random op would fail ("Offset increment outside graph capture"): restore it.
                 if rng is not None:
                     rng.graphsafe_set_state(rng_state)
+                if stream is not None:
+                    _end_failed_capture(dev, stream, pool["pool"])
                 return make_module()(*tensors)
             self._graphed[sig] = module
             self.captures += 1
         out = module(*tensors)
         # Outputs are static buffers that the next replay overwrites.
         return tuple(o.clone() for o in out) if isinstance(out, tuple) else out.clone()
+
+
+def _end_failed_capture(device: torch.device, stream, pool) -> None:
+    """What an aborted capture leaves undone: the caller's stream back (the capture's side stream
+    stays current otherwise), and the allocator's routing to the capture's pool ended and its
+    reference dropped. Without the latter the allocator counts a capture as still under way for the
+    rest of the process, and ``empty_cache`` gives back nothing (a reading of PyTorch's allocator by a
+    helper, stop 44: ``capture_end`` raises before ``endAllocateToPool``; the GPU test
+    ``test_a_failed_capture_leaves_the_stream_and_the_cache_as_they_were`` checks it). The allocator
+    calls are private (no public API ends a pool's routing); absent or refused, nothing is done."""
+    torch.cuda.set_stream(stream)
+    end = getattr(torch._C, "_cuda_endAllocateToPool", None)
+    release = getattr(torch._C, "_cuda_releasePool", None)
+    if end is None or release is None:
+        return
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    try:
+        end(index, pool)  # raises when no capture into this pool is under way (a failed warm-up)
+    except RuntimeError:
+        return
+    release(index, pool)
 
 
 def _cuda_generator(device: torch.device) -> torch.Generator | None:

@@ -76,7 +76,11 @@ def test_a_growing_input_does_not_pile_up_reserved_memory() -> None:
     44 (collection every 2 drops) saw reserved memory grow by ~650 MiB per two captures, and stop 44
     also allocated memory (~135 MiB per two) with only the live wrapper left, so some tensor outlives
     its graph. Hence adc-gs's padding (``graph_capacity_growth``): a few dozen sizes, not one per count
-    (stop 44's HyperNeRF job: 19 captures, 2.8 GiB reserved at 6,200 anchors)."""
+    (stop 44's HyperNeRF job: 19 captures, 2.8 GiB reserved at 6,200 anchors). A reading of PyTorch's
+    allocator (stop 44, not run) blames the failed-capture test before this one in the same process
+    for the reserved growth (an aborted capture left a capture counted as under way, so ``empty_cache``
+    gave nothing back), and per-stream cuBLAS workspaces (2 x 32 MiB per new capture stream, up to 32
+    streams) for the allocated growth. ``GraphedCalls`` now ends an aborted capture's routing."""
     import weakref
 
     calls, lin = GraphedCalls(True, evict_stale=True, collect_every=2), nn.Linear(64, 64).cuda()
@@ -162,3 +166,47 @@ def test_the_capture_check_sees_host_reads_and_host_data() -> None:
     assert capture_blockers(lambda: w * torch.tensor([1.0, 0.0, 0.0])) == ["aten.lift_fresh.default"]
     assert capture_blockers(lambda: w[w > 0]) != []
     assert capture_blockers(lambda: (w.index_select(0, lo.reshape(-1)) * torch.full((), 2.0)).sum().backward()) == []
+
+
+def test_a_failed_capture_gives_back_the_stream_and_ends_the_pools_routing(monkeypatch) -> None:
+    """What an aborted capture leaves undone is done: the caller's stream is current again, the
+    allocator's routing into the capture's pool ends and its reference is dropped, in that order;
+    when no capture was under way (the routing cannot be ended), the pool is left alone."""
+    from evalkit.train import cuda_graphs
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_stream", lambda s: calls.append(("stream", s)))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch._C, "_cuda_endAllocateToPool", lambda d, p: calls.append(("end", d, p)), raising=False)
+    monkeypatch.setattr(torch._C, "_cuda_releasePool", lambda d, p: calls.append(("release", d, p)), raising=False)
+    cuda_graphs._end_failed_capture(torch.device("cuda", 1), "caller", (0, 7))
+    assert calls == [("stream", "caller"), ("end", 1, (0, 7)), ("release", 1, (0, 7))]
+
+    def not_recording(d, p):
+        raise RuntimeError("endAllocatePool: not currently recording to mempool_id")
+
+    calls.clear()
+    monkeypatch.setattr(torch._C, "_cuda_endAllocateToPool", not_recording, raising=False)
+    cuda_graphs._end_failed_capture(torch.device("cuda"), "caller", (0, 8))
+    assert calls == [("stream", "caller")]
+
+
+@pytest.mark.gpu
+def test_a_failed_capture_leaves_the_stream_and_the_cache_as_they_were() -> None:
+    """After a capture that failed (a host read), the caller's stream is current and ``empty_cache``
+    still gives back freed memory (stop 44's reading of the allocator: an aborted capture left it
+    counting a capture under way, which stops ``empty_cache`` for the rest of the process)."""
+    def released_mib() -> int:
+        t = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
+        del t
+        before = torch.cuda.memory_reserved()
+        torch.cuda.empty_cache()
+        return (before - torch.cuda.memory_reserved()) >> 20
+
+    assert released_mib() >= 256
+    stream = torch.cuda.current_stream()
+    calls = GraphedCalls(True)
+    calls(("host-read",), _HostRead, torch.ones(4, device="cuda", requires_grad=True))
+    assert calls.failed is not None
+    assert torch.cuda.current_stream() == stream
+    assert released_mib() >= 256
