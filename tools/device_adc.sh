@@ -173,7 +173,10 @@ case "$1" in
     # checkpoints carried from an earlier session (ignored .devresume*/ folders laid out as /tmp/res:
     # NAME/DATASET/SCENE/METHOD/RATE.ckpt): copied in, never over a newer one here; a `launch` of the
     # same NAME and job then resumes from them (same ADCConfig, or the digest rejects them)
-    for d in .devresume*; do [ -d "$d" ] && cp -rn "$d"/* /tmp/res/; done; find /tmp/res -name "*.ckpt" -printf "%p %s\n"
+    # (resume DIR... for given folders only: a folder kept from an earlier call would bring back the
+    # checkpoint of a job that has finished since)
+    dirs=("${@:2}"); [ ${#dirs[@]} -gt 0 ] || dirs=(.devresume*)
+    for d in "${dirs[@]}"; do [ -d "$d" ] && cp -rn "$d"/* /tmp/res/; done; find /tmp/res -name "*.ckpt" -printf "%p %s\n"
     ;;
   stopjob)
     # stop one job of a running sweep and keep the others: stopjob NAME RATE (SIGKILL of the worker
