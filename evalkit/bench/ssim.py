@@ -4,7 +4,7 @@
 
 Stop 42's profile of an adc-gs step on the HyperNeRF capture put the image loss (two 320x180 views)
 at 7.3 ms of device time, against 1.6 ms for the rasteriser. This bench times the loss alone with
-three ways of filtering the five local means (the same Gaussian window, zero 'same' padding):
+four ways of filtering the five local means (the same Gaussian window, zero 'same' padding):
 
 - ``conv``: ``metrics.image.ssim`` as shipped (separable depthwise ``conv2d`` on the channels-last view);
 - ``conv-contiguous``: the same filter on contiguous NCHW input and contiguous weights;
