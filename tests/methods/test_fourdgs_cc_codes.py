@@ -313,3 +313,21 @@ def test_vqcc_rate_trains_vqcc_and_moves_codes_only_when_asked(moves_codes: bool
         expect = model.vqcc.bits(model.vq.code_vectors(flat), "ste")[0]
         got = model.rate_terms("ste")["vqcc"][0]
     torch.testing.assert_close(got, expect)
+
+
+def test_a_checkpoint_resumes_with_the_rate_terms_compiled_or_not() -> None:
+    """``rate_compile`` fuses the same terms (a speed option, as ``cuda_graphs``): a run killed with it
+    off resumes with it on and the other way round; a setting that changes the model does not."""
+    from dataclasses import replace
+
+    from evalkit.methods.fourdgs_cc import FourDGSCC, merged_config
+    from evalkit.methods.fourdgs_cc.config import CCConfig
+    from evalkit.train.checkpoint import checkpoint_key
+
+    def key(cc: CCConfig) -> str:
+        return checkpoint_key("4dgs-cc", merged_config("4dgs", FourDGSConfig(), cc), 0, FourDGSCC.speed_options)
+
+    cc = CCConfig()
+    assert key(replace(cc, rate_compile=True)) == key(replace(cc, rate_compile=False))
+    assert key(replace(cc, cuda_graphs=not cc.cuda_graphs)) == key(cc)
+    assert key(replace(cc, lambda_e=cc.lambda_e * 10)) != key(cc)

@@ -193,7 +193,9 @@ def merged_config(base: str, fcfg: FourDGSConfig, cc: CCConfig) -> dict:
 
 class FourDGSCC(Method, KernelsInBackground):
     name = "4dgs-cc"
-    speed_options = frozenset({"cuda_graphs"})  # the same computation replayed from CUDA graphs
+    # the same computation: replayed from CUDA graphs, or with the rate terms' kernels fused by
+    # torch.compile (gradients as close to float64 as eager's: stop 44's GPU test)
+    speed_options = frozenset({"cuda_graphs", "rate_compile"})
 
     def train(self, scene: Scene, rate: RatePoint, ctx: TrainContext) -> FourDGSCCTrained:
         fcfg, cc = resolve_config(ctx, rate)
