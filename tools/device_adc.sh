@@ -33,7 +33,7 @@ case "$1" in
     rm -rf /tmp/code/tests && cp -r tests /tmp/code/ && cd /tmp/code
     files=("${@:3}"); [ ${#files[@]} -gt 0 ] || files=($(grep -rl "mark.gpu" tests))
     timeout "${2:-300}" python3 -m pytest -m gpu "${files[@]}" -v -p no:cacheprovider --timeout 120 2>&1 \
-      | grep -E "PASSED|FAILED|ERROR|SKIPPED|Error|passed|failed" | tee -a /tmp/res/gputest.txt
+      | grep -E "PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS|Error|passed|failed" | tee -a /tmp/res/gputest.txt
     ;;
   smoke)
     cd /tmp/code
