@@ -10,7 +10,8 @@
 #   tools/device_adc.sh plan FILE      queue the phases listed in FILE (tools/plans/)
 #   tools/device_adc.sh resume           copy carried checkpoints (.devresume*/) into /tmp/res
 #   tools/device_adc.sh stopjob NAME RATE  stop one job of a running sweep, keep the others
-#   tools/device_adc.sh collect          tar /tmp/res into $OUT
+#   tools/device_adc.sh collect [evk|-] [ROOT]  tar /tmp/res into $OUT (evk: with bitstreams; ROOT: its
+#                                        checkpoints too, in parts: tools/ckpt_parts.py)
 set -euo pipefail
 export PYTHONPATH=/tmp/code:/tmp/site PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16
 export EVALKIT_CACHE=/tmp/cache EVALKIT_REQUIRE_GSPLAT=1
@@ -213,9 +214,12 @@ case "$1" in
   collect)
     tail -n 3 /tmp/res/*.out || true
     nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv || true
-    # `collect evk` keeps the bitstreams (small captures); checkpoints stay (14-108 MB: over $OUT's 16 MiB a file)
+    # `collect evk` keeps the bitstreams (small captures); checkpoints stay unless ROOT is given (below)
     ex=(--exclude='*.pt' --exclude='*.ckpt' --exclude='*.ckpt.bad'); [ "${2:-}" = evk ] || ex+=(--exclude='*.evk')
     tar czf "$OUT/res.tgz" "${ex[@]}" -C /tmp res || true
+    # `collect evk|- ROOT`: also the checkpoints under ROOT (e.g. /tmp/res/cap_hyper), in parts that come
+    # back; here: python tools/ckpt_parts.py join FILES_AT/ckpt .devresume_NAME, carried next session
+    [ -n "${3:-}" ] && python3 tools/ckpt_parts.py split "$3" "$OUT/ckpt" || true
     ls -la "$OUT"
     ;;
 esac
