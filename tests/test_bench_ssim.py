@@ -8,7 +8,8 @@ from evalkit.metrics.image import _blur, gaussian_window_1d
 def test_the_banded_window_is_the_zero_padded_gaussian_filter() -> None:
     x = torch.rand(1, 1, 23, 9, dtype=torch.float64)
     conv = _blur(x, gaussian_window_1d(dtype=torch.float64), padding=5)
-    banded = banded_window(23, torch.float64, "cpu") @ x[0, 0] @ banded_window(9, torch.float64, "cpu").T
+    cpu = torch.device("cpu")
+    banded = banded_window(23, torch.float64, cpu) @ x[0, 0] @ banded_window(9, torch.float64, cpu).T
     assert torch.allclose(conv[0, 0], banded, atol=1e-14)
 
 

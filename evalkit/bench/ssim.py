@@ -18,6 +18,7 @@ shipped SSIM is ``metrics.image.ssim``.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 from typing import Callable
@@ -25,63 +26,55 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from evalkit.metrics.image import SSIM_C1, SSIM_C2, WINDOW_SIZE, gaussian_window_1d, ssim
+from evalkit.metrics.image import WINDOW_SIZE, _as_nchw, _ssim_and_cs_maps, gaussian_window_1d, ssim
 
 
-def _stats_to_ssim(mu_x, mu_y, e_xx, e_yy, e_xy) -> torch.Tensor:
-    mu_xx, mu_yy, mu_xy = mu_x * mu_x, mu_y * mu_y, mu_x * mu_y
-    cs = (2.0 * (e_xy - mu_xy) + SSIM_C2) / ((e_xx - mu_xx) + (e_yy - mu_yy) + SSIM_C2)
-    return ((2.0 * mu_xy + SSIM_C1) / (mu_xx + mu_yy + SSIM_C1) * cs).flatten(1).mean(dim=1)
+def blur_conv_contiguous(x: torch.Tensor, window: torch.Tensor, padding: int) -> torch.Tensor:
+    """The shipped separable conv on contiguous NCHW input and contiguous weights."""
+    x, c, n = x.contiguous(), x.shape[1], window.numel()
+    x = F.conv2d(x, window.view(1, 1, n, 1).repeat(c, 1, 1, 1), padding=(padding, 0), groups=c)
+    return F.conv2d(x, window.view(1, 1, 1, n).repeat(c, 1, 1, 1), padding=(0, padding), groups=c)
 
 
-def ssim_conv_contiguous(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    x, y = pred.permute(0, 3, 1, 2).contiguous(), gt.permute(0, 3, 1, 2).contiguous()
-    stack = torch.cat([x, y, x * x, y * y, x * y], dim=1)
-    c, w = stack.shape[1], gaussian_window_1d(dtype=x.dtype, device=x.device)
-    p = WINDOW_SIZE // 2
-    stack = F.conv2d(stack, w.view(1, 1, -1, 1).repeat(c, 1, 1, 1).contiguous(), padding=(p, 0), groups=c)
-    stack = F.conv2d(stack, w.view(1, 1, 1, -1).repeat(c, 1, 1, 1).contiguous(), padding=(0, p), groups=c)
-    return _stats_to_ssim(*stack.chunk(5, dim=1))
-
-
-def banded_window(n: int, dtype: torch.dtype, device) -> torch.Tensor:
+@functools.lru_cache(maxsize=16)
+def banded_window(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """(n, n) matrix M with (M @ v)[i] = sum_k g[k] v[i + k - r]: the window with zero 'same' padding."""
     g = gaussian_window_1d(dtype=torch.float64)
     r = WINDOW_SIZE // 2
-    i = torch.arange(n).view(-1, 1)
-    k = torch.arange(n).view(1, -1) - i + r
+    k = torch.arange(n).view(1, -1) - torch.arange(n).view(-1, 1) + r
     inside = (k >= 0) & (k < WINDOW_SIZE)
     m = torch.where(inside, g[k.clamp(0, WINDOW_SIZE - 1)], torch.zeros((), dtype=torch.float64))
     return m.to(dtype=dtype, device=device)
 
 
-def ssim_banded(pred: torch.Tensor, gt: torch.Tensor, _cache: dict = {}) -> torch.Tensor:  # noqa: B006
-    b, h, w, _ = pred.shape
-    key = (h, w, pred.dtype, pred.device)
-    if key not in _cache:
-        _cache[key] = (banded_window(h, pred.dtype, pred.device), banded_window(w, pred.dtype, pred.device).T.contiguous())
-    mh, mwt = _cache[key]
-    x, y = pred.permute(0, 3, 1, 2), gt.permute(0, 3, 1, 2)
-    stack = torch.cat([x, y, x * x, y * y, x * y], dim=1)
-    stack = torch.matmul(torch.matmul(mh, stack), mwt)
-    return _stats_to_ssim(*stack.chunk(5, dim=1))
+def blur_banded(x: torch.Tensor, window: torch.Tensor, padding: int) -> torch.Tensor:
+    """Rows, then columns, as products with banded matrices (cached per size)."""
+    assert padding == WINDOW_SIZE // 2, "the banded filter is the 'same'-padded one"
+    h, w = x.shape[-2:]
+    return banded_window(h, x.dtype, x.device) @ x @ banded_window(w, x.dtype, x.device).T
 
 
-def ssim_shifted(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
-    x, y = pred.permute(0, 3, 1, 2), gt.permute(0, 3, 1, 2)
-    stack = torch.cat([x, y, x * x, y * y, x * y], dim=1)
-    g = gaussian_window_1d(dtype=torch.float64).tolist()
-    r = WINDOW_SIZE // 2
-    h, w = stack.shape[-2:]
-    padded = F.pad(stack, (0, 0, r, r))
-    stack = sum(gk * padded[..., k:k + h, :] for k, gk in enumerate(g))
-    padded = F.pad(stack, (r, r, 0, 0))
-    stack = sum(gk * padded[..., k:k + w] for k, gk in enumerate(g))
-    return _stats_to_ssim(*stack.chunk(5, dim=1))
+def blur_shifted(x: torch.Tensor, window: torch.Tensor, padding: int) -> torch.Tensor:
+    """11 shifted, weighted slices of the zero-padded input per direction."""
+    h, w = x.shape[-2:]
+    taps = window.tolist()
+    padded = F.pad(x, (0, 0, padding, padding))
+    x = sum(g * padded[..., k:k + h + 2 * padding - len(taps) + 1, :] for k, g in enumerate(taps))
+    padded = F.pad(x, (padding, padding, 0, 0))
+    return sum(g * padded[..., k:k + w + 2 * padding - len(taps) + 1] for k, g in enumerate(taps))
+
+
+def ssim_with(blur: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]):
+    """``metrics.image.ssim`` with another filter for the five local means."""
+    def way(pred: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        x, y, _ = _as_nchw(pred, gt, "ssim")
+        return _ssim_and_cs_maps(x, y, WINDOW_SIZE // 2, blur)[0].flatten(1).mean(dim=1)
+    return way
 
 
 WAYS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "conv": ssim, "conv-contiguous": ssim_conv_contiguous, "banded": ssim_banded, "shifted": ssim_shifted}
+    "conv": ssim, "conv-contiguous": ssim_with(blur_conv_contiguous), "banded": ssim_with(blur_banded),
+    "shifted": ssim_with(blur_shifted)}
 
 
 def _loss(way, pred, gt) -> torch.Tensor:

@@ -22,6 +22,8 @@ Definitions (checked against the public reference code):
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -98,11 +100,14 @@ def _blur(x: torch.Tensor, window_1d: torch.Tensor, padding: int) -> torch.Tenso
     return F.conv2d(x, w_cols, padding=(0, padding), groups=channels)
 
 
-def _ssim_and_cs_maps(x: torch.Tensor, y: torch.Tensor, padding: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """SSIM map and contrast-structure map, (B, C, H', W'), biased local statistics."""
+def _ssim_and_cs_maps(x: torch.Tensor, y: torch.Tensor, padding: int,
+                      blur: Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor] = _blur,
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """SSIM map and contrast-structure map, (B, C, H', W'), biased local statistics. ``blur``:
+    the Gaussian filter (the separable conv; ``bench.ssim`` times other ways of computing it)."""
     window = gaussian_window_1d(dtype=x.dtype, device=x.device)
     # The five local means in one filter call (one kernel pair forward and backward, not five).
-    blurred = _blur(torch.cat([x, y, x * x, y * y, x * y], dim=1), window, padding)
+    blurred = blur(torch.cat([x, y, x * x, y * y, x * y], dim=1), window, padding)
     mu_x, mu_y, e_xx, e_yy, e_xy = blurred.chunk(5, dim=1)
     mu_xx, mu_yy, mu_xy = mu_x * mu_x, mu_y * mu_y, mu_x * mu_y
     var_x = e_xx - mu_xx

@@ -73,9 +73,8 @@ def test_a_growing_input_does_not_pile_up_reserved_memory() -> None:
     """A model that grows is re-captured at every new size: the dropped graphs' memory should be given
     back, so the process's reserved memory stays near a few captures', not the sum of all of them
     (adc-gs jobs held 26-55 GiB on the captures, stop 41). It is not: stop 42 (no collection), 43 and
-    44 (collection every 2 drops) saw reserved memory grow by ~650 MiB per two captures, and stop 44
-    also allocated memory (~135 MiB per two) with only the live wrapper left, so some tensor outlives
-    its graph. Hence adc-gs's padding (``graph_capacity_growth``): a few dozen sizes, not one per count
+    44 (collection every 2 drops) saw reserved memory grow by 620-730 MiB per capture, and stop 44
+    also allocated memory (~70 MiB per capture, a sawtooth) with only the live wrapper left. Hence adc-gs's padding (``graph_capacity_growth``): a few dozen sizes, not one per count
     (stop 44's HyperNeRF job: 19 captures, 2.8 GiB reserved at 6,200 anchors). A reading of PyTorch's
     allocator (stop 44, not run) blames the failed-capture test before this one in the same process
     for the reserved growth (an aborted capture left a capture counted as under way, so ``empty_cache``

@@ -88,8 +88,8 @@ class ADCConfig:
                                       # (the same computation in fewer launches; choice)
     graph_capacity_growth: float = 1.25  # the graphed units see the anchors padded with zero rows to a capacity that
                                       # grows by this factor (from 256): a growing model is re-captured at a few
-                                      # dozen sizes, not at every refinement (each re-capture left GPU memory
-                                      # reserved: stop 41's jobs ran out of it; stop 43's GPU test). Padded rows
+                                      # dozen sizes, not at every refinement (stop 41's finished job re-captured 876 times
+                                      # and the others ran out of GPU memory; in a GPU test each re-capture kept some). Padded rows
                                       # weigh nothing in the bits and are sliced off, but draw their own noise
                                       # (choice; 0: exact counts, re-captured at every count)
 

@@ -133,7 +133,7 @@ class FourDGSCCModel(FourDGSModel):
         ``rate_compile`` compilation failed (the terms then ran uncompiled)."""
         graphs = _GRAPHS.get(self)
         status = graphs.status() if graphs is not None else GraphedCalls.EAGER
-        failed = [u.failed for u in _COMPILED.get(self, {}).values() if getattr(u, "failed", None)]
+        failed = [u.failed for u in _COMPILED.get(self, {}).values() if u.failed]
         return status + (f"; torch.compile failed, uncompiled ({failed[0]})" if failed else "")
 
     @property
