@@ -46,7 +46,7 @@ case "$1" in
     mkdir -p /tmp/res/$name
     cd /tmp/code
     setsid nohup python3 -m evalkit.cli run "$@" --data-root /tmp/data --out /tmp/res/$name --device cuda \
-      > /tmp/res/$name.out 2>&1 < /dev/null &
+      >> /tmp/res/$name.out 2>&1 < /dev/null &  # appended: a second sweep into the same folder keeps the first one's lines
     echo "launched $name"
     ;;
   pair27)
