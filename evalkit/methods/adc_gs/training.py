@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import random
 import time
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -109,9 +110,18 @@ def _unit_rows(model: ADCModel) -> tuple[int, int | None]:
     return n, (graph_capacity(n, growth) if growth > 1 else None)
 
 
-def canonical_step(graphs: GraphedCalls, model: ADCModel, quant: bool,
-                   mode: str = "noise") -> tuple[Primitives, Tensor, dict | None]:
-    """(primitives, f_v as the deformation reads it, bits per stream or None) of this step."""
+class CanonicalOut(NamedTuple):
+    """A step's canonical part: primitives and f_v (anchor rows), bits per stream (None without
+    quantisation), and the graphed unit's padded rows (X_v, f_v, primitives; None for exact counts),
+    which each view's deformation takes as they are instead of padding the sliced rows again."""
+    prim: Primitives
+    fv: Tensor
+    bits: dict | None
+    unit_rows: tuple[Tensor, ...] | None
+
+
+def canonical_step(graphs: GraphedCalls, model: ADCModel, quant: bool, mode: str = "noise") -> CanonicalOut:
+    """This step's primitives, f_v as the deformation reads it, and bits per stream (or None)."""
     tensors: tuple[Tensor, ...] = (model.xyz, model.fv, model.fg, model.sigma, model.color)
     n, cap = _unit_rows(model)
     if cap is not None:  # zero rows up to the capacity, weighing nothing in the bits, sliced off below
@@ -120,12 +130,13 @@ def canonical_step(graphs: GraphedCalls, model: ADCModel, quant: bool,
         weight[:n].fill_(1.0)
         tensors = tuple(_pad_rows(t, cap) for t in tensors) + (weight,)
     out = graphs(("canonical", quant, mode), lambda: CanonicalStep(model, quant, mode), *tensors)
-    if cap is not None:
-        out = tuple(o[:n] for o in out[:6]) + tuple(out[6:])  # per-anchor outputs; the bits are totals
-    prim = Primitives(*out[:5])
-    if not quant:
-        return prim, model.fv, None
-    return prim, out[5], dict(zip(stream_names(model.cfg), out[6:]))
+    fv = out[5] if quant else tensors[1]
+    unit_rows = (tensors[0], fv, *out[:5]) if cap is not None else None
+    if cap is not None:  # per-anchor outputs (views, no copies); the bits are totals
+        out = tuple(o[:n] for o in out[:6]) + tuple(out[6:])
+        fv = fv[:n]
+    bits = dict(zip(stream_names(model.cfg), out[6:])) if quant else None
+    return CanonicalOut(Primitives(*out[:5]), fv, bits, unit_rows)
 
 
 class DeformStep(nn.Module):
@@ -141,16 +152,19 @@ class DeformStep(nn.Module):
 
 
 def view_primitives(graphs: GraphedCalls, model: ADCModel, prim: Primitives, fv: Tensor, t: float,
-                    deform: bool, slot: int) -> tuple[Tensor, ...]:
+                    deform: bool, slot: int, unit_rows: tuple[Tensor, ...] | None = None) -> tuple[Tensor, ...]:
     """Flat (means, quats, scales, opacities, colours) of the frame at ``t``; ``slot`` is the view's
-    place in the batch (each slot has its own graph: a graph's buffers hold one call at a time)."""
+    place in the batch (each slot has its own graph: a graph's buffers hold one call at a time).
+    ``unit_rows``: the canonical unit's padded rows (``CanonicalOut.unit_rows``), used as they are;
+    without them the anchor rows are padded here. The padded rows' outputs are sliced off, so they
+    get no gradient."""
     if not deform or model.cfg.deformation == "none":
         return flat(prim)
     tt = torch.full((), t, dtype=prim.means.dtype, device=prim.means.device)
     rows = (model.xyz, fv, prim.means, prim.quats, prim.scales, prim.opacity_logits, prim.colors)
     n, cap = _unit_rows(model)
-    if cap is not None:  # the canonical unit's padding (zero rows), sliced off the flat outputs
-        rows = tuple(_pad_rows(r, cap) for r in rows)
+    if cap is not None:
+        rows = unit_rows if unit_rows is not None else tuple(_pad_rows(r, cap) for r in rows)
     out = graphs((f"deform{slot}",), lambda: DeformStep(model), rows[0], rows[1], tt, *rows[2:])
     return tuple(o[:n * model.cfg.k] for o in out) if cap is not None else out
 
@@ -375,7 +389,7 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
         rate_on = rd and step > cfg.rate_from and cfg.lambda_e > 0
         in_window = cfg.refinement and cfg.refine_from < step <= cfg.refine_until
         with record_function("adc-gs: quantise + F_theta"):
-            prim, fv, bits = canonical_step(graphs, model, quant_on)
+            prim, fv, bits, unit_rows = canonical_step(graphs, model, quant_on)
         loss = prim.means.new_zeros(())
         report = step % 100 == 0 or step == cfg.iterations
         mse = 0.0  # of the reporting steps' renders only (no work on the others)
@@ -383,7 +397,7 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
         for slot, v in enumerate(views):
             with record_function("adc-gs: deformation"):
                 means, quats, scales, opac, colors = view_primitives(graphs, model, prim, fv, frames[v].time,
-                                                                     deform_on, slot)
+                                                                     deform_on, slot, unit_rows)
             if in_window:
                 colors = torch.cat([colors, torch.ones_like(colors[:, :1])], dim=1)
                 colors.retain_grad()
