@@ -100,7 +100,7 @@ def _blur(x: torch.Tensor, window_1d: torch.Tensor, padding: int, contiguous: bo
     size = window_1d.numel()
     w_rows = window_1d.view(1, 1, size, 1).expand(channels, 1, size, 1)
     w_cols = window_1d.view(1, 1, 1, size).expand(channels, 1, 1, size)
-    if x.is_cuda if contiguous is None else contiguous:
+    if (x.is_cuda if contiguous is None else contiguous):
         x, w_rows, w_cols = x.contiguous(), w_rows.contiguous(), w_cols.contiguous()
     x = F.conv2d(x, w_rows, padding=(padding, 0), groups=channels)
     return F.conv2d(x, w_cols, padding=(0, padding), groups=channels)
