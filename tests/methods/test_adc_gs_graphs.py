@@ -338,3 +338,13 @@ def test_padded_graphed_units_are_as_accurate_as_the_unpadded_eager_units() -> N
     reference as the eager, unpadded units (round mode), and growing within one capacity replays,
     not re-captures."""
     _assert_as_accurate(_padded_against_float64("cuda"))
+
+
+def test_unit_rows_of_another_capacity_are_refused() -> None:
+    """Padded rows kept from a step before the anchors grew past the capacity are not deformed."""
+    model = _padded(random_model(n=300, seed=3), 1.25)
+    old = canonical_step(GraphedCalls(), model, True, "round")
+    _grow_to(model, 330)  # capacity 320 -> 400
+    new = canonical_step(GraphedCalls(), model, True, "round")
+    with pytest.raises(ValueError, match="capacity of 400"):
+        view_primitives(GraphedCalls(), model, new.prim, new.fv, 0.5, True, 0, old.unit_rows)

@@ -164,6 +164,9 @@ def view_primitives(graphs: GraphedCalls, model: ADCModel, prim: Primitives, fv:
     rows = (model.xyz, fv, prim.means, prim.quats, prim.scales, prim.opacity_logits, prim.colors)
     n, cap = _unit_rows(model)
     if cap is not None:
+        if unit_rows is not None and unit_rows[0].shape[0] != cap:
+            raise ValueError(f"view_primitives: unit rows of {unit_rows[0].shape[0]} for a capacity of {cap} "
+                             f"({n} anchors): rows of another step")
         rows = unit_rows if unit_rows is not None else tuple(_pad_rows(r, cap) for r in rows)
     out = graphs((f"deform{slot}",), lambda: DeformStep(model), rows[0], rows[1], tt, *rows[2:])
     return tuple(o[:n * model.cfg.k] for o in out) if cap is not None else out
