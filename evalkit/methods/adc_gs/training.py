@@ -151,23 +151,25 @@ class DeformStep(nn.Module):
         return flat(deformed(Primitives(*prim), self.deform(xyz, fv, t)))
 
 
-def view_primitives(graphs: GraphedCalls, model: ADCModel, prim: Primitives, fv: Tensor, t: float,
-                    deform: bool, slot: int, unit_rows: tuple[Tensor, ...] | None = None) -> tuple[Tensor, ...]:
-    """Flat (means, quats, scales, opacities, colours) of the frame at ``t``; ``slot`` is the view's
-    place in the batch (each slot has its own graph: a graph's buffers hold one call at a time).
-    ``unit_rows``: the canonical unit's padded rows (``CanonicalOut.unit_rows``), used as they are;
-    without them the anchor rows are padded here. The padded rows' outputs are sliced off, so they
-    get no gradient."""
+def view_primitives(graphs: GraphedCalls, model: ADCModel, canon: CanonicalOut, t: float, deform: bool,
+                    slot: int) -> tuple[Tensor, ...]:
+    """Flat (means, quats, scales, opacities, colours) of the frame at ``t`` from this step's canonical
+    part; ``slot`` is the view's place in the batch (each slot has its own graph: a graph's buffers
+    hold one call at a time). Padded, the deformation takes the canonical unit's rows as they are;
+    the padded rows' outputs are sliced off, so they get no gradient."""
+    prim = canon.prim
     if not deform or model.cfg.deformation == "none":
         return flat(prim)
     tt = torch.full((), t, dtype=prim.means.dtype, device=prim.means.device)
-    rows = (model.xyz, fv, prim.means, prim.quats, prim.scales, prim.opacity_logits, prim.colors)
     n, cap = _unit_rows(model)
-    if cap is not None:
-        if unit_rows is not None and unit_rows[0].shape[0] != cap:
-            raise ValueError(f"view_primitives: unit rows of {unit_rows[0].shape[0]} for a capacity of {cap} "
-                             f"({n} anchors): rows of another step")
-        rows = unit_rows if unit_rows is not None else tuple(_pad_rows(r, cap) for r in rows)
+    if cap is None:
+        rows = (model.xyz, canon.fv, prim.means, prim.quats, prim.scales, prim.opacity_logits, prim.colors)
+    elif canon.unit_rows is None or canon.unit_rows[0].shape[0] != cap:
+        raise ValueError(f"view_primitives: a canonical part padded to "
+                         f"{None if canon.unit_rows is None else canon.unit_rows[0].shape[0]} rows for a capacity "
+                         f"of {cap} ({n} anchors): the canonical part of another step")
+    else:
+        rows = canon.unit_rows
     out = graphs((f"deform{slot}",), lambda: DeformStep(model), rows[0], rows[1], tt, *rows[2:])
     return tuple(o[:n * model.cfg.k] for o in out) if cap is not None else out
 
@@ -392,15 +394,15 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
         rate_on = rd and step > cfg.rate_from and cfg.lambda_e > 0
         in_window = cfg.refinement and cfg.refine_from < step <= cfg.refine_until
         with record_function("adc-gs: quantise + F_theta"):
-            prim, fv, bits, unit_rows = canonical_step(graphs, model, quant_on)
-        loss = prim.means.new_zeros(())
+            canon = canonical_step(graphs, model, quant_on)
+        loss = canon.prim.means.new_zeros(())
         report = step % 100 == 0 or step == cfg.iterations
         mse = 0.0  # of the reporting steps' renders only (no work on the others)
         renders = []
         for slot, v in enumerate(views):
             with record_function("adc-gs: deformation"):
-                means, quats, scales, opac, colors = view_primitives(graphs, model, prim, fv, frames[v].time,
-                                                                     deform_on, slot, unit_rows)
+                means, quats, scales, opac, colors = view_primitives(graphs, model, canon, frames[v].time,
+                                                                     deform_on, slot)
             if in_window:
                 colors = torch.cat([colors, torch.ones_like(colors[:, :1])], dim=1)
                 colors.retain_grad()
@@ -419,7 +421,7 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
                 renders.append((out, colors, opac, cam, means, v))
         if rate_on:
             with record_function("adc-gs: rate"):
-                r = bits_per_value(model.mem, bits, model.num_anchors)
+                r = bits_per_value(model.mem, canon.bits, model.num_anchors)
             loss = loss + cfg.lambda_e * r
             if step % 100 == 0:
                 rate_log.append(float(r.detach()))
