@@ -347,7 +347,7 @@ def read_records(results_dir: str | Path) -> list[Record]:
 def read_stores(roots: Sequence[str | Path]) -> tuple[list[Record], dict[tuple[str, str, str, str], Path]]:
     """The records of one or more stores (e.g. one per machine) and the file each came from. A job
     (method, dataset, scene, rate) recorded twice, in one store or across two, is an error naming both."""
-    records, where = [], {}
+    records, where, seeds = [], {}, {}
     for root in map(Path, roots):
         if not root.is_dir():
             raise RecordError(root, "results directory does not exist")
@@ -358,10 +358,13 @@ def read_stores(roots: Sequence[str | Path]) -> tuple[list[Record], dict[tuple[s
         for p in files:
             r = read_record(p)
             if r.key in where:  # e.g. a variant's record kept under an older folder name ("m:v" -> "m_v")
+                other = seeds[r.key]
+                seeds_note = (f"; seeds {other} and {r.seed}: a report takes one seed per job, and "
+                              "`python -m evalkit.bench.seed_spread` compares seeds" if other != r.seed else "")
                 raise RecordError(p, f"a second record of job {'/'.join(r.key)} (the other: {where[r.key]}); keep one"
                                      + (f", the runner writes {record_path(root, r.dataset, r.scene, r.method, r.rate)}"
-                                        if where[r.key].is_relative_to(root) else " (two stores given)"))
-            where[r.key] = p
+                                        if where[r.key].is_relative_to(root) else " (two stores given)") + seeds_note)
+            where[r.key], seeds[r.key] = p, r.seed
             records.append(r)
     return records, where
 

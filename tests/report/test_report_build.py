@@ -264,5 +264,10 @@ def test_two_stores_report_as_one_and_a_job_in_both_is_refused(tmp_path: Path, r
 
     dup = make_record("4dgs", "dnerf", "lego", "default", 1_000, 30.0)
     write_record(dup, record_path(b, "dnerf", "lego", "4dgs", "default"))
-    with pytest.raises(RecordError, match="a second record of job 4dgs/dnerf/lego/default.*two stores given"):
+    with pytest.raises(RecordError, match="a second record of job 4dgs/dnerf/lego/default.*two stores given") as same:
         build_report([a, b], tmp_path / "report2", dataset_specs=SPECS)
+    assert "seeds" not in str(same.value)  # the same seed twice: a copy, not a second seed
+    dup.seed = 1  # another seed of the same job: the error says the report takes one and where seeds are compared
+    write_record(dup, record_path(b, "dnerf", "lego", "4dgs", "default"))
+    with pytest.raises(RecordError, match=r"two stores given\); seeds 0 and 1: .*evalkit\.bench\.seed_spread"):
+        build_report([a, b], tmp_path / "report3", dataset_specs=SPECS)
