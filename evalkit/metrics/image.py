@@ -92,11 +92,9 @@ def gaussian_window_1d(size: int = WINDOW_SIZE, sigma: float = WINDOW_SIGMA,
 
 def _blur(x: torch.Tensor, window_1d: torch.Tensor, padding: int, contiguous: bool | None = None) -> torch.Tensor:
     """Separable per-channel Gaussian filter (equal to the 2-D outer-product window). On CUDA on
-    contiguous NCHW input and weights, elsewhere on the images' channels-last view: on an H100 the
-    loss (forward + backward) took 2.34 against 3.45 ms at 800x800 and 2.66 against 2.81 ms for two
-    320x180 views; on the CPU the loss took 13.5-13.8 ms channels-last against 18.4-19.2 ms contiguous
-    (two 320x180 views; ``bench.ssim``, results/MEASUREMENTS.md stop 45). ``contiguous``: force either
-    layout (tests)."""
+    contiguous NCHW input and weights, elsewhere on the images' channels-last view: the faster layout
+    on each (``python -m evalkit.bench.ssim``; figures in results/MEASUREMENTS.md, stop 45).
+    ``contiguous``: force either layout (tests)."""
     channels = x.shape[1]
     size = window_1d.numel()
     w_rows = window_1d.view(1, 1, size, 1).expand(channels, 1, size, 1)
