@@ -134,6 +134,11 @@ class Record:
         return (self.method, self.dataset, self.scene, self.rate)
 
     @property
+    def run(self) -> tuple[str, str, str, str, int]:
+        """The job key and the seed: one run of a job."""
+        return (*self.key, self.seed)
+
+    @property
     def total_bytes(self) -> int | None:
         return None if self.size is None else self.size.get("total_bytes")
 
@@ -344,27 +349,50 @@ def read_records(results_dir: str | Path) -> list[Record]:
     return read_stores([results_dir])[0]
 
 
-def read_stores(roots: Sequence[str | Path]) -> tuple[list[Record], dict[tuple[str, str, str, str], Path]]:
-    """The records of one or more stores (e.g. one per machine) and the file each came from. A job
-    (method, dataset, scene, rate) recorded twice, in one store or across two, is an error naming both."""
-    records, where, seeds = [], {}, {}
+# What makes two records runs of one experiment besides the job key (as ``runner.settings_changed``):
+# seeds of a job are averaged (``evalkit report``) or compared (``evalkit.bench.seed_spread``) only
+# when these agree. The code version is not among them (a copy of the tree can name a stale commit).
+RUN_SETTINGS = ("quick", "schedule", "eval_split", "iterations", "resolution_scale", "config", "rate_params")
+
+
+def settings_diff(a: Record, b: Record) -> list[str]:
+    """The ``RUN_SETTINGS`` in which two records of one job differ."""
+    return [name for name in RUN_SETTINGS if json_plain(getattr(a, name)) != json_plain(getattr(b, name))]
+
+
+def read_stores(roots: Sequence[str | Path], seeds: bool = False
+                ) -> tuple[list[Record], dict[tuple[str, str, str, str, int], Path]]:
+    """The records of one or more stores (e.g. one per machine) and the file each came from, by
+    ``Record.run`` (job key and seed). A job (method, dataset, scene, rate) recorded twice, in one store
+    or across two, is an error naming both; with ``seeds``, records of one job with different seeds
+    are kept (a report averages them) if they agree in ``RUN_SETTINGS``; the same seed twice is an error."""
+    records, where, first = [], {}, {}
     for root in map(Path, roots):
         if not root.is_dir():
             raise RecordError(root, "results directory does not exist")
         files = record_files(root)
         if not files and (hint := _nested_stores_hint(root)):  # e.g. a folder of seed folders: not an empty store
             raise RecordError(root, "no records in the store layout (<dataset>/<scene>/<method>/<rate>.json)" + hint
-                              + " (give one of them; `python -m evalkit.bench.seed_spread` compares several)")
+                              + " (give them all to average their seeds, or one of them)")
         for p in files:
             r = read_record(p)
-            if r.key in where:  # e.g. a variant's record kept under an older folder name ("m:v" -> "m_v")
-                other = seeds[r.key]
-                seeds_note = (f"; seeds {other} and {r.seed}: a report takes one seed per job, and "
-                              "`python -m evalkit.bench.seed_spread` compares seeds" if other != r.seed else "")
-                raise RecordError(p, f"a second record of job {'/'.join(r.key)} (the other: {where[r.key]}); keep one"
-                                     + (f", the runner writes {record_path(root, r.dataset, r.scene, r.method, r.rate)}"
-                                        if where[r.key].is_relative_to(root) else " (two stores given)") + seeds_note)
-            where[r.key], seeds[r.key] = p, r.seed
+            if r.key in first:
+                other_p, other = first[r.key]
+                job = "/".join(r.key)
+                if not seeds or r.run in where:  # e.g. a variant's record kept under an older folder name ("m:v" -> "m_v")
+                    seeds_note = (f"; seeds {other.seed} and {r.seed}: this reader takes one seed per job (`evalkit "
+                                  "report` averages seeds; `python -m evalkit.bench.seed_spread` compares them)"
+                                  if other.seed != r.seed else f" with the same seed {r.seed}")
+                    raise RecordError(p, f"a second record of job {job} (the other: {where.get(r.run, other_p)}); keep one"
+                                         + (f", the runner writes {record_path(root, r.dataset, r.scene, r.method, r.rate)}"
+                                            if other_p.is_relative_to(root) else " (two stores given)") + seeds_note)
+                if diff := settings_diff(other, r):
+                    raise RecordError(p, f"job {job} with seed {r.seed} ran with other settings than seed {other.seed} "
+                                         f"in {other_p} ({', '.join(diff)} differ): not seeds of one experiment, so "
+                                         "they are not averaged; report them apart")
+            else:
+                first[r.key] = (p, r)
+            where[r.run] = p
             records.append(r)
     return records, where
 

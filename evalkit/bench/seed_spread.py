@@ -22,15 +22,7 @@ import pandas as pd
 from rich.console import Console
 from rich.table import Table
 
-from evalkit.results import Record, RecordError, json_plain, read_records
-
-
-# What makes two records runs of the same experiment, besides the job key (as ``runner.settings_changed``).
-SETTINGS = ("quick", "schedule", "eval_split", "iterations", "resolution_scale", "config", "rate_params")
-
-
-def _settings_diff(a: Record, b: Record) -> list[str]:
-    return [name for name in SETTINGS if json_plain(getattr(a, name)) != json_plain(getattr(b, name))]
+from evalkit.results import Record, RecordError, read_records, settings_diff
 
 
 def gather(folders: list[Path], method: str | None = None) -> dict[tuple[str, ...], list[tuple[Path, Record]]]:
@@ -49,7 +41,7 @@ def gather(folders: list[Path], method: str | None = None) -> dict[tuple[str, ..
             if rec.status != "ok" or (method and rec.method != method):
                 continue
             runs = jobs.setdefault(rec.key, [])
-            if runs and (diff := _settings_diff(runs[0][1], rec)):
+            if runs and (diff := settings_diff(runs[0][1], rec)):
                 raise RecordError(folder, f"job {'/'.join(rec.key)} ran here with other settings than in "
                                           f"{runs[0][0]} ({', '.join(diff)} differ): not runs of one experiment")
             runs.append((folder, rec))

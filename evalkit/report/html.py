@@ -25,6 +25,7 @@ from __future__ import annotations
 import html
 import os
 import shutil
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -33,7 +34,7 @@ import pandas as pd
 
 from evalkit.codec.container import atomic_write_bytes
 from evalkit.report.index import DatasetSection
-from evalkit.report.plots import bit_table, curve_label, rd_curves
+from evalkit.report.plots import bit_table, curve_label, psnr_spread, rd_curves
 from evalkit.report.tables import Table, _missing
 from evalkit.results import DRAWS_NOTHING, MB, Record, path_component as _safe
 
@@ -182,10 +183,15 @@ def rd_figure(points: pd.DataFrame, paper: pd.DataFrame | None, methods: Sequenc
     fig = go.Figure()
     for m, g, quick, scenes in rd_curves(points, methods):
         cover = [f"{n}/{total_scenes} scenes" if total_scenes else "" for n in (scenes or [None] * len(g))]
+        sd = psnr_spread(g)
+        if sd is not None:  # seed means: the spread over seeds in the hover and as error bars
+            cover = [f"{c}<br>" if c else "" for c in cover]
+            cover = [f"{c}mean of {int(n)} seed(s), PSNR sd {v:.2f} dB" for c, n, v in zip(cover, g["seeds"], sd)]
         fig.add_trace(go.Scatter(
             x=(g["size_bytes"] / MB).tolist(), y=g["psnr"].tolist(), mode="lines+markers",
             name=curve_label(m, quick, scenes, total_scenes), legendgroup=m, meta={"kind": "measured", "method": m},
             marker={"color": colors[m], "size": 8}, line={"color": colors[m]},
+            error_y={"type": "data", "array": sd, "visible": True} if sd is not None else None,
             customdata=[[m, str(r), f"{b:,.0f}", c] for r, b, c in zip(g["rate"], g["size_bytes"], cover)],
             hovertemplate=("<b>%{customdata[0]}</b> rate %{customdata[1]}<br>%{customdata[2]} bytes (%{x:.3f} MB)"
                            "<br>PSNR %{y:.2f} dB<br>%{customdata[3]}<extra>measured</extra>")))
@@ -281,14 +287,16 @@ CONVENTIONS = [
 ]
 
 
-def _views_html(rec: Record, src: Path, out_dir: Path, page_dir: Path, opts: SiteOptions) -> str:
-    """The record's strip (ground truth | decoded render | error at a few test frames), or why not."""
+def _views_html(rec: Record, src: Path, out_dir: Path, page_dir: Path, opts: SiteOptions, seeded: bool = False) -> str:
+    """The record's strip (ground truth | decoded render | error at a few test frames), or why not
+    (one folder per seed where the job has several)."""
     if opts.views_frames <= 0:
         return '<p class="unavailable">Views not rendered (--views-frames 0).</p>'
     from evalkit.runner import resolve_device
     from evalkit.views import write_views
 
-    vdir = out_dir / _safe(rec.dataset) / "views" / _safe(rec.scene) / _safe(rec.method) / _safe(rec.rate)
+    vdir = out_dir / _safe(rec.dataset) / "views" / _safe(rec.scene) / _safe(rec.method) / (
+        _safe(rec.rate) + (f"_seed{rec.seed}" if seeded else ""))
     try:
         views = write_views(src, opts.data_root,
                             vdir, max_frames=opts.views_frames, device=resolve_device(opts.device))
@@ -303,8 +311,11 @@ def _views_html(rec: Record, src: Path, out_dir: Path, page_dir: Path, opts: Sit
     return '<div class="strip">' + "".join(figs) + "</div>"
 
 
-def _file_links(rec: Record, src: Path, out_dir: Path, page_dir: Path, opts: SiteOptions) -> str:
-    dst = out_dir / _safe(rec.dataset) / "files" / _safe(rec.scene) / _safe(rec.method) / _safe(rec.rate)
+def _file_links(rec: Record, src: Path, out_dir: Path, page_dir: Path, opts: SiteOptions, seeded: bool = False) -> str:
+    """Links to the record's JSON, log and bitstream, copied under <dataset>/files/ (one name per seed
+    where the job has several)."""
+    dst = out_dir / _safe(rec.dataset) / "files" / _safe(rec.scene) / _safe(rec.method) / (
+        _safe(rec.rate) + (f"_seed{rec.seed}" if seeded else ""))
     parts = []
     for ext, what in ((".json", "record"), (".log", "log"), (".evk", "bitstream")):
         p = src.with_suffix(ext)
@@ -351,12 +362,14 @@ def _scene_page(s: DatasetSection, scene: str, recs: list[Record], rec_files: di
             s.bit_data[scene], s.rd_data.get(scene, {}).get("methods", sorted({r.method for r in recs})),
             f"{s.label} / {scene}: bytes per component"), s.bit_plots.get(scene, []), pdir))
     B.append("<h2>Test views per rate point</h2>")
-    for rec in sorted(recs, key=lambda r: (r.method, r.rate)):
+    runs = Counter(r.key for r in recs)
+    for rec in sorted(recs, key=lambda r: (r.method, r.rate, r.seed)):
+        seeded = runs[rec.key] > 1  # a job with several seeds: a section per seed
         B.append(f'<section class="record"><h3>{html.escape(rec.method)} · {html.escape(rec.rate)}'
-                 f'{" (failed)" if rec.status != "ok" else ""}</h3>')
-        B.append(f'<p class="files">{_file_links(rec, rec_files[rec.key], out_dir, pdir, opts)}</p>')
+                 f'{f" · seed {rec.seed}" if seeded else ""}{" (failed)" if rec.status != "ok" else ""}</h3>')
+        B.append(f'<p class="files">{_file_links(rec, rec_files[rec.run], out_dir, pdir, opts, seeded)}</p>')
         if rec.status == "ok":
-            B.append(_views_html(rec, rec_files[rec.key], out_dir, pdir, opts))
+            B.append(_views_html(rec, rec_files[rec.run], out_dir, pdir, opts, seeded))
         else:
             B.append(f'<p class="unavailable">The job failed: {html.escape(str(rec.error))}</p>')
         if rec.notes:
@@ -371,7 +384,7 @@ def write_site(out_dir: Path, source: str, records: list[Record], sections: list
                opts: SiteOptions, files: dict[tuple, Path]) -> Path:
     """Write index.html, one page per scene and the assets into ``out_dir`` (the report folder,
     whose tables and static plots the pages link); returns index.html. ``source`` names the
-    store(s) on the page; ``files``: each record's file by job key (``results.read_stores``)."""
+    store(s) on the page; ``files``: each record's file by ``Record.run`` (``results.read_stores``)."""
     out_dir = Path(out_dir)
     assets = out_dir / ASSETS
     assets.mkdir(parents=True, exist_ok=True)

@@ -66,11 +66,19 @@ def rd_curves(points: pd.DataFrame, methods: Sequence[str]):
             yield m, g, "quick" in g and bool(g["quick"].any()), [int(n) for n in g["scenes"]] if "scenes" in g else []
 
 
+def psnr_spread(g: pd.DataFrame) -> list[float] | None:
+    """Per point, the PSNR sample standard deviation over seeds (0 for a single run), or None when no
+    point of the curve averages several seeds (``report.seeds``)."""
+    if "psnr_sd" not in g or not g["psnr_sd"].notna().any():
+        return None
+    return [float(v) for v in g["psnr_sd"].fillna(0.0)]
+
+
 def rd_plot(points: pd.DataFrame, stem: Path, title: str,
             paper: pd.DataFrame | None = None, method_order: Sequence[str] | None = None,
             total_scenes: int | None = None) -> list[Path]:
-    """PSNR vs size. ``points``: columns method, rate, size_bytes, psnr, quick (one row per point)
-    and, for dataset means, ``scenes`` (how many scenes each mean covers; with ``total_scenes``
+    """PSNR vs size. ``points``: columns method, rate, size_bytes, psnr, quick (one row per point),
+    optionally ``psnr_sd`` (error bars for seed means) and, for dataset means, ``scenes`` (how many scenes each mean covers; with ``total_scenes``
     the legend says when a curve covers fewer).
 
     ``paper`` (optional): method, rate, size_mb, psnr from the papers, drawn as hollow markers.
@@ -85,6 +93,8 @@ def rd_plot(points: pd.DataFrame, stem: Path, title: str,
     for m, g, quick, scenes in rd_curves(pts, methods):
         ax.plot(g["size_bytes"] / MB, g["psnr"], "-o", color=colors[m], label=curve_label(m, quick, scenes, total_scenes),
                 ms=5)
+        if (sd := psnr_spread(g)) is not None:  # seed means: one sample standard deviation each way
+            ax.errorbar(g["size_bytes"] / MB, g["psnr"], yerr=sd, fmt="none", ecolor=colors[m], capsize=3, lw=1)
         for _, r in g.iterrows():
             labels.append(ax.annotate(str(r["rate"]), (r["size_bytes"] / MB, r["psnr"]), textcoords="offset points",
                                       xytext=(4, 4), fontsize=7, color=colors[m]))

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from evalkit.codec.container import atomic_write_bytes
+from evalkit.report.seeds import FOOTNOTE as SEEDS_FOOTNOTE, seed_range, several_seeds
 from evalkit.results import DRAWS_NOTHING, MB
 
 DEFAULT_TABLE_METRICS = ("psnr", "ssim", "lpips")
@@ -289,17 +290,22 @@ def scene_table(df: pd.DataFrame, dataset: str, scene: str, spec: dict[str, Any]
     keys = [(m, r) for m in method_order(sub["method"], anchor) for r in rate_order(sub, m)]
     entries = [paper_entry(paper, m, r) for m, r in keys]
     pcols = _paper_cols(metrics, entries)
-    cols = [Column("method", "Method"), Column("rate", "Rate"), *_metric_cols(metrics),
+    seeded = several_seeds(sub)  # a frame of seed means (``report.seeds``) where some job has several
+    scols = [Column("seeds", "Seeds", "{:.0f}"), Column("psnr_sd", "PSNR sd", "{:.2f}")] if seeded else []
+    cols = [Column("method", "Method"), Column("rate", "Rate"), *_metric_cols(metrics), *scols,
             Column("fps", "FPS ↑", "{:.1f}"), Column("size_mb", "Size (MB) ↓", "{:.3f}"),
             Column("size_bytes", "Size (bytes)", "{:.0f}", csv_only=True),
             Column("num_primitives", "#Prim.", "{:,.0f}"), *[c for _, c in pcols]]
     t = Table(f"{dataset_label(spec, dataset)} / {scene}", cols)
     for (m, r), entry in zip(keys, entries):
         row = sub[(sub["method"] == m) & (sub["rate"] == r)].iloc[0]
-        t.add([m, r, *[row[k] for k in metrics], None if row["timings_contended"] else row["fps"], row["size_mb"],
-               row["size_bytes"], row["num_primitives"], *[paper_value(entry, k) for k, _ in pcols]],
+        seeds = [int(row["seeds"]), row["psnr_sd"]] if seeded else []
+        t.add([m, r, *[row[k] for k in metrics], *seeds, None if row["timings_contended"] else row["fps"],
+               row["size_mb"], row["size_bytes"], row["num_primitives"], *[paper_value(entry, k) for k, _ in pcols]],
               quick=bool(row["quick"]))
     t.footnotes.append("Size: bytes of the bitstream file the decoder reads; MB = 10^6 bytes.")
+    if seeded:
+        t.footnotes.append(SEEDS_FOOTNOTE)
     _contended_footnote(t, sub)
     _empty_footnote(t, sub)
     _paper_sources(t, paper, keys)
@@ -312,7 +318,7 @@ def scene_table(df: pd.DataFrame, dataset: str, scene: str, spec: dict[str, Any]
             e = paper_entry(ref, m, r)
             size_b = e.get("size_bytes", e["size_mb"] * MB if "size_mb" in e else None)
             fps = e.get("fps", 1000.0 / e["ms_per_frame"] if e.get("ms_per_frame") else None)
-            t.add([f"{m} (reference code)", r, *[paper_value(e, k) for k in metrics], fps,
+            t.add([f"{m} (reference code)", r, *[paper_value(e, k) for k in metrics], *[None for _ in scols], fps,
                    None if size_b is None else size_b / MB, size_b, e.get("num_primitives"),
                    *[None for _ in pcols]])
             ref_sources.add(entry_source(ref, m, r) or "source not given")
@@ -371,7 +377,9 @@ def summary_table(df: pd.DataFrame, dataset: str, spec: dict[str, Any] | None, a
                                            "(paper, same scenes)", METRICS[m].fmt))
              for m in [*metrics, "size_mb"] if any(v.get(m) is not None for v in same.values())]
 
+    seeded = several_seeds(sub)
     cols = [Column("method", "Method"), Column("rate", "Rate"), Column("scenes", "Scenes"),
+            *([Column("seeds", "Seeds per scene")] if seeded else []),
             *_metric_cols(metrics), Column("fps", "FPS ↑", "{:.1f}"), Column("size_mb", "Size (MB) ↓", "{:.3f}"),
             Column("size_bytes", "Size (bytes)", "{:.0f}", csv_only=True),
             Column("ratio", f"Ratio vs {anchor}" if anchor else "Ratio", "{:.1f}×"), *[c for _, c in pcols],
@@ -389,12 +397,16 @@ def summary_table(df: pd.DataFrame, dataset: str, spec: dict[str, Any] | None, a
         if n and not anc.empty and set(g["scene"]) <= set(anc.index):
             ratio = anc.loc[list(g["scene"])].mean() / means["size_bytes"]
         size_mb = None if means["size_bytes"] is None else means["size_bytes"] / MB
-        t.add([m, r, f"{n}/{len(all_scenes)}", *[means[k] for k in metrics], means["fps"], size_mb,
+        seeds = [seed_range(g["seeds"]) if n else None] if seeded else []
+        t.add([m, r, f"{n}/{len(all_scenes)}", *seeds, *[means[k] for k in metrics], means["fps"], size_mb,
                means["size_bytes"], ratio, *[paper_value(entry, k) for k, _ in pcols],
                *[same.get((m, r), {}).get(k) for k, _ in scols]],
               quick=bool(g["quick"].any()))
     t.footnotes.append("Means over scenes of per-scene values; a metric missing in any scene leaves the mean "
                        "missing. Size: bitstream bytes, MB = 10^6 bytes.")
+    if seeded:
+        t.footnotes.append(SEEDS_FOOTNOTE.replace("in a row", "in each scene's value") + " PSNR sd per scene: the "
+                           "scene tables.")
     _contended_footnote(t, sub)
     _empty_footnote(t, sub)
     if anchor_rate is not None:
@@ -425,22 +437,31 @@ def same_scenes_paper_means(spec: dict[str, Any] | None, method: str, rate: str,
     return out
 
 
+def _seeded(records: list[Any]) -> bool:
+    """Whether some job has records of several seeds (their rows then name the seed)."""
+    return len({(*r.key, r.seed) for r in records}) > len({r.key for r in records})
+
+
 def coding_steps_table(records: Iterable[Any], dataset: str, label: str) -> Table | None:
     """Test quality of each method's intermediate models (``Record.stage_metrics``) and, as the
     last row, of the decoded bitstream (the record's metrics), one row per (scene, method, rate,
-    step), with the PSNR change each lossy step causes; None when no record has stages."""
-    t = Table(f"{label}: quality by coding step (test views)", [
-        Column("scene", "Scene"), Column("method", "Method"), Column("rate", "Rate"), Column("step", "Step"),
-        Column("psnr", "PSNR", "{:.3f}"), Column("ssim", "SSIM", "{:.4f}"), Column("d_psnr", "ΔPSNR", "{:+.3f}")])
+    step), with the PSNR change each lossy step causes; None when no record has stages. Where a job
+    has several seeds, one group of rows per seed, which a Seed column names."""
     rows = sorted((r for r in records if r.dataset == dataset and r.status == "ok" and r.stage_metrics),
-                  key=lambda r: (r.scene, r.method, r.rate))
+                  key=lambda r: (r.scene, r.method, r.rate, r.seed))
+    seeded = _seeded(rows)
+    t = Table(f"{label}: quality by coding step (test views)", [
+        Column("scene", "Scene"), Column("method", "Method"), Column("rate", "Rate"),
+        *([Column("seed", "Seed", "{:.0f}")] if seeded else []), Column("step", "Step"),
+        Column("psnr", "PSNR", "{:.3f}"), Column("ssim", "SSIM", "{:.4f}"), Column("d_psnr", "ΔPSNR", "{:+.3f}")])
     for r in rows:
         prev = None
         steps = list(r.stage_metrics.items()) + [(BITSTREAM_STEP, r.metrics)]
         for step, m in steps:
             psnr = m.get("psnr")
             d = None if prev is None or psnr is None else psnr - prev
-            t.add([r.scene, r.method, r.rate, step, psnr, m.get("ssim"), d], quick=r.quick)
+            t.add([r.scene, r.method, r.rate, *([r.seed] if seeded else []), step, psnr, m.get("ssim"), d],
+                  quick=r.quick)
             prev = psnr
     if not t.rows:
         return None
@@ -452,23 +473,26 @@ def coding_steps_table(records: Iterable[Any], dataset: str, label: str) -> Tabl
 def timings_table(records: Iterable[Any], dataset: str, label: str) -> Table | None:
     """Train / encode / decode seconds and FPS of each successful record, one row per (scene,
     method, rate). Times of a record timed on a shared GPU or busy host are left out, as its FPS
-    is everywhere; the machine each row ran on is named. None when no record is ok."""
+    is everywhere; the machine each row ran on is named. None when no record is ok. A job with
+    several seeds has a row per seed, which a Seed column names."""
+    rows = sorted((r for r in records if r.dataset == dataset and r.status == "ok"),
+                  key=lambda r: (r.scene, r.method, r.rate, r.seed))
+    seeded = _seeded(rows)
     t = Table(f"{label}: times", [
         Column("scene", "Scene"), Column("method", "Method"), Column("rate", "Rate"),
-        Column("train_s", "Train (s)", "{:.1f}"), Column("encode_s", "Encode (s)", "{:.2f}"),
+        *([Column("seed", "Seed", "{:.0f}")] if seeded else []), Column("train_s", "Train (s)", "{:.1f}"), Column("encode_s", "Encode (s)", "{:.2f}"),
         Column("decode_s", "Decode (s)", "{:.2f}"), Column("fps", "FPS", "{:.1f}"),
         Column("coding_setup_s", "Coder setup (s)", "{:.2f}", csv_only=True),
         Column("training_setup_s", "Training setup (s)", "{:.2f}", csv_only=True),
         Column("device", "Timed on"), Column("shared", "Shared GPU / busy host")])
-    rows = sorted((r for r in records if r.dataset == dataset and r.status == "ok"),
-                  key=lambda r: (r.scene, r.method, r.rate))
     for r in rows:
         busy = r.timings_contended
         times = [None if busy else r.timings.get(k) for k in ("train_s", "encode_s", "decode_s")]
         fps = None if busy or not r.fps else r.fps.get("fps")
         device = (r.fps or {}).get("gpu_name") or (r.fps or {}).get("label") or (r.fps or {}).get("device")
         setups = [None if busy else r.timings.get(k) for k in ("coding_setup_s", "training_setup_s")]
-        t.add([r.scene, r.method, r.rate, *times, fps, *setups, device, "yes" if busy else "no"], quick=r.quick)
+        t.add([r.scene, r.method, r.rate, *([r.seed] if seeded else []), *times, fps, *setups, device,
+               "yes" if busy else "no"], quick=r.quick)
     if not t.rows:
         return None
     t.footnotes.append("Seconds of wall-clock time per job: train (all stages), encode (to the bitstream), decode "

@@ -267,7 +267,14 @@ def test_two_stores_report_as_one_and_a_job_in_both_is_refused(tmp_path: Path, r
     with pytest.raises(RecordError, match="a second record of job 4dgs/dnerf/lego/default.*two stores given") as same:
         build_report([a, b], tmp_path / "report2", dataset_specs=SPECS)
     assert "seeds" not in str(same.value)  # the same seed twice: a copy, not a second seed
-    dup.seed = 1  # another seed of the same job: the error says the report takes one and where seeds are compared
+    dup.seed, dup.iterations = 1, 100  # another seed with another schedule: not seeds of one experiment
     write_record(dup, record_path(b, "dnerf", "lego", "4dgs", "default"))
-    with pytest.raises(RecordError, match=r"two stores given\); seeds 0 and 1: .*evalkit\.bench\.seed_spread"):
+    with pytest.raises(RecordError, match=r"job 4dgs/dnerf/lego/default with seed 1 ran with other settings than "
+                                          r"seed 0 .*\(iterations differ\)"):
         build_report([a, b], tmp_path / "report3", dataset_specs=SPECS)
+    dup.iterations = 23000  # the same settings: a second seed, averaged with the first (test_report_seeds.py)
+    write_record(dup, record_path(b, "dnerf", "lego", "4dgs", "default"))
+    seeded = build_report([a, b], tmp_path / "report4", dataset_specs=SPECS, html=SiteOptions(views_frames=0))
+    assert _rows((seeded.parent / "dnerf" / "scenes" / "lego.md").read_text(), "| 4dgs | default |")[0][2] == "30.00"
+    page = (seeded.parent / "dnerf" / "scenes" / "lego.html").read_text()
+    assert "4dgs · default · seed 0" in page and "4dgs · default · seed 1" in page
