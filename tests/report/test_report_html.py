@@ -152,6 +152,16 @@ def test_rd_figure_one_measured_trace_per_method_and_hover() -> None:
     assert header_label("psnr", "PSNR ↑") == "PSNR [dB] ↑" and header_label("size_mb", "Size (MB) ↓") == "Size (MB) ↓"
 
 
+def test_rd_figure_seed_means_carry_their_spread_as_error_bars() -> None:
+    pts = pd.DataFrame({"method": ["a", "a", "b"], "rate": ["lo", "hi", "x"], "size_bytes": [1e6, 2e6, 3e6],
+                        "psnr": [30.0, 31.0, 32.0], "quick": [False] * 3, "seeds": [3, 1, 1],
+                        "psnr_sd": [0.5, float("nan"), float("nan")]})
+    fig = rd_figure(pts, None, ["a", "b"], "t")
+    a, b = fig["data"]
+    assert list(a["error_y"]["array"]) == [0.5, 0.0] and "mean of 3 seed(s), PSNR sd 0.50 dB" in a["customdata"][0][3]
+    assert "error_y" not in b  # no point of b averages several seeds
+
+
 # -- in a browser ----------------------------------------------------------------------------
 def _column(page, table: str, key: str) -> list[str]:
     return page.eval_on_selector(table, """(t, key) => {
