@@ -283,6 +283,8 @@ CONVENTIONS = [
     "'short schedule' rows are quick runs; 'contended' rows were timed on a shared GPU or busy host "
     "(their times / FPS are left out).",
     "BD-rate / BD-PSNR: Bjontegaard deltas, pchip, rate = bytes; per-scene values averaged.",
+    "Several seeds of a job: one row / point, the mean over its successful seeds; error bars and 'PSNR sd' give "
+    "their sample standard deviation.",
     "Click a column header to sort; click a legend entry to hide or show a method.",
 ]
 

@@ -94,6 +94,10 @@ def render_index(out_dir: Path, source: str, records: list[Record], sections: li
           "scenes (not averaged curves). The anchor is the given one, else the compression anchor if it has "
           ">= 2 rate points, else the alphabetically first method with >= 2 rate points; a single-rate method "
           "has no curve, so BD against it is n/a.",
+          "- **Seeds**: a job recorded with several seeds (one store per seed) is one row and one point, the "
+          "mean over its successful seeds (FPS and times over the seeds timed alone); the scene tables give the "
+          "seed count and the PSNR sample standard deviation, the plots error bars; the times and coding-step "
+          "tables keep a row per seed. BD uses the means.",
           "- **Compression ratio**: mean size of the anchor's largest rate point / mean size of the row, over "
           "the row's scenes.",
           "- **Quick runs** (reduced iterations/resolution) are marked † and are not comparable with paper numbers.",
