@@ -196,7 +196,8 @@ def _fmt(v, spec: str) -> str:
 def report(
     results: Optional[list[Path]] = typer.Argument(
         None, help="Results folder(s) written by `evalkit run` (default: results). Several (e.g. one per machine) "
-                   "are read together; a job recorded in two is an error."),
+                   "are read together; a job recorded in two with the same seed is an error, with other seeds (one store "
+                   "per seed, same settings) it is reported as the mean over its seeds."),
     out: Path = typer.Option(Path("reports"), "--out", "-o"),
     anchor: Optional[str] = typer.Option(None, "--anchor", help="BD-rate anchor method (default: see index.md)."),
     html: bool = typer.Option(False, "--html", help="Also write the static site (index.html, a page per scene) "
