@@ -143,8 +143,8 @@ BADGES = {"reference": ("reference code", "the method's public code, measured by
 
 
 def row_flags(t: Table, records: Iterable[Record], scene: str | None = None) -> list[set[str]]:
-    """Per row: 'contended' when a record it stands for was timed under contention (any of them for a
-    dataset mean), 'empty' when one draws nothing, 'reference' for rows of the measured public reference code."""
+    """Per row: 'contended' when a job it stands for was timed under contention (every seed of it; any
+    such job for a dataset mean), 'empty' when one draws nothing, 'reference' for rows of the measured public reference code."""
     recs = list(records)
     out = []
     for row in t.rows:
@@ -155,7 +155,14 @@ def row_flags(t: Table, records: Iterable[Record], scene: str | None = None) -> 
             fl.add("reference")
         match = [r for r in recs if r.method == method and r.rate == v.get("rate")
                  and (r.scene == v.get("scene", scene) if (scene or "scene" in v) else True)]
-        if any(r.status == "ok" and r.timings_contended for r in match) or v.get("shared") == "yes":
+        if "seed" in v:  # a row per run (times, coding steps): that seed's record only
+            match = [r for r in match if r.seed == v["seed"]]
+        # A job's FPS comes from its seeds timed alone (report.seeds): contended only where none was.
+        by_job: dict[tuple, list[bool]] = {}
+        for r in match:
+            if r.status == "ok":
+                by_job.setdefault(r.key, []).append(r.timings_contended)
+        if any(all(c) for c in by_job.values()) or v.get("shared") == "yes":
             fl.add("contended")
         if any(r.status == "ok" and r.draws_nothing for r in match):
             fl.add("empty")

@@ -123,3 +123,25 @@ def test_the_same_seed_twice_is_refused_naming_both_files(tmp_path: Path) -> Non
     with pytest.raises(RecordError, match=r"a second record of job \w+/hypernerf/basketball/\w+ .*"
                                           r"two stores given\) with the same seed 0"):
         build_report([stores[0], tmp_path / "copy"], tmp_path / "rep", dataset_specs=SPECS)
+
+
+def test_a_job_is_flagged_contended_only_where_every_seed_was(tmp_path: Path) -> None:
+    from report_fixtures import make_record
+
+    from evalkit.report.html import row_flags
+    from evalkit.report.tables import scene_table, timings_table
+
+    recs = [make_record("m", "hypernerf", "basketball", rate, 1_000 + s, 20.0 + s, seed=s)
+            for rate in ("low", "high") for s in (0, 1)]
+    for r in recs:
+        if r.rate == "high" or r.seed == 1:  # low: seed 1 shared its GPU, seed 0 ran alone; high: both shared
+            r.env = {"contention": {"contended": True}}
+    df = seed_means(records_to_frame(recs))
+    t = scene_table(df, "hypernerf", "basketball", SPECS["hypernerf"])
+    flags = {row[1]: f for row, f in zip(t.rows, row_flags(t, recs, "basketball"))}
+    assert "contended" not in flags["low"] and "contended" in flags["high"]
+    fps = {row[1]: row[[c.key for c in t.columns].index("fps")] for row in t.rows}
+    assert fps["low"] == 200.0 and fps["high"] is None  # FPS of the seed timed alone; none for high
+    times = timings_table(recs, "hypernerf", "HyperNeRF")
+    got = {(row[2], row[3]): "contended" in f for row, f in zip(times.rows, row_flags(times, recs))}
+    assert got == {("high", 0): True, ("high", 1): True, ("low", 0): False, ("low", 1): True}
