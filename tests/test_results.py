@@ -222,4 +222,4 @@ def test_a_folder_of_stores_names_them_and_an_empty_one_reads_as_empty(tmp_path:
     camera.write_text('{"focal_length": 100}')
     with pytest.raises(RecordError) as exc:
         read_records(runs)
-    assert f"these folders below it have records: {runs / 'h200' / 'seed2'}, {runs / 'seed1'} (give one" in str(exc.value)
+    assert f"these folders below it have records: {runs / 'h200' / 'seed2'}, {runs / 'seed1'} (give them all to average their seeds, or one" in str(exc.value)
