@@ -48,7 +48,10 @@ def run(
     quick: bool = typer.Option(False, "--quick", metavar=FLAG, help="Honest short schedule (fewer iterations, lower resolution), marked in every record."),
     resolution_scale: Optional[float] = typer.Option(None, "--resolution-scale", help="Extra image scale on top of the dataset's protocol scale."),
     device: Optional[str] = typer.Option(None, "--device", help="torch device, e.g. cuda:0 or cpu (default: cuda if available)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: list[int] = typer.Option([0], "--seed", help="Training seed; repeat it for several (e.g. --seed 0 --seed 1 "
+                                   "--seed 2): each seed's records go to OUT/seed<N>/, one store per seed, run one "
+                                   "seed after another; `evalkit report OUT` then reports each job as the mean over "
+                                   "its seeds."),
     force: bool = typer.Option(False, "--force", metavar=FLAG, help="Rerun jobs whose record already exists."),
     threads: Optional[int] = typer.Option(None, "--threads", help="torch CPU threads (default: one per core, shared among local workers); lower it when several jobs share a host."),
     executor: str = typer.Option("local", "--executor", envvar="EVALKIT_EXECUTOR", help="local (child-process workers on this machine; default: one), slurm (submitit job array), ray, or inline (in this process, no crash isolation)."),
@@ -90,8 +93,14 @@ def run(
         jobs_per_gpu=jobs_per_gpu, workers=workers, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job,
         mem_gb=mem_gb, time_min=time_min, slurm_partition=partition, slurm_cluster=slurm_cluster,
         ray_address=ray_address)
-    opts = RunOptions(out=out, iterations=iterations, quick=quick, resolution_scale=resolution_scale,
-                      device=device, seed=seed, force=force, threads=threads, sweep=sweep,
+    seeds = list(dict.fromkeys(seed))  # a seed given twice runs once
+    if any(s < 0 for s in seeds):
+        _fail(f"--seed {min(seeds)}: seeds are 0 or more")
+    # One seed: records in OUT, as always. Several: one store per seed, OUT/seed<N> (a store holds one
+    # record per job), which `evalkit report OUT` reads as seeds of the same jobs.
+    outs = [(s, out if len(seeds) == 1 else out / f"seed{s}") for s in seeds]
+    opts = RunOptions(out=outs[0][1], iterations=iterations, quick=quick, resolution_scale=resolution_scale,
+                      device=device, seed=seeds[0], force=force, threads=threads, sweep=sweep,
                       allow_corrupt_video=allow_corrupt_video, eval_split=eval_split,
                       checkpoint_minutes=checkpoint_minutes)
     # The bar starts with the first job, so an error found while planning prints no empty bar.
@@ -165,9 +174,16 @@ def run(
     if sweep is not None:
         reporter.worker_event = worker_event
         progress.update(it_task, visible=False)
+    outcomes, notes = [], []
     try:
-        result = run_sweep(method, dataset, scenes=scene, rates=rate, data_root=data_root, opts=opts,
-                           reporter=reporter)
+        for s, store in outs:
+            opts.seed, opts.out = s, store
+            if len(outs) > 1:
+                progress.update(jobs_task, description=f"jobs, seed {s}")
+            result = run_sweep(method, dataset, scenes=scene, rates=rate, data_root=data_root, opts=opts,
+                               reporter=reporter)
+            outcomes += result.outcomes
+            notes += [n for n in result.notes if n not in notes]
     except (RunError, BitstreamError, DatasetError) as exc:
         progress.stop()
         _fail(str(exc))
@@ -178,13 +194,14 @@ def run(
                   "their claims released); run the same command again to go on.")
         raise typer.Exit(130)
     progress.stop()
-    for note in result.notes:
+    for note in notes:
         console.print(f"[yellow]note:[/] {note}")
-    n_failed = len(result.failed)
-    n_claimed = sum(1 for o in result.outcomes if o.status == "claimed")
-    console.print(f"{len(result.outcomes)} job(s): {len(result.outcomes) - n_failed - n_claimed} ok or skipped, "
+    n_failed = sum(1 for o in outcomes if o.status == "failed")
+    n_claimed = sum(1 for o in outcomes if o.status == "claimed")
+    where = f"{out}/" if len(outs) == 1 else f"{out}/seed<N>/ for seeds {', '.join(map(str, seeds))}"
+    console.print(f"{len(outcomes)} job(s): {len(outcomes) - n_failed - n_claimed} ok or skipped, "
                   f"{n_failed} failed" + (f", {n_claimed} left to other workers (claimed)" if n_claimed else "")
-                  + f". Records in {out}/ (logs beside them).")
+                  + f". Records in {where} (logs beside them).")
     raise typer.Exit(1 if n_failed else 0)
 
 
@@ -449,7 +466,10 @@ def datasets_info(
 def datasets_synth(
     out: Path = typer.Argument(..., help="Folder to write the scene into."),
     format: str = typer.Option("dnerf", "--format", "-f", help="dnerf | hypernerf | neu3d"),
-    seed: int = typer.Option(0, "--seed"),
+    seed: list[int] = typer.Option([0], "--seed", help="Training seed; repeat it for several (e.g. --seed 0 --seed 1 "
+                                   "--seed 2): each seed's records go to OUT/seed<N>/, one store per seed, run one "
+                                   "seed after another; `evalkit report OUT` then reports each job as the mean over "
+                                   "its seeds."),
 ) -> None:
     """Write the procedural dynamic scene (analytic ray casting) in a real dataset format."""
     from evalkit.data.synth import generate

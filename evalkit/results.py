@@ -360,17 +360,35 @@ def settings_diff(a: Record, b: Record) -> list[str]:
     return [name for name in RUN_SETTINGS if json_plain(getattr(a, name)) != json_plain(getattr(b, name))]
 
 
+def seed_stores(root: Path) -> list[Path]:
+    """The ``seed<N>`` folders directly below ``root`` that hold records (``evalkit run --seed 0 --seed
+    1 ...`` writes one store per seed there), by seed number."""
+    found = [p for p in root.glob("seed*") if p.is_dir() and p.name[4:].isdigit() and record_files(p)]
+    return sorted(found, key=lambda p: int(p.name[4:]))
+
+
+def _stores(roots: Sequence[str | Path], seeds: bool) -> list[tuple[Path, list[Path]]]:
+    """(store, its record files) for each root; with ``seeds``, a root without records of its own
+    whose ``seed<N>`` folders hold records stands for those stores."""
+    out = []
+    for root in map(Path, roots):
+        if not root.is_dir():
+            raise RecordError(root, "results directory does not exist")
+        files = record_files(root)
+        per_seed = seed_stores(root) if seeds and not files else []
+        out += [(p, record_files(p)) for p in per_seed] or [(root, files)]
+    return out
+
+
 def read_stores(roots: Sequence[str | Path], seeds: bool = False
                 ) -> tuple[list[Record], dict[tuple[str, str, str, str, int], Path]]:
     """The records of one or more stores (e.g. one per machine) and the file each came from, by
     ``Record.run`` (job key and seed). A job (method, dataset, scene, rate) recorded twice, in one store
     or across two, is an error naming both; with ``seeds``, records of one job with different seeds
-    are kept (a report averages them) if they agree in ``RUN_SETTINGS``; the same seed twice is an error."""
+    are kept (a report averages them) if they agree in ``RUN_SETTINGS``; the same seed twice is an error,
+    and a root that holds only ``seed<N>`` stores (``seed_stores``) is read as those stores."""
     records, where, first = [], {}, {}
-    for root in map(Path, roots):
-        if not root.is_dir():
-            raise RecordError(root, "results directory does not exist")
-        files = record_files(root)
+    for root, files in _stores(roots, seeds):
         if not files and (hint := _nested_stores_hint(root)):  # e.g. a folder of seed folders: not an empty store
             raise RecordError(root, "no records in the store layout (<dataset>/<scene>/<method>/<rate>.json)" + hint
                               + " (give them all to average their seeds, or one of them)")

@@ -147,17 +147,36 @@ def test_report_missing_results_folder(tmp_path: Path) -> None:
 
 
 def test_report_of_a_folder_of_run_folders_names_them(toy_bench: ToyBench, tmp_path: Path) -> None:
-    """``results/seeds`` holding seed1/, seed2/ (each a store) is not itself a store: say where the
-    records are instead of writing an empty report."""
+    """``runs`` holding h200/seed1/ and h200/seed2/ (each a store, two levels down) is not itself a store:
+    say where the records are instead of writing an empty report. Directly below, seed<N>/ folders are
+    read as seeds, so copies of one seed's store are refused as the same seed twice."""
     import shutil
     assert run_toy(toy_bench, "--scene", "alpha", "--rate", "low").exit_code == 0
-    runs = tmp_path / "seeds"
+    runs = tmp_path / "runs"
     for seed in (1, 2):
-        shutil.copytree(toy_bench.out, runs / f"seed{seed}")
+        shutil.copytree(toy_bench.out, runs / "h200" / f"seed{seed}")
     res = invoke("report", runs, "--out", tmp_path / "report")
-    listed = f"these folders below it have records: {runs / 'seed1'}, {runs / 'seed2'}"
+    listed = f"these folders below it have records: {runs / 'h200' / 'seed1'}, {runs / 'h200' / 'seed2'}"
     assert res.exit_code == 2 and listed in " ".join(res.output.split())  # however the console wrapped it
     assert not (tmp_path / "report").exists()
+    res = invoke("report", runs / "h200", "--out", tmp_path / "report")
+    assert res.exit_code == 2 and "with the same seed 0" in " ".join(res.output.split())
+
+
+def test_run_with_several_seeds_writes_a_store_per_seed_and_report_averages_them(
+        toy_bench: ToyBench, tmp_path: Path) -> None:
+    res = run_toy(toy_bench, "--scene", "alpha", "--rate", "low", "--seed", "0", "--seed", "1")
+    assert res.exit_code == 0, res.output
+    assert f"Records in {toy_bench.out}/seed<N>/ for seeds 0, 1" in " ".join(res.output.split())
+    recs = {s: read_records(toy_bench.out / f"seed{s}") for s in (0, 1)}
+    assert [[r.seed for r in recs[s]] for s in (0, 1)] == [[0], [1]]
+    res = invoke("report", toy_bench.out, "--out", tmp_path / "report")
+    assert res.exit_code == 0, res.output
+    import csv
+    row, = csv.DictReader((tmp_path / "report" / "toy" / "scenes" / "alpha.csv").open())
+    assert row["seeds"] == "2"
+    mean = sum(r.metrics["psnr"] for s in (0, 1) for r in recs[s]) / 2
+    assert float(row["psnr"]) == pytest.approx(mean)
 
 
 def test_corrupt_record_is_named_by_report_and_check(toy_bench: ToyBench, tmp_path: Path) -> None:
