@@ -466,10 +466,7 @@ def datasets_info(
 def datasets_synth(
     out: Path = typer.Argument(..., help="Folder to write the scene into."),
     format: str = typer.Option("dnerf", "--format", "-f", help="dnerf | hypernerf | neu3d"),
-    seed: list[int] = typer.Option([0], "--seed", help="Training seed; repeat it for several (e.g. --seed 0 --seed 1 "
-                                   "--seed 2): each seed's records go to OUT/seed<N>/, one store per seed, run one "
-                                   "seed after another; `evalkit report OUT` then reports each job as the mean over "
-                                   "its seeds."),
+    seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Write the procedural dynamic scene (analytic ray casting) in a real dataset format."""
     from evalkit.data.synth import generate

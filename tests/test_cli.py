@@ -228,6 +228,9 @@ def test_datasets_synth_writes_a_loadable_scene(tmp_path: Path) -> None:
     assert scene.test[0].load().shape == (scene.test[0].camera.height, scene.test[0].camera.width, 3)
     res = invoke("datasets", "synth", "--format", "colmap", tmp_path / "x")
     assert res.exit_code == 2 and "--format must be dnerf, hypernerf or neu3d" in res.output
+    res = invoke("datasets", "synth", "--format", "dnerf", "--seed", "1", tmp_path / "s1")  # one int, not a list
+    assert res.exit_code == 0, res.output
+    assert not (load_scene(tmp_path / "s1").test[0].load() == scene.test[0].load()).all()
 
 
 def test_records_written_by_cli_are_readable(toy_bench: ToyBench) -> None:
