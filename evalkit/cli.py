@@ -96,9 +96,12 @@ def run(
     seeds = list(dict.fromkeys(seed))  # a seed given twice runs once
     if any(s < 0 for s in seeds):
         _fail(f"--seed {min(seeds)}: seeds are 0 or more")
-    # One seed: records in OUT, as always. Several: one store per seed, OUT/seed<N> (a store holds one
-    # record per job), which `evalkit report OUT` reads as seeds of the same jobs.
-    outs = [(s, out if len(seeds) == 1 else out / f"seed{s}") for s in seeds]
+    # One seed: records in OUT, as always. Several, or one more into a folder of seed stores: one store
+    # per seed, OUT/seed<N> (a store holds one record per job), read by `evalkit report OUT` as seeds.
+    from evalkit.results import seed_stores
+
+    per_seed = len(seeds) > 1 or (out.is_dir() and bool(seed_stores(out)))
+    outs = [(s, out / f"seed{s}" if per_seed else out) for s in seeds]
     opts = RunOptions(out=outs[0][1], iterations=iterations, quick=quick, resolution_scale=resolution_scale,
                       device=device, seed=seeds[0], force=force, threads=threads, sweep=sweep,
                       allow_corrupt_video=allow_corrupt_video, eval_split=eval_split,
@@ -176,10 +179,17 @@ def run(
         progress.update(it_task, visible=False)
     outcomes, notes = [], []
     try:
+        if len(outs) > 1:  # every seed's checks (stale records, specs) before any job trains
+            from dataclasses import replace
+
+            from evalkit.runner import plan
+
+            for s, store in outs[1:]:
+                plan(method, dataset, scenes=scene, rates=rate, data_root=data_root, opts=replace(opts, seed=s, out=store))
         for s, store in outs:
             opts.seed, opts.out = s, store
-            if len(outs) > 1:
-                progress.update(jobs_task, description=f"jobs, seed {s}")
+            if len(outs) > 1:  # each seed's sweep counts its own jobs on the bar
+                progress.reset(jobs_task, total=None, description=f"jobs, seed {s}", info="")
             result = run_sweep(method, dataset, scenes=scene, rates=rate, data_root=data_root, opts=opts,
                                reporter=reporter)
             outcomes += result.outcomes
@@ -198,8 +208,9 @@ def run(
         console.print(f"[yellow]note:[/] {note}")
     n_failed = sum(1 for o in outcomes if o.status == "failed")
     n_claimed = sum(1 for o in outcomes if o.status == "claimed")
-    where = f"{out}/" if len(outs) == 1 else f"{out}/seed<N>/ for seeds {', '.join(map(str, seeds))}"
-    console.print(f"{len(outcomes)} job(s): {len(outcomes) - n_failed - n_claimed} ok or skipped, "
+    where = f"{out}/" if not per_seed else f"{out}/seed<N>/ for seed(s) {', '.join(map(str, seeds))}"
+    runs = "job(s)" if len(outs) == 1 else f"run(s) ({len(outs)} seeds)"
+    console.print(f"{len(outcomes)} {runs}: {len(outcomes) - n_failed - n_claimed} ok or skipped, "
                   f"{n_failed} failed" + (f", {n_claimed} left to other workers (claimed)" if n_claimed else "")
                   + f". Records in {where} (logs beside them).")
     raise typer.Exit(1 if n_failed else 0)

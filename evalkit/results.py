@@ -355,16 +355,47 @@ def read_records(results_dir: str | Path) -> list[Record]:
 RUN_SETTINGS = ("quick", "schedule", "eval_split", "iterations", "resolution_scale", "config", "rate_params")
 
 
-def settings_diff(a: Record, b: Record) -> list[str]:
-    """The ``RUN_SETTINGS`` in which two records of one job differ."""
-    return [name for name in RUN_SETTINGS if json_plain(getattr(a, name)) != json_plain(getattr(b, name))]
+def settings_diff(a: Record, b: Record, same_computation: frozenset[str] = frozenset()) -> list[str]:
+    """The ``RUN_SETTINGS`` in which two records of one job differ; configuration keys named in
+    ``same_computation`` (a method's ``speed_options``: e.g. CUDA graphs on or off) do not count, as
+    in ``runner.settings_changed``."""
+    def plain(r: Record, name: str) -> Any:
+        v = json_plain(getattr(r, name))
+        return {k: x for k, x in v.items() if k not in same_computation} if name == "config" and isinstance(v, dict) else v
+
+    return [name for name in RUN_SETTINGS if plain(a, name) != plain(b, name)]
+
+
+def speed_options(method: str) -> frozenset[str]:
+    """The registered method's ``speed_options`` (none for a method this install does not know)."""
+    from evalkit.methods.registry import UnknownMethod, get_method  # the registry imports methods: lazily
+
+    try:
+        return frozenset(get_method(method).speed_options)
+    except UnknownMethod:
+        return frozenset()
+    except Exception:  # noqa: BLE001 - a method that fails to load (a broken plugin): compare every key
+        return frozenset()
+
+
+def _is_seed_folder(p: Path) -> bool:
+    n = p.name[4:]
+    return p.name.startswith("seed") and n.isascii() and n.isdigit() and p.is_dir()
 
 
 def seed_stores(root: Path) -> list[Path]:
-    """The ``seed<N>`` folders directly below ``root`` that hold records (``evalkit run --seed 0 --seed
-    1 ...`` writes one store per seed there), by seed number."""
-    found = [p for p in root.glob("seed*") if p.is_dir() and p.name[4:].isdigit() and record_files(p)]
-    return sorted(found, key=lambda p: int(p.name[4:]))
+    """The ``seed<N>`` folders directly below ``root`` whose files in the store layout include a
+    record (``evalkit run --seed 0 --seed 1 ...`` writes one store per seed there), by seed number."""
+    def holds_records(p: Path) -> bool:
+        for f in record_files(p):
+            try:
+                read_record(f)
+                return True
+            except (RecordError, OSError):  # another kind of JSON at that depth
+                continue
+        return False
+
+    return sorted((p for p in root.glob("seed*") if _is_seed_folder(p) and holds_records(p)), key=lambda p: int(p.name[4:]))
 
 
 def _stores(roots: Sequence[str | Path], seeds: bool) -> list[tuple[Path, list[Path]]]:
@@ -375,7 +406,11 @@ def _stores(roots: Sequence[str | Path], seeds: bool) -> list[tuple[Path, list[P
         if not root.is_dir():
             raise RecordError(root, "results directory does not exist")
         files = record_files(root)
-        per_seed = seed_stores(root) if seeds and not files else []
+        per_seed = seed_stores(root) if seeds else []
+        if per_seed and files:  # reading either alone would silently drop the other
+            raise RecordError(root, f"holds records of its own ({files[0]}, ...) and seed stores "
+                                    f"({', '.join(p.name for p in per_seed)}): move its records into a seed<N>/ "
+                                    "store (their seed), or give the stores to read")
         out += [(p, record_files(p)) for p in per_seed] or [(root, files)]
     return out
 
@@ -387,7 +422,7 @@ def read_stores(roots: Sequence[str | Path], seeds: bool = False
     or across two, is an error naming both; with ``seeds``, records of one job with different seeds
     are kept (a report averages them) if they agree in ``RUN_SETTINGS``; the same seed twice is an error,
     and a root that holds only ``seed<N>`` stores (``seed_stores``) is read as those stores."""
-    records, where, first = [], {}, {}
+    records, where, first, in_store, runs = [], {}, {}, {}, {}
     for root, files in _stores(roots, seeds):
         if not files and (hint := _nested_stores_hint(root)):  # e.g. a folder of seed folders: not an empty store
             raise RecordError(root, "no records in the store layout (<dataset>/<scene>/<method>/<rate>.json)" + hint
@@ -395,22 +430,28 @@ def read_stores(roots: Sequence[str | Path], seeds: bool = False
         for p in files:
             r = read_record(p)
             if r.key in first:
-                other_p, other = first[r.key]
                 job = "/".join(r.key)
-                if not seeds or r.run in where:  # e.g. a variant's record kept under an older folder name ("m:v" -> "m_v")
-                    seeds_note = (f"; seeds {other.seed} and {r.seed}: this reader takes one seed per job (`evalkit "
+                # One store holds one record per job (e.g. a variant's record kept under an older folder
+                # name, "m:v" -> "m_v", is a second one), whatever its seed; across stores, one per seed
+                # (or, without ``seeds``, one in all).
+                clash = in_store.get((root, r.key)) or runs.get(r.run) or (None if seeds else first[r.key])
+                if clash is not None:
+                    clash_p, clash_r = clash
+                    seeds_note = (f"; seeds {clash_r.seed} and {r.seed}: this reader takes one seed per job (`evalkit "
                                   "report` averages seeds; `python -m evalkit.bench.seed_spread` compares them)"
-                                  if other.seed != r.seed else f" with the same seed {r.seed}")
-                    raise RecordError(p, f"a second record of job {job} (the other: {where.get(r.run, other_p)}); keep one"
+                                  if clash_r.seed != r.seed else f" with the same seed {r.seed}")
+                    raise RecordError(p, f"a second record of job {job} (the other: {clash_p}); keep one"
                                          + (f", the runner writes {record_path(root, r.dataset, r.scene, r.method, r.rate)}"
-                                            if other_p.is_relative_to(root) else " (two stores given)") + seeds_note)
-                if diff := settings_diff(other, r):
+                                            if clash_p.is_relative_to(root) else " (two stores given)") + seeds_note)
+                other_p, other = first[r.key]
+                if diff := settings_diff(other, r, speed_options(r.method)):
                     raise RecordError(p, f"job {job} with seed {r.seed} ran with other settings than seed {other.seed} "
                                          f"in {other_p} ({', '.join(diff)} differ): not seeds of one experiment, so "
                                          "they are not averaged; report them apart")
             else:
                 first[r.key] = (p, r)
             where[r.run] = p
+            runs[r.run] = in_store[(root, r.key)] = (p, r)
             records.append(r)
     return records, where
 

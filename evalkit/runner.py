@@ -640,14 +640,14 @@ class SweepResult:
         return [o for o in self.outcomes if o.status == "failed"]
 
 
-def run(method: str | list[str], dataset: str, *, scenes: list[str] | None = None, rates: list[str] | None = None,
-        data_root: Path | None = None, opts: RunOptions | None = None,
-        reporter: Reporter | None = None) -> SweepResult:
-    """Run every job of one or more methods (e.g. a method and its ablation variants). Jobs run
-    scene by scene, so a scene is loaded once and shared stages (4DGS-CC's coarse stage) are
-    trained once per scene."""
+def plan(method: str | list[str], dataset: str, *, scenes: list[str] | None = None, rates: list[str] | None = None,
+         data_root: Path | None = None, opts: RunOptions | None = None
+         ) -> tuple[list[Job], list[str], dict[str, Record]]:
+    """The jobs of a sweep, its notes and the existing ok records it would skip, after every check
+    made before a job runs (options, specs, refused configurations, unscorable scenes, existing
+    records made with other settings); raises ``RunError``. ``run`` starts with it; a caller that
+    runs several sweeps (one per seed) checks them all first."""
     opts = opts or RunOptions()
-    reporter = reporter or Reporter()
     if opts.threads is not None and opts.threads < 1:
         raise RunError(f"--threads {opts.threads}: needs a positive number of CPU threads")
     if opts.eval_split not in EVAL_SPLITS:
@@ -671,6 +671,18 @@ def run(method: str | list[str], dataset: str, *, scenes: list[str] | None = Non
     if stale:
         raise RunError(f"{len(stale)} existing record(s) in {opts.out} were made with other settings:\n  "
                        + "\n  ".join(stale) + "\nPass --force to replace them, or --out another folder.")
+    return jobs, notes, existing
+
+
+def run(method: str | list[str], dataset: str, *, scenes: list[str] | None = None, rates: list[str] | None = None,
+        data_root: Path | None = None, opts: RunOptions | None = None,
+        reporter: Reporter | None = None) -> SweepResult:
+    """Run every job of one or more methods (e.g. a method and its ablation variants). Jobs run
+    scene by scene, so a scene is loaded once and shared stages (4DGS-CC's coarse stage) are
+    trained once per scene."""
+    opts = opts or RunOptions()
+    reporter = reporter or Reporter()
+    jobs, notes, existing = plan(method, dataset, scenes=scenes, rates=rates, data_root=data_root, opts=opts)
     order = {scene: i for i, scene in enumerate(dict.fromkeys(job.scene for job in jobs))}
     jobs.sort(key=lambda job: order[job.scene])  # stable: methods and rates keep their order
     result = SweepResult(notes=notes)

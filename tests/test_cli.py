@@ -167,7 +167,8 @@ def test_run_with_several_seeds_writes_a_store_per_seed_and_report_averages_them
         toy_bench: ToyBench, tmp_path: Path) -> None:
     res = run_toy(toy_bench, "--scene", "alpha", "--rate", "low", "--seed", "0", "--seed", "1")
     assert res.exit_code == 0, res.output
-    assert f"Records in {toy_bench.out}/seed<N>/ for seeds 0, 1" in " ".join(res.output.split())
+    assert f"2 run(s) (2 seeds): 2 ok or skipped, 0 failed. Records in {toy_bench.out}/seed<N>/ for seed(s) 0, 1" \
+        in " ".join(res.output.split())
     recs = {s: read_records(toy_bench.out / f"seed{s}") for s in (0, 1)}
     assert [[r.seed for r in recs[s]] for s in (0, 1)] == [[0], [1]]
     res = invoke("report", toy_bench.out, "--out", tmp_path / "report")
@@ -177,6 +178,23 @@ def test_run_with_several_seeds_writes_a_store_per_seed_and_report_averages_them
     assert row["seeds"] == "2"
     mean = sum(r.metrics["psnr"] for s in (0, 1) for r in recs[s]) / 2
     assert float(row["psnr"]) == pytest.approx(mean)
+
+    # One more seed into the folder of seed stores goes to its own store, and the report takes all three.
+    res = run_toy(toy_bench, "--scene", "alpha", "--rate", "low", "--seed", "2")
+    assert res.exit_code == 0 and [r.seed for r in read_records(toy_bench.out / "seed2")] == [2], res.output
+    res = invoke("report", toy_bench.out, "--out", tmp_path / "report3")
+    row, = csv.DictReader((tmp_path / "report3" / "toy" / "scenes" / "alpha.csv").open())
+    assert res.exit_code == 0 and row["seeds"] == "3", res.output
+
+
+def test_run_with_several_seeds_checks_every_seed_store_before_training(toy_bench: ToyBench) -> None:
+    """A record made with other settings in a later seed's store stops the run before any job trains."""
+    assert run_toy(toy_bench, "--scene", "alpha", "--rate", "low", "--seed", "5",
+                   "--out", toy_bench.out / "seed1").exit_code == 0  # seed 5's record where seed 1's will go
+    calls = len(toy.STATE.train_calls)
+    res = run_toy(toy_bench, "--scene", "alpha", "--rate", "low", "--seed", "0", "--seed", "1")
+    assert res.exit_code == 2 and "were made with other settings" in res.output and "seed 5 (this run: 1)" in res.output
+    assert len(toy.STATE.train_calls) == calls and not (toy_bench.out / "seed0").exists()
 
 
 def test_corrupt_record_is_named_by_report_and_check(toy_bench: ToyBench, tmp_path: Path) -> None:

@@ -193,7 +193,8 @@ def rd_figure(points: pd.DataFrame, paper: pd.DataFrame | None, methods: Sequenc
         sd = psnr_spread(g)
         if sd is not None:  # seed means: the spread over seeds in the hover and as error bars
             cover = [f"{c}<br>" if c else "" for c in cover]
-            cover = [f"{c}mean of {int(n)} seed(s), PSNR sd {v:.2f} dB" for c, n, v in zip(cover, g["seeds"], sd)]
+            cover = [f"{c}mean of {int(n)} seeds, PSNR sd {v:.2f} dB" if n > 1 else f"{c}one seed"
+                     for c, n, v in zip(cover, g["seeds"], sd)]
         fig.add_trace(go.Scatter(
             x=(g["size_bytes"] / MB).tolist(), y=g["psnr"].tolist(), mode="lines+markers",
             name=curve_label(m, quick, scenes, total_scenes), legendgroup=m, meta={"kind": "measured", "method": m},

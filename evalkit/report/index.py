@@ -141,8 +141,8 @@ def render_index(out_dir: Path, source: str, records: list[Record], sections: li
             L += ["No survey CSVs: they are written for successful full (non-quick) runs only.", ""]
 
     if failed:
-        L += ["## Failed jobs", "", "| dataset | scene | method | rate | error |", "|---|---|---|---|---|"]
-        L += [f"| {r.dataset} | {r.scene} | {r.method} | {r.rate} | {(r.error or '').replace('|', '/')[:300]} |"
+        L += ["## Failed jobs", "", "| dataset | scene | method | rate | seed | error |", "|---|---|---|---|---:|---|"]
+        L += [f"| {r.dataset} | {r.scene} | {r.method} | {r.rate} | {r.seed} | {(r.error or '').replace('|', '/')[:300]} |"
               for r in failed] + [""]
     notes = sorted({(f"{r.dataset}/{r.scene}/{r.method}/{r.rate}", n) for r in records for n in r.notes})
     if notes:

@@ -53,7 +53,8 @@ def seed_means(df: pd.DataFrame) -> pd.DataFrame:
             row["draws_nothing"] = bool(ok["draws_nothing"].astype(bool).any())
             row["gpu_name"] = ", ".join(sorted({str(n) for n in timed["gpu_name"].dropna()})) or None
             row["seeds"] = len(ok)
-            row["psnr_sd"] = ok["psnr"].std(ddof=1) if len(ok) > 1 else float("nan")
+            # skipna=False, as the mean: a seed without PSNR leaves the spread missing too
+            row["psnr_sd"] = ok["psnr"].std(ddof=1, skipna=False) if len(ok) > 1 else float("nan")
             if not failed.empty:
                 row["error"] = f"seed(s) {_seed_text(failed['seed'])} failed: " + "; ".join(
                     str(e) for e in failed["error"].dropna().unique())

@@ -158,7 +158,8 @@ def test_rd_figure_seed_means_carry_their_spread_as_error_bars() -> None:
                         "psnr_sd": [0.5, float("nan"), float("nan")]})
     fig = rd_figure(pts, None, ["a", "b"], "t")
     a, b = fig["data"]
-    assert list(a["error_y"]["array"]) == [0.5, 0.0] and "mean of 3 seed(s), PSNR sd 0.50 dB" in a["customdata"][0][3]
+    assert list(a["error_y"]["array"]) == [0.5, 0.0] and "mean of 3 seeds, PSNR sd 0.50 dB" in a["customdata"][0][3]
+    assert a["customdata"][1][3].endswith("one seed")
     assert "error_y" not in b  # no point of b averages several seeds
 
 

@@ -145,3 +145,37 @@ def test_a_job_is_flagged_contended_only_where_every_seed_was(tmp_path: Path) ->
     times = timings_table(recs, "hypernerf", "HyperNeRF")
     got = {(row[2], row[3]): "contended" in f for row, f in zip(times.rows, row_flags(times, recs))}
     assert got == {("high", 0): True, ("high", 1): True, ("low", 0): False, ("low", 1): True}
+
+
+def test_folders_of_seed_stores_bad_layouts_and_speed_options(tmp_path: Path) -> None:
+    from report_fixtures import make_record
+
+    from evalkit.results import read_stores
+
+    def put(store: Path, seed: int, folder: str | None = None, **config) -> None:
+        r = make_record("4dgs-cc", "hypernerf", "basketball", "mid", 1_000 + seed, 20.0 + seed, seed=seed)
+        r.config = {"lr": 1e-3, **config}
+        write_record(r, record_path(store, r.dataset, r.scene, folder or r.method, r.rate))
+
+    runs = tmp_path / "runs"
+    put(runs / "seed0", 0, cuda_graphs=True)
+    put(runs / "seed1", 1, cuda_graphs=False)  # a speed option: the same computation, averaged
+    (runs / "seed²").mkdir()  # not a seed folder (a Unicode digit)
+    cams = runs / "seed7" / "data" / "scene" / "cams" / "c.json"  # not a store: no record in it
+    cams.parent.mkdir(parents=True)
+    cams.write_text('{"focal": 1}')
+    records, _ = read_stores([runs], seeds=True)
+    assert sorted(r.seed for r in records) == [0, 1]
+
+    put(runs / "seed1", 2, lr=2e-3)  # a configuration key that changes the computation
+    with pytest.raises(RecordError, match=r"seed 2 ran with other settings than seed 0 .*\(config differ\)"):
+        read_stores([runs], seeds=True)
+    put(runs / "seed1", 1)
+    put(runs / "seed1", 3, folder="4dgs-cc_old")  # a second record of the job in one store, other seed
+    with pytest.raises(RecordError, match=r"a second record of job 4dgs-cc/hypernerf/basketball/mid"):
+        read_stores([runs], seeds=True)
+    (runs / "seed1" / "hypernerf" / "basketball" / "4dgs-cc_old" / "mid.json").unlink()
+
+    put(runs, 4)  # records of its own beside seed stores: reading either alone would drop the other
+    with pytest.raises(RecordError, match=r"holds records of its own .* and seed stores \(seed0, seed1\)"):
+        read_stores([runs], seeds=True)
