@@ -146,7 +146,7 @@ def test_index_states_conventions(report: Path) -> None:
     index = report.read_text()
     for phrase in ["MB = 10^6 bytes", "Per-scene values averaged", "pchip", "D-NeRF: LPIPS (VGG)",
                    "Neu3D: LPIPS (Alex)", "NVIDIA H100", "lpips_vgg: VGG weights unavailable offline",
-                   "| neu3d | flame_steak | adc-gs | high | CUDA out of memory |", "BD anchor: 4dgs-cc"]:
+                   "| neu3d | flame_steak | adc-gs | high | 0 | CUDA out of memory |", "BD anchor: 4dgs-cc"]:
         assert phrase in index, phrase
 
 
@@ -168,7 +168,7 @@ def test_empty_and_failed_only_stores(tmp_path: Path) -> None:
     r = make_record("adc-gs", "hypernerf", "chicken", "high", 0, None, status="failed")
     write_record(r, record_path(tmp_path / "results", r.dataset, r.scene, r.method, r.rate))
     text = build_report(tmp_path / "results", tmp_path / "failed").read_text()
-    assert "| hypernerf | chicken | adc-gs | high | CUDA out of memory |" in text
+    assert "| hypernerf | chicken | adc-gs | high | 0 | CUDA out of memory |" in text
     assert "No plots: no successful records." in text and "BD n/a: no method has >= 2 rate points" in text
 
 
