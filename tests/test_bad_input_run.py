@@ -148,5 +148,12 @@ def test_gate_cannot_pass_vacuously(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "holds no records" in res.output
     res = cli.invoke(app, ["check", str(tmp_path / "absent"), "--reference", str(good)])
     assert res.exit_code == 2 and "no such results folder" in res.output
+    ref_rec = json.loads(good.read_text())["records"][0]  # a folder of seed stores: the gate says to give one
+    from evalkit.results import Record, record_path, write_record
+    rec = Record(method=ref_rec["method"], dataset=ref_rec["dataset"], scene=ref_rec["scene"], rate=ref_rec["rate"],
+                 status="failed", error="a test record")
+    write_record(rec, record_path(tmp_path / "runs" / "seed1", rec.dataset, rec.scene, rec.method, rec.rate))
+    res = cli.invoke(app, ["check", str(tmp_path / "runs"), "--reference", str(good)])
+    assert res.exit_code == 2 and "seed stores (seed1)" in " ".join(res.output.split()), res.output
     res = cli.invoke(app, ["check", str(tmp_path / "results"), "--reference", str(good), "--max-rate-increase", "-5%"])
     assert res.exit_code == 2 and ">= 0" in res.output

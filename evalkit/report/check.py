@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from evalkit.codec.container import atomic_write_bytes
-from evalkit.results import DRAWS_NOTHING, Record, read_record, record_files, record_path
+from evalkit.results import DRAWS_NOTHING, Record, read_record, record_files, record_path, seed_stores
 
 DEFAULT_MAX_RATE_INCREASE = 0.02
 DEFAULT_MAX_PSNR_DROP = 0.1
@@ -194,8 +194,10 @@ def check(results_dir: str | Path, reference_json: str | Path, max_rate_increase
         raise CheckError(results_dir, "no such results folder (did the run write to another --out?)")
     current, warnings = _read_current(results_dir)
     if not current:
-        raise CheckError(results_dir, "the results folder holds no records (<dataset>/<scene>/<method>/<rate>.json); "
-                                      "nothing to check")
+        stores = seed_stores(results_dir)  # `evalkit run --seed 0 --seed 1 ...` writes one store per seed
+        raise CheckError(results_dir, "the results folder holds no records (<dataset>/<scene>/<method>/<rate>.json)"
+                         + (f"; it holds seed stores ({', '.join(p.name for p in stores)}): the gate checks one "
+                            "store, so give one of them" if stores else "; nothing to check"))
     rows = [_compare(rec, current.pop(tuple(rec[k] for k in _KEY), None), float(max_rate), float(max_drop))
             for rec in ref["records"]]
     for r in sorted(current.values(), key=lambda r: (r.dataset, r.scene, r.method, r.rate)):
