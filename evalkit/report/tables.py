@@ -306,6 +306,9 @@ def scene_table(df: pd.DataFrame, dataset: str, scene: str, spec: dict[str, Any]
     t.footnotes.append("Size: bytes of the bitstream file the decoder reads; MB = 10^6 bytes.")
     if seeded:
         t.footnotes.append(SEEDS_FOOTNOTE)
+    if "failed_seeds" in sub and (part := sub[sub["failed_seeds"] > 0]).shape[0]:  # ok rows missing a seed
+        t.footnotes.append("Averaged without the failed seeds: " + "; ".join(
+            f"{m} {r} ({e})" for m, r, e in zip(part["method"], part["rate"], part["error"])) + ".")
     _contended_footnote(t, sub)
     _empty_footnote(t, sub)
     _paper_sources(t, paper, keys)

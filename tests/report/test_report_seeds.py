@@ -179,3 +179,15 @@ def test_folders_of_seed_stores_bad_layouts_and_speed_options(tmp_path: Path) ->
     put(runs, 4)  # records of its own beside seed stores: reading either alone would drop the other
     with pytest.raises(RecordError, match=r"holds records of its own .* and seed stores \(seed0, seed1\)"):
         read_stores([runs], seeds=True)
+
+
+def test_a_scene_table_says_which_seeds_failed() -> None:
+    from report_fixtures import make_record
+
+    from evalkit.report.tables import scene_table
+
+    recs = [make_record("m", "hypernerf", "basketball", "mid", 1_000, 20.0, seed=0),
+            make_record("m", "hypernerf", "basketball", "mid", 0, None, status="failed", seed=1)]
+    t = scene_table(seed_means(records_to_frame(recs)), "hypernerf", "basketball", SPECS["hypernerf"])
+    assert len(t.rows) == 1 and t.rows[0][2] == 20.0
+    assert "Averaged without the failed seeds: m mid (seed(s) 1 failed: CUDA out of memory)." in t.footnotes
