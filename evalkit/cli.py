@@ -96,8 +96,8 @@ def run(
     seeds = list(dict.fromkeys(seed))  # a seed given twice runs once
     if any(s < 0 for s in seeds):
         _fail(f"--seed {min(seeds)}: seeds are 0 or more")
-    # One seed: records in OUT, as always. Several, or one more into a folder of seed stores: one store
-    # per seed, OUT/seed<N> (a store holds one record per job), read by `evalkit report OUT` as seeds.
+    # A store holds one record per job, so several seeds (or one more into a folder of seed stores)
+    # get one store each, OUT/seed<N>; one seed alone writes to OUT.
     from evalkit.results import seed_stores
 
     per_seed = len(seeds) > 1 or (out.is_dir() and bool(seed_stores(out)))

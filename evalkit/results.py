@@ -10,6 +10,7 @@ Missing metrics are ``None`` in JSON and NaN in DataFrames, never zero; the reas
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -322,6 +323,15 @@ def record_files(results_dir: str | Path) -> list[Path]:
     return sorted(p for p in root.glob("*/*/*/*.json") if not p.name.startswith("."))
 
 
+def _is_record(path: Path) -> bool:
+    """Whether a JSON file in the store layout is a record (not a dataset's camera file or a spec)."""
+    try:
+        read_record(path)
+        return True
+    except (RecordError, OSError):
+        return False
+
+
 def _nested_stores_hint(root: Path, limit: int = 20) -> str:
     """For a folder without records: '; these folders below it have records: a, b' naming the
     folders one or two levels down that hold stores (e.g. ``seed1/`` or ``h200/seed1/``), at most
@@ -330,11 +340,7 @@ def _nested_stores_hint(root: Path, limit: int = 20) -> str:
     found: set[Path] = set()
     for pattern in ("*/*/*/*/*.json", "*/*/*/*/*/*.json"):
         for p in sorted(root.glob(pattern)):
-            if p.name.startswith(".") or p.parents[3] in found:
-                continue
-            try:
-                read_record(p)
-            except (RecordError, OSError):  # another kind of JSON (a dataset's camera, a spec)
+            if p.name.startswith(".") or p.parents[3] in found or not _is_record(p):
                 continue
             found.add(p.parents[3])
             if len(found) > limit:
@@ -355,26 +361,27 @@ def read_records(results_dir: str | Path) -> list[Record]:
 RUN_SETTINGS = ("quick", "schedule", "eval_split", "iterations", "resolution_scale", "config", "rate_params")
 
 
-def settings_diff(a: Record, b: Record, same_computation: frozenset[str] = frozenset()) -> list[str]:
-    """The ``RUN_SETTINGS`` in which two records of one job differ; configuration keys named in
-    ``same_computation`` (a method's ``speed_options``: e.g. CUDA graphs on or off) do not count, as
-    in ``runner.settings_changed``."""
+def settings_diff(a: Record, b: Record) -> list[str]:
+    """The ``RUN_SETTINGS`` in which two records of one job differ. Configuration keys that are the
+    method's ``speed_options`` (e.g. CUDA graphs on or off: the same computation) do not count, as in
+    ``runner.settings_changed``."""
+    fast = speed_options(a.method)
+
     def plain(r: Record, name: str) -> Any:
         v = json_plain(getattr(r, name))
-        return {k: x for k, x in v.items() if k not in same_computation} if name == "config" and isinstance(v, dict) else v
+        return {k: x for k, x in v.items() if k not in fast} if name == "config" and isinstance(v, dict) else v
 
     return [name for name in RUN_SETTINGS if plain(a, name) != plain(b, name)]
 
 
+@functools.lru_cache(maxsize=None)
 def speed_options(method: str) -> frozenset[str]:
-    """The registered method's ``speed_options`` (none for a method this install does not know)."""
-    from evalkit.methods.registry import UnknownMethod, get_method  # the registry imports methods: lazily
+    """The registered method's ``speed_options``; none for a method this install cannot load."""
+    from evalkit.methods.registry import get_method  # imported here: the registry imports every method
 
     try:
         return frozenset(get_method(method).speed_options)
-    except UnknownMethod:
-        return frozenset()
-    except Exception:  # noqa: BLE001 - a method that fails to load (a broken plugin): compare every key
+    except Exception:  # noqa: BLE001 - unknown, or a plugin that fails to load: every key counts
         return frozenset()
 
 
@@ -386,16 +393,8 @@ def _is_seed_folder(p: Path) -> bool:
 def seed_stores(root: Path) -> list[Path]:
     """The ``seed<N>`` folders directly below ``root`` whose files in the store layout include a
     record (``evalkit run --seed 0 --seed 1 ...`` writes one store per seed there), by seed number."""
-    def holds_records(p: Path) -> bool:
-        for f in record_files(p):
-            try:
-                read_record(f)
-                return True
-            except (RecordError, OSError):  # another kind of JSON at that depth
-                continue
-        return False
-
-    return sorted((p for p in root.glob("seed*") if _is_seed_folder(p) and holds_records(p)), key=lambda p: int(p.name[4:]))
+    return sorted((p for p in root.glob("seed*") if _is_seed_folder(p) and any(map(_is_record, record_files(p)))),
+                  key=lambda p: int(p.name[4:]))
 
 
 def _stores(roots: Sequence[str | Path], seeds: bool) -> list[tuple[Path, list[Path]]]:
@@ -407,7 +406,7 @@ def _stores(roots: Sequence[str | Path], seeds: bool) -> list[tuple[Path, list[P
             raise RecordError(root, "results directory does not exist")
         files = record_files(root)
         per_seed = seed_stores(root) if seeds else []
-        if per_seed and files:  # reading either alone would silently drop the other
+        if per_seed and files:  # ambiguous: neither alone is the whole set of runs
             raise RecordError(root, f"holds records of its own ({files[0]}, ...) and seed stores "
                                     f"({', '.join(p.name for p in per_seed)}): move its records into a seed<N>/ "
                                     "store (their seed), or give the stores to read")
@@ -422,7 +421,7 @@ def read_stores(roots: Sequence[str | Path], seeds: bool = False
     or across two, is an error naming both; with ``seeds``, records of one job with different seeds
     are kept (a report averages them) if they agree in ``RUN_SETTINGS``; the same seed twice is an error,
     and a root that holds only ``seed<N>`` stores (``seed_stores``) is read as those stores."""
-    records, where, first, in_store, runs = [], {}, {}, {}, {}
+    records, first, in_store, runs = [], {}, {}, {}
     for root, files in _stores(roots, seeds):
         if not files and (hint := _nested_stores_hint(root)):  # e.g. a folder of seed folders: not an empty store
             raise RecordError(root, "no records in the store layout (<dataset>/<scene>/<method>/<rate>.json)" + hint
@@ -431,9 +430,8 @@ def read_stores(roots: Sequence[str | Path], seeds: bool = False
             r = read_record(p)
             if r.key in first:
                 job = "/".join(r.key)
-                # One store holds one record per job (e.g. a variant's record kept under an older folder
-                # name, "m:v" -> "m_v", is a second one), whatever its seed; across stores, one per seed
-                # (or, without ``seeds``, one in all).
+                # A second record: in the same store (any seed), of the same run, or of the job at all
+                # when seeds are not read.
                 clash = in_store.get((root, r.key)) or runs.get(r.run) or (None if seeds else first[r.key])
                 if clash is not None:
                     clash_p, clash_r = clash
@@ -444,16 +442,15 @@ def read_stores(roots: Sequence[str | Path], seeds: bool = False
                                          + (f", the runner writes {record_path(root, r.dataset, r.scene, r.method, r.rate)}"
                                             if clash_p.is_relative_to(root) else " (two stores given)") + seeds_note)
                 other_p, other = first[r.key]
-                if diff := settings_diff(other, r, speed_options(r.method)):
+                if diff := settings_diff(other, r):
                     raise RecordError(p, f"job {job} with seed {r.seed} ran with other settings than seed {other.seed} "
                                          f"in {other_p} ({', '.join(diff)} differ): not seeds of one experiment, so "
                                          "they are not averaged; report them apart")
             else:
                 first[r.key] = (p, r)
-            where[r.run] = p
             runs[r.run] = in_store[(root, r.key)] = (p, r)
             records.append(r)
-    return records, where
+    return records, {run: p for run, (p, _) in runs.items()}
 
 
 # -- DataFrames ------------------------------------------------------------------------

@@ -147,3 +147,22 @@ def test_near_plane_runs_are_not_mixed_with_older_ones():
     assert hn.runs == 4 and hn.seeds == "0x2,1,2"
     assert (round(hn.psnr_mean, 2), round(hn.psnr_std, 2)) == (19.07, 0.73)
     assert (round(hn.psnr_min, 2), round(hn.psnr_max, 2)) == (18.06, 19.77)
+
+
+def test_runs_that_differ_in_a_speed_option_only_are_one_experiment(tmp_path):
+    """4dgs-cc's `cuda_graphs` replays the same computation: as in the report, such runs are compared."""
+    folders = [seed_folder(tmp_path, s, 37.0 + s, 10) for s in (0, 1)]
+    for s, folder in enumerate(folders):
+        path = folder / "dnerf" / "mutant" / "4dgs" / "default.json"
+        rec = read_record(path)
+        rec.method, rec.config = "4dgs-cc", {**rec.config, "cuda_graphs": bool(s)}
+        dst = folder / "dnerf" / "mutant" / "4dgs-cc" / "high.json"
+        rec.rate = "high"
+        dst.parent.mkdir(parents=True)
+        write_record(rec, dst)
+        path.unlink()
+    assert spread(folders).iloc[0].runs == 2
+    rec.config["lr_scale"] = 2.0  # a key that changes the computation
+    write_record(rec, dst)
+    with pytest.raises(RecordError, match=r"\(config differ\)"):
+        spread(folders)

@@ -56,18 +56,6 @@ def _paper_points(paper: Any, methods: list[str]) -> "pd.DataFrame":
     return pd.DataFrame(rows, columns=["method", "rate", "size_mb", "psnr"]).astype({"size_mb": float, "psnr": float})
 
 
-def _seed_mean_components(comps: "pd.DataFrame", jobs: "pd.DataFrame") -> "pd.DataFrame":
-    """Bytes per component of each job, averaged over its ok seeds (a component absent in a seed's
-    file counts as 0 bytes there); ``jobs``: the seed-mean frame (``report.seeds.seed_means``)."""
-    if comps.empty:
-        return comps
-    key = ["method", "dataset", "scene", "rate"]
-    out = comps.groupby([*key, "component"], as_index=False, sort=False)[["bytes", "mb"]].sum()
-    n = out[key].merge(jobs[[*key, "seeds"]], on=key, how="left")["seeds"].clip(lower=1).to_numpy()
-    out["bytes"], out["mb"] = out["bytes"] / n, out["mb"] / n
-    return out
-
-
 def build_report(results_dir: str | Path | Sequence[str | Path], out_dir: str | Path, anchor: str | None = None,
                  dataset_specs: dict[str, dict[str, Any]] | None = None, bd_anchor: str | None = None,
                  html: "SiteOptions | None" = None) -> Path:
@@ -90,7 +78,7 @@ def build_report(results_dir: str | Path | Sequence[str | Path], out_dir: str | 
     from evalkit.report.tables import (bd_scene_table, bd_summary_table, coding_steps_table, dataset_label, method_order,
                                        scene_paper, scene_table, spec_scenes, summary_table, survey_csv,
                                        table_metrics, timings_table)
-    from evalkit.report.seeds import seed_means
+    from evalkit.report.seeds import seed_mean_components, seed_means
     from evalkit.results import components_frame, read_stores, records_to_frame
 
     roots = [Path(results_dir)] if isinstance(results_dir, (str, Path)) else [Path(p) for p in results_dir]
@@ -100,8 +88,8 @@ def build_report(results_dir: str | Path | Sequence[str | Path], out_dir: str | 
     source = ", ".join(str(r) for r in roots)
     tuning = [r for r in records if r.eval_split != "test"]  # scored on other views: not comparable
     records = [r for r in records if r.eval_split == "test"]
-    df = seed_means(records_to_frame(records))  # one row per job: the mean over its seeds (report.seeds)
-    comps = _seed_mean_components(components_frame([r for r in records if r.status == "ok"]), df)
+    df = seed_means(records_to_frame(records))  # one row per job
+    comps = seed_mean_components(components_frame([r for r in records if r.status == "ok"]), df)
     sections: list["DatasetSection"] = []
 
     for dataset in sorted(df["dataset"].unique()):

@@ -17,7 +17,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from evalkit.codec.container import atomic_write_bytes
-from evalkit.report.seeds import FOOTNOTE as SEEDS_FOOTNOTE, seed_range, several_seeds
+from evalkit.report.seeds import FOOTNOTE as SEEDS_FOOTNOTE, SUMMARY_FOOTNOTE as SEEDS_SUMMARY_FOOTNOTE, seed_range, several_seeds
 from evalkit.results import DRAWS_NOTHING, MB
 
 DEFAULT_TABLE_METRICS = ("psnr", "ssim", "lpips")
@@ -306,7 +306,7 @@ def scene_table(df: pd.DataFrame, dataset: str, scene: str, spec: dict[str, Any]
     t.footnotes.append("Size: bytes of the bitstream file the decoder reads; MB = 10^6 bytes.")
     if seeded:
         t.footnotes.append(SEEDS_FOOTNOTE)
-    if "failed_seeds" in sub and (part := sub[sub["failed_seeds"] > 0]).shape[0]:  # ok rows missing a seed
+    if "failed_seeds" in sub and (part := sub[sub["failed_seeds"] > 0]).shape[0]:  # ok jobs with a failed seed
         t.footnotes.append("Averaged without the failed seeds: " + "; ".join(
             f"{m} {r} ({e})" for m, r, e in zip(part["method"], part["rate"], part["error"])) + ".")
     _contended_footnote(t, sub)
@@ -408,8 +408,7 @@ def summary_table(df: pd.DataFrame, dataset: str, spec: dict[str, Any] | None, a
     t.footnotes.append("Means over scenes of per-scene values; a metric missing in any scene leaves the mean "
                        "missing. Size: bitstream bytes, MB = 10^6 bytes.")
     if seeded:
-        t.footnotes.append(SEEDS_FOOTNOTE.replace("in a row", "in each scene's value") + " PSNR sd per scene: the "
-                           "scene tables.")
+        t.footnotes.append(SEEDS_SUMMARY_FOOTNOTE)
     _contended_footnote(t, sub)
     _empty_footnote(t, sub)
     if anchor_rate is not None:
@@ -442,7 +441,7 @@ def same_scenes_paper_means(spec: dict[str, Any] | None, method: str, rate: str,
 
 def _seeded(records: list[Any]) -> bool:
     """Whether some job has records of several seeds (their rows then name the seed)."""
-    return len({(*r.key, r.seed) for r in records}) > len({r.key for r in records})
+    return len({r.run for r in records}) > len({r.key for r in records})
 
 
 def coding_steps_table(records: Iterable[Any], dataset: str, label: str) -> Table | None:
