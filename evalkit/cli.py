@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from evalkit.progress_lines import ProgressLines
+
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Benchmark compressed dynamic Gaussian Splatting: train, encode, decode, render, measure, report.")
 datasets_app = typer.Typer(no_args_is_help=True, help="Inspect datasets and generate the built-in synthetic scene.")
@@ -113,6 +115,8 @@ def run(
     jobs_task = progress.add_task("jobs", total=None, info="")
     it_task = progress.add_task("", total=None, info="", visible=False)
     n_jobs: list = [None]
+    # output to a file or a batch log: rich draws no bar there, so plain lines say how a job goes
+    lines = None if console.is_terminal else ProgressLines(lambda s: console.print(s, markup=False, highlight=False))
 
     def planned(n):
         n_jobs[0] = n
@@ -123,6 +127,8 @@ def run(
             progress.start()
         progress.update(jobs_task, total=n, completed=i, info=job.label)
         progress.reset(it_task, total=None, description="", info="")
+        if lines is not None:
+            lines.started("run", job.label, f"[{i + 1}/{n}] " if n else "")
 
     def job_finished(outcome):
         progress.advance(jobs_task)
@@ -149,10 +155,14 @@ def run(
 
     def phase(msg):
         progress.update(it_task, description=msg, visible=True)
+        if lines is not None:
+            lines.phase("run", msg)
 
     def iteration(it, total, stats):
         info = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in stats.items())
         progress.update(it_task, total=total, completed=it, info=info, visible=True)
+        if lines is not None:
+            lines.iteration("run", it, total, info)
 
     worker_tasks: dict = {}
 
@@ -170,6 +180,13 @@ def run(
             progress.update(task, info=f"{ev['msg']}")
         elif kind == "iteration":
             progress.update(task, total=ev["total"], completed=ev["it"])
+        if lines is not None and kind in ("started", "phase", "iteration"):
+            if kind == "started":
+                lines.started(worker, ev["label"], f"{worker} ")
+            elif kind == "phase":
+                lines.phase(worker, ev["msg"])
+            else:
+                lines.iteration(worker, ev["it"], ev["total"])
         elif kind == "finished":
             progress.update(task, info=f"idle ({ev['status']}: {ev['label']})")
 

@@ -67,6 +67,18 @@ def test_run_warns_about_a_model_that_draws_nothing(toy_bench: ToyBench) -> None
     assert res.exit_code == 0 and "warning" not in res.output, res.output
 
 
+def test_run_into_a_file_prints_plain_progress_lines(toy_bench: ToyBench, monkeypatch: pytest.MonkeyPatch) -> None:
+    # CliRunner's output is not a terminal, as a redirected run's or a batch job's: rich draws no bar
+    res = run_toy(toy_bench, "--scene", "alpha", "--rate", "low")
+    assert res.exit_code == 0, res.output
+    for line in ("[1/1] toy / toy / alpha / low: started", "toy / toy / alpha / low: training",
+                 "toy / toy / alpha / low: iteration 2/2 (100 %)", "toy / toy / alpha / low: encoding"):
+        assert line in res.output, res.output
+    monkeypatch.setattr(cli, "console", Console(width=500, color_system=None, force_terminal=True))
+    res = run_toy(toy_bench, "--scene", "alpha", "--rate", "low", "--force")  # a terminal has the bar instead
+    assert res.exit_code == 0 and ": started" not in res.output and "iteration 2/2" not in res.output, res.output
+
+
 def test_run_unknown_method_is_a_clear_error(toy_bench: ToyBench) -> None:
     res = invoke("run", "--method", "nope", "--dataset", "toy", "--data-root", toy_bench.data_root,
                  "--out", toy_bench.out)

@@ -382,6 +382,7 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
     rate_log: list[float] = list(trace.get("rate_log", []))
     ema_psnr: float | None = trace.get("ema_psnr")  # train PSNR of the 100th steps' renders, smoothed as 4dgs's trace
     resumed_from = start if restored is not None else None
+    log_every = max(100, min(1000, cfg.iterations // 1000 * 100))  # on reporting steps (train PSNR known)
     for step in range(start + 1, cfg.iterations + 1):
         if rd and cache is not None and step == share_until and not reused and share_until > 1:
             cache[key] = _snapshot(model, opt, stats, step - 1, frozen, perm, history, own_s + time.perf_counter() - t0)
@@ -452,7 +453,7 @@ def train(scene: Scene, cfg: ADCConfig, device: torch.device, *, seed: int = 0, 
             ema_psnr = pv if ema_psnr is None else 0.6 * ema_psnr + 0.4 * pv
             progress(step, cfg.iterations, {"loss": float(loss.detach()), "psnr": ema_psnr,
                                             "anchors": model.num_anchors})
-        if step % 1000 == 0:
+        if step % log_every == 0:  # a trace in the job log, at least ten over a short schedule
             log(f"step {step}: loss {float(loss.detach()):.4f}, {model.num_anchors} anchors, train PSNR ~{ema_psnr:.2f}"
                 f"{_memory_note(device, graphs)}")
         if checkpoint.due() and step < cfg.iterations:
