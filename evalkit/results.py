@@ -144,6 +144,15 @@ class Record:
         return None if self.size is None else self.size.get("total_bytes")
 
     @property
+    def timed_on(self) -> str | None:
+        """The device its FPS (and times) were measured on: the GPU's name, "CPU", or None when it
+        has no FPS. Timings are comparable only between records timed on the same device."""
+        fps = self.fps or {}
+        if fps.get("fps") is None:
+            return None
+        return fps.get("gpu_name") or ("CPU" if fps.get("device") == "cpu" else fps.get("device") or "unknown device")
+
+    @property
     def timings_contended(self) -> bool:
         """Its times / FPS were taken on a shared GPU or host (``env.contention.contended``: the
         runner's samples, ``evalkit.metrics.contention``, or an annotation of a record made before
@@ -456,7 +465,7 @@ def read_stores(roots: Sequence[str | Path], seeds: bool = False
 # -- DataFrames ------------------------------------------------------------------------
 RECORD_COLUMNS: tuple[str, ...] = (
     "method", "dataset", "scene", "rate", "status", "quick", "eval_split", *METRIC_NAMES,
-    "size_bytes", "size_mb", "num_primitives", "fps", "ms_per_frame", "gpu_name",
+    "size_bytes", "size_mb", "num_primitives", "fps", "ms_per_frame", "gpu_name", "timed_on",
     *TIMING_NAMES, "timings_contended", "draws_nothing", "iterations", "seed", "error")
 
 
@@ -483,7 +492,7 @@ def records_to_frame(records: list[Record]) -> pd.DataFrame:
             "size_bytes": _nan(size), "size_mb": _nan(size) / MB,
             "num_primitives": _nan(r.num_primitives),
             "fps": _nan(fps.get("fps")), "ms_per_frame": _nan(fps.get("ms_per_frame")),
-            "gpu_name": fps.get("gpu_name"),
+            "gpu_name": fps.get("gpu_name"), "timed_on": r.timed_on,
             **{t: _nan(r.timings.get(t)) for t in TIMING_NAMES},
             "timings_contended": r.timings_contended,
             "draws_nothing": r.draws_nothing,

@@ -51,7 +51,7 @@ def _fps_sources(records: list[Record]) -> list[str]:
         if r.fps and r.fps.get("fps") is not None:
             res = r.fps.get("resolution")
             res_s = f", {res[0]}x{res[1]}" if isinstance(res, list) and len(res) == 2 else ""
-            seen[f"{r.fps.get('gpu_name') or r.fps.get('device') or 'unknown device'}{res_s}"] += 1
+            seen[f"{r.timed_on}{res_s}"] += 1
     lines = [f"{name} ({n} record{'s' if n != 1 else ''})" for name, n in sorted(seen.items())]
     n_none = sum(1 for r in ok if not (r.fps and r.fps.get("fps") is not None))
     if n_none:

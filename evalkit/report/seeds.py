@@ -56,6 +56,7 @@ def seed_means(df: pd.DataFrame) -> pd.DataFrame:
             row["quick"] = bool(ok["quick"].any())
             row["draws_nothing"] = bool(ok["draws_nothing"].astype(bool).any())
             row["gpu_name"] = ", ".join(sorted({str(n) for n in timed["gpu_name"].dropna()})) or None
+            row["timed_on"] = ", ".join(sorted({str(n) for n in timed["timed_on"].dropna()})) or None
             row["seeds"] = len(ok)
             # skipna=False as for the mean: one seed without PSNR leaves the spread missing
             row["psnr_sd"] = ok["psnr"].std(ddof=1, skipna=False) if len(ok) > 1 else float("nan")

@@ -310,6 +310,7 @@ def scene_table(df: pd.DataFrame, dataset: str, scene: str, spec: dict[str, Any]
         t.footnotes.append("Averaged without the failed seeds: " + "; ".join(
             f"{m} {r} ({e})" for m, r, e in zip(part["method"], part["rate"], part["error"])) + ".")
     _contended_footnote(t, sub)
+    _devices_footnote(t, sub)
     _empty_footnote(t, sub)
     _paper_sources(t, paper, keys)
 
@@ -335,6 +336,20 @@ def _contended_footnote(t: Table, rows: pd.DataFrame) -> None:
     if rows["timings_contended"].astype(bool).any():
         t.footnotes.append("FPS left out (—) where the record's times were taken on a shared GPU or host "
                            "(see its notes): not a measurement of the method.")
+
+
+def _devices_footnote(t: Table, rows: pd.DataFrame) -> None:
+    """FPS taken on different devices are not comparable: when the FPS shown come from more than one,
+    name the device of each row (a row under two devices averages FPS taken on both)."""
+    shown = rows[~rows["timings_contended"].astype(bool) & rows["fps"].notna()]
+    where: dict[str, list[str]] = {}
+    for m, r, dev in zip(shown["method"], shown["rate"], shown["timed_on"]):
+        for d in str(dev or "unknown device").split(", "):
+            if f"{m} {r}" not in where.setdefault(d, []):
+                where[d].append(f"{m} {r}")
+    if len(where) > 1:
+        t.footnotes.append("FPS timed on different devices, comparable only within one: "
+                           + "; ".join(f"{d}: {', '.join(labels)}" for d, labels in sorted(where.items())) + ".")
 
 
 def _empty_footnote(t: Table, rows: pd.DataFrame) -> None:
@@ -410,6 +425,7 @@ def summary_table(df: pd.DataFrame, dataset: str, spec: dict[str, Any] | None, a
     if seeded:
         t.footnotes.append(SEEDS_SUMMARY_FOOTNOTE)
     _contended_footnote(t, sub)
+    _devices_footnote(t, sub)
     _empty_footnote(t, sub)
     if anchor_rate is not None:
         t.footnotes.append(f"Ratio = mean size of {anchor} ({anchor_rate}) / mean size of the row, over the "
@@ -491,7 +507,7 @@ def timings_table(records: Iterable[Any], dataset: str, label: str) -> Table | N
         busy = r.timings_contended
         times = [None if busy else r.timings.get(k) for k in ("train_s", "encode_s", "decode_s")]
         fps = None if busy or not r.fps else r.fps.get("fps")
-        device = (r.fps or {}).get("gpu_name") or (r.fps or {}).get("label") or (r.fps or {}).get("device")
+        device = r.timed_on
         setups = [None if busy else r.timings.get(k) for k in ("coding_setup_s", "training_setup_s")]
         t.add([r.scene, r.method, r.rate, *([r.seed] if seeded else []), *times, fps, *setups, device,
                "yes" if busy else "no"], quick=r.quick)

@@ -241,6 +241,34 @@ def test_times_table_leaves_out_contended_times(tmp_path: Path) -> None:
     assert "### Times" in index.read_text()
 
 
+def test_fps_timed_on_different_devices_are_footnoted_by_row(tmp_path: Path) -> None:
+    """FPS from different GPUs (or the CPU) are not comparable: scene table and summary name the
+    device of each row whose FPS they show; one device (or only contended rows beside it) says nothing."""
+    from report_fixtures import make_record
+    from evalkit.results import record_path, write_record
+
+    recs = [make_record("4dgs", "dnerf", "lego", "default", 30_000_000, 25.0),
+            make_record("4dgs-cc", "dnerf", "lego", "high", 2_000_000, 25.0),
+            make_record("4dgs-cc", "dnerf", "lego", "low", 1_600_000, 24.9,
+                        env={"contention": {"contended": True}})]
+    recs[1].fps = {**recs[1].fps, "gpu_name": "NVIDIA H200"}
+    recs[2].fps = {**recs[2].fps, "gpu_name": "NVIDIA B200"}  # contended: its FPS is not shown
+    for r in recs:
+        write_record(r, record_path(tmp_path, r.dataset, r.scene, r.method, r.rate))
+    build_report(tmp_path, tmp_path / "out")
+    note = "FPS timed on different devices, comparable only within one: NVIDIA H100: 4dgs default; NVIDIA H200: 4dgs-cc high."
+    for table in ("scenes/lego.md", "summary.md"):
+        assert note in (tmp_path / "out" / "dnerf" / table).read_text(), table
+
+    cpu = make_record("4dgs-cc", "dnerf", "lego", "high", 2_000_000, 25.0)
+    cpu.fps = {"fps": 12.0, "ms_per_frame": 83.3, "device": "cpu", "gpu_name": None}
+    assert cpu.timed_on == "CPU" and recs[0].timed_on == "NVIDIA H100"
+    recs[1].fps = {**recs[1].fps, "gpu_name": "NVIDIA H100"}  # now one device for every FPS shown
+    write_record(recs[1], record_path(tmp_path, "dnerf", "lego", "4dgs-cc", "high"))
+    build_report(tmp_path, tmp_path / "out2")
+    assert "different devices" not in (tmp_path / "out2" / "dnerf" / "scenes" / "lego.md").read_text()
+
+
 def test_two_stores_report_as_one_and_a_job_in_both_is_refused(tmp_path: Path, report: Path) -> None:
     """`evalkit report A B` (e.g. one store per machine) reads both: the BD table equals the one-store
     report's, and the site's scene pages link each record's files from its own store."""
