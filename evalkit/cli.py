@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -116,7 +117,7 @@ def run(
     it_task = progress.add_task("", total=None, info="", visible=False)
     n_jobs: list = [None]
     # output to a file or a batch log: rich draws no bar there, so plain lines say how a job goes
-    lines = None if console.is_terminal else ProgressLines(lambda s: console.print(s, markup=False, highlight=False))
+    lines = None if console.is_terminal else ProgressLines(lambda s: console.print(s, markup=False, highlight=False, soft_wrap=True))
 
     def planned(n):
         n_jobs[0] = n
@@ -130,6 +131,9 @@ def run(
         if lines is not None:
             lines.started("run", job.label, f"[{i + 1}/{n}] " if n else "")
 
+    def say(text: str) -> None:  # one line each, never wrapped (logs are grepped); labels / errors escaped
+        progress.console.print(text, soft_wrap=True)
+
     def job_finished(outcome):
         progress.advance(jobs_task)
         progress.update(it_task, visible=False)
@@ -137,21 +141,21 @@ def run(
         if sweep is not None:
             progress.update(jobs_task, total=n_jobs[0])
         if outcome.status == "failed":
-            progress.console.print(f"[red]FAILED[/] {outcome.job.label}: {outcome.error}")
+            say(f"[red]FAILED[/] {escape(outcome.job.label)}: {escape(str(outcome.error))}")
         elif outcome.status == "claimed":
-            progress.console.print(f"[dim]skipped ({outcome.error})[/] {outcome.job.label}")
+            say(f"[dim]skipped ({escape(str(outcome.error))})[/] {escape(outcome.job.label)}")
         elif outcome.status == "skipped":
-            progress.console.print(f"[dim]skipped (record exists)[/] {outcome.job.label}")
+            say(f"[dim]skipped (record exists)[/] {escape(outcome.job.label)}")
         else:
-            progress.console.print(
-                f"[green]done[/] {outcome.job.label}: PSNR {_fmt(rec.metrics.get('psnr'), '.2f')} dB, "
+            say(
+                f"[green]done[/] {escape(outcome.job.label)}: PSNR {_fmt(rec.metrics.get('psnr'), '.2f')} dB, "
                 f"SSIM {_fmt(rec.metrics.get('ssim'), '.4f')}, {rec.size['total_bytes'] / 1e6:.3f} MB, "
-                f"{rec.fps['fps']:.0f} FPS ({rec.fps['label']}), {rec.num_primitives} primitives"
+                f"{rec.fps['fps']:.0f} FPS ({escape(str(rec.fps['label']))}), {rec.num_primitives} primitives"
                 + (" [yellow](times contended: shared GPU or busy host, see the record's notes)[/]"
                    if rec.timings_contended else ""))
             if rec.draws_nothing:
                 from evalkit.results import DRAWS_NOTHING
-                progress.console.print(f"[yellow]warning:[/] {outcome.job.label}: {DRAWS_NOTHING}")
+                say(f"[yellow]warning:[/] {escape(outcome.job.label)}: {DRAWS_NOTHING}")
 
     def phase(msg):
         progress.update(it_task, description=msg, visible=True)
@@ -495,19 +499,35 @@ def datasets_synth(
     out: Path = typer.Argument(..., help="Folder to write the scene into."),
     format: str = typer.Option("dnerf", "--format", "-f", help="dnerf | hypernerf | neu3d"),
     seed: int = typer.Option(0, "--seed"),
+    scene: str = typer.Option("spheres", "--scene", help="spheres (small, quick to fit) | skeleton (41 thin, "
+                              "finely banded bones walking: a T-Rex-like stand-in)"),
+    size: Optional[str] = typer.Option(None, "--size", help="Image size WxH (default: small, per format), e.g. 800x800."),
+    frames: Optional[int] = typer.Option(None, "--frames", help="D-NeRF train images (plus a third as many test, a "
+                                         "sixth as many val); HyperNeRF time steps; Neu3D frames per video."),
+    workers: int = typer.Option(1, "--workers", help="D-NeRF: processes rendering the images."),
 ) -> None:
     """Write the procedural dynamic scene (analytic ray casting) in a real dataset format."""
-    from evalkit.data.synth import generate
+    from evalkit.data.synth import SCENES, generate_atomic
 
     if format not in ("dnerf", "hypernerf", "neu3d"):
         _fail(f"--format must be dnerf, hypernerf or neu3d, not {format!r}")
-    from evalkit.data.synth import generate_atomic
-
+    if scene not in SCENES:
+        _fail(f"--scene must be one of {', '.join(sorted(SCENES))}, not {scene!r}")
+    wh = None
+    if size is not None:
+        parts = size.lower().split("x")
+        if len(parts) != 2 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            _fail(f"--size {size!r}: give width x height in pixels, e.g. 800x800")
+        wh = (int(parts[0]), int(parts[1]))
+    if frames is not None and frames < 2:
+        _fail(f"--frames {frames}: at least 2")
+    if workers < 1:
+        _fail(f"--workers {workers}: at least 1")
     try:
-        generate_atomic(format, out, seed=seed)
-    except FileExistsError as exc:
+        generate_atomic(format, out, seed=seed, scene=scene, size=wh, num_frames=frames, workers=workers)
+    except (FileExistsError, ValueError) as exc:
         _fail(str(exc))
-    console.print(f"wrote a synthetic {format} scene to {out}")
+    console.print(f"wrote a synthetic {format} scene ({scene}) to {out}")
 
 
 def main() -> None:  # pragma: no cover

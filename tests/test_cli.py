@@ -79,6 +79,19 @@ def test_run_into_a_file_prints_plain_progress_lines(toy_bench: ToyBench, monkey
     assert res.exit_code == 0 and ": started" not in res.output and "iteration 2/2" not in res.output, res.output
 
 
+def test_job_lines_are_whole_lines_with_errors_verbatim(toy_bench: ToyBench, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a log is read and grepped line by line: no wrapping at a narrow width, no markup taken from an error
+    monkeypatch.setattr(cli, "console", Console(width=40, color_system=None))
+
+    def train(self, scene, rate, ctx):
+        raise RuntimeError("shape [/3, 4] does not fit")
+
+    monkeypatch.setattr(toy.ToyMethod, "train", train)
+    res = run_toy(toy_bench, "--scene", "alpha", "--rate", "low")
+    assert res.exit_code == 1
+    assert "FAILED toy / toy / alpha / low: RuntimeError: shape [/3, 4] does not fit\n" in res.output, res.output
+
+
 def test_run_unknown_method_is_a_clear_error(toy_bench: ToyBench) -> None:
     res = invoke("run", "--method", "nope", "--dataset", "toy", "--data-root", toy_bench.data_root,
                  "--out", toy_bench.out)
@@ -261,6 +274,16 @@ def test_datasets_synth_writes_a_loadable_scene(tmp_path: Path) -> None:
     res = invoke("datasets", "synth", "--format", "dnerf", "--seed", "1", tmp_path / "s1")  # one int, not a list
     assert res.exit_code == 0, res.output
     assert not (load_scene(tmp_path / "s1").test[0].load() == scene.test[0].load()).all()
+    res = invoke("datasets", "synth", "--scene", "skeleton", "--size", "64x48", "--frames", "6", tmp_path / "sk")
+    assert res.exit_code == 0, res.output
+    sk = load_scene(tmp_path / "sk")
+    assert len(sk.train) == 6 and (sk.train[0].camera.width, sk.train[0].camera.height) == (64, 48)
+    for args, msg in [(["--scene", "trex"], "--scene must be one of skeleton, spheres, not 'trex'"),
+                      (["--size", "800"], "--size '800': give width x height in pixels"),
+                      (["--frames", "1"], "--frames 1: at least 2"),
+                      (["--format", "hypernerf", "--size", "65x48"], "hypernerf size must be even")]:
+        res = invoke("datasets", "synth", *args, tmp_path / "bad")
+        assert res.exit_code == 2 and msg in res.output, res.output
 
 
 def test_records_written_by_cli_are_readable(toy_bench: ToyBench) -> None:

@@ -76,7 +76,7 @@ class Ellipsoid:
     rotation: np.ndarray  # (3, 3) local -> world
     radii: np.ndarray  # (3,)
     colors: np.ndarray | None = None  # (2, 3) texture colours; None = emissive marker
-    texture: str = "checker"  # checker | stripes
+    texture: str = "checker"  # checker | stripes | rings
     freq: tuple[int, int] = (8, 6)
     emissive: np.ndarray | None = None  # (3,) for markers
 
@@ -109,6 +109,8 @@ class Ellipsoid:
         lat = np.arccos(np.clip(unit[:, 2], -1, 1)) / np.pi
         if self.texture == "checker":
             sel = (np.floor(lon * self.freq[0]) + np.floor(lat * self.freq[1])) % 2
+        elif self.texture == "rings":  # bands across a bone's long (local x) axis, twisted around it
+            sel = 0.5 + 0.5 * np.sin(np.pi * self.freq[0] * unit[:, 0] + 2 * np.pi * self.freq[1] * lon)
         else:
             sel = 0.5 + 0.5 * np.sin(2 * np.pi * self.freq[0] * lat + 3.0 * lon)
         albedo = self.colors[0] * (1 - sel[:, None]) + self.colors[1] * sel[:, None]
@@ -120,10 +122,18 @@ class Ellipsoid:
         return _mm(unit * self.radii, self.rotation.T) + self.center
 
 
-def scene_objects(t: float) -> tuple[list[Ellipsoid], list[Ellipsoid]]:
-    """(primitives, markers) at normalised time t in [0, 1]. Everything lies within radius ~1.3."""
+def scene_objects(t: float, scene: str = "spheres") -> tuple[list[Ellipsoid], list[Ellipsoid]]:
+    """(primitives, markers) of ``scene`` (``SCENES``) at normalised time t in [0, 1]. Everything
+    lies within radius ~1.3; the markers are the same in every scene."""
+    if scene not in SCENES:
+        raise ValueError(f"unknown synthetic scene {scene!r}; expected one of {sorted(SCENES)}")
+    return SCENES[scene](t), _markers(t)
+
+
+def _spheres(t: float) -> list[Ellipsoid]:
+    """A few textured ellipsoids moving and deforming (the default scene: small, quick to fit)."""
     w = 2 * np.pi * t
-    prims = [
+    return [
         Ellipsoid(np.array([0.0, 0.0, 0.05 * math.sin(w)]), _rot("z", 0.8 * np.pi * t),
                   np.array([0.55 * (1 + 0.1 * math.sin(w)), 0.42, 0.5 * (1 - 0.08 * math.sin(w))]),
                   np.array([[0.75, 0.35, 0.3], [0.9, 0.8, 0.6]]), "checker", (8, 6)),
@@ -137,24 +147,105 @@ def scene_objects(t: float) -> tuple[list[Ellipsoid], list[Ellipsoid]]:
         Ellipsoid(np.array([0.3, -0.55, -0.35 + 0.3 * t]), _rot("y", w), np.full(3, 0.18),
                   np.array([[0.8, 0.6, 0.2], [0.4, 0.2, 0.5]]), "stripes", (4, 1)),
     ]
+
+
+def _markers(t: float) -> list[Ellipsoid]:
+    w = 2 * np.pi * t
     heights = (0.55, -0.35, 0.25, -0.6)
-    markers = [
+    return [
         Ellipsoid(np.array([1.15 * math.cos(phi), 1.15 * math.sin(phi), heights[k] + 0.08 * math.sin(w + k)]),
                   np.eye(3), np.full(3, MARKER_RADIUS), emissive=MARKER_COLORS[k])
         for k, phi in enumerate(np.arange(len(heights)) * np.pi / 2 + 0.6 * t)
     ]
-    return prims, markers
+
+
+BONE = np.array([[0.93, 0.87, 0.74], [0.42, 0.30, 0.20]])  # cream / brown bands
+
+
+def _unit(v) -> np.ndarray:
+    v = np.asarray(v, dtype=np.float64)
+    return v / np.linalg.norm(v)
+
+
+def _turn(d: np.ndarray, axis: str, a: float) -> np.ndarray:
+    return _rot(axis, a) @ d
+
+
+def _bone(p0: np.ndarray, d: np.ndarray, length: float, radius: float, freq: tuple[float, float],
+          colors: np.ndarray = BONE) -> Ellipsoid:
+    """A thin ellipsoid from joint ``p0`` along unit ``d``, banded across its length."""
+    u = np.cross(d, [0.0, 0.0, 1.0])
+    u = _unit(u if np.linalg.norm(u) > 1e-6 else np.cross(d, [0.0, 1.0, 0.0]))
+    return Ellipsoid(p0 + 0.5 * length * d, np.stack([d, u, np.cross(d, u)], axis=1),
+                     np.array([0.5 * length, radius, radius]), colors, "rings", freq)
+
+
+def _chain(prims: list[Ellipsoid], start: np.ndarray, dirs: list[np.ndarray], lengths: list[float],
+           radii: list[float], freq: tuple[float, float]) -> list[np.ndarray]:
+    """Bones end to end from ``start``; returns every joint (start first, tip last)."""
+    joints = [np.asarray(start, dtype=np.float64)]
+    for d, length, r in zip(dirs, lengths, radii):
+        prims.append(_bone(joints[-1], d, length, r, freq))
+        joints.append(joints[-1] + length * d)
+    return joints
+
+
+def _skeleton(t: float) -> list[Ellipsoid]:
+    """A walking skeleton of 41 thin, finely banded bones (spine, neck, skull and jaw, a swinging
+    tail, ribs, legs, arms): the thin-structure, fine-texture kind of scene (D-NeRF's T-Rex) on
+    which compressing 4DGS's colours and HexPlane together lost quality (issue 27)."""
+    w = 2 * np.pi * t
+    prims: list[Ellipsoid] = []
+    pelvis = np.array([-0.15, 0.0, 0.12 + 0.03 * math.sin(2 * w)])
+    sway = 0.06 * math.sin(w)
+    spine = _chain(prims, pelvis, [_turn(_unit([math.cos(0.12 + 0.05 * k), 0.0, math.sin(0.12 + 0.05 * k)]), "z", sway)
+                                   for k in range(6)], [0.13] * 6, [0.034 - 0.002 * k for k in range(6)], (7, 1))
+    neck = _chain(prims, spine[-1], [_turn(_unit([math.cos(0.5 + 0.15 * k), 0.0, math.sin(0.5 + 0.15 * k)]), "z", sway)
+                                     for k in range(3)], [0.12] * 3, [0.025] * 3, (6, 1))
+    nod = -0.25 + 0.15 * math.sin(w + 0.7)
+    head = _turn(_unit([math.cos(nod), 0.0, math.sin(nod)]), "z", 1.5 * sway)
+    prims.append(Ellipsoid(neck[-1] + 0.2 * head, np.stack([head, _unit(np.cross(head, [0, 0, 1])), np.cross(
+        head, _unit(np.cross(head, [0, 0, 1])))], axis=1), np.array([0.22, 0.075, 0.1]),
+        np.array([[0.9, 0.84, 0.7], [0.35, 0.24, 0.16]]), "checker", (28, 14)))
+    jaw = _turn(head, "y", 0.25 + 0.2 * (0.5 + 0.5 * math.sin(3 * w)))
+    prims.append(_bone(neck[-1] - np.array([0.0, 0.0, 0.05]), jaw, 0.36, 0.024, (14, 2)))
+    tail_dirs, d = [], _unit([-math.cos(0.1), 0.0, -math.sin(0.1)])
+    for k in range(9):  # each segment turns further: a wave running down the tail
+        d = _turn(d, "z", 0.16 * math.sin(w - 0.55 * k))
+        tail_dirs.append(d)
+    _chain(prims, pelvis, tail_dirs, [0.16 - 0.01 * k for k in range(9)], [0.036 - 0.0028 * k for k in range(9)], (6, 1))
+    prims.append(_bone(pelvis - np.array([0.0, 0.19, 0.02]), np.array([0.0, 1.0, 0.0]), 0.38, 0.04, (9, 1)))  # hips
+    breathe = 0.06 * math.sin(2 * w)
+    for k in range(1, 6):  # ribs: the thinnest, most numerous bones
+        for side in (-1.0, 1.0):
+            rib = _unit([0.12, side * (0.55 + breathe), -0.8])
+            _chain(prims, spine[k], [rib], [0.3 - 0.035 * abs(k - 3)], [0.011], (9, 1))
+    for side in (-1.0, 1.0):
+        a = 0.5 * math.sin(w + (np.pi if side > 0 else 0.0))
+        knee = 0.35 + 0.3 * (0.5 + 0.5 * math.sin(w + (np.pi if side > 0 else 0.0) + 1.2))
+        thigh = _turn(np.array([0.0, 0.0, -1.0]), "y", -a)
+        shin = _turn(np.array([0.0, 0.0, -1.0]), "y", -a + knee)
+        _chain(prims, pelvis + np.array([0.0, 0.16 * side, 0.0]),
+               [thigh, shin, _unit([1.0, 0.0, -0.25])], [0.4, 0.38, 0.17], [0.034, 0.026, 0.018], (8, 1))
+        swing = 0.4 * math.sin(2 * w + (0.0 if side > 0 else np.pi))
+        _chain(prims, spine[4] + np.array([0.02, 0.09 * side, -0.06]),
+               [_turn(_unit([0.5, 0.3 * side, -1.0]), "y", swing), _unit([1.0, 0.1 * side, -0.3])],
+               [0.15, 0.11], [0.012, 0.01], (5, 1))
+    return prims
+
+
+SCENES = {"spheres": _spheres, "skeleton": _skeleton}
 
 
 def marker_centers(t: float) -> np.ndarray:
     """(M, 3) raw-world marker centres at time t."""
-    return np.stack([m.center for m in scene_objects(t)[1]])
+    return np.stack([m.center for m in _markers(t)])
 
 
-def surface_points(t: float, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def surface_points(t: float, n: int, seed: int, scene: str = "spheres") -> tuple[np.ndarray, np.ndarray]:
     """About ``n`` points (and their colours) on the surfaces of all objects at time t."""
     rng = np.random.default_rng(seed)
-    prims, markers = scene_objects(t)
+    prims, markers = scene_objects(t, scene)
     objs = prims + markers
     areas = np.array([4 * np.pi * float(np.prod(o.radii)) ** (2 / 3) for o in objs])
     counts = np.maximum(8, np.round(n * areas / areas.sum())).astype(int)
@@ -244,9 +335,10 @@ class Rendering:
     num_prims: int
 
 
-def render(cam: SynthCamera, t: float, ss: int = 3, background: np.ndarray | None = BACKGROUND) -> Rendering:
+def render(cam: SynthCamera, t: float, ss: int = 3, background: np.ndarray | None = BACKGROUND,
+           scene: str = "spheres") -> Rendering:
     """Ray-cast the scene. ``background=None`` renders straight (unpremultiplied) colour + alpha."""
-    prims, markers = scene_objects(t)
+    prims, markers = scene_objects(t, scene)
     objs = prims + markers
     dirs = cam.ray_dirs(ss)
     best = np.full(dirs.shape[:2], np.inf)
@@ -342,7 +434,17 @@ def _observation(split: str, name: str, t: float, cam: SynthCamera, rend: Render
             "markers": marker_observations(cam, t, rend, ss)}
 
 
-def _write_dnerf(out: Path, size: tuple[int, int], n_train: int, seed: int, ss: int, truth: dict) -> None:
+def _dnerf_frame(job: tuple[Path, str, int, float, SynthCamera, int, str]) -> dict:
+    """Render and write one D-NeRF image; its truth observation (a worker process's unit)."""
+    out, split, i, t, cam, ss, scene = job
+    rend = render(cam, t, ss, background=None, scene=scene)
+    rgba = np.concatenate([rend.rgb, rend.alpha[..., None]], axis=-1)
+    Image.fromarray(_to_u8(rgba), "RGBA").save(out / split / f"r_{i:03d}.png")
+    return _observation(split, f"r_{i:03d}", t, cam, rend, ss)
+
+
+def _write_dnerf(out: Path, size: tuple[int, int], n_train: int, seed: int, ss: int, truth: dict,
+                 scene: str = "spheres", workers: int = 1) -> None:
     W, H = size
     rng = np.random.default_rng(seed)
     angle_x = 0.6911112070083618  # the D-NeRF value
@@ -350,25 +452,30 @@ def _write_dnerf(out: Path, size: tuple[int, int], n_train: int, seed: int, ss: 
     n_test, n_val = max(2, n_train // 3), max(2, n_train // 6)
     times = {"train": np.linspace(0.0, 1.0, n_train), "test": (np.arange(n_test) + 0.5) / n_test,
              "val": (np.arange(n_val) + 0.25) / n_val}
+    jobs = []  # cameras drawn first, in order, so the scene does not depend on ``workers``
     for split in ("train", "val", "test"):
         (out / split).mkdir(parents=True, exist_ok=True)
         frames = []
         for i, t in enumerate(times[split]):
             eye = _sphere_eye(4.0, rng.uniform(0, 2 * np.pi), rng.uniform(math.radians(5), math.radians(60)))
             cam = SynthCamera(look_at(eye), eye, focal, focal, W / 2, H / 2, W, H)
-            rend = render(cam, float(t), ss, background=None)
-            rgba = np.concatenate([rend.rgb, rend.alpha[..., None]], axis=-1)
-            Image.fromarray(_to_u8(rgba), "RGBA").save(out / split / f"r_{i:03d}.png")
+            jobs.append((out, split, i, float(t), cam, ss, scene))
             # Blender c2w: OpenCV c2w with its y and z camera axes negated.
             c2w = np.eye(4)
             c2w[:3, :3] = cam.R.T @ np.diag([1.0, -1.0, -1.0])
             c2w[:3, 3] = eye
             frames.append({"file_path": f"./{split}/r_{i:03d}", "rotation": 0.0, "time": float(t),
                            "transform_matrix": c2w.tolist()})
-            truth["observations"].append(_observation(split, f"r_{i:03d}", float(t), cam, rend, ss))
         meta = {"camera_angle_x": angle_x, "frames": frames}
         (out / f"transforms_{split}.json").write_text(json.dumps(meta, indent=1))
-    xyz, rgb = surface_points(0.0, 1500, seed)
+    if workers > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(workers) as pool:
+            truth["observations"] += list(pool.map(_dnerf_frame, jobs, chunksize=4))
+    else:
+        truth["observations"] += [_dnerf_frame(job) for job in jobs]
+    xyz, rgb = surface_points(0.0, 1500, seed, scene)
     write_ply(out / "fused.ply", xyz, rgb)
 
 
@@ -377,7 +484,7 @@ HYPERNERF_SCALE = 0.8
 
 
 def _write_hypernerf(out: Path, size: tuple[int, int], n: int, seed: int, ss: int, truth: dict,
-                     split_mode: str) -> None:
+                     split_mode: str, scene: str = "spheres") -> None:
     W, H = size
     if W % 2 or H % 2:
         raise ValueError(f"hypernerf size must be even (rgb/2x), got {size}")
@@ -398,7 +505,7 @@ def _write_hypernerf(out: Path, size: tuple[int, int], n: int, seed: int, ss: in
             eye = eye_left + (0.35 * R_left[0] if rig == "right1" else 0.0)  # right = baseline along x
             cam = SynthCamera(look_at(eye), eye, focal, focal * aspect, pp[0], pp[1], W, H)
             name = f"{rig}_{i:06d}"
-            rend = render(cam, t, ss)
+            rend = render(cam, t, ss, scene=scene)
             img1 = rend.rgb
             Image.fromarray(_to_u8(img1)).save(out / "rgb/1x" / f"{name}.png")
             for k in scales[1:]:  # k x k box average: exact for the +0.5 pixel-centre convention
@@ -421,11 +528,11 @@ def _write_hypernerf(out: Path, size: tuple[int, int], n: int, seed: int, ss: in
                "val_ids": val_ids}
     (out / "dataset.json").write_text(json.dumps(dataset, indent=1))
     (out / "metadata.json").write_text(json.dumps(meta, indent=1))
-    scene = {"scale": HYPERNERF_SCALE, "scene_to_metric": 1.0 / HYPERNERF_SCALE,
-             "center": HYPERNERF_CENTER.tolist(), "near": 2.0 * HYPERNERF_SCALE,
-             "far": 5.2 * HYPERNERF_SCALE}
-    (out / "scene.json").write_text(json.dumps(scene, indent=1))
-    xyz, _ = surface_points(0.0, 1500, seed)
+    scene_json = {"scale": HYPERNERF_SCALE, "scene_to_metric": 1.0 / HYPERNERF_SCALE,
+                  "center": HYPERNERF_CENTER.tolist(), "near": 2.0 * HYPERNERF_SCALE,
+                  "far": 5.2 * HYPERNERF_SCALE}
+    (out / "scene.json").write_text(json.dumps(scene_json, indent=1))
+    xyz, _ = surface_points(0.0, 1500, seed, scene)
     np.save(out / "points.npy", xyz.astype(np.float32))
     truth["scene_center"], truth["scene_scale"] = HYPERNERF_CENTER.tolist(), HYPERNERF_SCALE
     truth["split_mode"] = split_mode
@@ -444,12 +551,12 @@ def _neu3d_cameras(n_cams: int, size: tuple[int, int]) -> list[SynthCamera]:
 
 
 def _write_neu3d(out: Path, size: tuple[int, int], n: int, n_cams: int, seed: int, ss: int,
-                 truth: dict) -> None:
+                 truth: dict, scene: str = "spheres") -> None:
     W, H = size
     if W % 2 or H % 2:
         raise ValueError(f"neu3d size must be even (yuv420p), got {size}")
     out.mkdir(parents=True, exist_ok=True)
-    xyz, rgb = surface_points(0.0, 1500, seed)
+    xyz, rgb = surface_points(0.0, 1500, seed, scene)
     rows = []
     for c, cam in enumerate(_neu3d_cameras(n_cams, size)):
         name = f"cam{c:02d}"
@@ -461,7 +568,7 @@ def _write_neu3d(out: Path, size: tuple[int, int], n: int, n_cams: int, seed: in
             stream.options = {"crf": "10", "preset": "medium"}
             for i in range(n):
                 t = i / n
-                rend = render(cam, t, ss)
+                rend = render(cam, t, ss, scene=scene)
                 frame = av.VideoFrame.from_ndarray(_to_u8(rend.rgb), format="rgb24")
                 for pkt in stream.encode(frame):
                     container.mux(pkt)
@@ -482,16 +589,20 @@ def _write_neu3d(out: Path, size: tuple[int, int], n: int, n_cams: int, seed: in
 
 def generate(format: str, out: Path | str, *, size: tuple[int, int] | None = None,
              num_frames: int | None = None, num_cameras: int = 5, seed: int = 0,
-             supersample: int = 3, hypernerf_split: str = "vrig") -> Path:
+             supersample: int = 3, hypernerf_split: str = "vrig", scene: str = "spheres",
+             workers: int = 1) -> Path:
     """Write a synthetic dynamic scene in ``format`` ('dnerf' | 'hypernerf' | 'neu3d') to ``out``.
 
     ``size`` = (W, H) of the written images (HyperNeRF: at 1x); ``num_frames``: D-NeRF train
     images (plus a third as many test and a sixth as val), HyperNeRF time steps (one left
-    and one right image each), Neu3D frames per video; ``num_cameras``: Neu3D videos.
+    and one right image each), Neu3D frames per video; ``num_cameras``: Neu3D videos;
+    ``scene``: what moves (``SCENES``); ``workers``: processes rendering D-NeRF images.
     Returns ``out``. A few seconds at the default sizes.
     """
     if format not in DEFAULT_SIZE:
         raise ValueError(f"unknown format {format!r}; expected one of {sorted(DEFAULT_SIZE)}")
+    if scene not in SCENES:
+        raise ValueError(f"unknown synthetic scene {scene!r}; expected one of {sorted(SCENES)}")
     if hypernerf_split not in ("vrig", "interp"):
         raise ValueError(f"hypernerf_split must be 'vrig' or 'interp', got {hypernerf_split!r}")
     out = Path(out)
@@ -501,14 +612,15 @@ def generate(format: str, out: Path | str, *, size: tuple[int, int] | None = Non
     if n < 2:
         raise ValueError("num_frames must be at least 2")
     truth = _truth_header(format, size, seed, supersample)
+    truth["scene"] = scene
     if format == "dnerf":
-        _write_dnerf(out, size, n, seed, supersample, truth)
+        _write_dnerf(out, size, n, seed, supersample, truth, scene, workers)
     elif format == "hypernerf":
-        _write_hypernerf(out, size, n, seed, supersample, truth, hypernerf_split)
+        _write_hypernerf(out, size, n, seed, supersample, truth, hypernerf_split, scene)
     else:
         if num_cameras < 2:
             raise ValueError("neu3d needs at least 2 cameras (cam00 is the test camera)")
-        _write_neu3d(out, size, n, num_cameras, seed, supersample, truth)
+        _write_neu3d(out, size, n, num_cameras, seed, supersample, truth, scene)
     (out / TRUTH_FILE).write_text(json.dumps(truth))
     return out
 
