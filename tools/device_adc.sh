@@ -5,6 +5,7 @@
 #   tools/device_adc.sh gputest [SECONDS] [FILE...] the tests marked gpu
 #   tools/device_adc.sh ccstep [SCENE|PATH] [--compile] 4dgs-cc fine step against 4dgs's (alone)
 #   tools/device_adc.sh smoke SCENE N    N iterations of adc-gs mid on SCENE (checks, step time)
+#   tools/device_adc.sh synth [NAME] [FRAMES]  the synthetic skeleton scene (D-NeRF layout) into /tmp/data/dnerf
 #   tools/device_adc.sh launch NAME ARGS launch `evalkit run ARGS --out /tmp/res/NAME` in the background (setsid)
 #   tools/device_adc.sh queue "PHASE ARGS"...  phases one after another in the background
 #   tools/device_adc.sh plan FILE      queue the phases listed in FILE (tools/plans/)
@@ -67,6 +68,13 @@ case "$1" in
       --scene lego --scene lego_2 --scene lego_3 --scene lego_4 --gpu 0 --settings "${3:-1,2,4}" \
       --iterations "$2" --out /tmp/res/jpg > /tmp/res/jpg.out 2>&1 < /dev/null &
     echo "launched jobs-per-gpu bench"
+    ;;
+  synth)
+    # the synthetic T-Rex-like skeleton as a D-NeRF scene, made on the device (too large to carry):
+    # synth [NAME] [FRAMES] -> /tmp/data/dnerf/NAME, 800x800
+    cd /tmp/code
+    python3 -m evalkit.cli datasets synth "/tmp/data/dnerf/${2:-skeleton}" --scene skeleton --size 800x800 \
+      --frames "${3:-150}" --workers 16
     ;;
   data)
     # later calls carry other scenes (the carry limit): add them to /tmp/data
