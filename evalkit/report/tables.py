@@ -338,12 +338,15 @@ def _contended_footnote(t: Table, rows: pd.DataFrame) -> None:
                            "(see its notes): not a measurement of the method.")
 
 
-def _devices_footnote(t: Table, rows: pd.DataFrame) -> None:
+def _devices_footnote(t: Table, rows: pd.DataFrame, shown_rows: set[tuple[str, str]] | None = None) -> None:
     """FPS taken on different devices are not comparable: when the FPS shown come from more than one,
-    name the device of each row (a row under two devices averages FPS taken on both)."""
+    name the device of each row (a row under two devices averages FPS taken on both).
+    ``shown_rows``: the (method, rate) rows whose FPS the table shows (default: all)."""
     shown = rows[~rows["timings_contended"].astype(bool) & rows["fps"].notna()]
     where: dict[str, list[str]] = {}
     for m, r, dev in zip(shown["method"], shown["rate"], shown["timed_on"]):
+        if shown_rows is not None and (m, r) not in shown_rows:
+            continue
         for d in str(dev or "unknown device").split(", "):
             if f"{m} {r}" not in where.setdefault(d, []):
                 where[d].append(f"{m} {r}")
@@ -403,7 +406,7 @@ def summary_table(df: pd.DataFrame, dataset: str, spec: dict[str, Any] | None, a
             Column("ratio", f"Ratio vs {anchor}" if anchor else "Ratio", "{:.1f}×"), *[c for _, c in pcols],
             *[c for _, c in scols]]
     t = Table(f"{dataset_label(spec, dataset)}: mean over scenes", cols)
-    partial = False
+    partial, fps_shown = False, set()
     for (m, r), entry in zip(keys, entries):
         g = sub[(sub["method"] == m) & (sub["rate"] == r)]
         n = g["scene"].nunique()
@@ -411,6 +414,8 @@ def summary_table(df: pd.DataFrame, dataset: str, spec: dict[str, Any] | None, a
         # skipna=False: a metric missing in any scene makes the mean missing, not a subset mean.
         means = {k: (g[k].mean(skipna=False) if n else None) for k in [*metrics, "size_bytes"]}
         means["fps"] = g["fps"].where(~g["timings_contended"].astype(bool)).mean(skipna=False) if n else None
+        if means["fps"] is not None and not math.isnan(means["fps"]):
+            fps_shown.add((m, r))
         ratio = None
         if n and not anc.empty and set(g["scene"]) <= set(anc.index):
             ratio = anc.loc[list(g["scene"])].mean() / means["size_bytes"]
@@ -425,7 +430,7 @@ def summary_table(df: pd.DataFrame, dataset: str, spec: dict[str, Any] | None, a
     if seeded:
         t.footnotes.append(SEEDS_SUMMARY_FOOTNOTE)
     _contended_footnote(t, sub)
-    _devices_footnote(t, sub)
+    _devices_footnote(t, sub, fps_shown)
     _empty_footnote(t, sub)
     if anchor_rate is not None:
         t.footnotes.append(f"Ratio = mean size of {anchor} ({anchor_rate}) / mean size of the row, over the "

@@ -260,6 +260,18 @@ def test_fps_timed_on_different_devices_are_footnoted_by_row(tmp_path: Path) -> 
     for table in ("scenes/lego.md", "summary.md"):
         assert note in (tmp_path / "out" / "dnerf" / table).read_text(), table
 
+    # a summary row whose mean FPS is not shown (one of its scenes contended) is not named there
+    more = [make_record("4dgs", "dnerf", "mutant", "default", 20_000_000, 37.0),
+            make_record("4dgs-cc", "dnerf", "mutant", "high", 1_300_000, 37.0, env={"contention": {"contended": True}})]
+    more[1].fps = {**more[1].fps, "gpu_name": "NVIDIA H200"}
+    for r in more:
+        write_record(r, record_path(tmp_path, r.dataset, r.scene, r.method, r.rate))
+    build_report(tmp_path, tmp_path / "out3")
+    assert note in (tmp_path / "out3" / "dnerf" / "scenes" / "lego.md").read_text()
+    assert "different devices" not in (tmp_path / "out3" / "dnerf" / "summary.md").read_text()
+    for r in more:
+        record_path(tmp_path, r.dataset, r.scene, r.method, r.rate).unlink()
+
     cpu = make_record("4dgs-cc", "dnerf", "lego", "high", 2_000_000, 25.0)
     cpu.fps = {"fps": 12.0, "ms_per_frame": 83.3, "device": "cpu", "gpu_name": None}
     assert cpu.timed_on == "CPU" and recs[0].timed_on == "NVIDIA H100"
