@@ -226,14 +226,14 @@ def run(
         raise typer.Exit(130)
     progress.stop()
     for note in notes:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {escape(note)}", soft_wrap=True)
     n_failed = sum(1 for o in outcomes if o.status == "failed")
     n_claimed = sum(1 for o in outcomes if o.status == "claimed")
     where = f"{out}/" if not per_seed else f"{out}/seed<N>/ for seed(s) {', '.join(map(str, seeds))}"
     runs = "job(s)" if len(outs) == 1 else f"run(s) ({len(outs)} seeds)"
     console.print(f"{len(outcomes)} {runs}: {len(outcomes) - n_failed - n_claimed} ok or skipped, "
                   f"{n_failed} failed" + (f", {n_claimed} left to other workers (claimed)" if n_claimed else "")
-                  + f". Records in {where} (logs beside them).")
+                  + f". Records in {escape(where)} (logs beside them).", soft_wrap=True)
     raise typer.Exit(1 if n_failed else 0)
 
 

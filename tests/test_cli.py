@@ -90,6 +90,7 @@ def test_job_lines_are_whole_lines_with_errors_verbatim(toy_bench: ToyBench, mon
     res = run_toy(toy_bench, "--scene", "alpha", "--rate", "low")
     assert res.exit_code == 1
     assert "FAILED toy / toy / alpha / low: RuntimeError: shape [/3, 4] does not fit\n" in res.output, res.output
+    assert "1 job(s): 0 ok or skipped, 1 failed. Records in " in res.output and "(logs beside them).\n" in res.output
 
 
 def test_run_unknown_method_is_a_clear_error(toy_bench: ToyBench) -> None:
