@@ -204,9 +204,10 @@ def _skeleton(t: float) -> list[Ellipsoid]:
                                      for k in range(3)], [0.12] * 3, [0.025] * 3, (6, 1))
     nod = -0.25 + 0.15 * math.sin(w + 0.7)
     head = _turn(_unit([math.cos(nod), 0.0, math.sin(nod)]), "z", 1.5 * sway)
-    prims.append(Ellipsoid(neck[-1] + 0.2 * head, np.stack([head, _unit(np.cross(head, [0, 0, 1])), np.cross(
-        head, _unit(np.cross(head, [0, 0, 1])))], axis=1), np.array([0.22, 0.075, 0.1]),
-        np.array([[0.9, 0.84, 0.7], [0.35, 0.24, 0.16]]), "checker", (28, 14)))
+    side = _unit(np.cross(head, [0.0, 0.0, 1.0]))
+    prims.append(Ellipsoid(neck[-1] + 0.2 * head, np.stack([head, side, np.cross(head, side)], axis=1),
+                           np.array([0.22, 0.075, 0.1]), np.array([[0.9, 0.84, 0.7], [0.35, 0.24, 0.16]]),
+                           "checker", (28, 14)))  # skull: a finely checkered ellipsoid
     jaw = _turn(head, "y", 0.25 + 0.2 * (0.5 + 0.5 * math.sin(3 * w)))
     prims.append(_bone(neck[-1] - np.array([0.0, 0.0, 0.05]), jaw, 0.36, 0.024, (14, 2)))
     tail_dirs, d = [], _unit([-math.cos(0.1), 0.0, -math.sin(0.1)])
