@@ -180,16 +180,15 @@ def run(
         task, kind = worker_tasks[worker], ev.get("kind")
         if kind == "started":
             progress.reset(task, total=None, description=f"{worker}", info=ev["label"])
+            if lines is not None:
+                lines.started(worker, ev["label"], f"{worker} ")
         elif kind == "phase":
             progress.update(task, info=f"{ev['msg']}")
+            if lines is not None:
+                lines.phase(worker, ev["msg"])
         elif kind == "iteration":
             progress.update(task, total=ev["total"], completed=ev["it"])
-        if lines is not None and kind in ("started", "phase", "iteration"):
-            if kind == "started":
-                lines.started(worker, ev["label"], f"{worker} ")
-            elif kind == "phase":
-                lines.phase(worker, ev["msg"])
-            else:
+            if lines is not None:
                 lines.iteration(worker, ev["it"], ev["total"])
         elif kind == "finished":
             progress.update(task, info=f"idle ({ev['status']}: {ev['label']})")

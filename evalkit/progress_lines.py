@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 
-def _clock(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+def duration(seconds: float) -> str:
+    """'42s', '4m05s', '2h07m': a duration for people to read (progress lines, claim ages)."""
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
 
 
 @dataclass
@@ -45,7 +45,7 @@ class ProgressLines:
             return
         self._last[key] = (now, mark)
         of = f"/{total} ({100.0 * frac:.0f} %)" if total else ""
-        elapsed = f", {_clock(now - self._started[key])} into the job" if key in self._started else ""
+        elapsed = f", {duration(now - self._started[key])} into the job" if key in self._started else ""
         self.emit(f"{self._prefix(key)}iteration {it}{of}{elapsed}" + (f"  {info}" if info else ""))
 
     def _prefix(self, key: str) -> str:

@@ -465,7 +465,7 @@ def read_stores(roots: Sequence[str | Path], seeds: bool = False
 # -- DataFrames ------------------------------------------------------------------------
 RECORD_COLUMNS: tuple[str, ...] = (
     "method", "dataset", "scene", "rate", "status", "quick", "eval_split", *METRIC_NAMES,
-    "size_bytes", "size_mb", "num_primitives", "fps", "ms_per_frame", "gpu_name", "timed_on",
+    "size_bytes", "size_mb", "num_primitives", "fps", "ms_per_frame", "timed_on",
     *TIMING_NAMES, "timings_contended", "draws_nothing", "iterations", "seed", "error")
 
 
@@ -492,7 +492,7 @@ def records_to_frame(records: list[Record]) -> pd.DataFrame:
             "size_bytes": _nan(size), "size_mb": _nan(size) / MB,
             "num_primitives": _nan(r.num_primitives),
             "fps": _nan(fps.get("fps")), "ms_per_frame": _nan(fps.get("ms_per_frame")),
-            "gpu_name": fps.get("gpu_name"), "timed_on": r.timed_on,
+            "timed_on": r.timed_on,
             **{t: _nan(r.timings.get(t)) for t in TIMING_NAMES},
             "timings_contended": r.timings_contended,
             "draws_nothing": r.draws_nothing,

@@ -23,9 +23,9 @@ def test_training_lines_come_every_tenth_of_the_iterations_or_every_minute() -> 
         lines.iteration("run", it, 1000, "loss 0.1")
     assert out[:2] == ["[1/2] m / d / s / low: started", "m / d / s / low: training"]
     its = [line for line in out if "iteration" in line]
-    assert len(its) == 10 and its[0].startswith("m / d / s / low: iteration 100/1000 (10 %), 0:25 into the job")
+    assert len(its) == 10 and its[0].startswith("m / d / s / low: iteration 100/1000 (10 %), 25s into the job")
     assert [int(line.split("iteration ")[1].split("/")[0]) for line in its] == list(range(100, 1001, 100))
-    assert its[-1].startswith("m / d / s / low: iteration 1000/1000 (100 %), 4:10 into the job") and its[-1].endswith("  loss 0.1")
+    assert its[-1].startswith("m / d / s / low: iteration 1000/1000 (100 %), 4m10s into the job") and its[-1].endswith("  loss 0.1")
 
     out.clear()
     lines.started("run", "m / d / s / high")
@@ -45,4 +45,4 @@ def test_sources_are_tracked_apart() -> None:
     lines.iteration("cpu0", 50, 100)
     lines.iteration("cpu1", 5, 100)  # 5 %: not yet
     lines.phase("cpu1", "encoding")
-    assert out == ["cpu0 a: started", "cpu1 b: started", "a: iteration 50/100 (50 %), 0:00 into the job", "b: encoding"]
+    assert out == ["cpu0 a: started", "cpu1 b: started", "a: iteration 50/100 (50 %), 0s into the job", "b: encoding"]

@@ -42,7 +42,7 @@ def compare(results: Path, method: str) -> Table:
         paper = spec.scene_paper.get(rec.scene, {}).get(method, {}).get(rec.rate)
         if not ref and not paper:
             continue
-        gpu = (rec.fps or {}).get("gpu_name") or "CPU"
+        gpu = rec.timed_on or "no FPS"
         psnr = rec.metrics.get("psnr")
         paper_cells, paper_verdict = ["", ""], []
         if paper and psnr is not None:

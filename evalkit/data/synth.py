@@ -125,9 +125,13 @@ class Ellipsoid:
 def scene_objects(t: float, scene: str = "spheres") -> tuple[list[Ellipsoid], list[Ellipsoid]]:
     """(primitives, markers) of ``scene`` (``SCENES``) at normalised time t in [0, 1]. Everything
     lies within radius ~1.3; the markers are the same in every scene."""
+    return _scene_fn(scene)(t), _markers(t)
+
+
+def _scene_fn(scene: str):
     if scene not in SCENES:
         raise ValueError(f"unknown synthetic scene {scene!r}; expected one of {sorted(SCENES)}")
-    return SCENES[scene](t), _markers(t)
+    return SCENES[scene]
 
 
 def _spheres(t: float) -> list[Ellipsoid]:
@@ -204,8 +208,8 @@ def _skeleton(t: float) -> list[Ellipsoid]:
                                      for k in range(3)], [0.12] * 3, [0.025] * 3, (6, 1))
     nod = -0.25 + 0.15 * math.sin(w + 0.7)
     head = _turn(_unit([math.cos(nod), 0.0, math.sin(nod)]), "z", 1.5 * sway)
-    side = _unit(np.cross(head, [0.0, 0.0, 1.0]))
-    prims.append(Ellipsoid(neck[-1] + 0.2 * head, np.stack([head, side, np.cross(head, side)], axis=1),
+    across = _unit(np.cross(head, [0.0, 0.0, 1.0]))
+    prims.append(Ellipsoid(neck[-1] + 0.2 * head, np.stack([head, across, np.cross(head, across)], axis=1),
                            np.array([0.22, 0.075, 0.1]), np.array([[0.9, 0.84, 0.7], [0.35, 0.24, 0.16]]),
                            "checker", (28, 14)))  # skull: a finely checkered ellipsoid
     jaw = _turn(head, "y", 0.25 + 0.2 * (0.5 + 0.5 * math.sin(3 * w)))
@@ -602,8 +606,7 @@ def generate(format: str, out: Path | str, *, size: tuple[int, int] | None = Non
     """
     if format not in DEFAULT_SIZE:
         raise ValueError(f"unknown format {format!r}; expected one of {sorted(DEFAULT_SIZE)}")
-    if scene not in SCENES:
-        raise ValueError(f"unknown synthetic scene {scene!r}; expected one of {sorted(SCENES)}")
+    _scene_fn(scene)  # an unknown scene fails before any folder is made
     if hypernerf_split not in ("vrig", "interp"):
         raise ValueError(f"hypernerf_split must be 'vrig' or 'interp', got {hypernerf_split!r}")
     out = Path(out)

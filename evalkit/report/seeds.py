@@ -55,7 +55,6 @@ def seed_means(df: pd.DataFrame) -> pd.DataFrame:
             row["timings_contended"] = alone.empty
             row["quick"] = bool(ok["quick"].any())
             row["draws_nothing"] = bool(ok["draws_nothing"].astype(bool).any())
-            row["gpu_name"] = ", ".join(sorted({str(n) for n in timed["gpu_name"].dropna()})) or None
             row["timed_on"] = ", ".join(sorted({str(n) for n in timed["timed_on"].dropna()})) or None
             row["seeds"] = len(ok)
             # skipna=False as for the mean: one seed without PSNR leaves the spread missing

@@ -18,6 +18,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from evalkit.progress_lines import duration
 from evalkit.results import record_path
 
 TAKEOVER_LOCK_STALE_S = 60.0  # a takeover lock older than this was left by a killed process
@@ -39,12 +40,7 @@ class ClaimInfo:
 
     def describe(self) -> str:
         return (f"{self.host} pid {self.pid}" + (f" ({self.worker})" if self.worker else "")
-                + f" for {_duration(self.age_s)}")
-
-
-def _duration(s: float) -> str:
-    s = int(s)
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else (f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s")
+                + f" for {duration(self.age_s)}")
 
 
 def claim_path(out: str | Path, dataset: str, scene: str, method: str, rate: str) -> Path:
@@ -90,7 +86,7 @@ def stale_reason(info: ClaimInfo, host: str | None = None) -> str | None:
     if info.host == host and info.pid > 0 and not pid_alive(info.pid):
         return f"its process ({info.host} pid {info.pid}) is gone"
     if info.age_s > info.time_limit_s:
-        return f"it is older than its time limit ({_duration(info.age_s)} > {_duration(info.time_limit_s)})"
+        return f"it is older than its time limit ({duration(info.age_s)} > {duration(info.time_limit_s)})"
     return None
 
 
